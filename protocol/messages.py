@@ -1,0 +1,118 @@
+"""Application messages: typed, validated, msgpack-encoded.
+
+Wire form of every message (docs/protocol.md, "Messages"): the plaintext of
+one transport frame is the canonical msgpack array
+``[version, type, field1, field2, ...]``. ``version`` is
+:data:`PROTOCOL_VERSION`; ``type`` selects the class registered with
+:func:`register`. Unknown types and versions are protocol errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from protocol import canonical
+from protocol.credentials import Credential
+from protocol.errors import DecodeError, LocalProtocolError
+from protocol.events import Event
+from protocol.reasons import Reason
+from protocol.schema import U32, Int, Nested, Record, Str, f
+
+PROTOCOL_VERSION = 1
+
+
+class Message(Record, Event):
+    """Base of all application messages; ``TYPE`` is the wire type code."""
+
+    TYPE: ClassVar[int]
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {}
+
+M = TypeVar("M", bound=type[Message])
+
+
+def register(cls: M) -> M:
+    """Class decorator: make ``cls`` decodable under its ``TYPE`` code."""
+    code = cls.TYPE
+    if code in MESSAGE_TYPES and MESSAGE_TYPES[code] is not cls:
+        raise LocalProtocolError(f"message type {code} registered twice")
+    MESSAGE_TYPES[code] = cls
+    return cls
+
+
+def encode_message(msg: Message) -> bytes:
+    """Canonical bytes of ``msg``: ``pack([PROTOCOL_VERSION, TYPE, *fields])``."""
+    return canonical.pack([PROTOCOL_VERSION, msg.TYPE, *msg.to_wire()])
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode one message. Raises :class:`DecodeError` (reason set) on bad input."""
+    value = canonical.unpack(data)
+    if len(value) < 2:
+        raise DecodeError("message needs version and type", Reason.INVALID_MESSAGE)
+    version, code = value[0], value[1]
+    if version != PROTOCOL_VERSION:
+        raise DecodeError(f"unsupported protocol version {version!r}", Reason.UNSUPPORTED_VERSION)
+    cls = MESSAGE_TYPES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
+    if cls is None:
+        raise DecodeError(f"unknown message type {code!r}", Reason.INVALID_MESSAGE)
+    try:
+        return cls.from_wire(value[2:])
+    except DecodeError as exc:
+        exc.reason = Reason.INVALID_MESSAGE
+        raise
+
+
+# --- session-layer messages -------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class Hello(Message):
+    """Handshake payload of messages 2 and 3: the sender's credential."""
+
+    TYPE: ClassVar[int] = 1
+    credential: Credential = f(Nested(Credential))
+
+
+@register
+@dataclass(frozen=True)
+class Ping(Message):
+    """Keepalive; the receiving session answers with Pong(seq) by itself."""
+
+    TYPE: ClassVar[int] = 2
+    seq: int = f(Int(0, U32))
+
+
+@register
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE: ClassVar[int] = 3
+    seq: int = f(Int(0, U32))
+
+
+@register
+@dataclass(frozen=True)
+class Close(Message):
+    """Last message of a session: a reason code and a short human message."""
+
+    TYPE: ClassVar[int] = 4
+    reason: int = f(Int(0, 255))
+    message: str = f(Str(200))
+
+
+@register
+@dataclass(frozen=True)
+class Rekey(Message):
+    """The sender switches its sending key (Noise REKEY) right after this frame."""
+
+    TYPE: ClassVar[int] = 5
+
+
+SESSION_MESSAGES: tuple[type[Message], ...] = (Hello, Ping, Pong, Close, Rekey)
+
+
+def message_fields(msg: Message) -> list[Any]:
+    return msg.to_wire()

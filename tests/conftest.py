@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+# tests/ is not a package (see pyproject: --import-mode=importlib), so load
+# the shared helpers module once under a name of our own.
+_path = pathlib.Path(__file__).with_name("helpers.py")
+if "p2pd_test_helpers" not in sys.modules:
+    spec = importlib.util.spec_from_file_location("p2pd_test_helpers", _path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["p2pd_test_helpers"] = module
+    spec.loader.exec_module(module)

@@ -1,0 +1,107 @@
+"""Shared test helpers: identities for a test community and a session byte pump.
+
+Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from protocol import NEED_DATA, Credential, Event, Session, SigningKey, Timeouts, TrustPolicy
+
+COMMUNITY = "testcommunity"
+NOW = 1_800_000_000.0
+
+
+def x25519_keypair() -> tuple[bytes, bytes]:
+    key = X25519PrivateKey.generate()
+    priv = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return priv, pub
+
+
+@dataclass
+class Identity:
+    member_id: str
+    signing: SigningKey
+    noise_private: bytes
+    noise_public: bytes
+    credential: Credential
+
+
+@dataclass
+class Community:
+    """An issuer plus helpers to mint member identities."""
+
+    name: str = COMMUNITY
+    issuer: SigningKey = field(default_factory=SigningKey.generate)
+    revoked: set[str] = field(default_factory=set)
+
+    def member(
+        self, member_id: str, *, role: str = "prosumer", valid_from: int = int(NOW) - 86400,
+        valid_until: int = int(NOW) + 86400 * 365, community: str | None = None,
+        issuer: SigningKey | None = None, noise_public: bytes | None = None,
+        metering_point: str = "",
+    ) -> Identity:
+        signing = SigningKey.generate()
+        priv, pub = x25519_keypair()
+        cred = Credential.issue(
+            issuer or self.issuer, community=community or self.name, member_id=member_id,
+            role=role, metering_point=metering_point or f"EAN{abs(hash(member_id)) % 10**15:015d}",
+            sign_pk=signing.public, noise_pk=noise_public or pub,
+            valid_from=valid_from, valid_until=valid_until,
+        )
+        return Identity(member_id, signing, priv, pub, cred)
+
+    def policy(self) -> TrustPolicy:
+        return TrustPolicy(self.name, frozenset({self.issuer.public}),
+                           lambda cred: cred.member_id in self.revoked)
+
+
+def session_for(ident: Identity, community: Community, *, initiator: bool, now: float = NOW,
+                timeouts: Timeouts = Timeouts()) -> Session:
+    return Session(initiator=initiator, static_private=ident.noise_private,
+                   credential=ident.credential, policy=community.policy(), now=now,
+                   timeouts=timeouts)
+
+
+def drain(sess: Session) -> list[Event]:
+    events: list[Event] = []
+    for _ in range(10_000):
+        ev = sess.next_event()
+        if ev is NEED_DATA:
+            return events
+        assert isinstance(ev, Event)
+        events.append(ev)
+    raise AssertionError("session produced too many events")
+
+
+class SessionPair:
+    """Two sessions joined by a byte pump, like h11's ConnectionPair."""
+
+    def __init__(self, client: Session, server: Session) -> None:
+        self.client = client
+        self.server = server
+        self.now = NOW
+
+    def transfer(self, src: Session, dst: Session) -> list[Event]:
+        data = src.data_to_send()
+        if data:
+            dst.receive_data(data, self.now)
+        return drain(dst)
+
+    def pump(self) -> tuple[list[Event], list[Event]]:
+        """Move bytes both ways until quiet; return (client events, server events)."""
+        cev: list[Event] = []
+        sev: list[Event] = []
+        for _ in range(20):
+            s = self.transfer(self.client, self.server)
+            c = self.transfer(self.server, self.client)
+            sev += s
+            cev += c
+            if not s and not c and not self.client._out and not self.server._out:
+                break
+        return cev, sev
