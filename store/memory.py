@@ -1,0 +1,223 @@
+"""A dict-based :class:`store.Repository` for tests and throwaway nodes.
+
+Nothing is persisted. One lock serialises every call, which gives the same
+guarantees the SQL store gives per transaction: a ``commit_receipts`` batch is
+checked and applied atomically.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from store.migrations import CURRENT_VERSION
+from store.records import (
+    BanRecord,
+    Committed,
+    Duplicate,
+    Insufficient,
+    MemberRecord,
+    OrderRecord,
+    Outcome,
+    PeerAddressRecord,
+    ReadingRecord,
+    ReceiptRecord,
+    RevocationRecord,
+    StatementRecord,
+)
+
+
+def _check_receipt(rec: ReceiptRecord) -> None:
+    if rec.wh <= 0 or rec.order_wh < 0:
+        raise ValueError(
+            f"receipt {rec.trade_id.hex()}: wh must be > 0 and order_wh >= 0 "
+            f"(got wh={rec.wh}, order_wh={rec.order_wh})"
+        )
+
+
+def _receipt_key(r: ReceiptRecord) -> tuple[int, bytes]:
+    return (r.created_at, r.trade_id)
+
+
+class MemoryRepository:
+    """A :class:`store.Repository` held in dicts; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: dict[str, MemberRecord] = {}
+        self._orders: dict[bytes, OrderRecord] = {}
+        self._receipts: dict[bytes, ReceiptRecord] = {}
+        self._used: dict[bytes, int] = {}  # order_id -> sum of receipts' wh
+        self._readings: dict[tuple[str, int], ReadingRecord] = {}
+        self._statements: dict[tuple[str, int], StatementRecord] = {}
+        self._bans: dict[str, BanRecord] = {}
+        self._peers: dict[str, PeerAddressRecord] = {}
+        self._revocations: dict[tuple[bytes, str, int], RevocationRecord] = {}
+
+    # -- members ------------------------------------------------------------
+    def put_member(self, rec: MemberRecord) -> None:
+        with self._lock:
+            self._members[rec.member_id] = rec
+
+    def get_member(self, member_id: str) -> MemberRecord | None:
+        with self._lock:
+            return self._members.get(member_id)
+
+    def members(self) -> list[MemberRecord]:
+        with self._lock:
+            return sorted(self._members.values(), key=lambda m: m.member_id)
+
+    # -- orders -------------------------------------------------------------
+    def put_order(self, rec: OrderRecord) -> bool:
+        with self._lock:
+            if rec.order_id in self._orders:
+                return False
+            self._orders[rec.order_id] = rec
+            return True
+
+    def get_order(self, order_id: bytes) -> OrderRecord | None:
+        with self._lock:
+            return self._orders.get(order_id)
+
+    def live_orders(self, now: int) -> list[OrderRecord]:
+        with self._lock:
+            live = [o for o in self._orders.values() if not o.cancelled and o.expiry > now]
+        return sorted(live, key=lambda o: (o.slot_start, o.order_id))
+
+    def cancel_order(self, order_id: bytes) -> bool:
+        with self._lock:
+            o = self._orders.get(order_id)
+            if o is None or o.cancelled:
+                return False
+            self._orders[order_id] = replace(o, cancelled=True)
+            return True
+
+    def remaining_wh(self, order_id: bytes, order_wh: int) -> int:
+        with self._lock:
+            return max(0, order_wh - self._used.get(order_id, 0))
+
+    # -- receipts -----------------------------------------------------------
+    def commit_receipts(self, batch: list[ReceiptRecord]) -> list[Outcome]:
+        for rec in batch:
+            _check_receipt(rec)
+        outcomes: list[Outcome] = []
+        with self._lock:
+            for rec in batch:
+                stored = self._receipts.get(rec.trade_id)
+                used = self._used.get(rec.order_id, 0)
+                if stored is not None:
+                    outcomes.append(Duplicate(stored))
+                elif used + rec.wh > rec.order_wh:
+                    outcomes.append(Insufficient(max(0, rec.order_wh - used)))
+                else:
+                    self._receipts[rec.trade_id] = rec
+                    self._used[rec.order_id] = used + rec.wh
+                    outcomes.append(Committed(rec))
+        return outcomes
+
+    def get_receipt(self, trade_id: bytes) -> ReceiptRecord | None:
+        with self._lock:
+            return self._receipts.get(trade_id)
+
+    def receipts(
+        self, member_id: str | None = None, since: int | None = None
+    ) -> list[ReceiptRecord]:
+        with self._lock:
+            out = [
+                r
+                for r in self._receipts.values()
+                if (member_id is None or member_id in (r.seller, r.buyer))
+                and (since is None or r.created_at >= since)
+            ]
+        return sorted(out, key=_receipt_key)
+
+    def receipts_for_order(self, order_id: bytes) -> list[ReceiptRecord]:
+        with self._lock:
+            out = [r for r in self._receipts.values() if r.order_id == order_id]
+        return sorted(out, key=_receipt_key)
+
+    # -- readings -----------------------------------------------------------
+    def add_readings(self, readings: list[ReadingRecord]) -> int:
+        n = 0
+        with self._lock:
+            for r in readings:
+                if (r.meter_id, r.ts) not in self._readings:
+                    self._readings[(r.meter_id, r.ts)] = r
+                    n += 1
+        return n
+
+    def readings(self, meter_id: str, start: int, end: int) -> list[ReadingRecord]:
+        with self._lock:
+            out = [
+                r for (m, ts), r in self._readings.items() if m == meter_id and start <= ts < end
+            ]
+        return sorted(out, key=lambda r: r.ts)
+
+    # -- statements ---------------------------------------------------------
+    def put_statement(self, rec: StatementRecord) -> None:
+        for k, v in rec.fields.items():
+            if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"statement field {k!r}={v!r}: keys must be str, values int")
+        # Copy the dict so later changes by the caller do not reach the store.
+        rec = replace(rec, fields=dict(rec.fields))
+        with self._lock:
+            self._statements[(rec.member_id, rec.slot_start)] = rec
+
+    def statements(self, member_id: str, start: int, end: int) -> list[StatementRecord]:
+        with self._lock:
+            out = [
+                replace(s, fields=dict(s.fields))
+                for (m, slot), s in self._statements.items()
+                if m == member_id and start <= slot < end
+            ]
+        return sorted(out, key=lambda s: s.slot_start)
+
+    # -- bans ---------------------------------------------------------------
+    def put_ban(self, rec: BanRecord) -> None:
+        with self._lock:
+            self._bans[rec.member_id] = rec
+
+    def bans(self, now: int) -> list[BanRecord]:
+        with self._lock:
+            out = [b for b in self._bans.values() if b.until > now]
+        return sorted(out, key=lambda b: b.member_id)
+
+    def clear_ban(self, member_id: str) -> bool:
+        with self._lock:
+            return self._bans.pop(member_id, None) is not None
+
+    # -- peer addresses -----------------------------------------------------
+    def put_peer_address(self, rec: PeerAddressRecord) -> bool:
+        with self._lock:
+            old = self._peers.get(rec.member_id)
+            if old is not None and old.seen_at >= rec.seen_at:
+                return False
+            self._peers[rec.member_id] = rec
+            return True
+
+    def peer_addresses(self) -> list[PeerAddressRecord]:
+        with self._lock:
+            return sorted(self._peers.values(), key=lambda p: p.member_id)
+
+    # -- revocations --------------------------------------------------------
+    def put_revocation(self, rec: RevocationRecord) -> bool:
+        key = (rec.issuer_pk, rec.member_id, rec.serial)
+        with self._lock:
+            if key in self._revocations:
+                return False
+            self._revocations[key] = rec
+            return True
+
+    def revocations(self) -> list[RevocationRecord]:
+        with self._lock:
+            return [self._revocations[k] for k in sorted(self._revocations)]
+
+    # -- maintenance --------------------------------------------------------
+    def schema_version(self) -> int:
+        return CURRENT_VERSION
+
+    def integrity_check(self) -> str:
+        return "ok"
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,155 @@
+"""Plain values the store takes and gives back.
+
+Every record is a frozen dataclass of ints, strs and bytes. Energy is in Wh,
+money in integer minor units and times in unix seconds: never floats. Signed
+messages are kept as opaque ``encoded`` bytes next to the few parsed fields the
+store needs for its queries; the store never decodes or verifies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """A community member and the credential that admits them."""
+
+    member_id: str
+    role: str
+    metering_point: str
+    sign_pk: bytes
+    noise_pk: bytes
+    credential: bytes
+    valid_until: int
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    """A signed sell or buy order for one delivery slot.
+
+    ``side`` is ``"sell"`` or ``"buy"``; ``wh`` is the order's total energy;
+    ``price`` is per kWh in minor units (the store does no arithmetic on it).
+    """
+
+    order_id: bytes
+    member_id: str
+    side: str
+    slot_start: int
+    slot_len: int
+    wh: int
+    price: int
+    expiry: int
+    encoded: bytes
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class ReceiptRecord:
+    """A signed trade receipt that draws ``wh`` from order ``order_id``.
+
+    ``order_wh`` is the total energy of that order: the store keeps the sum of
+    ``wh`` over all receipts of one order at or below it.
+    """
+
+    trade_id: bytes
+    order_id: bytes
+    seller: str
+    buyer: str
+    slot_start: int
+    slot_len: int
+    wh: int
+    price: int
+    order_wh: int
+    encoded: bytes
+    created_at: int
+
+
+@dataclass(frozen=True)
+class ReadingRecord:
+    """One meter register reading: cumulative import/export in Wh at ``ts``."""
+
+    meter_id: str
+    ts: int
+    import_wh: int
+    export_wh: int
+    power_w: int | None
+
+
+@dataclass(frozen=True)
+class StatementRecord:
+    """A member's settlement statement for one slot.
+
+    ``fields`` holds named integer totals (Wh, minor units); it is compared by
+    value, so two statements with equal fields are equal.
+    """
+
+    member_id: str
+    slot_start: int
+    slot_len: int
+    encoded: bytes
+    fields: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class BanRecord:
+    """A ban on ``member_id`` that is active while ``now < until``."""
+
+    member_id: str
+    until: int
+    level: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerAddressRecord:
+    """The last known network address of a member, as signed by them."""
+
+    member_id: str
+    host: str
+    port: int
+    seen_at: int
+    encoded: bytes
+
+
+@dataclass(frozen=True)
+class RevocationRecord:
+    """A revocation of ``member_id``'s credential, issued by ``issuer_pk``.
+
+    ``(issuer_pk, member_id, serial)`` identifies a revocation.
+    """
+
+    issuer_pk: bytes
+    member_id: str
+    serial: int
+    encoded: bytes
+
+
+# Outcomes of commit_receipts, one per receipt in the batch.
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The receipt is now stored (the transaction holding it has committed)."""
+
+    receipt: ReceiptRecord
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A receipt with this trade_id was stored already; ``receipt`` is the stored
+    one, which may differ from the one passed in. Retrying a commit is safe."""
+
+    receipt: ReceiptRecord
+
+
+@dataclass(frozen=True)
+class Insufficient:
+    """Storing the receipt would take its order past ``order_wh``; nothing was
+    stored for it. ``remaining_wh`` is what the order had left (never < 0)."""
+
+    remaining_wh: int
+
+
+Outcome = Union[Committed, Duplicate, Insufficient]

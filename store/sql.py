@@ -1,0 +1,448 @@
+"""The SQLAlchemy implementation of :class:`store.Repository`.
+
+Threads and processes: one Engine per repository, one pooled connection per
+call. Every write runs in a transaction that takes the database write lock
+*before its first read* (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a table
+lock), so the read-check-insert in ``commit_receipts`` cannot interleave with
+another writer, whether a thread here or another process on the same file.
+
+Durability (SQLite): WAL with ``synchronous=FULL`` syncs the WAL on every
+commit, and ``commit_receipts`` returns only after COMMIT returned. So a
+receipt reported ``Committed`` survives kill -9 or power loss, and a batch is
+all or nothing. Batching many receipts per call is what makes this cheap: one
+fsync per batch instead of per receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exc,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from store import schema
+from store.errors import IntegrityFailure, StoreError
+from store.migrations import MIGRATIONS, Migration, migrate, read_version
+from store.records import (
+    BanRecord,
+    Committed,
+    Duplicate,
+    Insufficient,
+    MemberRecord,
+    OrderRecord,
+    Outcome,
+    PeerAddressRecord,
+    ReadingRecord,
+    ReceiptRecord,
+    RevocationRecord,
+    StatementRecord,
+)
+
+# Execution option read by the SQLite "begin" hook to pick the BEGIN mode.
+_BEGIN = "p2pd_sqlite_begin"
+# SQLite's default limit on bound parameters is 32766; stay far below it.
+_IN_CHUNK = 500
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, on_disk: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Stop pysqlite from issuing its own deferred BEGIN (and committing
+        # before DDL); the "begin" hook below emits BEGIN itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if on_disk:
+                mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"could not switch SQLite to WAL (got {mode!r})")
+            cur.execute("PRAGMA synchronous = FULL")
+            cur.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get(_BEGIN, "DEFERRED"))
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except exc.IntegrityError as e:
+        raise IntegrityFailure(str(e.orig)) from e
+    except exc.SQLAlchemyError as e:
+        raise StoreError(str(e)) from e
+
+
+def _check_receipt(rec: ReceiptRecord) -> None:
+    if rec.wh <= 0 or rec.order_wh < 0:
+        raise ValueError(
+            f"receipt {rec.trade_id.hex()}: wh must be > 0 and order_wh >= 0 "
+            f"(got wh={rec.wh}, order_wh={rec.order_wh})"
+        )
+
+
+def _fields_json(fields: Mapping[str, int]) -> str:
+    for k, v in fields.items():
+        if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"statement field {k!r}={v!r}: keys must be str, values int")
+    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
+
+
+def _member(r: Row[Any]) -> MemberRecord:
+    m = r._mapping
+    return MemberRecord(m["member_id"], m["role"], m["metering_point"], m["sign_pk"],
+                        m["noise_pk"], m["credential"], m["valid_until"])
+
+
+def _order(r: Row[Any]) -> OrderRecord:
+    m = r._mapping
+    return OrderRecord(m["order_id"], m["member_id"], m["side"], m["slot_start"],
+                       m["slot_len"], m["wh"], m["price"], m["expiry"], m["encoded"],
+                       bool(m["cancelled"]))
+
+
+def _receipt(r: Row[Any]) -> ReceiptRecord:
+    m = r._mapping
+    return ReceiptRecord(m["trade_id"], m["order_id"], m["seller"], m["buyer"],
+                         m["slot_start"], m["slot_len"], m["wh"], m["price"],
+                         m["order_wh"], m["encoded"], m["created_at"])
+
+
+def _statement(r: Row[Any]) -> StatementRecord:
+    m = r._mapping
+    fields = {str(k): int(v) for k, v in json.loads(m["fields"]).items()}
+    return StatementRecord(m["member_id"], m["slot_start"], m["slot_len"], m["encoded"], fields)
+
+
+class SqlRepository:
+    """A :class:`store.Repository` on any SQLAlchemy URL (tested: SQLite).
+
+    ``url``: e.g. ``"sqlite:///path/to.db"``, or ``"sqlite://"`` for a private
+    in-memory database. ``migrations``: the upgrade steps after version 1
+    (default: :data:`store.migrations.MIGRATIONS`; tests pass their own).
+    ``busy_timeout_ms``: how long a writer waits for another's lock before
+    raising StoreError. Opening applies missing migrations; raises
+    SchemaVersionError if the database is newer than the code.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        u = make_url(url)
+        self._dialect = u.get_backend_name()
+        kwargs: dict[str, Any] = {}
+        self._lock: threading.RLock | None = None
+        if self._dialect == "sqlite":
+            in_memory = u.database in (None, "", ":memory:") or "mode=memory" in str(u)
+            if in_memory:
+                # A private :memory: database exists once per connection, so
+                # every thread must share the one connection; the lock makes
+                # the calls take turns on it.
+                kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+                self._lock = threading.RLock()
+        self._engine = create_engine(u, **kwargs)
+        if self._dialect == "sqlite":
+            _install_sqlite_hooks(self._engine, busy_timeout_ms, on_disk=self._lock is None)
+        try:
+            with self._write() as conn:
+                migrate(conn, migrations)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # -- transactions -------------------------------------------------------
+    @contextmanager
+    def _write(self, lock_tables: Sequence[Table] = ()) -> Iterator[Connection]:
+        """Yield a connection in a transaction holding the write lock; commit
+        on normal exit (durable when this returns), roll back on error."""
+        with self._lock or nullcontext(), _translate_errors():
+            conn = self._engine.connect()
+            try:
+                if self._dialect == "sqlite":
+                    conn = conn.execution_options(**{_BEGIN: "IMMEDIATE"})
+                with conn.begin():
+                    if self._dialect == "postgresql":
+                        for t in lock_tables:
+                            # SHARE ROW EXCLUSIVE conflicts with itself but not
+                            # with readers: writers of t queue, reads go on.
+                            conn.exec_driver_sql(
+                                f"LOCK TABLE {t.name} IN SHARE ROW EXCLUSIVE MODE"
+                            )
+                    yield conn
+            finally:
+                conn.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._lock or nullcontext(), _translate_errors():
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
+
+    def _insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
+        """Insert rows, skipping those whose primary key exists. Returns the
+        number inserted."""
+        if not rows:
+            return 0
+        if self._dialect in ("sqlite", "postgresql"):
+            if self._dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            stmt = dialect_insert(table).on_conflict_do_nothing()
+            # One execute per row: single-row rowcount is exact on every
+            # driver, executemany's is not; all rows share one transaction.
+            return sum(conn.execute(stmt, row).rowcount for row in rows)
+        # Portable fallback: we hold the write lock, so check-then-insert is safe.
+        pk = list(table.primary_key.columns)
+        n = 0
+        for row in rows:
+            cond = and_(*(c == row[c.name] for c in pk))
+            if conn.execute(select(pk[0]).where(cond)).first() is None:
+                conn.execute(insert(table).values(row))
+                n += 1
+        return n
+
+    def _upsert(self, conn: Connection, table: Table, row: dict[str, Any]) -> None:
+        pk = list(table.primary_key.columns)
+        cond = and_(*(c == row[c.name] for c in pk))
+        if conn.execute(update(table).where(cond).values(row)).rowcount == 0:
+            conn.execute(insert(table).values(row))
+
+    # -- members ------------------------------------------------------------
+    def put_member(self, rec: MemberRecord) -> None:
+        with self._write() as conn:
+            self._upsert(conn, schema.members, vars(rec).copy())
+
+    def get_member(self, member_id: str) -> MemberRecord | None:
+        t = schema.members
+        with self._read() as conn:
+            row = conn.execute(select(t).where(t.c.member_id == member_id)).first()
+        return None if row is None else _member(row)
+
+    def members(self) -> list[MemberRecord]:
+        t = schema.members
+        with self._read() as conn:
+            return [_member(r) for r in conn.execute(select(t).order_by(t.c.member_id))]
+
+    # -- orders -------------------------------------------------------------
+    def put_order(self, rec: OrderRecord) -> bool:
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.orders, [vars(rec).copy()]) == 1
+
+    def get_order(self, order_id: bytes) -> OrderRecord | None:
+        t = schema.orders
+        with self._read() as conn:
+            row = conn.execute(select(t).where(t.c.order_id == order_id)).first()
+        return None if row is None else _order(row)
+
+    def live_orders(self, now: int) -> list[OrderRecord]:
+        t = schema.orders
+        q = (select(t).where(t.c.cancelled.is_(False), t.c.expiry > now)
+             .order_by(t.c.slot_start, t.c.order_id))
+        with self._read() as conn:
+            return [_order(r) for r in conn.execute(q)]
+
+    def cancel_order(self, order_id: bytes) -> bool:
+        t = schema.orders
+        q = (update(t).where(t.c.order_id == order_id, t.c.cancelled.is_(False))
+             .values(cancelled=True))
+        with self._write() as conn:
+            return conn.execute(q).rowcount == 1
+
+    def remaining_wh(self, order_id: bytes, order_wh: int) -> int:
+        t = schema.receipts
+        q = select(func.coalesce(func.sum(t.c.wh), 0)).where(t.c.order_id == order_id)
+        with self._read() as conn:
+            used = int(conn.execute(q).scalar_one())
+        return max(0, order_wh - used)
+
+    # -- receipts -----------------------------------------------------------
+    def commit_receipts(self, batch: list[ReceiptRecord]) -> list[Outcome]:
+        for rec in batch:
+            _check_receipt(rec)
+        if not batch:
+            return []
+        t = schema.receipts
+        trade_ids = list(dict.fromkeys(r.trade_id for r in batch))
+        order_ids = list(dict.fromkeys(r.order_id for r in batch))
+        outcomes: list[Outcome] = []
+        with self._write([t]) as conn:
+            # Invariant: from here to COMMIT we hold the write lock, so the
+            # sums read below stay true while we add this batch to them.
+            stored: dict[bytes, ReceiptRecord] = {}
+            for chunk in _chunks(trade_ids):
+                for row in conn.execute(select(t).where(t.c.trade_id.in_(chunk))):
+                    stored[row.trade_id] = _receipt(row)
+            used: dict[bytes, int] = dict.fromkeys(order_ids, 0)
+            for chunk in _chunks(order_ids):
+                q = (select(t.c.order_id, func.sum(t.c.wh))
+                     .where(t.c.order_id.in_(chunk)).group_by(t.c.order_id))
+                for oid, total in conn.execute(q):
+                    used[oid] = int(total)
+            new_rows: list[dict[str, Any]] = []
+            for rec in batch:
+                if rec.trade_id in stored:
+                    outcomes.append(Duplicate(stored[rec.trade_id]))
+                elif used[rec.order_id] + rec.wh > rec.order_wh:
+                    outcomes.append(Insufficient(max(0, rec.order_wh - used[rec.order_id])))
+                else:
+                    used[rec.order_id] += rec.wh
+                    stored[rec.trade_id] = rec
+                    new_rows.append(vars(rec).copy())
+                    outcomes.append(Committed(rec))
+            if new_rows:
+                conn.execute(insert(t), new_rows)
+        # Leaving _write committed; only now are the Committed outcomes true.
+        return outcomes
+
+    def get_receipt(self, trade_id: bytes) -> ReceiptRecord | None:
+        t = schema.receipts
+        with self._read() as conn:
+            row = conn.execute(select(t).where(t.c.trade_id == trade_id)).first()
+        return None if row is None else _receipt(row)
+
+    def receipts(
+        self, member_id: str | None = None, since: int | None = None
+    ) -> list[ReceiptRecord]:
+        t = schema.receipts
+        q = select(t).order_by(t.c.created_at, t.c.trade_id)
+        if member_id is not None:
+            q = q.where(or_(t.c.seller == member_id, t.c.buyer == member_id))
+        if since is not None:
+            q = q.where(t.c.created_at >= since)
+        with self._read() as conn:
+            return [_receipt(r) for r in conn.execute(q)]
+
+    def receipts_for_order(self, order_id: bytes) -> list[ReceiptRecord]:
+        t = schema.receipts
+        q = select(t).where(t.c.order_id == order_id).order_by(t.c.created_at, t.c.trade_id)
+        with self._read() as conn:
+            return [_receipt(r) for r in conn.execute(q)]
+
+    # -- readings -----------------------------------------------------------
+    def add_readings(self, readings: list[ReadingRecord]) -> int:
+        # Drop repeats inside the batch first (first wins, as in the table).
+        rows = list({(r.meter_id, r.ts): vars(r).copy() for r in reversed(readings)}.values())
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.readings, rows)
+
+    def readings(self, meter_id: str, start: int, end: int) -> list[ReadingRecord]:
+        t = schema.readings
+        q = (select(t).where(t.c.meter_id == meter_id, t.c.ts >= start, t.c.ts < end)
+             .order_by(t.c.ts))
+        with self._read() as conn:
+            return [ReadingRecord(r.meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
+                    for r in conn.execute(q)]
+
+    # -- statements ---------------------------------------------------------
+    def put_statement(self, rec: StatementRecord) -> None:
+        row = {"member_id": rec.member_id, "slot_start": rec.slot_start,
+               "slot_len": rec.slot_len, "encoded": rec.encoded,
+               "fields": _fields_json(rec.fields)}
+        with self._write() as conn:
+            self._upsert(conn, schema.statements, row)
+
+    def statements(self, member_id: str, start: int, end: int) -> list[StatementRecord]:
+        t = schema.statements
+        q = (select(t).where(t.c.member_id == member_id, t.c.slot_start >= start,
+                             t.c.slot_start < end).order_by(t.c.slot_start))
+        with self._read() as conn:
+            return [_statement(r) for r in conn.execute(q)]
+
+    # -- bans ---------------------------------------------------------------
+    def put_ban(self, rec: BanRecord) -> None:
+        with self._write() as conn:
+            self._upsert(conn, schema.bans, vars(rec).copy())
+
+    def bans(self, now: int) -> list[BanRecord]:
+        t = schema.bans
+        with self._read() as conn:
+            rows = conn.execute(select(t).where(t.c.until > now).order_by(t.c.member_id))
+            return [BanRecord(r.member_id, r.until, r.level, r.reason) for r in rows]
+
+    def clear_ban(self, member_id: str) -> bool:
+        t = schema.bans
+        with self._write() as conn:
+            return conn.execute(delete(t).where(t.c.member_id == member_id)).rowcount == 1
+
+    # -- peer addresses -----------------------------------------------------
+    def put_peer_address(self, rec: PeerAddressRecord) -> bool:
+        t = schema.peer_addresses
+        with self._write() as conn:
+            seen = conn.execute(
+                select(t.c.seen_at).where(t.c.member_id == rec.member_id)
+            ).scalar_one_or_none()
+            if seen is not None and seen >= rec.seen_at:
+                return False
+            self._upsert(conn, t, vars(rec).copy())
+            return True
+
+    def peer_addresses(self) -> list[PeerAddressRecord]:
+        t = schema.peer_addresses
+        with self._read() as conn:
+            rows = conn.execute(select(t).order_by(t.c.member_id))
+            return [PeerAddressRecord(r.member_id, r.host, r.port, r.seen_at, r.encoded)
+                    for r in rows]
+
+    # -- revocations --------------------------------------------------------
+    def put_revocation(self, rec: RevocationRecord) -> bool:
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.revocations, [vars(rec).copy()]) == 1
+
+    def revocations(self) -> list[RevocationRecord]:
+        t = schema.revocations
+        q = select(t).order_by(t.c.issuer_pk, t.c.member_id, t.c.serial)
+        with self._read() as conn:
+            return [RevocationRecord(r.issuer_pk, r.member_id, r.serial, r.encoded)
+                    for r in conn.execute(q)]
+
+    # -- maintenance --------------------------------------------------------
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            version = read_version(conn)
+        if version is None:
+            raise StoreError("schema_meta table disappeared")
+        return version
+
+    def integrity_check(self) -> str:
+        if self._dialect != "sqlite":
+            return "ok"  # no portable equivalent; the server checks itself
+        with self._read() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+        return "\n".join(rows)
+
+    def close(self) -> None:
+        self._engine.dispose()
