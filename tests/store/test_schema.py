@@ -1,0 +1,129 @@
+"""Schema versioning: fresh databases, the upgrade path, refusing newer ones."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Connection
+
+from store import (
+    MemberRecord,
+    ReceiptRecord,
+    SchemaVersionError,
+    SqlRepository,
+    StoreError,
+    open_repository,
+)
+
+MakeReceipt = Callable[..., ReceiptRecord]
+
+
+def _path(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+def _columns(url: str, table: str) -> list[str]:
+    with sqlite3.connect(_path(url)) as c:
+        cols = [row[1] for row in c.execute(f"PRAGMA table_info({table})")]
+    c.close()
+    return cols
+
+
+def _add_note_column(conn: Connection) -> None:
+    """Test-only step 1 -> 2: a new column, back-filled for old rows."""
+    conn.exec_driver_sql("ALTER TABLE receipts ADD COLUMN note TEXT")
+    conn.exec_driver_sql("UPDATE receipts SET note = 'migrated'")
+
+
+def test_fresh_file_is_version_1_in_wal(db_url: str) -> None:
+    r = SqlRepository(db_url)
+    try:
+        assert r.schema_version() == 1
+    finally:
+        r.close()
+    with sqlite3.connect(_path(db_url)) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.execute("SELECT id, version FROM schema_meta").fetchall() == [(1, 1)]
+    c.close()
+
+
+def test_migration_path_keeps_data(db_url: str, make_receipt: MakeReceipt) -> None:
+    rec = make_receipt("t1", wh=600)
+    member = MemberRecord("alice", "prosumer", "MP-1", b"s", b"n", b"c", 99)
+    v1 = SqlRepository(db_url)
+    try:
+        v1.commit_receipts([rec])
+        v1.put_member(member)
+        assert v1.schema_version() == 1
+    finally:
+        v1.close()
+    assert "note" not in _columns(db_url, "receipts")
+
+    v2 = SqlRepository(db_url, migrations=[_add_note_column])
+    try:
+        assert v2.schema_version() == 2
+        assert v2.get_receipt(b"t1") == rec
+        assert v2.get_member("alice") == member
+        assert v2.remaining_wh(b"order-1", 10_000) == 9_400
+        # The repository still works on the upgraded table.
+        rec2 = make_receipt("t2", wh=100)
+        assert [type(o).__name__ for o in v2.commit_receipts([rec2])] == ["Committed"]
+    finally:
+        v2.close()
+    with sqlite3.connect(_path(db_url)) as c:
+        assert c.execute("SELECT trade_id, note FROM receipts ORDER BY trade_id").fetchall() == [
+            (b"t1", "migrated"),
+            (b"t2", None),
+        ]
+    c.close()
+
+    # Reopening at version 2 does not run the step again (it would fail:
+    # duplicate column).
+    again = SqlRepository(db_url, migrations=[_add_note_column])
+    try:
+        assert again.schema_version() == 2
+    finally:
+        again.close()
+
+
+def test_failed_migration_rolls_back(db_url: str, make_receipt: MakeReceipt) -> None:
+    v1 = SqlRepository(db_url)
+    v1.commit_receipts([make_receipt("t1")])
+    v1.close()
+
+    def broken(conn: Connection) -> None:
+        _add_note_column(conn)
+        raise RuntimeError("step failed half way")
+
+    with pytest.raises(RuntimeError):
+        SqlRepository(db_url, migrations=[broken])
+    # SQLite DDL is transactional (we issue BEGIN ourselves): nothing stuck.
+    assert "note" not in _columns(db_url, "receipts")
+    r = SqlRepository(db_url)
+    try:
+        assert r.schema_version() == 1
+        assert r.get_receipt(b"t1") is not None
+    finally:
+        r.close()
+
+
+def test_newer_database_is_refused(db_url: str) -> None:
+    newer = SqlRepository(db_url, migrations=[_add_note_column])
+    newer.close()
+    with pytest.raises(SchemaVersionError, match=r"version 2.*only up to version 1"):
+        open_repository(db_url)
+    # Refusing changed nothing.
+    with sqlite3.connect(_path(db_url)) as c:
+        assert c.execute("SELECT version FROM schema_meta").fetchall() == [(2,)]
+    c.close()
+
+
+def test_foreign_database_is_refused(db_url: str) -> None:
+    with sqlite3.connect(_path(db_url)) as c:
+        c.execute("CREATE TABLE something_else (x INTEGER)")
+    c.close()
+    with pytest.raises(SchemaVersionError, match="not a p2pd store"):
+        open_repository(db_url)
+    assert issubclass(SchemaVersionError, StoreError)
