@@ -105,3 +105,29 @@ class SessionPair:
             if not s and not c and not self.client._out and not self.server._out:
                 break
         return cev, sev
+
+
+# --- daemon-level helpers (p2pd) ---------------------------------------------
+
+
+def node_identity(ident: Identity):  # type: ignore[no-untyped-def]
+    from p2pd.identity import NodeIdentity, NodeKeys
+
+    return NodeIdentity(NodeKeys(ident.signing, ident.noise_private), ident.credential)
+
+
+async def link(a, b):  # type: ignore[no-untyped-def]
+    """Connect node ``a`` (initiator) to node ``b`` over an in-memory stream pair.
+
+    Returns (a's connection, b's connection) once both registered the session.
+    """
+    import trio
+    import trio.testing
+
+    client, server = trio.testing.memory_stream_pair()
+    b.nursery.start_soon(b.accept, server, "memory")
+    conn = await a.connect_stream(client, "memory")
+    with trio.fail_after(5):
+        while b.sessions.get(a.member_id) is None or b.sessions[a.member_id].peer is None:
+            await trio.sleep(0)
+    return conn, b.sessions[a.member_id]

@@ -1,0 +1,54 @@
+"""Structured logging: one line per event, ``key=value`` pairs, to stderr.
+
+journald keeps stderr; logfmt lines stay greppable and machine-readable.
+Usage: ``log.info("handshake_failed", peer="127.0.0.1:5", reason="KEY_MISMATCH")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+_logger = logging.getLogger("p2pd")
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\n\t'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+def format_event(event: str, fields: dict[str, Any]) -> str:
+    parts = [f"event={_quote(event)}"]
+    parts += [f"{key}={_quote(value)}" for key, value in fields.items() if value is not None]
+    return " ".join(parts)
+
+
+def debug(event: str, **fields: Any) -> None:
+    if _logger.isEnabledFor(logging.DEBUG):
+        _logger.debug(format_event(event, fields))
+
+
+def info(event: str, **fields: Any) -> None:
+    if _logger.isEnabledFor(logging.INFO):
+        _logger.info(format_event(event, fields))
+
+
+def warning(event: str, **fields: Any) -> None:
+    _logger.warning(format_event(event, fields))
+
+
+def error(event: str, **fields: Any) -> None:
+    _logger.error(format_event(event, fields))
+
+
+def setup(level: str = "info") -> None:
+    """Send logs to stderr as ``level=... event=... k=v`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("level=%(levelname)s %(message)s"))
+    root = logging.getLogger("p2pd")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,166 @@
+"""One peer connection: pumps bytes between a trio Stream and a Session.
+
+The receive loop feeds the sans-IO :class:`protocol.Session`, hands events to
+the node, and fires the session's timers. Sending goes through one lock with a
+deadline, so a peer that stops reading cannot stall the tasks that send to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from p2pd import log
+from p2pd.clock import Clock, trio_deadline
+from p2pd.errors import PeerGone
+from protocol import (
+    NEED_DATA,
+    ConnectionClosed,
+    Credential,
+    Event,
+    HandshakeComplete,
+    Message,
+    ProtocolError,
+    Reason,
+    Session,
+)
+
+RECEIVE_CHUNK = 65536
+
+
+@dataclass
+class ConnStats:
+    started_at: float
+    established_at: float | None = None
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(eq=False)
+class PeerConnection:
+    """A live connection; ``peer`` is set once the handshake completed."""
+
+    stream: trio.abc.Stream
+    session: Session
+    address: str
+    clock: Clock
+    send_timeout: float = 10.0
+    peer: Credential | None = None
+    handshake_hash: bytes = b""
+    stats: ConnStats = field(default_factory=lambda: ConnStats(0.0))
+    established: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+    close_reason: Reason | None = None
+    _send_lock: trio.Lock = field(default_factory=trio.Lock)
+    _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def initiator(self) -> bool:
+        return self.session.initiator
+
+    @property
+    def member_id(self) -> str:
+        return self.peer.member_id if self.peer else "?"
+
+    async def send(self, msg: Message) -> None:
+        """Send ``msg``; raises PeerGone if the session is closed or the peer is too slow."""
+        try:
+            self.session.send(msg)
+        except ProtocolError as exc:
+            raise PeerGone(f"cannot send to {self.member_id}: {exc}") from exc
+        self.stats.messages_out += 1
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self._send_lock:
+            data = self.session.data_to_send()
+            if not data:
+                return
+            self.stats.bytes_out += len(data)
+            with trio.move_on_after(self.send_timeout) as scope:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._cancel.cancel()
+                    raise PeerGone(f"connection to {self.member_id} broke") from exc
+            if scope.cancelled_caught:
+                self.close_reason = Reason.TIMEOUT
+                self._cancel.cancel()
+                raise PeerGone(f"peer {self.member_id} is not reading; closed")
+
+    async def close(self, reason: Reason = Reason.NORMAL, message: str = "") -> None:
+        """Send Close (if established), then end the connection."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.session.close(reason, message)
+        with trio.move_on_after(1.0):
+            try:
+                await self.flush()
+            except PeerGone:
+                pass
+        self._cancel.cancel()
+
+
+EventHandler = Callable[[PeerConnection, Event], Awaitable[None]]
+
+
+async def pump_session(conn: PeerConnection, on_event: EventHandler) -> None:
+    """Run ``conn`` until it closes; deliver every event to ``on_event``.
+
+    Returns normally when the session ends for any reason; the reason is in
+    ``conn.close_reason``. Never raises for the peer's misbehaviour.
+    """
+    session = conn.session
+    with conn._cancel:
+        try:
+            await conn.flush()
+            while True:
+                deadline = trio_deadline(conn.clock, session.get_timer())
+                data: bytes | None = None
+                with trio.move_on_at(deadline):
+                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
+                now = conn.clock.now()
+                if data is None:
+                    session.handle_timer(now)
+                else:
+                    conn.stats.bytes_in += len(data)
+                    session.receive_data(data, now)
+                    while True:
+                        event = session.next_event()
+                        if event is NEED_DATA:
+                            break
+                        assert isinstance(event, Event)
+                        if isinstance(event, ConnectionClosed):
+                            conn.close_reason = event.reason
+                            log.info("peer_closed", peer=conn.member_id, addr=conn.address,
+                                     reason=event.reason.name, message=event.message)
+                            return
+                        if isinstance(event, HandshakeComplete):
+                            conn.peer = event.peer
+                            conn.handshake_hash = event.handshake_hash
+                            conn.stats.established_at = now
+                        else:
+                            conn.stats.messages_in += 1
+                        await on_event(conn, event)
+                        if session.state.value == "closed":
+                            return
+                await conn.flush()
+        except ProtocolError as exc:
+            conn.close_reason = exc.reason
+            log.warning("session_failed", peer=conn.member_id, addr=conn.address,
+                        reason=exc.reason.name, error=str(exc))
+            with trio.move_on_after(1.0):
+                try:
+                    await conn.flush()
+                except PeerGone:
+                    pass
+        except PeerGone as exc:
+            log.info("peer_gone", peer=conn.member_id, addr=conn.address, error=str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.close_reason = conn.close_reason or Reason.PROTOCOL_ERROR
+            log.info("peer_gone", peer=conn.member_id, addr=conn.address, error="connection broke")
+
