@@ -1,0 +1,313 @@
+"""DSMR P1 port smart meters: the Netherlands (DSMR 2.2, 4, 5) and Belgium (e-MUCS).
+
+Options (``[meter]`` table with ``driver = "dsmr_p1"``):
+
+- ``serial_port`` (str): the P1 cable, e.g. ``"/dev/ttyUSB0"``; or
+- ``host`` (str) and ``tcp_port`` (int): a TCP bridge such as ser2net.
+  Exactly one of ``serial_port`` and ``host`` is required.
+- ``variant``: ``"v2.2"``, ``"v4"``, ``"v5"`` (default) or ``"belgium"``.
+- ``baudrate`` (int): default 9600 (7E1) for v2.2, 115200 (8N1) otherwise.
+- ``timeout`` (float, s, default 30): no valid telegram in this long means
+  the meter is unavailable. DSMR 5 and e-MUCS send every second, v2.2/v4
+  every ten seconds.
+- ``max_buffer`` (int, bytes, default 16384): buffered bytes without a
+  complete telegram are trimmed past this size.
+- ``clock`` (callable returning unix seconds): used only for DSMR 2.2, whose
+  telegrams carry no timestamp. Defaults to ``time.time``.
+
+Mapping: import = 1-0:1.8.1 + 1-0:1.8.2 (kWh, three decimals, so exact Wh),
+export = 1-0:2.8.1 + 1-0:2.8.2, power = 1-0:1.7.0 - 1-0:2.7.0 (kW), time =
+0-0:1.0.0 (the meter's clock, local time with S/W DST flag, converted to UTC
+by dsmr-parser).
+
+Bad input is never fatal: a telegram with a bad CRC, one that fails to parse,
+one that lacks the energy registers and one whose values fail
+:class:`~meter_drivers.base.ReadingGuard` are each counted in
+:class:`P1Stats` and skipped. Partial telegrams are dropped by the framing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import trio
+from dsmr_parser import telegram_specifications as specs
+from dsmr_parser.clients.telegram_buffer import TelegramBuffer
+from dsmr_parser.exceptions import InvalidChecksumError, ParseError
+from dsmr_parser.parsers import TelegramParser
+
+from meter_drivers._options import Option, in_range, one_of, positive, validate
+from meter_drivers.base import (
+    BadReading,
+    DriverConfigError,
+    MeterUnavailable,
+    Reading,
+    ReadingGuard,
+)
+
+SPECS: dict[str, dict[str, Any]] = {
+    "v2.2": specs.V2_2,
+    "v4": specs.V4,
+    "v5": specs.V5,
+    "belgium": specs.BELGIUM_FLUVIUS,
+}
+
+OPTIONS = {
+    "serial_port": Option("str", None),
+    "host": Option("str", None),
+    "tcp_port": Option("int", None, in_range(1, 65535)),
+    "variant": Option("str", "v5", one_of(*SPECS)),
+    "baudrate": Option("int", None, positive),
+    "timeout": Option("float", 30.0, positive),
+    "max_buffer": Option("int", 16384, in_range(1024, 1 << 20)),
+    "clock": Option("callable", time.time),
+}
+
+_READ_CHUNK = 4096
+
+
+@dataclass
+class P1Stats:
+    """Counters the daemon can report; all only ever increase."""
+
+    telegrams: int = 0
+    """Telegrams that produced a reading."""
+    crc_errors: int = 0
+    parse_errors: int = 0
+    """Telegrams that failed to parse or lacked the energy registers."""
+    rejected: int = 0
+    """Telegrams whose values failed validation (negative, decreasing)."""
+    trimmed_bytes: int = 0
+    """Bytes dropped because no telegram ended within ``max_buffer``."""
+
+
+class _BoundedTelegramBuffer(TelegramBuffer):  # type: ignore[misc]
+    # dsmr-parser's buffer grows without limit while no telegram end arrives.
+    # It keeps its text in ``_buffer``; tests/meter_drivers/test_dsmr_p1.py
+    # pins this so an upgrade that renames it fails loudly.
+    def trim(self, limit: int) -> int:
+        """Drop old text beyond ``limit`` characters; returns how many were dropped."""
+        text: str = self._buffer
+        if len(text) <= limit:
+            return 0
+        start = text.rfind("/")
+        kept = text[start:] if start >= 0 and len(text) - start <= limit else ""
+        self._buffer = kept
+        return len(text) - len(kept)
+
+
+class P1Decoder:
+    """Sans-IO: bytes from the P1 port in, readings out.
+
+    ``feed(data)`` returns the readings completed by ``data`` (possibly none,
+    possibly several), oldest first. ``stats`` counts what was skipped.
+    """
+
+    def __init__(
+        self,
+        variant: str = "v5",
+        *,
+        max_buffer: int = 16384,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._spec = SPECS[variant]
+        self._parser = TelegramParser(self._spec)
+        self._buffer = _BoundedTelegramBuffer()
+        self._max_buffer = max_buffer
+        self._clock = clock
+        self.guard = ReadingGuard()
+        self.stats = P1Stats()
+
+    def feed(self, data: bytes) -> list[Reading]:
+        # latin-1 maps every byte to one code point, so garbage cannot raise
+        # and the CRC (computed over code points) sees the original bytes.
+        self._buffer.append(data.decode("latin-1"))
+        out: list[Reading] = []
+        for telegram in self._buffer.get_all():
+            reading = self._decode(telegram)
+            if reading is not None:
+                out.append(reading)
+        self.stats.trimmed_bytes += self._buffer.trim(self._max_buffer)
+        return out
+
+    def _decode(self, telegram: str) -> Reading | None:
+        try:
+            parsed = self._parser.parse(telegram)
+            reading = self._reading(parsed)
+        except InvalidChecksumError:
+            self.stats.crc_errors += 1
+            return None
+        except (ParseError, ValueError, ArithmeticError, AttributeError, TypeError):
+            self.stats.parse_errors += 1
+            return None
+        try:
+            self.guard.check(reading)
+        except BadReading:
+            self.stats.rejected += 1
+            return None
+        self.stats.telegrams += 1
+        return reading
+
+    def _reading(self, t: Any) -> Reading:
+        def kwh(name: str) -> Decimal:
+            value = getattr(t, name).value
+            if not isinstance(value, Decimal) or not value.is_finite():
+                raise ValueError(f"{name} is not a number")
+            return value
+
+        import_kwh = kwh("ELECTRICITY_USED_TARIFF_1") + kwh("ELECTRICITY_USED_TARIFF_2")
+        export_kwh = kwh("ELECTRICITY_DELIVERED_TARIFF_1") + kwh("ELECTRICITY_DELIVERED_TARIFF_2")
+        power_w: int | None = None
+        if hasattr(t, "CURRENT_ELECTRICITY_USAGE") and hasattr(t, "CURRENT_ELECTRICITY_DELIVERY"):
+            net_kw = kwh("CURRENT_ELECTRICITY_USAGE") - kwh("CURRENT_ELECTRICITY_DELIVERY")
+            power_w = int((net_kw * 1000).to_integral_value())
+        stamp = getattr(t, "P1_MESSAGE_TIMESTAMP", None)
+        if stamp is not None and stamp.value is not None:
+            ts = int(stamp.value.timestamp())
+        elif not self._spec["checksum_support"]:
+            ts = int(self._clock())  # DSMR 2.2: no clock in the telegram
+        else:
+            raise ValueError("telegram has no valid timestamp")
+        return Reading(
+            ts=ts,
+            import_wh=int((import_kwh * 1000).to_integral_value()),
+            export_wh=int((export_kwh * 1000).to_integral_value()),
+            power_w=power_w,
+        )
+
+
+class DsmrP1Meter:
+    """A P1 port read over serial (pyserial in a thread) or TCP (ser2net).
+
+    Connects lazily on the first ``read()`` and again after a failure.
+    ``read()`` returns the newest reading decoded from the bytes received so
+    far; it raises :class:`MeterUnavailable` if the port cannot be opened, the
+    connection closes or no valid telegram arrives within ``timeout``.
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        opts = validate(OPTIONS, options)
+        if (opts["serial_port"] is None) == (opts["host"] is None):
+            raise DriverConfigError("serial_port", "set exactly one of serial_port or host")
+        if opts["host"] is not None and opts["tcp_port"] is None:
+            raise DriverConfigError("tcp_port", "is required with host")
+        if opts["serial_port"] is not None and opts["tcp_port"] is not None:
+            raise DriverConfigError("tcp_port", "only applies with host")
+        self._opts = opts
+        self.decoder = P1Decoder(
+            opts["variant"], max_buffer=opts["max_buffer"], clock=opts["clock"]
+        )
+        self._stream: trio.abc.Stream | None = None
+        self._serial: Any = None
+
+    @property
+    def stats(self) -> P1Stats:
+        return self.decoder.stats
+
+    async def read(self) -> Reading:
+        try:
+            with trio.fail_after(self._opts["timeout"]):
+                while True:
+                    readings = self.decoder.feed(await self._receive())
+                    if readings:
+                        return readings[-1]
+        except trio.TooSlowError as exc:
+            await self._disconnect()
+            raise MeterUnavailable(
+                f"no valid P1 telegram within {self._opts['timeout']} s"
+            ) from exc
+        except MeterUnavailable:
+            await self._disconnect()
+            raise
+
+    async def connect(self) -> None:
+        """Open the port or connection now (``read()`` otherwise does it).
+
+        pyserial flushes the input buffer when it opens a port. Raises
+        :class:`MeterUnavailable`.
+        """
+        if self._opts["host"] is not None:
+            await self._connect_tcp()
+        else:
+            await self._connect_serial()
+
+    async def _receive(self) -> bytes:
+        if self._opts["host"] is not None:
+            return await self._receive_tcp()
+        return await self._receive_serial()
+
+    async def _connect_tcp(self) -> trio.abc.Stream:
+        host, port = self._opts["host"], self._opts["tcp_port"]
+        if self._stream is None:
+            try:
+                self._stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise MeterUnavailable(f"P1 bridge {host}:{port}: {exc}") from exc
+        return self._stream
+
+    async def _receive_tcp(self) -> bytes:
+        host, port = self._opts["host"], self._opts["tcp_port"]
+        stream = await self._connect_tcp()
+        try:
+            data = await stream.receive_some(_READ_CHUNK)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise MeterUnavailable(f"P1 bridge {host}:{port}: {exc}") from exc
+        if not data:
+            raise MeterUnavailable(f"P1 bridge {host}:{port} closed the connection")
+        return data
+
+    async def _connect_serial(self) -> Any:
+        import serial  # pyserial; imported here so TCP-only setups never touch it
+
+        if self._serial is None:
+            try:
+                self._serial = await trio.to_thread.run_sync(self._open_serial, serial)
+            except (OSError, serial.SerialException) as exc:
+                path = self._opts["serial_port"]
+                raise MeterUnavailable(f"P1 serial port {path}: {exc}") from exc
+        return self._serial
+
+    async def _receive_serial(self) -> bytes:
+        import serial
+
+        port = await self._connect_serial()
+        try:
+            # Short serial timeout: the thread returns every 0.5 s so that
+            # cancellation (which waits for the thread) stays prompt.
+            return await trio.to_thread.run_sync(_read_available, port)
+        except (OSError, serial.SerialException) as exc:
+            path = self._opts["serial_port"]
+            raise MeterUnavailable(f"P1 serial port {path}: {exc}") from exc
+
+    def _open_serial(self, serial: Any) -> Any:
+        v22 = self._opts["variant"] == "v2.2"
+        return serial.Serial(
+            self._opts["serial_port"],
+            baudrate=self._opts["baudrate"] or (9600 if v22 else 115200),
+            bytesize=serial.SEVENBITS if v22 else serial.EIGHTBITS,
+            parity=serial.PARITY_EVEN if v22 else serial.PARITY_NONE,
+            stopbits=serial.STOPBITS_ONE,
+            timeout=0.5,
+        )
+
+    async def _disconnect(self) -> None:
+        stream, self._stream = self._stream, None
+        port, self._serial = self._serial, None
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        if port is not None:
+            port.close()
+
+    async def aclose(self) -> None:
+        await self._disconnect()
+
+
+def _read_available(port: Any) -> bytes:
+    data: bytes = port.read(1)
+    if data:
+        data += port.read(min(port.in_waiting, _READ_CHUNK))
+    return data
