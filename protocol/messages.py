@@ -23,9 +23,19 @@ PROTOCOL_VERSION = 1
 
 
 class Message(Record, Event):
-    """Base of all application messages; ``TYPE`` is the wire type code."""
+    """Base of all application messages; ``TYPE`` is the wire type code.
+
+    ``CATEGORY`` groups messages for policing (token bucket per category):
+    ``"control"`` (keepalive, feedback, session management), ``"gossip"``
+    (orders, cancels, announcements) or ``"trade"`` (takes and receipts).
+
+    Type code ranges: 1-15 session, 16-31 congestion and revocation,
+    32-63 trading (S1), 64-95 representatives and broker (S2-S4),
+    96-111 discovery.
+    """
 
     TYPE: ClassVar[int]
+    CATEGORY: ClassVar[str] = "control"
 
 
 MESSAGE_TYPES: dict[int, type[Message]] = {}
