@@ -1,0 +1,90 @@
+"""Message envelope and session messages (docs/protocol.md section 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol import (
+    MESSAGE_TYPES, Close, DecodeError, Hello, LocalProtocolError, Ping, Pong, Reason, Rekey,
+    decode_message, encode_message, pack, register,
+)
+from p2pd_test_helpers import Community
+
+
+@pytest.mark.parametrize(
+    ("msg", "wire"),
+    [
+        (Ping(1), "93010201"),
+        (Pong(4294967295), "930103ceffffffff"),
+        (Close(0, "bye"), "94010400a3627965"),
+        (Rekey(), "920105"),
+    ],
+)
+def test_session_message_encodings(msg: object, wire: str) -> None:
+    assert encode_message(msg).hex() == wire  # type: ignore[arg-type]
+    assert decode_message(bytes.fromhex(wire)) == msg
+
+
+def test_hello_wraps_credential() -> None:
+    cred = Community().member("alice").credential
+    data = encode_message(Hello(cred))
+    assert data == b"\x93\x01\x01" + cred.encode()
+    assert decode_message(data) == Hello(cred)
+
+
+def test_type_codes() -> None:
+    assert {code: cls.__name__ for code, cls in MESSAGE_TYPES.items() if code <= 5} == {
+        1: "Hello", 2: "Ping", 3: "Pong", 4: "Close", 5: "Rekey",
+    }
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_unsupported_version(version: object) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_message(pack([version, 2, 1]))
+    assert info.value.reason is Reason.UNSUPPORTED_VERSION
+
+
+@pytest.mark.xfail(strict=True, reason="bug: decode_message accepts `true` as version 1")
+def test_bool_version_rejected() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_message(bytes.fromhex("93c30205"))
+    assert info.value.reason is Reason.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[1, 250], [1, True, 1], [1, "2", 1], [1, None], [1], [], [1, 2], [1, 2, 1, 2], [1, 2, -1],
+     [1, 2, 2**32], [1, 2, True], [1, 4, 256, ""], [1, 4, 0, "x" * 201], [1, 1, [1]]],
+)
+def test_invalid_messages(value: list[object]) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_message(pack(value))
+    assert info.value.reason is Reason.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize("wire", ["93010201c0", "9301cb3ff000000000000000", "8101", ""])
+def test_non_canonical_input_is_decode_error(wire: str) -> None:
+    with pytest.raises(DecodeError):
+        decode_message(bytes.fromhex(wire))
+
+
+def test_close_message_limit_is_in_bytes() -> None:
+    decode_message(pack([1, 4, 0, "é" * 100]))
+    with pytest.raises(DecodeError):
+        decode_message(pack([1, 4, 0, "é" * 101]))
+
+
+def test_register_refuses_duplicate_code() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from protocol import Message
+
+    @dataclass(frozen=True)
+    class Impostor(Message):
+        TYPE: ClassVar[int] = 2
+
+    with pytest.raises(LocalProtocolError):
+        register(Impostor)
+    assert MESSAGE_TYPES[2] is Ping
