@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store import Committed, ReceiptRecord, open_repository  # noqa: E402
+from store import Committed, ReceiptRecord, open_repository
 
 
 def _receipts(prefix: str, n: int) -> list[ReceiptRecord]:
@@ -67,8 +67,15 @@ def main() -> None:
     print(f"  one receipt per transaction: {single:7.3f} s  {per_txn:10,.0f} receipts/s")
     print(f"  batches of {batch:<3}            : {grouped:7.3f} s  {batched:10,.0f} receipts/s")
     print(f"  group commit speed-up      : {batched / per_txn:.1f}x")
-    print(json.dumps({"per_txn_per_s": round(per_txn, 1), "batched_per_s": round(batched, 1),
-                      "ratio": round(batched / per_txn, 2)}))
+    print(
+        json.dumps(
+            {
+                "per_txn_per_s": round(per_txn, 1),
+                "batched_per_s": round(batched, 1),
+                "ratio": round(batched / per_txn, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

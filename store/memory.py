@@ -24,15 +24,8 @@ from store.records import (
     ReceiptRecord,
     RevocationRecord,
     StatementRecord,
+    check_receipt,
 )
-
-
-def _check_receipt(rec: ReceiptRecord) -> None:
-    if rec.wh <= 0 or rec.order_wh < 0:
-        raise ValueError(
-            f"receipt {rec.trade_id.hex()}: wh must be > 0 and order_wh >= 0 "
-            f"(got wh={rec.wh}, order_wh={rec.order_wh})"
-        )
 
 
 def _receipt_key(r: ReceiptRecord) -> tuple[int, bytes]:
@@ -99,7 +92,7 @@ class MemoryRepository:
     # -- receipts -----------------------------------------------------------
     def commit_receipts(self, batch: list[ReceiptRecord]) -> list[Outcome]:
         for rec in batch:
-            _check_receipt(rec)
+            check_receipt(rec)
         outcomes: list[Outcome] = []
         with self._lock:
             for rec in batch:
@@ -157,7 +150,7 @@ class MemoryRepository:
     def put_statement(self, rec: StatementRecord) -> None:
         for k, v in rec.fields.items():
             if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"statement field {k!r}={v!r}: keys must be str, values int")
+                raise TypeError(f"statement field {k!r}={v!r}: keys must be str, values int")
         # Copy the dict so later changes by the caller do not reach the store.
         rec = replace(rec, fields=dict(rec.fields))
         with self._lock:

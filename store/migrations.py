@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, inspect, insert, select, update
+from sqlalchemy import Connection, insert, inspect, select, update
 
 from store import schema
 from store.errors import SchemaVersionError
@@ -57,8 +57,7 @@ def migrate(conn: Connection, steps: Sequence[Migration] = MIGRATIONS) -> int:
         others = inspect(conn).get_table_names()
         if others:
             raise SchemaVersionError(
-                f"database has tables {sorted(others)[:5]} but no schema_meta: "
-                "not a p2pd store"
+                f"database has tables {sorted(others)[:5]} but no schema_meta: not a p2pd store"
             )
         schema.metadata.create_all(conn)
         conn.execute(insert(schema.schema_meta).values(id=1, version=target))

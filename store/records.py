@@ -9,7 +9,6 @@ store needs for its queries; the store never decodes or verifies them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -126,6 +125,19 @@ class RevocationRecord:
     encoded: bytes
 
 
+def check_receipt(rec: ReceiptRecord) -> None:
+    """Raise ValueError unless ``rec.wh > 0`` and ``rec.order_wh >= 0``.
+
+    A receipt with ``wh <= 0`` would give energy back to its order and defeat
+    the per-order sum check, so no implementation may store one.
+    """
+    if rec.wh <= 0 or rec.order_wh < 0:
+        raise ValueError(
+            f"receipt {rec.trade_id.hex()}: wh must be > 0 and order_wh >= 0 "
+            f"(got wh={rec.wh}, order_wh={rec.order_wh})"
+        )
+
+
 # Outcomes of commit_receipts, one per receipt in the batch.
 
 
@@ -152,4 +164,4 @@ class Insufficient:
     remaining_wh: int
 
 
-Outcome = Union[Committed, Duplicate, Insufficient]
+Outcome = Committed | Duplicate | Insufficient

@@ -102,7 +102,8 @@ class Repository(Protocol):
 
     # -- statements ---------------------------------------------------------
     def put_statement(self, rec: StatementRecord) -> None:
-        """Insert or replace the statement for (member_id, slot_start)."""
+        """Insert or replace the statement for (member_id, slot_start).
+        Raises TypeError if a ``fields`` key is not a str or a value not an int."""
 
     def statements(self, member_id: str, start: int, end: int) -> list[StatementRecord]:
         """Return the member's statements with ``start <= slot_start < end``,

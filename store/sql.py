@@ -15,33 +15,42 @@ fsync per batch instead of per receipt.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
-    Row,
     Table,
     and_,
     create_engine,
     delete,
-    event,
-    exc,
     func,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.expression import Executable
 
 from store import schema
-from store.errors import IntegrityFailure, StoreError
+from store._sql_support import (
+    BEGIN_OPTION,
+    chunks,
+    fields_json,
+    install_sqlite_hooks,
+    member_from_row,
+    order_from_row,
+    receipt_from_row,
+    statement_from_row,
+    translate_errors,
+)
+from store.errors import StoreError
 from store.migrations import MIGRATIONS, Migration, migrate, read_version
 from store.records import (
     BanRecord,
@@ -56,91 +65,8 @@ from store.records import (
     ReceiptRecord,
     RevocationRecord,
     StatementRecord,
+    check_receipt,
 )
-
-# Execution option read by the SQLite "begin" hook to pick the BEGIN mode.
-_BEGIN = "p2pd_sqlite_begin"
-# SQLite's default limit on bound parameters is 32766; stay far below it.
-_IN_CHUNK = 500
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, on_disk: bool) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Stop pysqlite from issuing its own deferred BEGIN (and committing
-        # before DDL); the "begin" hook below emits BEGIN itself.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if on_disk:
-                mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"could not switch SQLite to WAL (got {mode!r})")
-            cur.execute("PRAGMA synchronous = FULL")
-            cur.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get(_BEGIN, "DEFERRED"))
-
-
-@contextmanager
-def _translate_errors() -> Iterator[None]:
-    try:
-        yield
-    except exc.IntegrityError as e:
-        raise IntegrityFailure(str(e.orig)) from e
-    except exc.SQLAlchemyError as e:
-        raise StoreError(str(e)) from e
-
-
-def _check_receipt(rec: ReceiptRecord) -> None:
-    if rec.wh <= 0 or rec.order_wh < 0:
-        raise ValueError(
-            f"receipt {rec.trade_id.hex()}: wh must be > 0 and order_wh >= 0 "
-            f"(got wh={rec.wh}, order_wh={rec.order_wh})"
-        )
-
-
-def _fields_json(fields: Mapping[str, int]) -> str:
-    for k, v in fields.items():
-        if not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool):
-            raise ValueError(f"statement field {k!r}={v!r}: keys must be str, values int")
-    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"))
-
-
-def _member(r: Row[Any]) -> MemberRecord:
-    m = r._mapping
-    return MemberRecord(m["member_id"], m["role"], m["metering_point"], m["sign_pk"],
-                        m["noise_pk"], m["credential"], m["valid_until"])
-
-
-def _order(r: Row[Any]) -> OrderRecord:
-    m = r._mapping
-    return OrderRecord(m["order_id"], m["member_id"], m["side"], m["slot_start"],
-                       m["slot_len"], m["wh"], m["price"], m["expiry"], m["encoded"],
-                       bool(m["cancelled"]))
-
-
-def _receipt(r: Row[Any]) -> ReceiptRecord:
-    m = r._mapping
-    return ReceiptRecord(m["trade_id"], m["order_id"], m["seller"], m["buyer"],
-                         m["slot_start"], m["slot_len"], m["wh"], m["price"],
-                         m["order_wh"], m["encoded"], m["created_at"])
-
-
-def _statement(r: Row[Any]) -> StatementRecord:
-    m = r._mapping
-    fields = {str(k): int(v) for k, v in json.loads(m["fields"]).items()}
-    return StatementRecord(m["member_id"], m["slot_start"], m["slot_len"], m["encoded"], fields)
 
 
 class SqlRepository:
@@ -173,9 +99,14 @@ class SqlRepository:
                 # the calls take turns on it.
                 kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
                 self._lock = threading.RLock()
+        elif self._dialect != "postgresql":
+            # Untested backends get no explicit lock in _write; SERIALIZABLE
+            # makes a conflicting writer fail (StoreError) instead of
+            # over-committing an order.
+            kwargs["isolation_level"] = "SERIALIZABLE"
         self._engine = create_engine(u, **kwargs)
         if self._dialect == "sqlite":
-            _install_sqlite_hooks(self._engine, busy_timeout_ms, on_disk=self._lock is None)
+            install_sqlite_hooks(self._engine, busy_timeout_ms, on_disk=self._lock is None)
         try:
             with self._write() as conn:
                 migrate(conn, migrations)
@@ -188,28 +119,30 @@ class SqlRepository:
     def _write(self, lock_tables: Sequence[Table] = ()) -> Iterator[Connection]:
         """Yield a connection in a transaction holding the write lock; commit
         on normal exit (durable when this returns), roll back on error."""
-        with self._lock or nullcontext(), _translate_errors():
+        with self._lock or nullcontext(), translate_errors():
             conn = self._engine.connect()
             try:
                 if self._dialect == "sqlite":
-                    conn = conn.execution_options(**{_BEGIN: "IMMEDIATE"})
+                    conn = conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
                 with conn.begin():
                     if self._dialect == "postgresql":
                         for t in lock_tables:
                             # SHARE ROW EXCLUSIVE conflicts with itself but not
                             # with readers: writers of t queue, reads go on.
-                            conn.exec_driver_sql(
-                                f"LOCK TABLE {t.name} IN SHARE ROW EXCLUSIVE MODE"
-                            )
+                            conn.exec_driver_sql(f"LOCK TABLE {t.name} IN SHARE ROW EXCLUSIVE MODE")
                     yield conn
             finally:
                 conn.close()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._lock or nullcontext(), _translate_errors():
-            with self._engine.connect() as conn, conn.begin():
-                yield conn
+        with (
+            self._lock or nullcontext(),
+            translate_errors(),
+            self._engine.connect() as conn,
+            conn.begin(),
+        ):
+            yield conn
 
     def _insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
         """Insert rows, skipping those whose primary key exists. Returns the
@@ -217,15 +150,15 @@ class SqlRepository:
         if not rows:
             return 0
         if self._dialect in ("sqlite", "postgresql"):
+            stmt: Executable
             if self._dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+                stmt = sqlite_dialect.insert(table).on_conflict_do_nothing()
             else:
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            stmt = dialect_insert(table).on_conflict_do_nothing()
+                stmt = postgresql_dialect.insert(table).on_conflict_do_nothing()
             # One execute per row: single-row rowcount is exact on every
             # driver, executemany's is not; all rows share one transaction.
             return sum(conn.execute(stmt, row).rowcount for row in rows)
-        # Portable fallback: we hold the write lock, so check-then-insert is safe.
+        # Portable fallback (untested backends, SERIALIZABLE): check, then insert.
         pk = list(table.primary_key.columns)
         n = 0
         for row in rows:
@@ -250,12 +183,12 @@ class SqlRepository:
         t = schema.members
         with self._read() as conn:
             row = conn.execute(select(t).where(t.c.member_id == member_id)).first()
-        return None if row is None else _member(row)
+        return None if row is None else member_from_row(row)
 
     def members(self) -> list[MemberRecord]:
         t = schema.members
         with self._read() as conn:
-            return [_member(r) for r in conn.execute(select(t).order_by(t.c.member_id))]
+            return [member_from_row(r) for r in conn.execute(select(t).order_by(t.c.member_id))]
 
     # -- orders -------------------------------------------------------------
     def put_order(self, rec: OrderRecord) -> bool:
@@ -266,19 +199,25 @@ class SqlRepository:
         t = schema.orders
         with self._read() as conn:
             row = conn.execute(select(t).where(t.c.order_id == order_id)).first()
-        return None if row is None else _order(row)
+        return None if row is None else order_from_row(row)
 
     def live_orders(self, now: int) -> list[OrderRecord]:
         t = schema.orders
-        q = (select(t).where(t.c.cancelled.is_(False), t.c.expiry > now)
-             .order_by(t.c.slot_start, t.c.order_id))
+        q = (
+            select(t)
+            .where(t.c.cancelled.is_(False), t.c.expiry > now)
+            .order_by(t.c.slot_start, t.c.order_id)
+        )
         with self._read() as conn:
-            return [_order(r) for r in conn.execute(q)]
+            return [order_from_row(r) for r in conn.execute(q)]
 
     def cancel_order(self, order_id: bytes) -> bool:
         t = schema.orders
-        q = (update(t).where(t.c.order_id == order_id, t.c.cancelled.is_(False))
-             .values(cancelled=True))
+        q = (
+            update(t)
+            .where(t.c.order_id == order_id, t.c.cancelled.is_(False))
+            .values(cancelled=True)
+        )
         with self._write() as conn:
             return conn.execute(q).rowcount == 1
 
@@ -292,7 +231,7 @@ class SqlRepository:
     # -- receipts -----------------------------------------------------------
     def commit_receipts(self, batch: list[ReceiptRecord]) -> list[Outcome]:
         for rec in batch:
-            _check_receipt(rec)
+            check_receipt(rec)
         if not batch:
             return []
         t = schema.receipts
@@ -303,13 +242,16 @@ class SqlRepository:
             # Invariant: from here to COMMIT we hold the write lock, so the
             # sums read below stay true while we add this batch to them.
             stored: dict[bytes, ReceiptRecord] = {}
-            for chunk in _chunks(trade_ids):
+            for chunk in chunks(trade_ids):
                 for row in conn.execute(select(t).where(t.c.trade_id.in_(chunk))):
-                    stored[row.trade_id] = _receipt(row)
+                    stored[row.trade_id] = receipt_from_row(row)
             used: dict[bytes, int] = dict.fromkeys(order_ids, 0)
-            for chunk in _chunks(order_ids):
-                q = (select(t.c.order_id, func.sum(t.c.wh))
-                     .where(t.c.order_id.in_(chunk)).group_by(t.c.order_id))
+            for chunk in chunks(order_ids):
+                q = (
+                    select(t.c.order_id, func.sum(t.c.wh))
+                    .where(t.c.order_id.in_(chunk))
+                    .group_by(t.c.order_id)
+                )
                 for oid, total in conn.execute(q):
                     used[oid] = int(total)
             new_rows: list[dict[str, Any]] = []
@@ -332,7 +274,7 @@ class SqlRepository:
         t = schema.receipts
         with self._read() as conn:
             row = conn.execute(select(t).where(t.c.trade_id == trade_id)).first()
-        return None if row is None else _receipt(row)
+        return None if row is None else receipt_from_row(row)
 
     def receipts(
         self, member_id: str | None = None, since: int | None = None
@@ -344,13 +286,13 @@ class SqlRepository:
         if since is not None:
             q = q.where(t.c.created_at >= since)
         with self._read() as conn:
-            return [_receipt(r) for r in conn.execute(q)]
+            return [receipt_from_row(r) for r in conn.execute(q)]
 
     def receipts_for_order(self, order_id: bytes) -> list[ReceiptRecord]:
         t = schema.receipts
         q = select(t).where(t.c.order_id == order_id).order_by(t.c.created_at, t.c.trade_id)
         with self._read() as conn:
-            return [_receipt(r) for r in conn.execute(q)]
+            return [receipt_from_row(r) for r in conn.execute(q)]
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:
@@ -361,26 +303,38 @@ class SqlRepository:
 
     def readings(self, meter_id: str, start: int, end: int) -> list[ReadingRecord]:
         t = schema.readings
-        q = (select(t).where(t.c.meter_id == meter_id, t.c.ts >= start, t.c.ts < end)
-             .order_by(t.c.ts))
+        q = (
+            select(t)
+            .where(t.c.meter_id == meter_id, t.c.ts >= start, t.c.ts < end)
+            .order_by(t.c.ts)
+        )
         with self._read() as conn:
-            return [ReadingRecord(r.meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
-                    for r in conn.execute(q)]
+            return [
+                ReadingRecord(r.meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
+                for r in conn.execute(q)
+            ]
 
     # -- statements ---------------------------------------------------------
     def put_statement(self, rec: StatementRecord) -> None:
-        row = {"member_id": rec.member_id, "slot_start": rec.slot_start,
-               "slot_len": rec.slot_len, "encoded": rec.encoded,
-               "fields": _fields_json(rec.fields)}
+        row = {
+            "member_id": rec.member_id,
+            "slot_start": rec.slot_start,
+            "slot_len": rec.slot_len,
+            "encoded": rec.encoded,
+            "fields": fields_json(rec.fields),
+        }
         with self._write() as conn:
             self._upsert(conn, schema.statements, row)
 
     def statements(self, member_id: str, start: int, end: int) -> list[StatementRecord]:
         t = schema.statements
-        q = (select(t).where(t.c.member_id == member_id, t.c.slot_start >= start,
-                             t.c.slot_start < end).order_by(t.c.slot_start))
+        q = (
+            select(t)
+            .where(t.c.member_id == member_id, t.c.slot_start >= start, t.c.slot_start < end)
+            .order_by(t.c.slot_start)
+        )
         with self._read() as conn:
-            return [_statement(r) for r in conn.execute(q)]
+            return [statement_from_row(r) for r in conn.execute(q)]
 
     # -- bans ---------------------------------------------------------------
     def put_ban(self, rec: BanRecord) -> None:
@@ -414,8 +368,9 @@ class SqlRepository:
         t = schema.peer_addresses
         with self._read() as conn:
             rows = conn.execute(select(t).order_by(t.c.member_id))
-            return [PeerAddressRecord(r.member_id, r.host, r.port, r.seen_at, r.encoded)
-                    for r in rows]
+            return [
+                PeerAddressRecord(r.member_id, r.host, r.port, r.seen_at, r.encoded) for r in rows
+            ]
 
     # -- revocations --------------------------------------------------------
     def put_revocation(self, rec: RevocationRecord) -> bool:
@@ -426,8 +381,10 @@ class SqlRepository:
         t = schema.revocations
         q = select(t).order_by(t.c.issuer_pk, t.c.member_id, t.c.serial)
         with self._read() as conn:
-            return [RevocationRecord(r.issuer_pk, r.member_id, r.serial, r.encoded)
-                    for r in conn.execute(q)]
+            return [
+                RevocationRecord(r.issuer_pk, r.member_id, r.serial, r.encoded)
+                for r in conn.execute(q)
+            ]
 
     # -- maintenance --------------------------------------------------------
     def schema_version(self) -> int:

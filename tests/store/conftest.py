@@ -50,19 +50,20 @@ def make_receipt() -> MakeReceipt:
         order_wh: int = 10_000,
         **overrides: object,
     ) -> ReceiptRecord:
-        fields: dict[str, object] = dict(
-            trade_id=trade_id.encode() if isinstance(trade_id, str) else trade_id,
-            order_id=order_id.encode() if isinstance(order_id, str) else order_id,
-            seller="alice",
-            buyer="bob",
-            slot_start=1_800_000_000,
-            slot_len=900,
-            wh=wh,
-            price=25,
-            order_wh=order_wh,
-            encoded=b"signed:" + (trade_id.encode() if isinstance(trade_id, str) else trade_id),
-            created_at=1_799_999_000,
-        )
+        tid = trade_id.encode() if isinstance(trade_id, str) else trade_id
+        fields: dict[str, object] = {
+            "trade_id": tid,
+            "order_id": order_id.encode() if isinstance(order_id, str) else order_id,
+            "seller": "alice",
+            "buyer": "bob",
+            "slot_start": 1_800_000_000,
+            "slot_len": 900,
+            "wh": wh,
+            "price": 25,
+            "order_wh": order_wh,
+            "encoded": b"signed:" + tid,
+            "created_at": 1_799_999_000,
+        }
         fields.update(overrides)
         return ReceiptRecord(**fields)  # type: ignore[arg-type]
 

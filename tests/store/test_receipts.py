@@ -81,12 +81,13 @@ def test_batch_with_several_orders_and_inner_duplicate(
     assert {r.trade_id for r in repo.receipts()} == {b"pre", b"a1", b"b1", b"a2", b"b3"}
 
 
-def test_invalid_receipt_rejects_whole_batch(
-    repo: Repository, make_receipt: MakeReceipt
-) -> None:
+def test_invalid_receipt_rejects_whole_batch(repo: Repository, make_receipt: MakeReceipt) -> None:
     good = make_receipt("good", wh=10)
-    for bad in (make_receipt("bad", wh=0), make_receipt("neg", wh=-500),
-                make_receipt("bad2", wh=1, order_wh=-1)):
+    for bad in (
+        make_receipt("bad", wh=0),
+        make_receipt("neg", wh=-500),
+        make_receipt("bad2", wh=1, order_wh=-1),
+    ):
         with pytest.raises(ValueError):
             repo.commit_receipts([good, bad])
     assert repo.receipts() == []
@@ -101,12 +102,22 @@ def test_two_racers_for_the_last_kwh_exactly_one_wins(
         barrier = threading.Barrier(2)
         results: dict[int, list[Outcome]] = {}
 
-        def racer(i: int) -> None:
-            r = make_receipt(f"race-{round_}-{i}", order_id=oid, wh=1000)
+        def racer(
+            r: ReceiptRecord,
+            i: int,
+            barrier: threading.Barrier = barrier,
+            results: dict[int, list[Outcome]] = results,
+        ) -> None:
             barrier.wait()
             results[i] = repo.commit_receipts([r])
 
-        threads = [threading.Thread(target=racer, args=(i,)) for i in range(2)]
+        threads = [
+            threading.Thread(
+                target=racer,
+                args=(make_receipt(f"race-{round_}-{i}", order_id=oid, wh=1000), i),
+            )
+            for i in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -23,10 +23,17 @@ from store import (
 
 
 def _order(oid: bytes, slot: int = 1000, expiry: int = 5000, **kw: object) -> OrderRecord:
-    fields: dict[str, object] = dict(
-        order_id=oid, member_id="alice", side="sell", slot_start=slot, slot_len=900,
-        wh=2000, price=25, expiry=expiry, encoded=b"sig" + oid,
-    )
+    fields: dict[str, object] = {
+        "order_id": oid,
+        "member_id": "alice",
+        "side": "sell",
+        "slot_start": slot,
+        "slot_len": 900,
+        "wh": 2000,
+        "price": 25,
+        "expiry": expiry,
+        "encoded": b"sig" + oid,
+    }
     fields.update(kw)
     return OrderRecord(**fields)  # type: ignore[arg-type]
 
@@ -91,7 +98,7 @@ def test_statement_upsert(repo: Repository) -> None:
     repo.put_statement(s1b)
     assert repo.statements("alice", 0, 1800) == [s0, s1b]
     assert repo.statements("alice", 1, 900) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         repo.put_statement(StatementRecord("alice", 0, 900, b"", {"wh": 1.5}))  # type: ignore[dict-item]
 
 

@@ -64,7 +64,7 @@ def test_ten_threads_never_exceed_order_wh(
     main = SqlRepository(db_url)
     barrier = threading.Barrier(10)
     committed: list[ReceiptRecord] = []
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
@@ -73,18 +73,25 @@ def test_ten_threads_never_exceed_order_wh(
             barrier.wait()
             for i in range(20):
                 batch = [
-                    make_receipt(f"{n}-{i}-{j}", order_id=orders[(n + i + j) % 3], wh=10,
-                                 order_wh=order_wh)
+                    make_receipt(
+                        f"{n}-{i}-{j}", order_id=orders[(n + i + j) % 3], wh=10, order_wh=order_wh
+                    )
                     for j in range(4)
                 ]
                 # A retry of an earlier batch now and then must not double-count.
                 if i % 5 == 4:
-                    batch.append(make_receipt(f"{n}-{i - 1}-0", order_id=orders[(n + i - 1) % 3],
-                                              wh=10, order_wh=order_wh))
+                    batch.append(
+                        make_receipt(
+                            f"{n}-{i - 1}-0",
+                            order_id=orders[(n + i - 1) % 3],
+                            wh=10,
+                            order_wh=order_wh,
+                        )
+                    )
                 outs = repo.commit_receipts(batch)
                 with lock:
                     committed.extend(o.receipt for o in outs if isinstance(o, Committed))
-        except BaseException as e:  # reported by the main thread
+        except Exception as e:  # noqa: BLE001  (re-raised via the assert in the main thread)
             errors.append(e)
         finally:
             if repo is not main:
@@ -138,7 +145,8 @@ def test_kill_9_mid_run_loses_nothing_reported(tmp_path: Path) -> None:
     for run, kill_after in enumerate((50, 400, 1500, 2000)):
         proc = subprocess.Popen(
             [sys.executable, str(script), str(ROOT), url, f"r{run}"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None
         seen = 0
@@ -163,8 +171,9 @@ def test_kill_9_mid_run_loses_nothing_reported(tmp_path: Path) -> None:
         assert max(sums.values()) <= 1_000
         assert len(sums) == 50
         # The store is still usable for writes after the crashes.
-        out = repo.commit_receipts([ReceiptRecord(b"after", b"o0", "s", "b", 0, 900, 1, 1,
-                                                  sums[b"o0"], b"", 0)])
+        out = repo.commit_receipts(
+            [ReceiptRecord(b"after", b"o0", "s", "b", 0, 900, 1, 1, sums[b"o0"], b"", 0)]
+        )
         assert out == [Insufficient(remaining_wh=0)]
     finally:
         repo.close()
