@@ -26,17 +26,24 @@ class SystemClock:
 
 
 class TrioWallClock:
-    """Unix time = ``base`` + trio.current_time(); follows MockClock/autojump."""
+    """Unix time that reads ``base`` now and then follows trio's clock.
 
-    def __init__(self, base: float) -> None:
+    Create it inside trio. With MockClock/autojump, wall time jumps too; a
+    ``scale`` above 1 runs it faster (simulations of a day in a minute).
+    """
+
+    def __init__(self, base: float, scale: float = 1.0) -> None:
         self.base = base
+        self.scale = scale
+        self.origin = trio.current_time()
 
     def now(self) -> float:
-        return self.base + trio.current_time()
+        return self.base + (trio.current_time() - self.origin) * self.scale
 
 
 def trio_deadline(clock: Clock, wall_deadline: float | None) -> float:
     """Convert a wall-clock deadline (or None) into a trio deadline."""
     if wall_deadline is None:
         return float("inf")
-    return trio.current_time() + max(0.0, wall_deadline - clock.now())
+    scale = getattr(clock, "scale", 1.0)
+    return trio.current_time() + max(0.0, wall_deadline - clock.now()) / scale

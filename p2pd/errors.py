@@ -25,3 +25,12 @@ class PeerGone(P2pdError):
 
 class NotConnected(P2pdError):
     """No established session with the requested member."""
+
+
+class TradeError(P2pdError):
+    """A post, take or cancel was refused; ``reason`` is the protocol Reason."""
+
+    def __init__(self, message: str, reason: object, remaining_wh: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.remaining_wh = remaining_wh
