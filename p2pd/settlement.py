@@ -24,6 +24,7 @@ Supplier amounts use the same formula on each member's totals.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -389,15 +390,11 @@ def register_at(readings: Sequence[CumulativeReading], t: int) -> tuple[int, int
     first after it, rounded down. Raises :class:`SettlementError` when no
     readings bracket ``t``.
     """
-    before = after = None
-    for r in readings:
-        if r.ts <= t:
-            before = r
-        if r.ts >= t:
-            after = r
-            break
-    if before is None or after is None:
+    i = bisect.bisect_left(readings, t, key=lambda r: r.ts)  # first with ts >= t
+    if i == len(readings) or (readings[i].ts != t and i == 0):
         raise SettlementError(f"no readings on both sides of {t}")
+    after = readings[i]
+    before = after if after.ts == t else readings[i - 1]
     if after.ts == before.ts:
         return before.import_wh, before.export_wh
     span, gone = after.ts - before.ts, t - before.ts
