@@ -81,14 +81,26 @@ class P1Stats:
     """Telegrams that failed to parse or lacked the energy registers."""
     rejected: int = 0
     """Telegrams whose values failed validation (negative, decreasing)."""
+    partial: int = 0
+    """Stretches of discarded input holding a telegram start or end: cut telegrams."""
     trimmed_bytes: int = 0
     """Bytes dropped because no telegram ended within ``max_buffer``."""
 
 
 class _BoundedTelegramBuffer(TelegramBuffer):  # type: ignore[misc]
-    # dsmr-parser's buffer grows without limit while no telegram end arrives.
-    # It keeps its text in ``_buffer``; tests/meter_drivers/test_dsmr_p1.py
-    # pins this so an upgrade that renames it fails loudly.
+    # dsmr-parser's buffer grows without limit while no telegram end arrives,
+    # and silently drops what precedes each telegram it finds. It keeps its
+    # text in ``_buffer``; tests/meter_drivers/test_dsmr_p1.py pins this so
+    # an upgrade that renames it fails loudly.
+    def __init__(self) -> None:
+        super().__init__()
+        self.partial = 0
+
+    def _remove(self, telegram: str) -> None:
+        dropped = self._buffer[: self._buffer.index(telegram)]
+        if "/" in dropped or "!" in dropped:
+            self.partial += max(1, dropped.count("/"))
+        super()._remove(telegram)
     def trim(self, limit: int) -> int:
         """Drop old text beyond ``limit`` characters; returns how many were dropped."""
         text: str = self._buffer
@@ -132,6 +144,7 @@ class P1Decoder:
             if reading is not None:
                 out.append(reading)
         self.stats.trimmed_bytes += self._buffer.trim(self._max_buffer)
+        self.stats.partial = self._buffer.partial
         return out
 
     def _decode(self, telegram: str) -> Reading | None:

@@ -53,6 +53,11 @@ def test_half_telegram_then_full(telegrams: Telegrams) -> None:
     dec = P1Decoder("v5")
     out = dec.feed(first[: len(first) // 2]) + dec.feed(second)
     assert [r.import_wh for r in out] == [4500 + 2399]
+    assert dec.stats.partial == 1
+    # A tail without its start is dropped too.
+    assert dec.feed(first[len(first) // 2 :]) == []
+    assert len(dec.feed(telegrams["v5"](ts="170102192004W", t1="000004.500"))) == 1
+    assert dec.stats.partial == 2
 
 
 def test_garbage_between_telegrams(telegrams: Telegrams) -> None:
