@@ -24,6 +24,7 @@ import trio
 
 from p2pd import log
 from p2pd.clock import Clock
+from p2pd.disputes import export_bundle
 from p2pd.errors import NotConnected, PeerGone, TradeError
 from p2pd.node import Node
 from p2pd.peer import PeerConnection
@@ -45,7 +46,15 @@ from protocol.trading import (
     TradeTerms,
     parties,
 )
-from store import Committed, Duplicate, Insufficient, OrderRecord, ReceiptRecord, Repository
+from store import (
+    Committed,
+    Duplicate,
+    Insufficient,
+    MemberRecord,
+    OrderRecord,
+    ReceiptRecord,
+    Repository,
+)
 
 TRADING_ROLES = ("prosumer", "representative")
 MAX_TAKES_IN_FLIGHT = 64
@@ -134,6 +143,7 @@ class Market:
 
     async def load(self) -> None:
         """Reload our own live orders (and what remains of them) after a restart."""
+        self._remember(self.node.identity.credential)
         now = self.now()
         records = await trio.to_thread.run_sync(self.repo.live_orders, now)
         for rec in records:
@@ -187,7 +197,7 @@ class Market:
             log.debug("order_rejected", order=order.order_id.hex(), reason=str(exc))
             return False
         self.book[order.order_id] = BookEntry(order, gossip.credential)
-        self.credentials[order.member_id] = gossip.credential
+        self._remember(gossip.credential)
         self.counters["orders_accepted"] += 1
         self.node.events.publish("order", **describe_order(order))
         return True
@@ -227,9 +237,19 @@ class Market:
         self.node.events.publish("cancel", order_id=cancel.order_id.hex(), member=cancel.member_id)
         return True
 
+    def _remember(self, cred: Credential) -> None:
+        """Keep a member's credential (in memory, and in the store for disputes)."""
+        known = self.credentials.get(cred.member_id)
+        if known == cred:
+            return
+        self.credentials[cred.member_id] = cred
+        record = MemberRecord(cred.member_id, cred.role, cred.metering_point, cred.sign_pk,
+                              cred.noise_pk, cred.encode(), cred.valid_until)
+        self.node.nursery.start_soon(trio.to_thread.run_sync, self.repo.put_member, record)
+
     async def _on_session_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
-        self.credentials[conn.peer.member_id] = conn.peer
+        self._remember(conn.peer)
         await conn.send(OrdersRequest())
 
     async def _on_session_close(self, conn: PeerConnection) -> None:
@@ -456,6 +476,17 @@ class Market:
         if taker not in (receipt.terms.seller, receipt.terms.buyer):
             raise TradeError("trade id already used", Reason.REPLAY)
         return receipt
+
+    def export(self, member_id: str | None = None, since: int | None = None) -> dict[str, Any]:
+        """A self-contained receipts bundle (see p2pd.disputes) from our store."""
+        records = self.repo.receipts(member_id, since)
+        names = {self.me} | {r.seller for r in records} | {r.buyer for r in records}
+        creds = [self.node.identity.credential]
+        for name in sorted(names):
+            member = self.repo.get_member(name)
+            if member is not None:
+                creds.append(Credential.decode(member.credential))
+        return export_bundle(self.node.policy.community, [r.encoded for r in records], creds)
 
     # --- views ------------------------------------------------------------------------
 

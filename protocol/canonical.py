@@ -76,7 +76,11 @@ def unpack(data: bytes) -> list[Any]:
             max_array_len=MAX_ARRAY,
             max_map_len=0,
             max_ext_len=0,
+            object_pairs_hook=_no_maps,
+            ext_hook=_no_ext,
         )
+    except DecodeError:
+        raise
     except msgpack.ExtraData as exc:
         raise DecodeError("trailing bytes after message") from exc
     except (ValueError, msgpack.UnpackException, UnicodeDecodeError, TypeError) as exc:
@@ -87,6 +91,20 @@ def unpack(data: bytes) -> list[Any]:
         raise DecodeError("top-level value is not an array")
     _reject_floats(value)
     return value
+
+
+def _no_maps(pairs: Any) -> Any:
+    # max_map_len=0 still admits an empty map; the spec admits none.
+    raise DecodeError("maps are not allowed on the wire")
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise DecodeError("ext types are not allowed on the wire")
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, on a character boundary."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
 def _reject_floats(value: Any, depth: int = 0) -> None:

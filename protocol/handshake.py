@@ -84,9 +84,17 @@ class NoiseHandshake:
         return bool(self._conn.handshake_finished)
 
     def write_message(self, payload: bytes = b"") -> bytes:
-        """Produce our next handshake message carrying ``payload``."""
+        """Produce our next handshake message carrying ``payload``.
+
+        Raises RemoteProtocolError (HANDSHAKE_FAILED) when the peer's keys make
+        a DH fail (e.g. a low-order X25519 point gives an all-zero secret).
+        """
         try:
             return bytes(self._conn.write_message(payload))
+        except ValueError as exc:
+            raise RemoteProtocolError(
+                "peer's handshake key rejected", Reason.HANDSHAKE_FAILED
+            ) from exc
         except NoiseError as exc:
             raise LocalProtocolError(f"handshake write failed: {exc}") from exc
 

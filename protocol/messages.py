@@ -59,11 +59,15 @@ def encode_message(msg: Message) -> bytes:
 
 def decode_message(data: bytes) -> Message:
     """Decode one message. Raises :class:`DecodeError` (reason set) on bad input."""
-    value = canonical.unpack(data)
+    try:
+        value = canonical.unpack(data)
+    except DecodeError as exc:
+        exc.reason = Reason.INVALID_MESSAGE
+        raise
     if len(value) < 2:
         raise DecodeError("message needs version and type", Reason.INVALID_MESSAGE)
     version, code = value[0], value[1]
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {version!r}", Reason.UNSUPPORTED_VERSION)
     cls = MESSAGE_TYPES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
     if cls is None:

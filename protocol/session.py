@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from protocol import framing
+from protocol.canonical import truncate_utf8
 from protocol._states import HANDSHAKE_STATES, TRANSITIONS, State
 from protocol.credentials import Credential, TrustPolicy
 from protocol.errors import DecodeError, LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -142,7 +143,7 @@ class Session:
 
     def _fail(self, exc: ProtocolError) -> None:
         if self._state is State.ESTABLISHED and self._transport is not None:
-            self._queue(Close(int(exc.reason), str(exc)[:200]))
+            self._queue(Close(int(exc.reason), truncate_utf8(str(exc), 200)))
         self._close_state(exc.reason)
 
     def _close_state(self, reason: Reason) -> None:
@@ -232,6 +233,11 @@ class Session:
             raise LocalProtocolError(f"cannot send in state {self._state.value}")
         if isinstance(msg, (Hello, Rekey, Close)):
             raise LocalProtocolError(f"{type(msg).__name__} is sent by the session itself")
+        try:
+            # Check our own message against its spec (no msgpack round trip).
+            type(msg).from_wire(msg.to_wire())
+        except DecodeError as exc:
+            raise LocalProtocolError(f"invalid {type(msg).__name__}: {exc}") from exc
         self._queue(msg)
 
     def _queue(self, msg: Message) -> None:
@@ -241,7 +247,8 @@ class Session:
             raise LocalProtocolError(f"message of {len(plaintext)} bytes is too large")
         self._out += framing.frame(self._transport.encrypt(plaintext))
         self._sent_since_rekey += 1
-        if self._sent_since_rekey >= self.timeouts.rekey_messages:
+        # Close is the last frame: never follow it with a Rekey.
+        if self._sent_since_rekey >= self.timeouts.rekey_messages and not isinstance(msg, Close):
             self._rekey()
 
     def _rekey(self) -> None:
@@ -254,7 +261,7 @@ class Session:
     def close(self, reason: Reason = Reason.NORMAL, message: str = "") -> None:
         """End the session; queues a Close frame if it was established."""
         if self._state is State.ESTABLISHED:
-            self._queue(Close(int(reason), message[:200]))
+            self._queue(Close(int(reason), truncate_utf8(message, 200)))
         self._close_state(reason)
 
     def data_to_send(self) -> bytes:

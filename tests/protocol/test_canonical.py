@@ -99,13 +99,11 @@ def test_unpack_rejects_too_deep() -> None:
         unpack(b"\x91" * 40 + b"\x90")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: canonical.unpack accepts an empty map (max_map_len=0)")
 def test_unpack_rejects_empty_map() -> None:
     with pytest.raises(DecodeError):
         unpack(bytes.fromhex("9180"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: canonical.unpack accepts a zero-length ext8")
 def test_unpack_rejects_empty_ext() -> None:
     with pytest.raises(DecodeError):
         unpack(bytes.fromhex("91c70005"))

@@ -45,7 +45,6 @@ def test_unsupported_version(version: object) -> None:
     assert info.value.reason is Reason.UNSUPPORTED_VERSION
 
 
-@pytest.mark.xfail(strict=True, reason="bug: decode_message accepts `true` as version 1")
 def test_bool_version_rejected() -> None:
     with pytest.raises(DecodeError) as info:
         decode_message(bytes.fromhex("93c30205"))

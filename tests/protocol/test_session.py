@@ -168,7 +168,6 @@ def test_http_request_instead_of_handshake() -> None:
     fails_with(server, b"GET / HTTP/1.1\r\n\r\n", Reason.FRAME_TOO_LARGE)  # 'GE' = 18245
 
 
-@pytest.mark.xfail(strict=True, reason="bug: low-order msg1 ephemeral raises ValueError, not HANDSHAKE_FAILED")
 def test_low_order_ephemeral_in_msg1() -> None:
     _, server = fresh()
     fails_with(server, frame(bytes(32)), Reason.HANDSHAKE_FAILED)
@@ -320,7 +319,6 @@ def test_missing_rekey_breaks_decryption() -> None:
     fails_with(p.server, p.client.data_to_send(), Reason.DECRYPT_FAILED)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a Close that reaches rekey_messages is followed by a Rekey frame")
 def test_nothing_follows_close() -> None:
     p = established(Timeouts(rekey_messages=1))
     p.client.close(Reason.NORMAL, "bye")
@@ -356,7 +354,6 @@ def test_close_during_handshake_is_silent() -> None:
     assert client.state is State.CLOSED and client.data_to_send() == b""
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Close.message is truncated to 200 characters, not bytes")
 def test_non_ascii_close_message_stays_valid() -> None:
     p = established()
     p.client.close(Reason.SHUTDOWN, "é" * 150)
@@ -397,12 +394,8 @@ def test_hello_after_handshake_is_unexpected() -> None:
     [
         (pack([2, 2, 1]), Reason.UNSUPPORTED_VERSION),
         (pack([1, 99]), Reason.INVALID_MESSAGE),
-        pytest.param(bytes.fromhex("930102cb3ff8000000000000"), Reason.INVALID_MESSAGE,
-                     marks=pytest.mark.xfail(strict=True, reason="bug: canonical violations "
-                                             "are reported as PROTOCOL_ERROR, not INVALID_MESSAGE")),
-        pytest.param(bytes.fromhex("93010201c0"), Reason.INVALID_MESSAGE,
-                     marks=pytest.mark.xfail(strict=True, reason="bug: canonical violations "
-                                             "are reported as PROTOCOL_ERROR, not INVALID_MESSAGE")),
+        pytest.param(bytes.fromhex("930102cb3ff8000000000000"), Reason.INVALID_MESSAGE),
+        pytest.param(bytes.fromhex("93010201c0"), Reason.INVALID_MESSAGE),
     ],
 )
 def test_bad_plaintext_when_established(plaintext: bytes, reason: Reason) -> None:
@@ -413,7 +406,6 @@ def test_bad_plaintext_when_established(plaintext: bytes, reason: Reason) -> Non
     peer_sees_close(p, p.server, p.client, reason)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Session.send does not validate messages (Ping(2**40) goes out)")
 def test_send_invalid_message_is_local_error() -> None:
     p = established()
     with pytest.raises(LocalProtocolError):
