@@ -51,6 +51,8 @@ from protocol.session import Timeouts as Timeouts
 from protocol.signing import SigningKey as SigningKey
 from protocol.signing import digest as digest
 from protocol.signing import verify as verify
+from protocol.discovery import ADDRESS_DOMAIN as ADDRESS_DOMAIN
+from protocol.discovery import AddressAnnouncement as AddressAnnouncement
 from protocol.congestion import CATEGORIES as CATEGORIES
 from protocol.congestion import STAMP_DOMAIN as STAMP_DOMAIN
 from protocol.congestion import AimdPacer as AimdPacer
