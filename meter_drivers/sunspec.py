@@ -141,13 +141,16 @@ class SunSpecMeter:
         self._layout: _Layout | None = None
         self.info: SunSpecInfo | None = None
         self.guard = ReadingGuard()
+        # A worker thread abandoned on timeout may still be running; it checks
+        # the generation before publishing a client or a layout.
+        self._generation = 0
 
     async def read(self) -> Reading:
         timeout = self._opts["timeout"]
         try:
             with trio.fail_after(timeout * 2):
                 imp, exp, power = await trio.to_thread.run_sync(
-                    self._read_blocking, abandon_on_cancel=True
+                    self._read_blocking, self._generation, abandon_on_cancel=True
                 )
         except trio.TooSlowError as exc:
             self._drop_client()
@@ -159,17 +162,19 @@ class SunSpecMeter:
         return self.guard.check(Reading(ts=ts, import_wh=imp, export_wh=exp, power_w=power))
 
     # Runs in a worker thread: only blocking pymodbus calls and pure decoding.
-    def _read_blocking(self) -> tuple[int, int, int | None]:
-        client = self._connect()
-        if self._layout is None:
-            self._layout = self._discover(client)
+    def _read_blocking(self, generation: int) -> tuple[int, int, int | None]:
+        client = self._connect(generation)
         layout = self._layout
+        if layout is None:
+            layout = self._discover(client)
+            if generation == self._generation:
+                self._layout = layout
         regs = self._registers(client, layout.address, min(layout.length, 68))
         if layout.model in INT_METERS:
             return decode_int_model(regs)
         return decode_float_model(regs)
 
-    def _connect(self) -> Any:
+    def _connect(self, generation: int) -> Any:
         from pymodbus.client import ModbusTcpClient
 
         if self._client is None:
@@ -184,6 +189,9 @@ class SunSpecMeter:
                 raise MeterUnavailable(
                     f"cannot connect to {self._opts['host']}:{self._opts['port']}"
                 )
+            if generation != self._generation:
+                client.close()
+                raise MeterUnavailable("read abandoned")
             self._client = client
         return self._client
 
@@ -225,6 +233,7 @@ class SunSpecMeter:
         raise BadReading("no SunSpec meter model (201-204, 211-214) in the map")
 
     def _drop_client(self) -> None:
+        self._generation += 1
         client, self._client = self._client, None
         self._layout = None
         if client is not None:
