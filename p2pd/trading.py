@@ -279,14 +279,14 @@ class Market:
     # --- local actions --------------------------------------------------------------
 
     async def post(self, side: str, slot_start: int, wh: int, price: int,
-                   expiry: int | None = None) -> Order:
+                   expiry: int | None = None, order_id: bytes | None = None) -> Order:
         """Sign, store and gossip a new order of ours. Raises TradeError."""
         now = self.now()
         if expiry is None:
             expiry = slot_start - self.rules.gate_closure
         try:
             order = Order.create(
-                self.node.identity.keys.signing, order_id=os.urandom(16), member_id=self.me,
+                self.node.identity.keys.signing, order_id=order_id or os.urandom(16), member_id=self.me,
                 side=side, slot_start=slot_start, slot_len=self.rules.slot_len, wh=wh,
                 price=price, expiry=expiry,
             )

@@ -137,8 +137,12 @@ class TradeTerms(Record):
 
     @property
     def amount(self) -> int:
-        """Money for this trade, in minor units: wh * price / 1000, rounded half up."""
-        return (self.wh * self.price + 500) // 1000
+        """Money for this trade in minor units: ``wh * price // 1000`` (floored).
+
+        The same rule as settlement (docs/settlement.md): buyer pays exactly
+        what the seller receives.
+        """
+        return self.wh * self.price // 1000
 
 
 @dataclass(frozen=True)
