@@ -1,0 +1,438 @@
+"""The daemon's TOML configuration: frozen dataclasses, validated once at load.
+
+Every problem raises :class:`~p2pd.errors.ConfigError` whose message names
+the key and says what is wrong, e.g. ``[p2p].port: expected an integer
+0..65535, got "abc"``. Unknown sections and keys are errors (a typo must not
+silently fall back to a default). docs/configuration.md describes each key.
+
+Extension sections: ``[trading]`` and ``[limits]`` (and any name another
+module adds to :data:`SECTION_VALIDATORS`) are validated by a function that
+the owning module registers, typically at import time::
+
+    from p2pd.config import SECTION_VALIDATORS, Table
+
+    def _trading(data: dict[str, Any]) -> TradingConfig:
+        t = Table("trading", data)
+        cfg = TradingConfig(role=t.choice("role", ("seller", "buyer", "both"), "both"), ...)
+        t.finish()                  # unknown keys -> ConfigError
+        return cfg
+
+    SECTION_VALIDATORS["trading"] = _trading
+
+The validator gets the section as a plain dict and returns any object; it
+signals problems by raising :class:`ConfigError` (use :class:`Table`, whose
+messages already carry the section and key) or ``ValueError`` (reported as
+``[section]: message``). The result is in ``config.sections["trading"]``. A
+known extension section without a registered validator is kept as a
+read-only dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from p2pd.errors import ConfigError
+
+# Validators for extension sections; see the module docstring.
+SECTION_VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {}
+# Sections accepted (as read-only dicts) even before their owner registers a validator.
+EXTENSION_SECTIONS = ("trading", "limits")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Prices use p2pd/settlement.py's scale: integer money units per kWh, where
+# PRICE_SCALE units make one currency unit (1 unit = 1/10,000 penny), so
+# 0.139 GBP/kWh is exactly 139_000. tests/p2pd/test_config.py checks these
+# stay equal to settlement's constants.
+PRICE_SCALE = 1_000_000
+MAX_PRICE = 10**9
+DEFAULT_IMPORT_PRICE = 139_000  # 0.139 GBP/kWh (UK retail, 2017)
+DEFAULT_EXPORT_PRICE = 47_000  # 0.047 GBP/kWh (UK export, 2017)
+# Member and community ids, as in protocol/credentials.py.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+DEFAULT_PORT = 7400
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in TOML terms: strings in double quotes."""
+    try:
+        return json.dumps(value, default=str)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
+
+
+class Table:
+    """Reads one TOML table, key by key, with messages that name the key.
+
+    Each accessor removes the key it reads; :meth:`finish` then reports any
+    key left over as unknown. Accessors raise :class:`ConfigError`.
+    """
+
+    def __init__(self, section: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{section}]: expected a table, got {_show(data)}")
+        self.section = section
+        self._data = dict(data)
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"[{self.section}].{key}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def _get(self, key: str, default: Any, required: bool) -> Any:
+        if key in self._data:
+            return self._data.pop(key)
+        if required:
+            raise self.error(key, "is required")
+        return default
+
+    def integer(self, key: str, default: int | None = None, lo: int | None = None,
+            hi: int | None = None, *, required: bool = False) -> Any:
+        value = self._get(key, default, required)
+        if value is None:
+            return None
+        rng = f" {lo if lo is not None else ''}..{hi if hi is not None else ''}" if (
+            lo is not None or hi is not None) else ""
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.error(key, f"expected an integer{rng}, got {_show(value)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.error(key, f"expected an integer{rng}, got {value}")
+        return value
+
+    def number(self, key: str, default: float | None = None, lo: float | None = None,
+              hi: float | None = None, *, required: bool = False) -> Any:
+        value = self._get(key, default, required)
+        if value is None:
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise self.error(key, f"expected a number, got {_show(value)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.error(key, f"expected a number in {lo}..{hi}, got {value}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool | None = None, *, required: bool = False) -> Any:
+        value = self._get(key, default, required)
+        if value is not None and not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False,
+            max_len: int = 4096) -> Any:
+        value = self._get(key, default, required)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_show(value)}")
+        if not value or len(value) > max_len:
+            raise self.error(key, f"expected a non-empty string of at most {max_len} characters")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None,
+               *, required: bool = False) -> Any:
+        value = self._get(key, default, required)
+        if value is not None and value not in choices:
+            raise self.error(key, f"expected one of {', '.join(choices)}, got {_show(value)}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = (), *, max_items: int = 1024) -> tuple[str, ...]:
+        value = self._get(key, list(default), False)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {_show(value)}")
+        if len(value) > max_items:
+            raise self.error(key, f"at most {max_items} entries allowed, got {len(value)}")
+        return tuple(value)
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self._get(key, {}, False)
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_show(value)}")
+        return value
+
+    def path(self, key: str, default: Path | None, base: Path) -> Any:
+        text = self.string(key, None)
+        if text is None:
+            return default
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else (base / p)
+
+    def finish(self) -> None:
+        """Raise for the first key nobody read."""
+        for key in self._data:
+            raise self.error(key, "unknown key")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    state_dir: Path
+    runtime_dir: Path
+    keys_dir: Path
+    credential: Path
+    log_level: str = "info"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.runtime_dir / "control.sock"
+
+
+@dataclass(frozen=True)
+class CommunityConfig:
+    id: str
+    issuers: tuple[bytes, ...]
+    slot_seconds: int = 900
+    gate_closure_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class P2PConfig:
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    peers: tuple[PeerAddress, ...] = ()
+    max_connections: int = 128
+    max_handshakes: int = 16
+    announce: PeerAddress | None = None
+    """Address to announce to the community; None: derive from host/port if routable."""
+    exchange: bool = True
+    """Relay announcements and dial members learnt from them."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    driver: str | None = "simulated"
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class TariffsConfig:
+    currency: str = "GBP"
+    import_price: int = DEFAULT_IMPORT_PRICE
+    export_price: int = DEFAULT_EXPORT_PRICE
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig
+    community: CommunityConfig
+    p2p: P2PConfig
+    store: StoreConfig
+    meter: MeterConfig
+    tariffs: TariffsConfig
+    sections: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    """Validated extension sections (``trading``, ``limits``, ...) by name."""
+    path: Path | None = None
+
+
+def parse_peer(text: str, where: str) -> PeerAddress:
+    """``host:port`` or ``[v6]:port`` -> PeerAddress; raises ConfigError naming ``where``."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 or any(
+        c.isspace() for c in host
+    ):
+        raise ConfigError(f"{where}: expected \"host:port\" with a port 1..65535, got {_show(text)}")
+    return PeerAddress(host, int(port))
+
+
+def _hex_key(text: str, where: str) -> bytes:
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        data = b""
+    if len(data) != 32:
+        raise ConfigError(f"{where}: expected 64 hex digits (an issuer public key), got {_show(text)}")
+    return data
+
+
+def _env_dir(name: str, fallback: str) -> Path:
+    # systemd passes StateDirectory=/RuntimeDirectory= as these variables
+    # (colon-separated if several); use the first.
+    value = os.environ.get(name, "")
+    return Path(value.split(":")[0]) if value else Path(fallback)
+
+
+def _node(t: Table, base: Path) -> NodeConfig:
+    state = t.path("state_dir", _env_dir("STATE_DIRECTORY", "/var/lib/p2pd"), base)
+    runtime = t.path("runtime_dir", _env_dir("RUNTIME_DIRECTORY", "/run/p2pd"), base)
+    keys = t.path("keys_dir", state / "keys", base)
+    cred = t.path("credential", keys / "credential", base)
+    level = t.choice("log_level", LOG_LEVELS, "info")
+    t.finish()
+    return NodeConfig(state, runtime, keys, cred, level)
+
+
+def _community(t: Table) -> CommunityConfig:
+    cid = t.string("id", required=True, max_len=64)
+    if not re.fullmatch(ID_PATTERN, cid):
+        raise t.error("id", f"expected letters, digits and . _ : - (at most 64), got {_show(cid)}")
+    issuers = t.strings("issuers", max_items=64)
+    if not issuers:
+        raise t.error("issuers", "list at least one trusted issuer public key (hex)")
+    keys = tuple(_hex_key(h, f"[community].issuers[{i}]") for i, h in enumerate(issuers))
+    slot = t.integer("slot_seconds", 900, 60, 86400)
+    if 86400 % slot:
+        raise t.error("slot_seconds", f"must divide a day (86400) evenly, got {slot}")
+    gate = t.integer("gate_closure_seconds", 300, 0, 86400)
+    t.finish()
+    return CommunityConfig(cid, keys, slot, gate)
+
+
+def _p2p(t: Table) -> P2PConfig:
+    host = t.string("host", "0.0.0.0", max_len=253)
+    port = t.integer("port", DEFAULT_PORT, 0, 65535)
+    peers = tuple(parse_peer(p, f"[p2p].peers[{i}]") for i, p in enumerate(t.strings("peers", max_items=256)))
+    max_conn = t.integer("max_connections", 128, 1, 100_000)
+    max_hs = t.integer("max_handshakes", 16, 1, 100_000)
+    announce_text = t.string("announce", None, max_len=300)
+    announce = parse_peer(announce_text, "[p2p].announce") if announce_text else None
+    exchange = t.boolean("exchange", True)
+    t.finish()
+    return P2PConfig(host, port, peers, max_conn, max_hs, announce, exchange)
+
+
+def _store(t: Table, node: NodeConfig) -> StoreConfig:
+    url = t.string("url", f"sqlite:///{node.state_dir / 'p2pd.db'}")
+    t.finish()
+    return StoreConfig(url)
+
+
+def _meter(t: Table) -> MeterConfig:
+    driver = t.string("driver", "simulated", max_len=64)
+    if driver == "none":
+        driver = None
+    options = t.table("options")
+    interval = t.number("interval", 10.0, 0.1, 3600.0)
+    t.finish()
+    if driver is not None:
+        _check_meter(driver, options)
+    return MeterConfig(driver, MappingProxyType(dict(options)), interval)
+
+
+def _check_meter(driver: str, options: dict[str, Any]) -> None:
+    try:
+        import meter_drivers
+    except ImportError:  # pragma: no cover - the package ships with p2pd
+        return
+    try:
+        meter_drivers.create_driver(driver, options)
+    except meter_drivers.DriverConfigError as exc:
+        key = "driver" if exc.key == "driver" else f"options.{exc.key}"
+        raise ConfigError(f"[meter].{key}: {str(exc).split(': ', 1)[-1]}") from exc
+
+
+def _tariffs(t: Table) -> TariffsConfig:
+    currency = t.string("currency", "GBP", max_len=3)
+    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+        raise t.error("currency", f"expected a 3-letter ISO 4217 code like \"GBP\", got {_show(currency)}")
+    imp = t.integer("import_price", DEFAULT_IMPORT_PRICE, 0, MAX_PRICE)
+    exp = t.integer("export_price", DEFAULT_EXPORT_PRICE, 0, MAX_PRICE)
+    t.finish()
+    return TariffsConfig(currency, imp, exp)
+
+
+def parse_config(data: dict[str, Any], *, base: Path = Path("."), path: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document. Raises :class:`ConfigError`."""
+    top = Table("", data)
+    parts: dict[str, dict[str, Any]] = {}
+    for name in ("node", "community", "p2p", "store", "meter", "tariffs"):
+        parts[name] = top._get(name, {}, name == "community")
+    extra: dict[str, object] = {}
+    for name in sorted(set(EXTENSION_SECTIONS) | set(SECTION_VALIDATORS)):
+        if top.has(name):
+            extra[name] = top._get(name, {}, False)
+    for key in top._data:
+        raise ConfigError(f"[{key}]: unknown section" if isinstance(top._data[key], dict)
+                          else f"{key}: unknown top-level key (keys belong in a [section])")
+    node = _node(Table("node", parts["node"]), base)
+    community = _community(Table("community", parts["community"]))
+    p2p = _p2p(Table("p2p", parts["p2p"]))
+    store = _store(Table("store", parts["store"]), node)
+    meter = _meter(Table("meter", parts["meter"]))
+    tariffs = _tariffs(Table("tariffs", parts["tariffs"]))
+    sections: dict[str, object] = {}
+    for name, raw in extra.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{name}]: expected a table, got {_show(raw)}")
+        validator = SECTION_VALIDATORS.get(name)
+        if validator is None:
+            sections[name] = MappingProxyType(dict(raw))
+            continue
+        try:
+            sections[name] = validator(dict(raw))
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"[{name}]: {exc}") from exc
+    for name in SECTION_VALIDATORS:
+        if name not in sections:
+            # Let the owner supply defaults for a missing section.
+            try:
+                sections[name] = SECTION_VALIDATORS[name]({})
+            except (ConfigError, ValueError, TypeError) as exc:
+                raise ConfigError(f"[{name}]: {exc}") from exc
+    return Config(node, community, p2p, store, meter, tariffs, MappingProxyType(sections), path)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the TOML file at ``path``. Raises :class:`ConfigError`.
+
+    Relative paths in the file are taken relative to the file's directory.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_config(data, base=path.resolve().parent, path=path)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """A JSON-ready summary of ``config`` (for ``p2pd config check --json``)."""
+    return {
+        "node": {k: str(v) for k, v in vars(config.node).items()},
+        "community": {"id": config.community.id,
+                      "issuers": [k.hex() for k in config.community.issuers],
+                      "slot_seconds": config.community.slot_seconds,
+                      "gate_closure_seconds": config.community.gate_closure_seconds},
+        "p2p": {"host": config.p2p.host, "port": config.p2p.port,
+                "peers": [str(p) for p in config.p2p.peers],
+                "max_connections": config.p2p.max_connections,
+                "max_handshakes": config.p2p.max_handshakes,
+                "announce": str(config.p2p.announce) if config.p2p.announce else None,
+                "exchange": config.p2p.exchange},
+        "store": {"url": config.store.url},
+        "meter": {"driver": config.meter.driver, "options": dict(config.meter.options),
+                  "interval": config.meter.interval},
+        "tariffs": vars(config.tariffs).copy(),
+        "sections": sorted(config.sections),
+    }

@@ -1,0 +1,581 @@
+"""The control API: JSON-RPC 2.0 over a Unix stream socket (docs/control-api.md).
+
+Framing: one JSON value per line, in both directions (newline-delimited, as
+accepted by ``socat - UNIX-CONNECT:/run/p2pd/control.sock``). A line is a
+request object, a notification (no ``id``) or a batch array.
+
+Other modules add methods with :meth:`ControlServer.register`::
+
+    server.register("orders.list", list_orders, {"limit": Param(int, required=False, default=50, lo=1, hi=1000)})
+
+The handler is called with the validated params as keyword arguments and may
+be sync or async; its return value (JSON-ready, or bytes/Path/dataclass/enum,
+converted here) is the result. Raise :class:`RpcError` for a specific error
+code, or any :class:`~p2pd.errors.P2pdError` (mapped in :data:`ERROR_CODES`).
+
+Hostile clients: lines over ``max_request`` bytes are refused before more is
+buffered, each client has at most ``max_inflight`` requests running (reading
+pauses beyond that), idle clients are dropped, and clients whose uid
+``uid_allowed`` rejects (checked with SO_PEERCRED) get one error and are
+disconnected. None of this affects other clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pd import log
+from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone
+
+# Standard JSON-RPC 2.0 codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Application codes (-32000..-32099); stable, listed in docs/control-api.md.
+APP_ERROR = -32000
+NOT_CONNECTED_CODE = -32001
+PEER_UNREACHABLE = -32002
+CONFIG_INVALID = -32003
+PERMISSION_DENIED = -32004
+TOO_BUSY = -32005
+REQUEST_TOO_LARGE = -32006
+
+ERROR_CODES: list[tuple[type[Exception], int]] = [
+    (NotConnected, NOT_CONNECTED_CODE),
+    (PeerGone, PEER_UNREACHABLE),
+    (ConfigError, CONFIG_INVALID),
+    (P2pdError, APP_ERROR),
+]
+"""Exception class -> error code, first match wins; others may insert entries."""
+
+MAX_REQUEST = 1 << 20
+MAX_BATCH = 100
+MAX_SUBSCRIPTIONS = 4
+READ_CHUNK = 65536
+
+
+class RpcError(Exception):
+    """Raised by handlers (and internally) to answer with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_json(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method: its JSON type and limits.
+
+    ``type`` is one of ``str``, ``int`` (never bool), ``float`` (int accepted),
+    ``bool``, ``list``, ``dict`` or a tuple of them. ``lo``/``hi`` bound ints
+    and floats; ``max_len`` bounds strings and lists.
+    """
+
+    type: type | tuple[type, ...]
+    required: bool = True
+    default: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    max_len: int | None = None
+    help: str = ""
+
+    def check(self, name: str, value: Any) -> Any:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        ok = any(_is(value, t) for t in types)
+        if not ok:
+            names = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in types)
+            raise RpcError(INVALID_PARAMS, f"invalid params: {name} must be {names}, got {_json_type(value)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+                raise RpcError(INVALID_PARAMS, f"invalid params: {name} must be in {self.lo}..{self.hi}")
+        if self.max_len is not None and isinstance(value, (str, list)) and len(value) > self.max_len:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {name} longer than {self.max_len}")
+        return value
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
+               list: "array", dict: "object", type(None): "null"}
+
+
+def _is(value: Any, t: type) -> bool:
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def _json_type(value: Any) -> str:
+    for t in (bool, int, float, str, list, dict, type(None)):
+        if isinstance(value, t):
+            return _JSON_NAMES[t]
+    return type(value).__name__
+
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    func: Handler
+    params: Mapping[str, Param]
+    streaming: bool = False
+    summary: str = ""
+
+
+class Subscription:
+    """Passed as first argument to streaming handlers.
+
+    The handler calls :meth:`respond` once (the response to the request),
+    then :meth:`notify` as often as it likes; it is cancelled when the client
+    disconnects. Returning without responding responds with the return value.
+    """
+
+    def __init__(self, client: _Client, request_id: Any) -> None:
+        self._client = client
+        self._id = request_id
+        self.responded = False
+
+    async def respond(self, result: Any) -> None:
+        if not self.responded:
+            self.responded = True
+            await self._client.send({"jsonrpc": "2.0", "id": self._id, "result": result})
+
+    async def notify(self, method: str, params: Any) -> None:
+        await self._client.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.name if isinstance(value.value, int) else value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def encode(obj: Any) -> bytes:
+    """One JSON line (with the trailing newline)."""
+    return (json.dumps(obj, default=_default, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def default_uid_allowed(uid: int) -> bool:
+    """Same user as the daemon, or root."""
+    return uid == os.getuid() or uid == 0
+
+
+class ControlServer:
+    """A method registry plus the per-client JSON-RPC loop."""
+
+    def __init__(
+        self,
+        *,
+        max_request: int = MAX_REQUEST,
+        max_clients: int = 32,
+        max_inflight: int = 8,
+        idle_timeout: float = 300.0,
+        send_timeout: float = 10.0,
+        uid_allowed: Callable[[int], bool] = default_uid_allowed,
+    ) -> None:
+        self.methods: dict[str, Method] = {}
+        self.max_request = max_request
+        self.max_clients = max_clients
+        self.max_inflight = max_inflight
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.uid_allowed = uid_allowed
+        self.clients = 0
+        self.register("rpc.methods", self._list_methods, summary="list the methods and their params")
+
+    def register(
+        self,
+        name: str,
+        func: Handler,
+        params: Mapping[str, Param] | None = None,
+        *,
+        streaming: bool = False,
+        summary: str = "",
+    ) -> None:
+        """Add method ``name``; raises ValueError if it exists already.
+
+        ``func(**params)`` (or ``func(subscription, **params)`` if
+        ``streaming``) is called with validated params; see the module
+        docstring. Positional (array) params map onto ``params`` in order.
+        """
+        if name in self.methods:
+            raise ValueError(f"control method {name!r} registered twice")
+        self.methods[name] = Method(name, func, dict(params or {}), streaming,
+                                    summary or (inspect.getdoc(func) or "").split("\n")[0])
+
+    def _list_methods(self) -> list[dict[str, Any]]:
+        return [
+            {"name": m.name, "summary": m.summary, "streaming": m.streaming,
+             "params": {n: {"type": [_JSON_TYPES.get(t, t.__name__) for t in
+                                     (p.type if isinstance(p.type, tuple) else (p.type,))],
+                            "required": p.required, "help": p.help} for n, p in m.params.items()}}
+            for m in sorted(self.methods.values(), key=lambda m: m.name)
+        ]
+
+    def bind_params(self, method: Method, params: Any) -> dict[str, Any]:
+        """Validate ``params`` against ``method``; raises RpcError(INVALID_PARAMS)."""
+        if params is None:
+            params = {}
+        if isinstance(params, list):
+            if len(params) > len(method.params):
+                raise RpcError(INVALID_PARAMS, f"invalid params: {method.name} takes at most {len(method.params)}")
+            params = dict(zip(method.params, params))
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, "invalid params: params must be an object or an array")
+        for key in params:
+            if key not in method.params:
+                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {key!r} for {method.name}")
+        bound: dict[str, Any] = {}
+        for name, spec in method.params.items():
+            if name in params:
+                bound[name] = spec.check(name, params[name])
+            elif spec.required:
+                raise RpcError(INVALID_PARAMS, f"invalid params: {name} is required")
+            else:
+                bound[name] = spec.default
+        return bound
+
+    async def call(self, method_name: str, params: Any = None) -> Any:
+        """Call a non-streaming method in-process (tests, components)."""
+        method = self.methods.get(method_name)
+        if method is None or method.streaming:
+            raise RpcError(METHOD_NOT_FOUND, f"method not found: {method_name}")
+        return await _invoke(method.func, self.bind_params(method, params))
+
+    async def serve_client(self, stream: trio.abc.Stream, uid: int | None = None) -> None:
+        """Serve one client until it disconnects, idles out or misbehaves.
+
+        ``uid`` is the peer's uid (None if unknown, e.g. a memory stream).
+        Never raises for the client's behaviour; closes ``stream``.
+        """
+        client = _Client(self, stream)
+        try:
+            if uid is not None and not self.uid_allowed(uid):
+                log.warning("control_refused", uid=uid, reason="uid")
+                await client.send_error(None, RpcError(PERMISSION_DENIED, f"permission denied: uid {uid} may not use this socket"))
+                return
+            if self.clients >= self.max_clients:
+                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients})"))
+                return
+            self.clients += 1
+            try:
+                await client.run()
+            except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the server
+                log.error("control_client_failed", error=repr(exc))
+            finally:
+                self.clients -= 1
+        finally:
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+
+async def _invoke(func: Handler, kwargs: dict[str, Any], *args: Any) -> Any:
+    result = func(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _error_for(exc: Exception) -> RpcError:
+    if isinstance(exc, RpcError):
+        return exc
+    for cls, code in ERROR_CODES:
+        if isinstance(exc, cls):
+            return RpcError(code, str(exc))
+    return RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+
+
+class _Client:
+    """State of one connection: send lock, in-flight slots, open subscriptions."""
+
+    def __init__(self, server: ControlServer, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self._send_lock = trio.Lock()
+        self._slots = trio.Semaphore(server.max_inflight)
+        self._cancel = trio.CancelScope()
+        self.subscriptions = 0
+        self.busy = 0
+        self._finished = trio.lowlevel.ParkingLot()
+
+    async def send(self, obj: Any) -> None:
+        data = encode(obj)
+        async with self._send_lock:
+            with trio.move_on_after(self.server.send_timeout) as scope:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._cancel.cancel()
+            if scope.cancelled_caught:
+                log.info("control_client_dropped", reason="not reading")
+                self._cancel.cancel()
+
+    async def send_error(self, request_id: Any, err: RpcError) -> None:
+        await self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_json()})
+
+    async def run(self) -> None:
+        limit = self.server.max_request
+        buf = bytearray()
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    chunk: bytes | None = None
+                    with trio.move_on_after(self.server.idle_timeout):
+                        try:
+                            chunk = await self.stream.receive_some(READ_CHUNK)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            chunk = b""
+                    if chunk is None:
+                        # Idle means nothing sent, nothing running, nothing subscribed.
+                        if self.busy == 0 and self.subscriptions == 0:
+                            log.info("control_client_idle", timeout=self.server.idle_timeout)
+                            break
+                        continue
+                    if not chunk:
+                        # The client half-closed (``echo ... | socat``): finish
+                        # what it asked for, but end its subscriptions.
+                        with trio.move_on_after(self.server.idle_timeout):
+                            while self.busy > self.subscriptions:
+                                await self._finished.park()
+                        break
+                    buf += chunk
+                    while (end := buf.find(b"\n")) >= 0:
+                        line = bytes(buf[:end])
+                        del buf[: end + 1]
+                        if len(line) > limit:
+                            await self.send_error(None, _too_large(limit))
+                            continue
+                        if line.strip():
+                            await self._slots.acquire()  # backpressure: stop reading when full
+                            self.busy += 1
+                            nursery.start_soon(self._handle_line, line, _Slot(self._slots))
+                    if len(buf) > limit:
+                        # We cannot find the end of this request without
+                        # buffering without bound: answer and hang up.
+                        await self.send_error(None, _too_large(limit))
+                        break
+                nursery.cancel_scope.cancel()
+
+    async def _handle_line(self, line: bytes, slot: _Slot) -> None:
+        try:
+            try:
+                request = json.loads(line)
+            except (ValueError, RecursionError):
+                await self.send_error(None, RpcError(PARSE_ERROR, "parse error: invalid JSON"))
+                return
+            if isinstance(request, list):
+                await self._handle_batch(request)
+                return
+            response = await self._handle_one(request, slot)
+            if response is not None:
+                await self.send(response)
+        finally:
+            self.busy -= 1
+            slot.release()
+            self._finished.unpark_all()
+
+    async def _handle_batch(self, batch: list[Any]) -> None:
+        if not batch or len(batch) > MAX_BATCH:
+            msg = "invalid request: empty batch" if not batch else f"invalid request: batch larger than {MAX_BATCH}"
+            await self.send_error(None, RpcError(INVALID_REQUEST, msg))
+            return
+        responses = []
+        for item in batch:
+            response = await self._handle_one(item, None)
+            if response is not None:
+                responses.append(response)
+        if responses:
+            await self.send(responses)
+
+    async def _handle_one(self, request: Any, slot: _Slot | None) -> Any:
+        """Run one request; returns the response (None for notifications and streams).
+
+        ``slot`` is the in-flight slot of a lone request (None inside a batch,
+        where streaming is not allowed).
+        """
+        request_id = request.get("id") if isinstance(request, dict) else None
+        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+            return _err(None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, number or null"))
+        if (
+            not isinstance(request, dict)
+            or request.get("jsonrpc") != "2.0"
+            or not isinstance(request.get("method"), str)
+            or set(request) - {"jsonrpc", "id", "method", "params"}
+        ):
+            return _err(request_id, RpcError(INVALID_REQUEST, "invalid request: expected "
+                                             '{"jsonrpc": "2.0", "method": ..., "params": ..., "id": ...}'))
+        is_notification = "id" not in request
+        name = request["method"]
+        method = self.server.methods.get(name)
+        try:
+            if method is None:
+                raise RpcError(METHOD_NOT_FOUND, f"method not found: {name[:100]}")
+            kwargs = self.server.bind_params(method, request.get("params"))
+            if method.streaming:
+                if slot is None or is_notification:
+                    raise RpcError(INVALID_REQUEST, f"invalid request: {name} streams; call it alone and with an id")
+                if self.subscriptions >= MAX_SUBSCRIPTIONS:
+                    raise RpcError(TOO_BUSY, f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS})")
+                slot.release()  # a long-lived stream must not block ordinary requests
+                sub = Subscription(self, request_id)
+                self.subscriptions += 1
+                try:
+                    result = await _invoke(method.func, kwargs, sub)
+                    encode(result)
+                    await sub.respond(result)
+                except Exception as exc:  # noqa: BLE001
+                    if sub.responded:
+                        log.error("control_stream_failed", method=name, error=repr(exc))
+                        return None
+                    raise
+                finally:
+                    self.subscriptions -= 1
+                return None
+            result = await _invoke(method.func, kwargs)
+            encode(result)  # a result we cannot serialise is our bug: report it as one
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error response
+            err = _error_for(exc)
+            if err.code == INTERNAL_ERROR:
+                log.error("control_method_failed", method=name, error=repr(exc))
+            return None if is_notification else _err(request_id, err)
+        if is_notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+class _Slot:
+    """One of a client's in-flight slots; release() is idempotent."""
+
+    def __init__(self, sem: trio.Semaphore) -> None:
+        self._sem = sem
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._sem.release()
+
+
+def _err(request_id: Any, err: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": err.to_json()}
+
+
+def _too_large(limit: int) -> RpcError:
+    return RpcError(REQUEST_TOO_LARGE, f"request too large (limit {limit} bytes)", {"limit": limit})
+
+
+# --- the Unix socket ---------------------------------------------------------
+
+SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int | None:
+    """The connecting process's uid (Linux SO_PEERCRED), or None if unavailable."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:  # pragma: no cover - not Linux
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize(SO_PEERCRED_FORMAT))
+    except OSError:
+        return None
+    return int(struct.unpack(SO_PEERCRED_FORMAT, raw)[1])
+
+
+def _prepare_path(path: Path) -> None:
+    if len(os.fsencode(path)) >= 108:
+        raise P2pdError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise P2pdError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # stale socket of a daemon that died
+    else:
+        raise P2pdError(f"another daemon is listening on {path}")
+    finally:
+        probe.close()
+
+
+async def serve_control(
+    server: ControlServer, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Listen on the Unix socket ``path`` (mode 0660) and serve clients forever.
+
+    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
+    Removes the socket file on exit.
+    """
+    _prepare_path(path)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The umask makes the socket owner/group-only from the moment it exists;
+    # chmod afterwards would leave a window where others could connect.
+    old = os.umask(0o117)
+    try:
+        raw.bind(str(path))
+    except OSError as exc:
+        raw.close()
+        raise P2pdError(f"cannot create control socket {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    inode = path.stat().st_ino
+    raw.listen(64)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+    log.info("control_listening", socket=str(path))
+    try:
+        task_status.started(path)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await server.serve_client(stream, peer_uid(stream.socket))
+
+        await trio.serve_listeners(handler, [listener])
+    finally:
+        try:
+            if path.stat().st_ino == inode:
+                path.unlink()
+        except OSError:
+            pass
