@@ -1,0 +1,100 @@
+"""Run one simulation from a :class:`~p2pd.sim.SimConfig` and build its report."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import trio
+
+from p2pd.report import settle_window, summary
+from p2pd.sim import SimCommunity, SimConfig, open_community
+from p2pd.sim_attacks import run_attacks
+
+Progress = Callable[[float, SimCommunity], None]
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def live_trades(com: SimCommunity) -> tuple[int, int]:
+    """(trades, Wh) committed by order owners so far, from node counters and receipts."""
+    trades = sum(s.node.counters["trades_sold"] + s.node.counters["trades_bought"] for s in com.nodes)
+    wh = sum(s.agent.counters["taken_wh"] for s in com.nodes if s.agent is not None)
+    return trades, wh
+
+
+def text_progress(stream: Any = sys.stderr, width: int = 30) -> Progress:
+    """A plain-text progress line printed at most 20 times a run."""
+    shown = -1
+
+    def show(fraction: float, com: SimCommunity) -> None:
+        nonlocal shown
+        step = int(fraction * 20)
+        if step == shown:
+            return
+        shown = step
+        trades, wh = live_trades(com)
+        t = datetime.fromtimestamp(com.market_clock.now(), timezone.utc).strftime("%H:%M")
+        bar = "#" * int(fraction * width)
+        print(f"[{bar:<{width}}] {100 * fraction:3.0f}% sim {t} UTC, {trades} trades, "
+              f"{wh / 1000:.1f} kWh", file=stream, flush=True)
+
+    return show
+
+
+async def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the community for ``cfg.hours`` simulated hours, attacks included; return the report."""
+    t0 = time.perf_counter()
+    async with open_community(config=cfg) as com:
+        setup_s = time.perf_counter() - t0
+        attacks: dict[str, dict[str, Any]] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_attacks, com, cfg.attacks, attacks)
+            while com.market_clock.now() < cfg.end:
+                if progress is not None:
+                    progress((com.market_clock.now() - cfg.start) / (cfg.end - cfg.start), com)
+                await trio.sleep(min(0.25, max(0.01, (cfg.end - com.market_clock.now()) / cfg.time_scale)))
+            if progress is not None:
+                progress(1.0, com)
+        run_s = time.perf_counter() - t0 - setup_s
+        receipts = com.receipts()
+        traffic = com.traffic_totals()
+        agent_counters: dict[str, int] = {}
+        for sim in com.nodes:
+            if sim.agent is not None:
+                for k, v in sim.agent.counters.items():
+                    agent_counters[k] = agent_counters.get(k, 0) + v
+        households = [s.household for s in com.nodes if s.household is not None]
+        slot_len = com.rules.slot_len
+    accounts = settle_window(households, receipts, cfg.start, cfg.end, slot_len)
+    wall_s = time.perf_counter() - t0
+    report: dict[str, Any] = {
+        "scenario": cfg.scenario, "nodes": cfg.nodes, "hours": cfg.hours, "seed": cfg.seed,
+        "start_utc": datetime.fromtimestamp(cfg.start, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "transport": "memory" if cfg.memory else "tcp-loopback", "store": cfg.store,
+        "time_scale": cfg.time_scale,
+        **summary(accounts),
+        "messages": traffic.get("messages", 0),
+        "messages_per_s": traffic.get("messages", 0) / max(run_s, 1e-9),
+        "handshakes": traffic.get("handshakes", 0),
+        "handshakes_per_s": traffic.get("handshakes", 0) / max(wall_s, 1e-9),
+        "handshake_failures": traffic.get("handshake_failures", 0),
+        "congestion": {"feedback_sent": traffic.get("feedback_sent", 0),
+                       "policed": traffic.get("policed", 0), "bans": traffic.get("bans", 0)},
+        "agents": agent_counters,
+        "attacks": attacks,
+        "setup_s": round(setup_s, 3),
+        "run_s": round(run_s, 3),
+        "wall_s": round(wall_s, 3),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "plot_data": {"prices": accounts.prices, "traded_by_slot": accounts.traded_by_slot},
+    }
+    return report

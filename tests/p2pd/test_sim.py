@@ -1,0 +1,96 @@
+"""End-to-end tests on the simulation harness: real nodes, sessions, agents and stores.
+
+These run on trio's real clock with a fast market clock (``time_scale``), like
+``p2pd sim``; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from p2pd import cli
+from p2pd.report import settle_window
+from p2pd.sim import SIM_START, SimConfig, SimError, open_community
+from p2pd.sim_attacks import ATTACKS, run_attacks
+
+MIDDAY = SIM_START + 10 * 3600  # 10:00 on a midsummer day: PV surplus and demand
+
+
+def config(**kw: Any) -> SimConfig:
+    base: dict[str, Any] = dict(nodes=6, hours=2, start=MIDDAY, memory=True, store="memory",
+                                time_scale=3600.0, seed=7)
+    return SimConfig(**{**base, **kw})
+
+
+async def test_small_community_trades_and_everyone_saves() -> None:
+    cfg = config()
+    with trio.fail_after(30):
+        async with open_community(config=cfg) as com:
+            assert all(len(s.node.sessions) >= 1 for s in com.nodes)
+            await com.wait_until(cfg.end)
+            receipts = com.receipts()
+            homes = [s.household for s in com.nodes if s.household is not None]
+    acc = settle_window(homes, receipts, cfg.start, cfg.end, 900)
+    assert acc.trades > 0 and acc.delivered_wh > 0
+    assert all(m.saving >= 0 for m in acc.members)
+    assert acc.paid_by_buyers == acc.received_by_sellers > 0
+    assert sum(m.bought_wh for m in acc.members) == sum(m.sold_wh for m in acc.members) == acc.delivered_wh
+    # Receipts agree between the two parties' stores.
+    assert len({r.trade_id for r in receipts}) == len(receipts)
+
+
+async def test_tcp_loopback_with_sqlite_stores() -> None:
+    cfg = config(nodes=4, hours=1, memory=False, store="sqlite")
+    with trio.fail_after(30):
+        async with open_community(config=cfg) as com:
+            assert all(s.address is not None for s in com.nodes)
+            await com.wait_until(cfg.end)
+            receipts = com.receipts()
+            for sim in com.nodes:
+                assert sim.repo.integrity_check() == "ok"
+    assert receipts, "no trade over TCP in an hour of midday"
+
+
+async def test_attacks_of_the_mitigated_threats_achieve_nothing() -> None:
+    cfg = config(nodes=5, hours=1, time_scale=1800.0)
+    out: dict[str, dict[str, Any]] = {}
+    with trio.fail_after(60):
+        async with open_community(config=cfg) as com:
+            await run_attacks(com, tuple(ATTACKS) + ("equivocation",), out)
+    for name in ("impersonation", "sybil", "tamper", "replay"):
+        assert out[name]["attempts"] > 0 and out[name]["successes"] == 0, (name, out[name])
+    ds = out["double_sell"]
+    assert ds["honest_store"]["successes"] == 0
+    assert ds["successes"] >= 1 and ds["undetected"] == 0  # the cheat is caught from receipts
+    flood = out["flood"]
+    if "unavailable" not in flood:
+        assert flood["successes"] == 0 and flood.get("banned") and not flood["reconnected_while_banned"], flood
+    hf = out["handshake_flood"]
+    assert hf["attempts"] > 0 and hf["target_sessions"] > 0  # existing sessions survive
+    assert "unavailable" in out["equivocation"]
+
+
+def test_unbuilt_scenarios_and_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sim", "--scenario", "S3"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+    assert cli.main(["sim", "--attack", "nonsense"]) == 2
+    assert "unknown attack" in capsys.readouterr().err
+    with pytest.raises(SimError):
+        SimConfig(store="postgres")
+
+
+def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["sim", "--nodes", "4", "--hours", "1", "--seed", "3", "--memory", "--store",
+                     "memory", "--time-scale", "3600", "--json", "--quiet", "--attack", "sybil"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    for key in ("energy_traded_wh", "trades", "members", "attacks", "wall_s", "peak_rss_bytes"):
+        assert key in report
+    assert {"bill_baseline", "bill_p2p", "saving"} <= set(report["members"][0])
+    assert report["attacks"]["sybil"]["successes"] == 0
+    assert "Bills" in "\n".join(out[:-1])
