@@ -153,6 +153,11 @@ class FeedbackStamper:
             self._echoed.pop(key, None)
 
 
+# Float refills can end a hair short of a whole token; a caller sleeping for
+# that remainder would wake at the same clock value and spin.
+_EPSILON = 1e-9
+
+
 @dataclass
 class TokenBucket:
     """``rate`` tokens per second up to ``burst``; ``take`` spends one if present."""
@@ -174,7 +179,7 @@ class TokenBucket:
     def take(self, now: float, n: float = 1.0) -> bool:
         """Spend ``n`` tokens if available; returns whether it did."""
         self.refill(now)
-        if self.tokens >= n:
+        if self.tokens >= n - _EPSILON:
             self.tokens -= n
             return True
         return False
@@ -182,7 +187,7 @@ class TokenBucket:
     def delay(self, now: float, n: float = 1.0) -> float:
         """Seconds from ``now`` until ``n`` tokens are available (0 if already)."""
         self.refill(now)
-        if self.tokens >= n:
+        if self.tokens >= n - _EPSILON:
             return 0.0
         if self.rate <= 0:
             return float("inf")
@@ -244,6 +249,9 @@ class AimdPacer:
         self.cap_until = now + duration
         self.rate = max(self.floor, min(self.cap, self.rate * self.decrease))
         self._bucket.set_rate(self.rate, self._burst(), now)
+        # The policer's bucket is empty when it sends feedback: a saved-up
+        # burst sent now would all be excess, so start from zero tokens.
+        self._bucket.tokens = min(self._bucket.tokens, 0.0)
 
     def delay(self, now: float) -> float:
         """Seconds to wait from ``now`` before the next message may go out."""
