@@ -1,0 +1,252 @@
+"""End to end: ``p2pd run`` as a subprocess, driven by sd_notify, p2pctl and raw JSON-RPC.
+
+Few and bounded: every wait has a deadline of a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+PY = sys.executable
+DEADLINE = 15.0
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", *args], capture_output=True, text=True, timeout=30, check=check)
+
+
+def ctl(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run("p2pd.ctl", "--socket", str(sock), *args, check=False)
+
+
+@dataclass
+class Daemon:
+    name: str
+    dir: Path
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+    notify: socket.socket | None = None
+
+    @property
+    def sock(self) -> Path:
+        return self.dir / "run" / "control.sock"
+
+    @property
+    def log(self) -> str:
+        return (self.dir / "stderr.log").read_text()
+
+    def start(self) -> None:
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.dir / "notify"))
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify"), "WATCHDOG_USEC": "400000"}
+        env.pop("WATCHDOG_PID", None)
+        with open(self.dir / "stderr.log", "wb") as err:
+            self.proc = subprocess.Popen([PY, "-m", "p2pd", "run", "--config", str(self.config)],
+                                         stderr=err, stdout=subprocess.DEVNULL, env=env)
+
+    def messages(self, until: str) -> list[str]:
+        """Notify datagrams received until one contains ``until``."""
+        assert self.notify is not None and self.proc is not None
+        got: list[str] = []
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                msg = self.notify.recv(4096).decode()
+            except TimeoutError:
+                break
+            got.append(msg)
+            if until in msg:
+                return got
+        raise AssertionError(f"no {until} from {self.name}; got {got}; exit={self.proc.poll()}\n{self.log}")
+
+    def wait_log(self, text: str) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged by {self.name}:\n{self.log}")
+
+    def port(self) -> int:
+        status = json.loads(ctl(self.sock, "status", "--json").stdout)
+        return int(status["listen"][0].rsplit(":", 1)[1])
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=DEADLINE)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            if self.notify is not None:
+                self.notify.close()
+
+
+@pytest.fixture(scope="module")
+def community() -> Iterator[tuple[Path, str, dict[str, Path]]]:
+    """An issuer and two members with keys and credentials, made with the CLI."""
+    with tempfile.TemporaryDirectory(prefix="p2pd-e2e", dir="/tmp") as d:
+        base = Path(d)
+        run("p2pd", "keygen", "--issuer", str(base / "op"))
+        issuer = (base / "op" / "issuer.pub").read_text().strip()
+        members = {}
+        for name in ("alice", "bob"):
+            keys = base / name / "state" / "keys"
+            run("p2pd", "keygen", str(keys))
+            run("p2pd", "credential", "issue", "--issuer-key", str(base / "op" / "issuer.key"),
+                "--node-pub", str(keys / "node.pub"), "--community", "e2e", "--member-id", name,
+                "--metering-point", f"EAN{name}", "--out", str(keys / "credential"))
+            members[name] = base / name
+        yield base, issuer, members
+
+
+def make_daemon(name: str, home: Path, issuer: str, peers: list[str] = (), level: str = "info") -> Daemon:
+    config = home / "p2pd.toml"
+    config.write_text(f"""
+[node]
+state_dir = "state"
+runtime_dir = "run"
+log_level = "{level}"
+[community]
+id = "e2e"
+issuers = ["{issuer}"]
+[p2p]
+host = "127.0.0.1"
+port = 0
+peers = {json.dumps(list(peers))}
+[meter]
+driver = "simulated"
+interval = 1.0
+""")
+    for stale in ("notify", "stderr.log"):
+        (home / stale).unlink(missing_ok=True)
+    return Daemon(name, home, config)
+
+
+def raw(sock: Path, payload: bytes, *, read_all: bool = False) -> list[Any]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(DEADLINE)
+    s.connect(str(sock))
+    try:
+        s.sendall(payload)
+    except BrokenPipeError:
+        pass
+    buf = b""
+    while read_all or b"\n" not in buf:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return [json.loads(line) for line in buf.splitlines() if line.strip()]
+
+
+def test_daemon_lifecycle_control_api_and_signals(community: tuple[Path, str, dict[str, Path]]) -> None:
+    _, issuer, members = community
+    d = make_daemon("alice", members["alice"], issuer)
+    d.start()
+    try:
+        msgs = d.messages("READY=1")
+        assert any("STATUS=member alice" in m for m in msgs)
+        assert "WATCHDOG=1" in "".join(d.messages("WATCHDOG=1"))
+        assert (d.sock.stat().st_mode & 0o777) == 0o660
+
+        out = ctl(d.sock, "status", "--json")
+        assert out.returncode == 0, out.stderr
+        status = json.loads(out.stdout)
+        assert status["member_id"] == "alice" and status["sessions"] == [] and status["uptime_s"] >= 0
+        assert status["meter"]["driver"] == "simulated"
+        human = ctl(d.sock, "status")
+        assert human.returncode == 0 and "member     alice (prosumer) in community e2e" in human.stdout
+
+        # Hostile and broken requests: each gets its error; the daemon keeps serving.
+        assert raw(d.sock, b"{nope\n")[0]["error"]["code"] == -32700
+        assert raw(d.sock, b'{"jsonrpc":"2.0","id":1,"method":"orders.nuke"}\n')[0]["error"]["code"] == -32601
+        bad = raw(d.sock, b'{"jsonrpc":"2.0","id":2,"method":"peers.connect","params":{"host":"x","port":"80"}}\n')
+        assert bad[0]["error"]["code"] == -32602 and "port must be an integer" in bad[0]["error"]["message"]
+        huge = raw(d.sock, b'{"jsonrpc":"2.0","id":3,"method":"status","params":"' + b"x" * (1 << 21), read_all=True)
+        assert huge[0]["error"]["code"] == -32006
+        assert ctl(d.sock, "call", "peers.disconnect", '{"member_id": "nobody"}').returncode == 1
+        unreachable = ctl(d.sock, "connect", "127.0.0.1:1")
+        assert unreachable.returncode == 1 and "-32002" in unreachable.stderr
+        assert ctl(d.sock, "connect", "not-an-address").returncode == 2
+        if os.getuid() == 0:
+            # Another uid cannot even open the socket (mode 0660, owner root).
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    socket.socket(socket.AF_UNIX).connect(str(d.sock))
+                    os._exit(1)
+                except PermissionError:
+                    os._exit(0)
+                except BaseException:
+                    os._exit(2)
+            assert os.waitpid(pid, 0)[1] == 0
+        assert ctl(d.sock, "status", "--json").returncode == 0
+
+        # SIGHUP reloads: the new log level applies, a port change needs a restart.
+        d.config.write_text(d.config.read_text().replace('log_level = "info"', 'log_level = "debug"')
+                            .replace("port = 0", "port = 1"))
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("event=config_reloaded applied=node.log_level restart_required=p2p.port")
+        d.config.write_text(d.config.read_text().replace("port = 1", 'port = "abc"'))
+        reload = ctl(d.sock, "reload")
+        assert reload.returncode == 1 and '[p2p].port: expected an integer 0..65535, got "abc"' in reload.stderr
+    finally:
+        code = d.stop()
+    assert code == 0, d.log
+    assert "event=stopping" in d.log and "event=stopped" in d.log
+    assert not d.sock.exists()
+    gone = ctl(d.sock, "status", "--json")
+    assert gone.returncode == 3 and "not running" in gone.stderr
+
+
+def test_two_daemons_connect_through_static_peers(community: tuple[Path, str, dict[str, Path]]) -> None:
+    _, issuer, members = community
+    alice = make_daemon("alice", members["alice"], issuer)
+    alice.start()
+    bob: Daemon | None = None
+    try:
+        alice.messages("READY=1")
+        bob = make_daemon("bob", members["bob"], issuer, peers=[f"127.0.0.1:{alice.port()}"])
+        bob.start()
+        bob.messages("READY=1")
+        deadline = time.monotonic() + DEADLINE
+        seen: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            for d, other in ((alice, "bob"), (bob, "alice")):
+                st = json.loads(ctl(d.sock, "status", "--json").stdout)
+                seen[d.name] = [s["member_id"] for s in st["sessions"]]
+            if seen == {"alice": ["bob"], "bob": ["alice"]}:
+                break
+            time.sleep(0.1)
+        assert seen == {"alice": ["bob"], "bob": ["alice"]}, (alice.log, bob.log)
+        peers = ctl(bob.sock, "peers")
+        assert peers.returncode == 0 and "alice" in peers.stdout
+    finally:
+        codes = [d.stop() for d in (bob, alice) if d is not None]
+    assert codes == [0, 0]
+    assert "event=peer_closed peer=bob" in alice.log and "reason=SHUTDOWN" in alice.log
