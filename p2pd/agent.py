@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -238,9 +238,6 @@ class Agent:
     def slot_len(self) -> int:
         return self.market.rules.slot_len
 
-    def target_slot(self, now: int) -> int:
-        return (now // self.slot_len + self.config.lead_slots) * self.slot_len
-
     # --- one tick -----------------------------------------------------------------
 
     def open_slots(self, now: int) -> list[int]:
@@ -421,15 +418,6 @@ class Agent:
             await trio.sleep_until(trio_deadline(self.clock, at))
             await self.tick(int(self.clock.now()), deadline=at + self.slot_len)
 
-    def stats(self) -> dict[str, int]:
-        return dict(self.counters)
-
 
 def _reason(exc: TradeError) -> str:
     return exc.reason.name if isinstance(exc.reason, Reason) else str(exc.reason)
-
-
-__all__: Sequence[str] = (
-    "Agent", "AgentConfig", "AgentConfigError", "Forecaster", "HealthSource", "PerfectForesight",
-    "ReadingsForecaster", "SlotPlan",
-)

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
     progress = None if args.quiet else text_progress(sys.stderr)
     try:
-        report = trio.run(lambda: simulate(cfg, progress=progress))
+        report = trio.run(lambda: simulate(cfg, progress=progress, plot=bool(args.plot)))
     finally:
         sys.setswitchinterval(previous)
     if args.plot:

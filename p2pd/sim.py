@@ -251,9 +251,14 @@ class SimCommunity:
         # Simulated time runs time_scale times faster than the wall clock the
         # policer measures, so honest rates grow with it: scale the allowances.
         f = max(1.0, self.cfg.time_scale / 288)
+        # Every simulated peer dials from the same host (127.0.0.1, or "mem"),
+        # so the per-host connection allowance is shared by the whole community.
+        n = self.cfg.nodes
         base = PolicingConfig()
         cfg = PolicingConfig(control_rate=base.control_rate * f, gossip_rate=base.gossip_rate * f,
-                             trade_rate=base.trade_rate * f, node_capacity=base.node_capacity * f)
+                             trade_rate=base.trade_rate * f, node_capacity=base.node_capacity * f,
+                             conn_rate_per_host=base.conn_rate_per_host * f * n,
+                             conn_burst_per_host=base.conn_burst_per_host * n)
         self.policers.append(attach_policer(node, cfg))
 
     async def _count_open(self, conn: PeerConnection) -> None:

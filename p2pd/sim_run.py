@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from p2pd.report import settle_window, summary
-from p2pd.sim import SimCommunity, SimConfig, open_community
+from p2pd.sim import Household, SimCommunity, SimConfig, open_community
 from p2pd.sim_attacks import run_attacks
 
 Progress = Callable[[float, SimCommunity], None]
@@ -50,7 +50,21 @@ def text_progress(stream: Any = sys.stderr, width: int = 30) -> Progress:
     return show
 
 
-async def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+def _energy_by_slot(homes: list[Household], cfg: SimConfig, slot_len: int) -> dict[str, dict[int, int]]:
+    prod: dict[int, int] = {}
+    cons: dict[int, int] = {}
+    for s in range(cfg.start, cfg.end, slot_len):
+        pv = sum(h.production_wh(s, s + slot_len) for h in homes)
+        grid = 0
+        for h in homes:
+            a, b = h.reading_at(s), h.reading_at(s + slot_len)
+            grid += (b.import_wh - a.import_wh) - (b.export_wh - a.export_wh)
+        prod[s], cons[s] = pv, pv + grid
+    return {"production_by_slot": prod, "consumption_by_slot": cons}
+
+
+async def simulate(cfg: SimConfig, *, progress: Progress | None = None,
+                   plot: bool = False) -> dict[str, Any]:
     """Run the community for ``cfg.hours`` simulated hours, attacks included; return the report."""
     t0 = time.perf_counter()
     async with open_community(config=cfg) as com:
@@ -95,6 +109,7 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> dict[
         "run_s": round(run_s, 3),
         "wall_s": round(wall_s, 3),
         "peak_rss_bytes": peak_rss_bytes(),
-        "plot_data": {"prices": accounts.prices, "traded_by_slot": accounts.traded_by_slot},
+        "plot_data": {"prices": accounts.prices, "traded_by_slot": accounts.traded_by_slot,
+                      **(_energy_by_slot(households, cfg, slot_len) if plot else {})},
     }
     return report
