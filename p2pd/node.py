@@ -123,8 +123,22 @@ class Node:
         if len(self.connections) >= self.limits.max_connections:
             return Reason.TOO_MANY_CONNECTIONS
         if self.handshakes_in_progress >= self.limits.max_handshakes:
-            return Reason.TOO_MANY_CONNECTIONS
+            # Evict the oldest unfinished handshake instead of refusing the
+            # newcomer: a stranger who stalls handshakes must then open
+            # connections faster than honest handshakes finish (a round trip)
+            # to keep anyone out, instead of just holding all the slots.
+            self._evict_oldest_handshake()
         return None
+
+    def _evict_oldest_handshake(self) -> None:
+        pending = [c for c in self.connections if c.peer is None and not c.initiator]
+        if not pending:
+            return
+        oldest = min(pending, key=lambda c: c.stats.started_at)
+        self.counters["handshakes_evicted"] += 1
+        oldest.close_reason = Reason.TOO_MANY_CONNECTIONS
+        self.connections.discard(oldest)  # counted out now; its task ends soon
+        oldest._cancel.cancel()
 
     def new_connection(self, stream: trio.abc.Stream, *, initiator: bool, address: str) -> PeerConnection:
         now = self.clock.now()
@@ -224,7 +238,11 @@ class Node:
         refusal = self.admit(address)
         if refusal is not None:
             self.counters[f"refused:{refusal.name}"] += 1
-            log.warning("connection_refused", addr=address, reason=refusal.name)
+            # One log line per refusal would let a stranger flood the log:
+            # log the first, then every 1000th.
+            if self.counters[f"refused:{refusal.name}"] % 1000 == 1:
+                log.warning("connection_refused", addr=address, reason=refusal.name,
+                            total=self.counters[f"refused:{refusal.name}"])
             with trio.move_on_after(1.0):
                 await stream.aclose()
             return

@@ -76,17 +76,28 @@ class PeerConnection:
         await self.flush()
 
     async def flush(self) -> None:
+        """Write queued bytes. Raises PeerGone if the stream broke or stalled.
+
+        The write is shielded from the caller's cancellation: stopping half
+        way through a frame would corrupt the stream (the peer would fail to
+        decrypt everything after it). Only the send deadline interrupts a
+        write, and then the whole connection is closed.
+        """
         async with self._send_lock:
             data = self.session.data_to_send()
             if not data:
                 return
             self.stats.bytes_out += len(data)
-            with trio.move_on_after(self.send_timeout) as scope:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._cancel.cancel()
-                    raise PeerGone(f"connection to {self.member_id} broke") from exc
+            broke: BaseException | None = None
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.send_timeout) as scope:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        broke = exc
+            if broke is not None:
+                self._cancel.cancel()
+                raise PeerGone(f"connection to {self.member_id} broke") from broke
             if scope.cancelled_caught:
                 self.close_reason = Reason.TIMEOUT
                 self._cancel.cancel()

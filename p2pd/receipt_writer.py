@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from p2pd import storage
 from store import Outcome, ReceiptRecord, Repository
 
 
@@ -64,7 +65,7 @@ class ReceiptWriter:
             records = [p.record for p in batch]
             try:
                 with trio.CancelScope(shield=True):
-                    outcomes = await trio.to_thread.run_sync(self.repo.commit_receipts, records)
+                    outcomes = await storage.call(self.repo, self.repo.commit_receipts, records)
             except Exception as exc:  # reported to every waiter of this batch
                 for p in batch:
                     p.error = exc

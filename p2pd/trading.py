@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from p2pd import log
+from p2pd import log, storage
 from p2pd.clock import Clock
 from p2pd.disputes import export_bundle
 from p2pd.errors import NotConnected, PeerGone, TradeError
@@ -145,12 +145,12 @@ class Market:
         """Reload our own live orders (and what remains of them) after a restart."""
         self._remember(self.node.identity.credential)
         now = self.now()
-        records = await trio.to_thread.run_sync(self.repo.live_orders, now)
+        records = await storage.call(self.repo, self.repo.live_orders, now)
         for rec in records:
             if rec.member_id != self.me:
                 continue
             order = Order.decode(rec.encoded)
-            remaining = await trio.to_thread.run_sync(self.repo.remaining_wh, rec.order_id, rec.wh)
+            remaining = await storage.call(self.repo, self.repo.remaining_wh, rec.order_id, rec.wh)
             self.book[order.order_id] = BookEntry(order, self.node.identity.credential, remaining)
 
     # --- validation -------------------------------------------------------------
@@ -245,7 +245,7 @@ class Market:
         self.credentials[cred.member_id] = cred
         record = MemberRecord(cred.member_id, cred.role, cred.metering_point, cred.sign_pk,
                               cred.noise_pk, cred.encode(), cred.valid_until)
-        self.node.nursery.start_soon(trio.to_thread.run_sync, self.repo.put_member, record)
+        self.node.nursery.start_soon(storage.call, self.repo, self.repo.put_member, record)
 
     async def _on_session_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
@@ -293,7 +293,7 @@ class Market:
         except Exception as exc:  # LocalProtocolError / ValueError: bad fields
             raise TradeError(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
         self.check_order(order, self.node.identity.credential, now)
-        await trio.to_thread.run_sync(self.repo.put_order, order_record(order))
+        await storage.call(self.repo, self.repo.put_order, order_record(order))
         self.book[order.order_id] = BookEntry(order, self.node.identity.credential, wh)
         self.counters["orders_posted"] += 1
         self.node.events.publish("order", **describe_order(order))
@@ -306,7 +306,7 @@ class Market:
             raise TradeError("no live order of ours with that id", Reason.NOT_FOUND)
         cancel = Cancel.create(self.node.identity.keys.signing, order_id=order_id,
                                member_id=self.me, issued_at=self.now())
-        await trio.to_thread.run_sync(self.repo.cancel_order, order_id)
+        await storage.call(self.repo, self.repo.cancel_order, order_id)
         self._apply_cancel(cancel)
         await self.node.broadcast(CancelGossip(cancel, self.rules.hops))
 
@@ -356,10 +356,15 @@ class Market:
         receipt = answer.receipt
         if receipt.terms != terms:
             raise TradeError("owner answered with other terms", Reason.PROTOCOL_ERROR)
-        owner_pk = entry.credential.sign_pk
-        me_pk = self.node.identity.keys.signing.public
+        # Our own signature must be the one we sent (a byte comparison); only
+        # the owner's needs a verify: two signs and two verifies per trade.
+        owner_is_seller = seller == order.member_id
+        ours, theirs = ((receipt.buyer_sig, receipt.seller_sig) if owner_is_seller
+                        else (receipt.seller_sig, receipt.buyer_sig))
         try:
-            receipt.verify(*(owner_pk, me_pk) if seller == order.member_id else (me_pk, owner_pk))
+            if ours != take.taker_sig:
+                raise SignatureError("receipt does not carry our signature")
+            terms.verify(entry.credential.sign_pk, theirs)
         except SignatureError as exc:
             raise TradeError(f"receipt does not verify: {exc}", Reason.BAD_SIGNATURE) from exc
         outcome = await self.writer.commit(receipt_record(receipt, self.now()))
@@ -469,7 +474,7 @@ class Market:
             pass
 
     async def _existing_receipt(self, trade_id: bytes, taker: str) -> Receipt | None:
-        rec = await trio.to_thread.run_sync(self.repo.get_receipt, trade_id)
+        rec = await storage.call(self.repo, self.repo.get_receipt, trade_id)
         if rec is None:
             return None
         receipt = Receipt.decode(rec.encoded)

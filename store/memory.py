@@ -35,6 +35,8 @@ def _receipt_key(r: ReceiptRecord) -> tuple[int, bytes]:
 class MemoryRepository:
     """A :class:`store.Repository` held in dicts; see the module docstring."""
 
+    blocking = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: dict[str, MemberRecord] = {}

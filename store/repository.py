@@ -36,6 +36,11 @@ class Repository(Protocol):
     """
 
     # -- members ------------------------------------------------------------
+
+    #: True if calls may block on I/O (callers then run them in a worker
+    #: thread); False for stores that answer from memory at once.
+    blocking: bool
+
     def put_member(self, rec: MemberRecord) -> None:
         """Insert or replace the member with ``rec.member_id``."""
 

@@ -80,6 +80,8 @@ class SqlRepository:
     SchemaVersionError if the database is newer than the code.
     """
 
+    blocking = True
+
     def __init__(
         self,
         url: str,

@@ -308,9 +308,29 @@ async def test_concurrent_handshakes_are_capped(
         _, server = trio.testing.memory_stream_pair()
         hub.nursery.start_soon(hub.accept, server, f"10.0.0.{port}:1")
     await wait_for(lambda: hub.handshakes_in_progress == 2)
+    # A third stranger evicts the oldest stalled handshake: the cap holds,
+    # and stalling handshakes cannot lock newcomers out.
     client, server = trio.testing.memory_stream_pair()
-    await hub.accept(server, "10.0.0.9:1")
-    assert hub.counters["refused:TOO_MANY_CONNECTIONS"] == 1
+    hub.nursery.start_soon(hub.accept, server, "10.0.0.9:1")
+    await wait_for(lambda: hub.counters["handshakes_evicted"] == 1)
+    assert hub.handshakes_in_progress <= 2
+
+
+async def test_stalled_handshake_flood_does_not_lock_out_members(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    hub: Node = await make_node("hub", limits=NodeLimits(max_connections=64, max_handshakes=4))
+    attach_policer(hub, PolicingConfig(conn_burst_per_host=1000))
+    member: Node = await make_node("member")
+    stalled = []
+    for port in range(4):
+        client, server = trio.testing.memory_stream_pair()
+        stalled.append(client)
+        hub.nursery.start_soon(hub.accept, server, f"10.0.0.66:{port}")
+    await wait_for(lambda: hub.handshakes_in_progress == 4)
+    await link(member, hub)  # the honest member still gets in
+    assert "member" in hub.sessions
+    assert hub.handshakes_in_progress <= 4
 
 
 async def test_each_handshake_stage_has_a_deadline(
