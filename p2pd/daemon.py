@@ -317,6 +317,9 @@ async def run_daemon(
                     await ctx._stop.wait()
                     notifier.stopping()
                     log.info("stopping", sessions=len(node.sessions))
+                    # Close sessions first: inbound ones run in the listener's
+                    # tasks, which the cancel below would end without a Close.
+                    await node.aclose()
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):

@@ -52,7 +52,8 @@ class Daemon:
     def start(self) -> None:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.dir / "notify"))
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify"), "WATCHDOG_USEC": "400000"}
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify"), "WATCHDOG_USEC": "400000",
+               "PYTHONFAULTHANDLER": "1"}
         env.pop("WATCHDOG_PID", None)
         with open(self.dir / "stderr.log", "wb") as err:
             self.proc = subprocess.Popen([PY, "-m", "p2pd", "run", "--config", str(self.config)],
@@ -92,6 +93,10 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            self.proc.wait(timeout=DEADLINE)
+            raise AssertionError(f"{self.name} did not stop on SIGTERM:\n{self.log}") from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -247,6 +252,8 @@ def test_two_daemons_connect_through_static_peers(community: tuple[Path, str, di
         peers = ctl(bob.sock, "peers")
         assert peers.returncode == 0 and "alice" in peers.stdout
     finally:
-        codes = [d.stop() for d in (bob, alice) if d is not None]
+        codes = [d.stop() for d in (alice, bob) if d is not None]
     assert codes == [0, 0]
-    assert "event=peer_closed peer=bob" in alice.log and "reason=SHUTDOWN" in alice.log
+    # alice accepted bob's connection; stopping her still tells bob why.
+    assert bob is not None and "event=peer_closed peer=alice" in bob.log
+    assert "reason=SHUTDOWN" in bob.log.split("event=peer_closed peer=alice", 1)[1].split("\n", 1)[0]
