@@ -1,6 +1,6 @@
 """Finding and keeping peers: static addresses plus signed peer exchange.
 
-Two sources of addresses (docs/discovery.md):
+Two sources of addresses (docs/protocol.md, section 14):
 
 * static peers from the configuration, dialled by address (the member
   behind an address is learnt at the first handshake);

@@ -9,7 +9,7 @@ sender obeys with an :class:`AimdPacer` and acknowledges with
 :class:`FeedbackStamper`, so an echo that was forged, altered (a higher rate),
 issued to another member, expired or replayed is refused.
 
-Stamp (docs/congestion.md, "Stamp"): keyed BLAKE2b-256, key = the node's
+Stamp (docs/protocol.md, section 13.4 "Stamp"): keyed BLAKE2b-256, key = the node's
 32-byte secret, over ``pack(["p2pd/congestion/1", member_id, category,
 rate_milli, duration_ms, expires_ms, serial])``.
 

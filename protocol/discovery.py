@@ -1,4 +1,4 @@
-"""Peer exchange: members announce signed network addresses (docs/discovery.md).
+"""Peer exchange: members announce signed network addresses (docs/protocol.md, section 14).
 
 An :class:`AddressAnnouncement` says "member M accepts connections at
 host:port, as of issued_at", signed with M's credential signing key under the

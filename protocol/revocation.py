@@ -5,7 +5,7 @@ its key, a serial that grows with every list it publishes, the time of issue,
 and the complete set of member ids and credential ids it revokes. Each list
 replaces the issuer's previous one (lists are not deltas), so a node only
 keeps the newest per issuer. Lists travel between nodes in
-:class:`RevocationAnnounce`; docs/congestion.md, "Revocation lists".
+:class:`RevocationAnnounce`; docs/protocol.md, section 13.8 "Revocation lists".
 """
 
 from __future__ import annotations
