@@ -171,6 +171,7 @@ class Node:
                 self.counters[f"handshake_failed:{reason.name}"] += 1
                 log.info("handshake_failed", addr=conn.address, reason=reason.name)
             conn.finished.set()
+            conn.settled.set()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1.0):
                     await conn.stream.aclose()
@@ -220,12 +221,13 @@ class Node:
             log.info("duplicate_session", peer=member, kept="new" if keep_new else "old")
             if not keep_new:
                 await conn.close(Reason.DUPLICATE_SESSION, "a session with this member exists")
-                conn.established.set()
+                conn.settled.set()
                 return
             del self.sessions[member]
             self.nursery.start_soon(loser.close, Reason.DUPLICATE_SESSION, "replaced by a newer session")
         self.sessions[member] = conn
         conn.established.set()
+        conn.settled.set()
         self.counters["sessions_established"] += 1
         log.info("session_established", peer=member, role=conn.peer.role, addr=conn.address,
                  initiator=conn.initiator)
@@ -258,17 +260,7 @@ class Node:
         """
         conn = self.new_connection(stream, initiator=True, address=address)
         self.nursery.start_soon(self.serve_connection, conn)
-        async with trio.open_nursery() as waiter:
-            async def wait_done() -> None:
-                await conn.finished.wait()
-                waiter.cancel_scope.cancel()
-
-            async def wait_up() -> None:
-                await conn.established.wait()
-                waiter.cancel_scope.cancel()
-
-            waiter.start_soon(wait_done)
-            waiter.start_soon(wait_up)
+        await conn.settled.wait()
         if conn.peer is not None and conn.peer.member_id in self.sessions:
             # Either ours, or an existing session that won the tie-break.
             return self.sessions[conn.peer.member_id]

@@ -54,6 +54,9 @@ class PeerConnection:
     stats: ConnStats = field(default_factory=lambda: ConnStats(0.0))
     established: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
+    # Set once the connection is either registered as the member's session
+    # or over: what a dialler waits for.
+    settled: trio.Event = field(default_factory=trio.Event)
     close_reason: Reason | None = None
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -83,18 +86,20 @@ class PeerConnection:
         decrypt everything after it). Only the send deadline interrupts a
         write, and then the whole connection is closed.
         """
+        if not self.session.has_data_to_send:
+            return  # the common case: no lock, no cancel scope
         async with self._send_lock:
             data = self.session.data_to_send()
             if not data:
-                return
+                return  # another task flushed it while we waited for the lock
             self.stats.bytes_out += len(data)
             broke: BaseException | None = None
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self.send_timeout) as scope:
-                    try:
-                        await self.stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        broke = exc
+            # One scope both shields the write and bounds it.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + self.send_timeout) as scope:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    broke = exc
             if broke is not None:
                 self._cancel.cancel()
                 raise PeerGone(f"connection to {self.member_id} broke") from broke
@@ -124,54 +129,85 @@ async def pump_session(conn: PeerConnection, on_event: EventHandler) -> None:
 
     Returns normally when the session ends for any reason; the reason is in
     ``conn.close_reason``. Never raises for the peer's misbehaviour.
+
+    Two tasks share the session: the receive loop (no cancel scope per read:
+    that cost dominated short sessions) and a timer task that sleeps until
+    the session's next deadline. A session's deadlines only ever move later,
+    so a sleeping timer task never misses one; waking early is harmless
+    because ``handle_timer`` acts only on deadlines that have passed.
     """
-    session = conn.session
     with conn._cancel:
         try:
             await conn.flush()
-            while True:
-                deadline = trio_deadline(conn.clock, session.get_timer())
-                data: bytes | None = None
-                with trio.move_on_at(deadline):
-                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
-                now = conn.clock.now()
-                if data is None:
-                    session.handle_timer(now)
-                else:
-                    conn.stats.bytes_in += len(data)
-                    session.receive_data(data, now)
-                    while True:
-                        event = session.next_event()
-                        if event is NEED_DATA:
-                            break
-                        assert isinstance(event, Event)
-                        if isinstance(event, ConnectionClosed):
-                            conn.close_reason = event.reason
-                            log.info("peer_closed", peer=conn.member_id, addr=conn.address,
-                                     reason=event.reason.name, message=event.message)
-                            return
-                        if isinstance(event, HandshakeComplete):
-                            conn.peer = event.peer
-                            conn.handshake_hash = event.handshake_hash
-                            conn.stats.established_at = now
-                        else:
-                            conn.stats.messages_in += 1
-                        await on_event(conn, event)
-                        if session.state.value == "closed":
-                            return
-                await conn.flush()
-        except ProtocolError as exc:
-            conn.close_reason = exc.reason
-            log.warning("session_failed", peer=conn.member_id, addr=conn.address,
-                        reason=exc.reason.name, error=str(exc))
-            with trio.move_on_after(1.0):
-                try:
-                    await conn.flush()
-                except PeerGone:
-                    pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_run_timers, conn)
+                await _receive_loop(conn, on_event)
+                nursery.cancel_scope.cancel()
         except PeerGone as exc:
             log.info("peer_gone", peer=conn.member_id, addr=conn.address, error=str(exc))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn.close_reason = conn.close_reason or Reason.PROTOCOL_ERROR
-            log.info("peer_gone", peer=conn.member_id, addr=conn.address, error="connection broke")
 
+
+async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
+    session = conn.session
+    try:
+        while True:
+            data = await conn.stream.receive_some(RECEIVE_CHUNK)
+            now = conn.clock.now()
+            conn.stats.bytes_in += len(data)
+            session.receive_data(data, now)
+            while True:
+                event = session.next_event()
+                if event is NEED_DATA:
+                    break
+                assert isinstance(event, Event)
+                if isinstance(event, ConnectionClosed):
+                    conn.close_reason = event.reason
+                    log.info("peer_closed", peer=conn.member_id, addr=conn.address,
+                             reason=event.reason.name, message=event.message)
+                    return
+                if isinstance(event, HandshakeComplete):
+                    conn.peer = event.peer
+                    conn.handshake_hash = event.handshake_hash
+                    conn.stats.established_at = now
+                else:
+                    conn.stats.messages_in += 1
+                await on_event(conn, event)
+                if session.state.value == "closed":
+                    return
+            await conn.flush()
+    except ProtocolError as exc:
+        await _fail(conn, exc)
+    except PeerGone as exc:
+        log.info("peer_gone", peer=conn.member_id, addr=conn.address, error=str(exc))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        conn.close_reason = conn.close_reason or Reason.PROTOCOL_ERROR
+        log.info("peer_gone", peer=conn.member_id, addr=conn.address, error="connection broke")
+
+
+async def _run_timers(conn: PeerConnection) -> None:
+    session = conn.session
+    try:
+        while True:
+            wall = session.get_timer()
+            if wall is None:
+                return
+            await trio.sleep_until(trio_deadline(conn.clock, wall))
+            session.handle_timer(conn.clock.now())
+            await conn.flush()
+    except ProtocolError as exc:
+        await _fail(conn, exc)
+        conn._cancel.cancel()
+    except PeerGone:
+        conn._cancel.cancel()
+
+
+async def _fail(conn: PeerConnection, exc: ProtocolError) -> None:
+    """Log a session failure and send what the session queued (e.g. Close)."""
+    conn.close_reason = exc.reason
+    log.warning("session_failed", peer=conn.member_id, addr=conn.address,
+                reason=exc.reason.name, error=str(exc))
+    with trio.move_on_after(1.0):
+        try:
+            await conn.flush()
+        except PeerGone:
+            pass

@@ -264,6 +264,11 @@ class Session:
             self._queue(Close(int(reason), truncate_utf8(message, 200)))
         self._close_state(reason)
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """True if ``data_to_send()`` would return bytes."""
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Return and clear the bytes queued for the peer."""
         out = bytes(self._out)
