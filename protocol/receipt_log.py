@@ -1,0 +1,152 @@
+"""Hash-chained receipt logs and signed heads (no single point of failure).
+
+Every node appends each receipt it signs to a log; entry ``seq`` (from 1) has
+
+    entry_hash(seq) = BLAKE2b-256(pack(["p2pd/log-entry/1", entry_hash(seq-1), seq, receipt]))
+
+with ``entry_hash(0)`` = 32 zero bytes and ``receipt`` the receipt's
+canonical bytes. A :class:`LogHead` — member, seq, head hash — is signed
+(domain ``p2pd/log-head/1``) and gossiped. Two valid heads of one member with
+the same seq and different hashes are an :class:`EquivocationProof`; a head
+that the member's own entries do not reproduce is a fork. docs/protocol.md
+section 15.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from protocol.canonical import pack
+from protocol.credentials import ID_PATTERN, Credential
+from protocol.messages import Message, register
+from protocol.schema import Bin, Fixed, Int, Nested, Record, Str, f
+from protocol.signing import SigningKey, digest, verify
+from protocol.trading import MAX_HOPS, MAX_TIME
+
+HEAD_DOMAIN = "p2pd/log-head/1"
+ENTRY_DOMAIN = "p2pd/log-entry/1"
+GENESIS = bytes(32)
+RECEIPT_V1, RECEIPT_V2 = 1, 2
+MAX_RECEIPT_BYTES = 4096
+
+
+def entry_hash(prev: bytes, seq: int, receipt: bytes) -> bytes:
+    return digest(pack([ENTRY_DOMAIN, prev, seq, receipt]))
+
+
+class ForkError(ValueError):
+    """A log's entries do not reproduce a head its owner signed."""
+
+
+@dataclass(frozen=True)
+class LogHead(Record):
+    member: str = f(Str(64, ID_PATTERN))
+    seq: int = f(Int(0, MAX_TIME))
+    head_hash: bytes = f(Fixed(32))
+    signature: bytes = f(Fixed(64))
+
+    def body(self) -> list[object]:
+        return self.to_wire()[:-1]
+
+    @classmethod
+    def create(cls, key: SigningKey, member: str, seq: int, head_hash: bytes) -> LogHead:
+        unsigned = cls(member, seq, head_hash, bytes(64))
+        return replace(unsigned, signature=key.sign(HEAD_DOMAIN, unsigned.body()))
+
+    def verify(self, sign_pk: bytes) -> None:
+        verify(sign_pk, self.signature, HEAD_DOMAIN, self.body())
+
+
+@dataclass(frozen=True)
+class EquivocationProof(Record):
+    """Two heads signed by one member for one seq with different hashes."""
+
+    head_a: LogHead = f(Nested(LogHead))
+    head_b: LogHead = f(Nested(LogHead))
+
+    def check(self, cred: Credential) -> None:
+        """Raise ValueError/SignatureError unless this proves ``cred``'s member equivocated."""
+        a, b = self.head_a, self.head_b
+        if not (a.member == b.member == cred.member_id):
+            raise ValueError("heads of different members")
+        if a.seq != b.seq or a.head_hash == b.head_hash:
+            raise ValueError("heads do not conflict")
+        a.verify(cred.sign_pk)
+        b.verify(cred.sign_pk)
+
+
+class ReceiptChain:
+    """The append-only log itself (in memory; callers persist the receipts)."""
+
+    def __init__(self) -> None:
+        self.hashes: list[bytes] = [GENESIS]
+        self.entries: list[bytes] = []
+
+    @property
+    def seq(self) -> int:
+        return len(self.entries)
+
+    @property
+    def head_hash(self) -> bytes:
+        return self.hashes[-1]
+
+    def append(self, receipt: bytes) -> int:
+        seq = len(self.entries) + 1
+        self.hashes.append(entry_hash(self.hashes[-1], seq, receipt))
+        self.entries.append(receipt)
+        return seq
+
+    def head(self, key: SigningKey, member: str) -> LogHead:
+        return LogHead.create(key, member, self.seq, self.head_hash)
+
+
+def verify_entries(entries: Sequence[bytes], head: LogHead, sign_pk: bytes) -> None:
+    """Check that ``entries`` (from seq 1) reproduce the signed ``head``.
+
+    Raises SignatureError if the head is not signed by ``sign_pk`` and
+    :class:`ForkError` if the entries give another hash: the member showed us
+    one history and signed another.
+    """
+    head.verify(sign_pk)
+    if head.seq > len(entries):
+        raise ForkError(f"head at seq {head.seq} but only {len(entries)} entries")
+    h = GENESIS
+    for seq, receipt in enumerate(entries[: head.seq], start=1):
+        h = entry_hash(h, seq, receipt)
+    if h != head.head_hash:
+        raise ForkError(f"entries do not reproduce the head at seq {head.seq}")
+
+
+
+@register
+@dataclass(frozen=True)
+class HeadGossip(Message):
+    TYPE: ClassVar[int] = 80
+    CATEGORY: ClassVar[str] = "gossip"
+    head: LogHead = f(Nested(LogHead))
+    credential: Credential = f(Nested(Credential))
+    hops: int = f(Int(0, MAX_HOPS))
+
+
+@register
+@dataclass(frozen=True)
+class ReceiptReplica(Message):
+    """Entry ``seq`` of the sender's log (a receipt it signed) and its head after it."""
+
+    TYPE: ClassVar[int] = 81
+    CATEGORY: ClassVar[str] = "gossip"
+    kind: int = f(Int(1, 2))
+    receipt: bytes = f(Bin(1, MAX_RECEIPT_BYTES))
+    head: LogHead = f(Nested(LogHead))
+
+
+@register
+@dataclass(frozen=True)
+class EquivocationGossip(Message):
+    TYPE: ClassVar[int] = 82
+    CATEGORY: ClassVar[str] = "gossip"
+    proof: EquivocationProof = f(Nested(EquivocationProof))
+    credential: Credential = f(Nested(Credential))
+    hops: int = f(Int(0, MAX_HOPS))
