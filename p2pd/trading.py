@@ -17,6 +17,7 @@ Flow of a trade (docs/protocol.md, "Trading"):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,15 +108,19 @@ class Market:
     """One node's view of the community market, and its trading actions.
 
     ``clock`` is the market clock (wall time; scaled in simulations).
+    ``random_bytes(n)`` makes order and trade ids (a seeded RNG's in
+    simulations, so that a run repeats; ``os.urandom`` otherwise).
     """
 
     def __init__(self, node: Node, repo: Repository, writer: ReceiptWriter, *,
-                 rules: MarketRules | None = None, clock: Clock | None = None) -> None:
+                 rules: MarketRules | None = None, clock: Clock | None = None,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.node = node
         self.repo = repo
         self.writer = writer
         self.rules = rules or MarketRules()
         self.clock = clock or node.clock
+        self.random_bytes = random_bytes
         self.book: dict[bytes, BookEntry] = {}
         self.cancelled: dict[bytes, int] = {}  # order id -> expiry, to drop late gossip
         self.credentials: dict[str, Credential] = {}
@@ -286,7 +291,7 @@ class Market:
             expiry = slot_start - self.rules.gate_closure
         try:
             order = Order.create(
-                self.node.identity.keys.signing, order_id=order_id or os.urandom(16), member_id=self.me,
+                self.node.identity.keys.signing, order_id=order_id or self.random_bytes(16), member_id=self.me,
                 side=side, slot_start=slot_start, slot_len=self.rules.slot_len, wh=wh,
                 price=price, expiry=expiry,
             )
@@ -324,7 +329,7 @@ class Market:
             raise TradeError("cannot take our own order", Reason.BAD_ROLE)
         seller, buyer = parties(order, self.me)
         try:
-            terms = TradeTerms(trade_id or os.urandom(16), order.order_id, order.wh, seller, buyer,
+            terms = TradeTerms(trade_id or self.random_bytes(16), order.order_id, order.wh, seller, buyer,
                                order.slot_start, order.slot_len, wh, order.price, self.now())
             terms.validate()
         except Exception as exc:

@@ -43,27 +43,36 @@ def _check(value: Any, depth: int = 0) -> None:
             _check(item, depth + 1)
 
 
-def pack(value: Sequence[Any]) -> bytes:
+def pack(value: Sequence[Any], *, check: bool = True) -> bytes:
     """Encode ``value`` (an array of canonical types) to canonical bytes.
 
     Raises :class:`LocalProtocolError` if a non-canonical type (float, dict,
     ...) is present: that is a bug in our own code, not bad input.
+    ``check=False`` skips that walk for values that come from a record
+    already validated against its schema (the schema admits only canonical
+    types), which is the hot path of every message and signature.
     """
-    _check(value)
+    if check:
+        _check(value)
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def signed_bytes(domain: str, fields: Sequence[Any]) -> bytes:
-    """The exact bytes a signature covers: ``pack([domain, *fields])``."""
-    return pack([domain, *fields])
+    """The exact bytes a signature covers: ``pack([domain, *fields])``.
+
+    ``fields`` come from a schema-checked record (see :func:`pack`).
+    """
+    return pack([domain, *fields], check=False)
 
 
-def unpack(data: bytes) -> list[Any]:
+def unpack(data: bytes, *, reject_floats: bool = True) -> list[Any]:
     """Decode one canonical array from ``data`` with hard limits.
 
     Raises :class:`DecodeError` for anything that is not exactly one msgpack
     array within the limits (trailing bytes, maps, floats, ext types, invalid
-    UTF-8, too deep, too long).
+    UTF-8, too deep, too long). ``reject_floats=False`` leaves floats to the
+    schema layer, for callers that validate every field right after
+    (every field spec refuses floats).
     """
     try:
         value = msgpack.unpackb(
@@ -89,7 +98,8 @@ def unpack(data: bytes) -> list[Any]:
         raise DecodeError("nesting too deep") from exc
     if not isinstance(value, list):
         raise DecodeError("top-level value is not an array")
-    _reject_floats(value)
+    if reject_floats:
+        _reject_floats(value)
     return value
 
 

@@ -54,13 +54,15 @@ def register(cls: M) -> M:
 
 def encode_message(msg: Message) -> bytes:
     """Canonical bytes of ``msg``: ``pack([PROTOCOL_VERSION, TYPE, *fields])``."""
-    return canonical.pack([PROTOCOL_VERSION, msg.TYPE, *msg.to_wire()])
+    # Session.send checks the message against its schema first.
+    return canonical.pack([PROTOCOL_VERSION, msg.TYPE, *msg.to_wire()], check=False)
 
 
 def decode_message(data: bytes) -> Message:
     """Decode one message. Raises :class:`DecodeError` (reason set) on bad input."""
     try:
-        value = canonical.unpack(data)
+        # Every field is then checked by its spec, which refuses floats.
+        value = canonical.unpack(data, reject_floats=False)
     except DecodeError as exc:
         exc.reason = Reason.INVALID_MESSAGE
         raise
