@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import Credential, CredentialError, DecodeError, SignatureError, check_credential
+from protocol.delegation import AgentReceipt, BoundsError, check_agent_receipt
 from protocol.trading import Receipt
 
 BUNDLE_FORMAT = "p2pd-receipts/1"
@@ -109,13 +110,17 @@ def verify_bundle(data: dict[str, Any], trusted_issuers: set[bytes], *, at: floa
 
     by_order: dict[tuple[str, bytes], list[Receipt]] = defaultdict(list)
     seen: dict[bytes, bytes] = {}
+    agent_receipts: list[AgentReceipt] = []
     for i, text in enumerate(data["receipts"]):
         report.receipts += 1
         try:
             raw = bytes.fromhex(text)
             receipt = Receipt.decode(raw)
         except (ValueError, DecodeError) as exc:
-            report.problems.append(Problem("bad_receipt", f"receipt #{i}: {exc}"))
+            try:
+                agent_receipts.append(AgentReceipt.decode(bytes.fromhex(text)))
+            except (ValueError, DecodeError):
+                report.problems.append(Problem("bad_receipt", f"receipt #{i}: {exc}"))
             continue
         t = receipt.terms
         tid = t.trade_id.hex()
@@ -132,6 +137,7 @@ def verify_bundle(data: dict[str, Any], trusted_issuers: set[bytes], *, at: floa
         owner = t.seller  # orders are checked per seller: sells and bids alike
         by_order[(owner, t.order_id)].append(receipt)
 
+    _verify_agent_receipts(agent_receipts, members, at, report)
     for (seller, order_id), group in by_order.items():
         totals = {r.terms.order_wh for r in group}
         sold = sum(r.terms.wh for r in group)
@@ -172,3 +178,49 @@ def _signed_by_member(receipt: Receipt, members: dict[str, list[Credential]], wh
                                            "(receipt altered or forged)", [tid]))
             return False
     return True
+
+
+def _verify_agent_receipts(receipts: list[AgentReceipt], members: dict[str, list[Credential]],
+                           at: float | None, report: VerifyReport) -> None:
+    """v2 receipts (S2-S4): signatures, delegation bounds, and per-slot caps.
+
+    An agent that signed outside its principal's delegation is flagged
+    ``delegation_exceeded`` with the receipt(s) and the delegation as proof:
+    the agent's signature over terms the delegation does not allow.
+    """
+    used: dict[tuple[bytes, str, int], list[AgentReceipt]] = defaultdict(list)
+    seen: set[bytes] = set()
+    for r in receipts:
+        t = r.terms
+        tid = t.trade_id.hex()
+        when = t.created_at if at is None else at
+        creds = {name: c for name, cs in members.items() for c in cs
+                 if c.valid_from - 300 <= when < c.valid_until + 300}
+        try:
+            check_agent_receipt(r, creds)
+        except BoundsError as exc:
+            kind = "unknown_member" if "no credential" in str(exc) else "delegation_exceeded"
+            report.problems.append(Problem(kind, f"trade {tid}: {exc}", [tid],
+                                           {"receipts": [r.encode().hex()]}))
+            continue
+        except SignatureError as exc:
+            report.problems.append(Problem("bad_signature", f"trade {tid}: {exc}", [tid]))
+            continue
+        if t.trade_id in seen:
+            continue
+        seen.add(t.trade_id)
+        report.valid += 1
+        for side, d in (("sell", r.seller_delegation), ("buy", r.buyer_delegation)):
+            if d is not None:
+                used[(d.delegation_id, side, t.slot_start)].append(r)
+    for (_, side, slot), group in used.items():
+        d = group[0].seller_delegation if side == "sell" else group[0].buyer_delegation
+        assert d is not None
+        total = sum(r.terms.wh for r in group)
+        if total > d.max_wh_per_slot:
+            ids = [r.terms.trade_id.hex() for r in group]
+            report.problems.append(Problem(
+                "delegation_exceeded",
+                f"{d.agent} traded {total} Wh for {d.principal} in slot {slot}, "
+                f"delegation allows {d.max_wh_per_slot}", ids,
+                {"delegation": d.encode().hex(), "receipts": [r.encode().hex() for r in group]}))

@@ -15,6 +15,7 @@ so that S1 receipts committed by :class:`~p2pd.trading.Market` are logged too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
 from typing import Any
@@ -128,6 +129,10 @@ class Replication:
             return
         if not self.verify_receipt(msg.kind, msg.receipt):
             self.counters["replicas_rejected"] += 1
+            # Not a receipt we accept, but the sender signed the head that
+            # follows it: still evidence for its log.
+            with contextlib.suppress(SignatureError):
+                await self._report(self.heads.add_entry(msg.receipt, msg.head, conn.peer), conn.peer)
             return
         self.held[hashlib.blake2b(msg.receipt, digest_size=32).digest()] = msg.receipt
         self.counters["replicas_held"] += 1
