@@ -256,7 +256,7 @@ for _cmd in (
     add_command(_cmd)
 
 # Modules of other features that add commands on import; missing ones are skipped.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("p2pd.ctl_commands",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,4 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the p2pd.ctl module, not this __main__ copy: COMMAND_MODULES add
+    # their commands to p2pd.ctl.COMMANDS.
+    from p2pd.ctl import main as _main
+
+    sys.exit(_main())

@@ -43,14 +43,18 @@ from p2pd.identity import NodeIdentity, load_credential, load_node_keys
 from p2pd.listener import serve_p2p
 from p2pd.node import Node, NodeLimits, open_node
 from p2pd.notify import Notifier
+from p2pd.revocations import RevocationRegistry
 from protocol import CredentialError, TrustPolicy
 
 # Modules that may define DAEMON_COMPONENT; missing ones are skipped.
+# Order matters: later components use what earlier ones put in ctx.services
+# (the agent needs the market; settlement and the APIs need the store).
 COMPONENT_MODULES: tuple[str, ...] = (
-    "p2pd.revocations",
-    "p2pd.policing",
-    "p2pd.agent",
-    "p2pd.settlement",
+    "p2pd.component_revocations",
+    "p2pd.component_policing",
+    "p2pd.component_trading",
+    "p2pd.component_agent",
+    "p2pd.settlement_loop",
 )
 # Config keys applied at run time by the daemon itself; components add theirs
 # (e.g. "sections.limits") to ctx.reloadable.
@@ -98,6 +102,10 @@ class DaemonContext:
     notifier: Notifier
     discovery: Discovery | None = None
     meter: Any = None
+    revocations: RevocationRegistry | None = None
+    """Backs ``policy.is_revoked``: lists installed here refuse members at the handshake."""
+    services: dict[str, Any] = field(default_factory=dict)
+    """Objects components share by name ("market", "policer", ...); see COMPONENT_MODULES."""
     listen_addresses: list[str] = field(default_factory=list)
     on_reload: list[ReloadHook] = field(default_factory=list)
     reloadable: set[str] = field(default_factory=lambda: set(RELOADABLE))
@@ -188,15 +196,20 @@ def announce_address(config: Config, listen: list[str]) -> tuple[str, int] | Non
     return config.p2p.host, port
 
 
-def load_identity(config: Config) -> tuple[NodeIdentity, TrustPolicy]:
+def load_identity(config: Config, registry: RevocationRegistry | None = None,
+                  ) -> tuple[NodeIdentity, TrustPolicy]:
     """Read keys and credential; check the credential against our own policy.
 
-    Raises :class:`KeyFileError` or :class:`ConfigError` with a fixable message.
+    The policy's ``is_revoked`` reads ``registry`` (a new, empty one if not
+    given), so lists installed there later refuse revoked members at the
+    handshake. Raises :class:`KeyFileError` or :class:`ConfigError` with a
+    fixable message.
     """
     keys = load_node_keys(config.node.keys_dir)
     cred = load_credential(config.node.credential)
     identity = NodeIdentity(keys, cred)
-    policy = TrustPolicy(config.community.id, frozenset(config.community.issuers))
+    registry = registry or RevocationRegistry(config.community.issuers)
+    policy = registry.policy(config.community.id)
     if cred.sign_pk != keys.signing.public or cred.noise_pk != keys.noise_public:
         raise KeyFileError(f"{config.node.credential} was issued for other keys than those in "
                            f"{config.node.keys_dir}")
@@ -272,7 +285,8 @@ async def run_daemon(
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
             raise P2pdError(f"cannot create {d}: {exc.strerror}") from exc
-    identity, policy = load_identity(config)
+    revocations = RevocationRegistry(config.community.issuers)
+    identity, policy = load_identity(config, revocations)
     import store
 
     try:
@@ -288,7 +302,8 @@ async def run_daemon(
             async with open_node(identity, policy, limits=limits) as node:
                 async with trio.open_nursery() as nursery:
                     ctx = DaemonContext(config, identity, policy, repo, node,
-                                        control or ControlServer(), nursery, notifier)
+                                        control or ControlServer(), nursery, notifier,
+                                        revocations=revocations)
                     nursery.start_soon(_handle_signals, ctx, signals)
                     try:
                         listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)
