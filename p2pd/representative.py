@@ -435,3 +435,20 @@ class Representative:
         self.receipts[t.trade_id] = receipt
         self.counters["trades_sold"] += 1
         return receipt
+
+
+def split_fill(alloc: dict[str, int], filled: int) -> dict[str, int]:
+    """Split ``filled`` Wh of an aggregated order among clients, pro rata, in whole Wh.
+
+    Floors each share, then gives the leftover Wh one each to the largest
+    remainders (ties: member id), so the shares sum exactly to ``filled``
+    and no client gets more than it asked for.
+    """
+    total = sum(alloc.values())
+    if filled > total or filled < 0:
+        raise ValueError("fill outside the order")
+    shares = {m: wh * filled // total for m, wh in alloc.items()} if total else {}
+    left = filled - sum(shares.values())
+    for m in sorted(alloc, key=lambda m: (-(alloc[m] * filled % total), m))[:left]:
+        shares[m] += 1
+    return shares
