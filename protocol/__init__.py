@@ -66,3 +66,14 @@ from protocol.revocation import REVOCATION_DOMAIN as REVOCATION_DOMAIN
 from protocol.revocation import RevocationAnnounce as RevocationAnnounce
 from protocol.revocation import RevocationList as RevocationList
 from protocol.revocation import issue_revocation as issue_revocation
+from protocol.delegation import AgentOrder as AgentOrder
+from protocol.delegation import AgentReceipt as AgentReceipt
+from protocol.delegation import AgentTerms as AgentTerms
+from protocol.delegation import Delegation as Delegation
+from protocol.delegation import DelegationRevoke as DelegationRevoke
+from protocol.delegation import MeterReport as MeterReport
+from protocol.delegation import check_agent_receipt as check_agent_receipt
+from protocol.brokerage import ClearingSummary as ClearingSummary
+from protocol.receipt_log import EquivocationProof as EquivocationProof
+from protocol.receipt_log import LogHead as LogHead
+from protocol.receipt_log import ReceiptChain as ReceiptChain
