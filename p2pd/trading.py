@@ -123,6 +123,7 @@ class Market:
         self.random_bytes = random_bytes
         self.book: dict[bytes, BookEntry] = {}
         self.cancelled: dict[bytes, int] = {}  # order id -> expiry, to drop late gossip
+        self.withdrawn: dict[bytes, BookEntry] = {}  # cancelled or sold-out orders, until expiry
         self.credentials: dict[str, Credential] = {}
         self._pending: dict[bytes, _PendingTake] = {}
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
@@ -237,7 +238,11 @@ class Market:
             return False
         expiry = entry.order.expiry if entry else cancel.issued_at + self.rules.max_ahead
         self.cancelled[cancel.order_id] = expiry
-        self.book.pop(cancel.order_id, None)
+        withdrawn = self.book.pop(cancel.order_id, None)
+        if withdrawn is not None:
+            # Kept until expiry so a taker can still retry a take whose
+            # answer was lost (same trade id) and get its receipt.
+            self.withdrawn[cancel.order_id] = withdrawn
         self.counters["cancels_accepted"] += 1
         self.node.events.publish("cancel", order_id=cancel.order_id.hex(), member=cancel.member_id)
         return True
@@ -279,6 +284,7 @@ class Market:
             del self.book[oid]
         for oid in [oid for oid, exp in self.cancelled.items() if exp <= now]:
             del self.cancelled[oid]
+            self.withdrawn.pop(oid, None)
         return len(dead)
 
     # --- local actions --------------------------------------------------------------
@@ -321,7 +327,14 @@ class Market:
         Retries with the same trade id on timeout, so a lost answer never
         makes a second trade. Raises TradeError (refused, or no answer).
         """
+        if trade_id is not None:
+            # A retry: if we already hold the receipt, that is the answer.
+            rec = await storage.call(self.repo, self.repo.get_receipt, trade_id)
+            if rec is not None:
+                return Receipt.decode(rec.encoded)
         entry = self.book.get(order_id)
+        if entry is None and trade_id is not None:
+            entry = self.withdrawn.get(order_id)  # the owner answers with the stored receipt
         if entry is None:
             raise TradeError("unknown or expired order", Reason.NOT_FOUND)
         order = entry.order

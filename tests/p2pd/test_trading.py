@@ -93,6 +93,20 @@ async def test_retry_with_same_trade_id_returns_same_receipt(make_trader: Callab
     assert alice.repo.remaining_wh(order.order_id, order.wh) == 600
 
 
+async def test_retry_after_sell_out_still_returns_the_receipt(make_trader: Callable[..., Any]) -> None:
+    alice, bob = await make_trader("alice"), await make_trader("bob")
+    await link(bob.node, alice.node)
+    order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
+    await wait_for(lambda: order.order_id in bob.market.book)
+    first = await bob.market.take(order.order_id, 1000, trade_id=b"S" * 16)
+    await wait_for(lambda: order.order_id not in bob.market.book)  # sold out, withdrawn
+    # bob lost the answer (say): he forgets the receipt and retries the same take
+    bob.repo = bob.market.repo = MemoryRepository()
+    again = await bob.market.take(order.order_id, 1000, trade_id=b"S" * 16)
+    assert again.encode() == first.encode()
+    assert len(alice.repo.receipts_for_order(order.order_id)) == 1
+
+
 async def test_two_takers_race_for_the_last_kwh(make_trader: Callable[..., Any]) -> None:
     alice, bob, carol = [await make_trader(n) for n in ("alice", "bob", "carol")]
     await link(bob.node, alice.node)
