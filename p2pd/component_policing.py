@@ -13,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from p2pd import log
+import trio
+
+from p2pd import log, storage
 from p2pd.components import extend_status, section
 from p2pd.config import Config
 from p2pd.control import Param
 from p2pd.policing import Policer, PolicingConfig, attach_policer
+from store import BanRecord
 
 if TYPE_CHECKING:
     from p2pd.daemon import DaemonContext
@@ -48,6 +51,26 @@ def limits_show(policer: Policer) -> dict[str, Any]:
             "counters": snap["counters"]}
 
 
+async def restore_bans(ctx: DaemonContext, policer: Policer) -> None:
+    """Bans outlive restarts: a flooder is not forgiven by a reboot."""
+    now = ctx.node.clock.now()
+    for rec in await storage.call(ctx.repo, ctx.repo.bans, int(now)):
+        policer.restore_ban(rec.member_id, rec.until, rec.level, now)
+
+
+async def keep_bans(ctx: DaemonContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Write every new ban to the store, and forget cleared ones."""
+    async with ctx.node.events.subscribe() as events:
+        task_status.started()
+        async for event in events:
+            if event["event"] == "ban":
+                rec = BanRecord(str(event["member"]), int(event["until"]) + 1, int(event["count"]),
+                                "RATE_LIMITED")
+                await storage.call(ctx.repo, ctx.repo.put_ban, rec)
+            elif event["event"] == "unban":
+                await storage.call(ctx.repo, ctx.repo.clear_ban, str(event["member"]))
+
+
 class PolicingComponent:
     name = "policing"
 
@@ -61,6 +84,8 @@ class PolicingComponent:
             apply_limits(policer, section(new, "limits"))
 
         ctx.on_reload.append(reload)
+        await restore_bans(ctx, policer)
+        await ctx.nursery.start(keep_bans, ctx)
 
         def bans_clear(member_id: str) -> dict[str, Any]:
             """lift a member's ban and forget its history"""

@@ -326,6 +326,11 @@ class Policer:
                                           "connection_rate", "rate_limited", "messages_policed"))},
         }
 
+    def restore_ban(self, member_id: str, until: float, count: int, now: float) -> None:
+        """Reinstate a ban kept in the store (after a restart); ``count`` keeps it growing."""
+        if until > now:
+            self.bans[member_id] = _Ban(until, max(1, count), now)
+
     def unban(self, member_id: str) -> bool:
         """Lift ``member_id``'s ban and forget its history; returns whether it was banned."""
         ban = self.bans.pop(member_id, None)

@@ -253,11 +253,19 @@ max_excess = 3
                         break
         bans = (await wire(alice, "bans.list"))["bans"]
         assert [b["member_id"] for b in bans] == ["bob"] and bans[0]["count"] == 1
+        # The ban is kept in the store, so a restart does not forgive it.
+        with trio.fail_after(WAIT):
+            while not alice.repo.bans(int(time.time())):
+                await trio.sleep(0.01)
+        assert [b.member_id for b in alice.repo.bans(int(time.time()))] == ["bob"]
         code, out = await p2pctl(alice, "bans", capsys=capsys)
         assert code == 0 and "bob" in out
         code, out = await p2pctl(alice, "unban", "bob", capsys=capsys)
         assert code == 0 and "lifted the ban on bob" in out
         assert (await wire(alice, "bans.list"))["bans"] == []
+        with trio.fail_after(WAIT):
+            while alice.repo.bans(int(time.time())):
+                await trio.sleep(0.01)
         assert (await wire(alice, "bans.clear", {"member_id": "bob"}))["cleared"] is False
         limits_shown = await wire(alice, "limits.show")
         assert limits_shown["limits"]["gossip_rate"] == 1.0 and limits_shown["limits"]["max_excess"] == 3

@@ -267,6 +267,28 @@ async def test_bans_grow_and_unban_lifts_them(
     assert "mallory" in hub.sessions
 
 
+async def test_restored_ban_refuses_the_member_after_a_restart(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    hub: Node = await make_node("hub")
+    policer = attach_policer(hub, STRICT)
+    now = hub.clock.now()
+    policer.restore_ban("mallory", now + 120, 2, now)  # as loaded from the store
+    policer.restore_ban("stale", now - 1, 1, now)  # an expired one is not restored
+    assert set(policer.snapshot()["bans"]) == {"mallory"}
+    mallory: Node = await make_node("mallory")
+    client, server = trio.testing.memory_stream_pair()
+    hub.nursery.start_soon(hub.accept, server, "mallory")
+    try:
+        conn = await mallory.connect_stream(client, "hub")
+        with trio.fail_after(5):
+            await conn.finished.wait()
+    except PeerGone:
+        pass
+    assert "mallory" not in hub.sessions
+    assert hub.counters["session_refused:BANNED"] == 1
+
+
 # --- before authentication ---------------------------------------------------
 
 
