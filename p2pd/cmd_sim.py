@@ -7,8 +7,6 @@ import json
 import sys
 from typing import Any
 
-import trio
-
 from p2pd.sim import DEFAULT_TIME_SCALE, SCENARIOS, SimConfig
 
 
@@ -24,10 +22,15 @@ def register(sub: Any) -> None:
                    help="run an attack (repeatable; 'list' shows them)")
     p.add_argument("--json", action="store_true", help="end with one JSON line (the report)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the day (needs the 'plot' extra)")
-    p.add_argument("--memory", action="store_true", help="in-memory streams instead of loopback TCP")
+    p.add_argument("--memory", action="store_true",
+                   help="in-memory streams instead of loopback TCP; with the memory store (its "
+                        "default) the run is in virtual time")
+    p.add_argument("--wall-clock", action="store_true",
+                   help="with --memory: scaled wall-clock time instead of virtual time")
     p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
-                   help=f"simulated seconds per wall second (default {DEFAULT_TIME_SCALE:g})")
-    p.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+                   help=f"wall-clock mode: simulated seconds per wall second (default {DEFAULT_TIME_SCALE:g})")
+    p.add_argument("--store", choices=("sqlite", "memory"), default=None,
+                   help="memory with --memory, sqlite otherwise")
     p.add_argument("--degree", type=int, default=4, help="peers each node dials at start")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -36,27 +39,24 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from p2pd.report import render
     from p2pd.sim_attacks import describe_attacks, check_attack_names
-    from p2pd.sim_run import simulate, text_progress
+    from p2pd.sim_run import run_sim, text_progress
 
     if "list" in args.attack:
         print(describe_attacks())
         return 0
     check_attack_names(args.attack)
+    store = args.store or ("memory" if args.memory else "sqlite")
+    # Virtual time needs everything in memory: real I/O cannot run under an
+    # autojumping clock (it would jump while a worker thread or socket works).
+    virtual = args.memory and store == "memory" and not args.wall_clock
     cfg = SimConfig(nodes=args.nodes, scenario=args.scenario, hours=args.hours, seed=args.seed,
-                    memory=args.memory, time_scale=args.time_scale, store=args.store,
-                    degree=args.degree, attacks=tuple(dict.fromkeys(args.attack)))
+                    memory=args.memory, time_scale=args.time_scale, store=store,
+                    degree=args.degree, attacks=tuple(dict.fromkeys(args.attack)), virtual=virtual)
     if args.plot:
         from p2pd.sim_plot import require_matplotlib
         require_matplotlib()
-    # Hundreds of tasks share one thread with the stores' worker threads: a
-    # shorter GIL switch interval cuts the latency of each store call.
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
     progress = None if args.quiet else text_progress(sys.stderr)
-    try:
-        report = trio.run(lambda: simulate(cfg, progress=progress, plot=bool(args.plot)))
-    finally:
-        sys.setswitchinterval(previous)
+    report = run_sim(cfg, progress=progress, plot=bool(args.plot))
     if args.plot:
         from p2pd.sim_plot import plot_day
         plot_day(report, args.plot)

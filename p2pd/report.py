@@ -147,8 +147,9 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"p2pd sim: scenario {r['scenario']}, {r['nodes']} nodes, {r['hours']} h from "
         f"{r['start_utc']}, seed {r['seed']}, {r['transport']}, store {r['store']}",
-        f"  wall time {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), peak RSS "
-        f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, time scale {r['time_scale']:g}x",
+        f"  wall time {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), CPU {r['cpu_s']:.1f} s, peak RSS "
+        f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, "
+        + ("virtual time" if r["time"] == "virtual" else f"wall clock x{r['time_scale']:g}"),
         "",
         "Energy",
         f"  PV production      {r['pv_production_wh'] / 1000:10.1f} kWh",

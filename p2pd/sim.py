@@ -8,10 +8,19 @@ loopback TCP (listeners on 127.0.0.1 port 0, then dial) or on trio's
 in-memory streams. Meters are :class:`meter_drivers.SimulatedMeter`
 households from seeded profiles.
 
-Two clocks: session timers and credentials use wall time (``wall_clock``,
-real seconds), while the market and the agents use ``market_clock``, a
-:class:`~p2pd.clock.TrioWallClock` that starts at the simulated start (a
-midsummer midnight, so PV matters) and runs ``time_scale`` times faster.
+Time (docs/simulation.md, "Time"). With ``virtual`` (in-memory streams and
+stores only) the whole run sits under trio's ``MockClock(autojump_threshold=0)``
+(:func:`p2pd.sim_run.run_sim` installs it): simulated time advances only when
+every task waits, so one clock, :class:`~p2pd.clock.TrioWallClock` at scale 1
+from the simulated start, serves the market, the agents and the session
+timers, and the outcome depends on the seed, not on the machine's speed.
+Otherwise two clocks: session timers and credentials use wall time
+(``wall_clock``), while the market and the agents use ``market_clock``, which
+starts at the simulated start (a midsummer midnight, so PV matters) and runs
+``time_scale`` times faster than the wall clock.
+
+Randomness: every draw that can change the outcome (households, topology,
+order and trade ids) comes from an RNG seeded with ``seed``.
 
 Topology: each node dials ``degree`` others chosen with the seed; the agents
 dial an order's owner on demand when they take. Not a full mesh.
@@ -22,6 +31,8 @@ the ``p2pd sim`` command.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
 import shutil
 import tempfile
@@ -45,7 +56,7 @@ from p2pd.node import Node, NodeLimits, open_node
 from p2pd.peer import PeerConnection
 from p2pd.receipt_writer import ReceiptWriter
 from p2pd.trading import Market, MarketRules
-from protocol import Credential, SigningKey, TrustPolicy
+from protocol import Credential, SigningKey, Timeouts, TrustPolicy
 from store import ReceiptRecord, Repository, open_repository
 
 SIM_START = 1_782_000_000
@@ -53,7 +64,7 @@ SIM_START = 1_782_000_000
 SCENARIOS = ("S1", "S2", "S3", "S4")
 COMMUNITY = "simstreet"
 DEFAULT_TIME_SCALE = 2880.0
-"""A simulated day in 30 s of wall time (faster runs start to lose trades to latency)."""
+"""Wall-clock mode: a simulated day in 30 s (faster runs start to lose trades to latency)."""
 
 
 class SimError(P2pdError):
@@ -62,7 +73,12 @@ class SimError(P2pdError):
 
 @dataclass(frozen=True)
 class SimConfig:
-    """What to simulate. ``store`` is "sqlite" (a file per node) or "memory"."""
+    """What to simulate. ``store`` is "sqlite" (a file per node) or "memory".
+
+    ``virtual`` runs on virtual time (needs ``memory`` and ``store="memory"``:
+    real I/O cannot run under an autojumping clock); ``time_scale`` applies
+    only without it.
+    """
 
     nodes: int = 10
     scenario: str = "S1"
@@ -77,6 +93,10 @@ class SimConfig:
     attacks: tuple[str, ...] = ()
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(lead_slots=4))
     policing: bool = True
+    virtual: bool = False
+    keepalive: float = 900.0
+    """Virtual time: seconds between keepalive pings on an idle session (the
+    idle timeout is three of them). Wall-clock runs keep the daemon's default."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -91,6 +111,13 @@ class SimConfig:
             raise SimError("--time-scale must be positive")
         if self.store not in ("sqlite", "memory"):
             raise SimError("--store must be sqlite or memory")
+        if self.virtual and not (self.memory and self.store == "memory"):
+            raise SimError("virtual time needs in-memory streams and stores (--memory --store memory)")
+
+    @property
+    def market_scale(self) -> float:
+        """Simulated seconds per second of trio's clock."""
+        return 1.0 if self.virtual else self.time_scale
 
     @property
     def end(self) -> int:
@@ -173,8 +200,10 @@ class SimCommunity:
         self.issuer = SigningKey.generate()
         self.policy = TrustPolicy(COMMUNITY, frozenset({self.issuer.public}))
         self.rules = MarketRules()
-        self.wall_clock = TrioWallClock(time.time())
-        self.market_clock = TrioWallClock(float(cfg.start), cfg.time_scale)
+        self.market_clock = TrioWallClock(float(cfg.start), cfg.market_scale)
+        # Virtual time: sessions live in simulated time as well, so their
+        # timers (keepalive, idle, rekey) run at their real rates.
+        self.wall_clock = self.market_clock if cfg.virtual else TrioWallClock(time.time())
         self.nodes: list[SimNode] = []
         self.by_id: dict[str, SimNode] = {}
         self.extra: list[SimNode] = []  # attackers' and probes' nodes: not members of the accounts
@@ -199,7 +228,7 @@ class SimCommunity:
         valid_from, valid_until = valid or (lo, hi)
         cred = Credential.issue(
             issuer or self.issuer, community=community, member_id=member_id, role="prosumer",
-            metering_point=f"SIM{abs(hash(member_id)) % 10**12:012d}", sign_pk=keys.signing.public,
+            metering_point=_metering_point(member_id), sign_pk=keys.signing.public,
             noise_pk=credential_noise_pk or keys.noise_public, valid_from=valid_from,
             valid_until=valid_until)
         return NodeIdentity(keys, cred)
@@ -217,7 +246,8 @@ class SimCommunity:
         self.repos.append(repo)
         writer = writer or ReceiptWriter(repo)
         await node.nursery.start(writer.run)
-        market = Market(node, repo, writer, rules=self.rules, clock=self.market_clock)
+        market = Market(node, repo, writer, rules=self.rules, clock=self.market_clock,
+                        random_bytes=random.Random(f"ids/{self.cfg.seed}/{identity.member_id}").randbytes)
         await market.load()
         sim = SimNode(household, identity, node, market, writer, repo)
         node.on_open.append(self._count_open)
@@ -239,7 +269,17 @@ class SimCommunity:
     async def _run_node(self, identity: NodeIdentity, *,
                         task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         # Each node lives in a task of the community's nursery, whoever adds it.
-        async with open_node(identity, self.policy, clock=self.wall_clock, limits=NodeLimits()) as node:
+        # Its own copy of the policy: its own cache of verified credentials,
+        # as if it ran in a process of its own.
+        policy = dataclasses.replace(self.policy)
+        limits = NodeLimits()
+        if self.cfg.virtual:
+            # At the daemon's 30 s a day of keepalives would cost more than the
+            # trading (four frames per session every 30 simulated seconds); a
+            # wall-clock run at 2880x sends next to none.
+            k = self.cfg.keepalive
+            limits = NodeLimits(timeouts=Timeouts(ping_interval=k, idle_timeout=3 * k))
+        async with open_node(identity, policy, clock=self.wall_clock, limits=limits) as node:
             task_status.started(node)
             await trio.sleep_forever()
 
@@ -248,9 +288,10 @@ class SimCommunity:
             from p2pd.policing import PolicingConfig, attach_policer
         except ImportError:  # another developer's module; optional here
             return
-        # Simulated time runs time_scale times faster than the wall clock the
-        # policer measures, so honest rates grow with it: scale the allowances.
-        f = max(1.0, self.cfg.time_scale / 288)
+        # Wall-clock mode: simulated time runs time_scale times faster than the
+        # wall clock the policer measures, so honest rates grow with it: scale
+        # the allowances. In virtual time the policer sees simulated time.
+        f = max(1.0, self.cfg.market_scale / 288)
         # Every simulated peer dials from the same host (127.0.0.1, or "mem"),
         # so the per-host connection allowance is shared by the whole community.
         n = self.cfg.nodes
@@ -331,8 +372,11 @@ class SimCommunity:
 
     def start_agents(self) -> None:
         """Restart the market clock at the simulated start and let every agent trade."""
-        # Building the community took wall time; the simulated day starts now.
-        self.market_clock.origin = trio.current_time()
+        if not self.cfg.virtual:
+            # Building the community took wall time; the simulated day starts
+            # now. (In virtual time it took next to none, and sessions share
+            # the clock, which must not run backwards.)
+            self.market_clock.origin = trio.current_time()
         self.started_wall = time.perf_counter()
         for sim in self.nodes:
             assert sim.agent is not None
@@ -352,20 +396,36 @@ class SimCommunity:
         return list(seen.values())
 
 
+def _metering_point(member_id: str) -> str:
+    # hash() of a str changes from process to process; this does not.
+    return "SIM" + str(int.from_bytes(hashlib.blake2b(member_id.encode(), digest_size=8).digest(), "big")
+                       % 10**12).zfill(12)
+
+
+def check_virtual_clock() -> None:
+    """Raise :class:`SimError` unless trio runs on an autojumping MockClock."""
+    clock = trio.lowlevel.current_clock()
+    if not (isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold == 0):
+        raise SimError("virtual time needs trio.run(..., clock=MockClock(autojump_threshold=0))")
+
+
 @asynccontextmanager
 async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, memory: bool = True,
                          store: str = "memory", time_scale: float = DEFAULT_TIME_SCALE,
-                         hours: float = 24.0, config: SimConfig | None = None,
+                         hours: float = 24.0, virtual: bool = False, config: SimConfig | None = None,
                          start_agents: bool = True) -> AsyncIterator[SimCommunity]:
     """Build and run a community for the ``async with`` block.
 
     Yields once every node is up, the topology is connected and (unless
     ``start_agents`` is False) the agents trade with the market clock at the
     simulated start. ``config`` overrides the other arguments. Raises
-    :class:`SimError` for an unknown or unbuilt scenario.
+    :class:`SimError` for an unknown or unbuilt scenario, or for virtual time
+    outside an autojumping MockClock (pytest-trio's ``autojump_clock``).
     """
     cfg = config or SimConfig(nodes=n, seed=seed, scenario=scenario, memory=memory, store=store,
-                              time_scale=time_scale, hours=hours)
+                              time_scale=time_scale, hours=hours, virtual=virtual)
+    if cfg.virtual:
+        check_virtual_clock()
     store_dir = tempfile.mkdtemp(prefix="p2pd-sim-") if cfg.store == "sqlite" else None
     community: SimCommunity | None = None
     try:

@@ -9,7 +9,7 @@ import trio
 
 from p2pd.errors import P2pdError
 from p2pd.sim import SimCommunity
-from p2pd.sim_attack_kit import add_attacker, connect, far_slot, session_at_target
+from p2pd.sim_attack_kit import add_attacker, connect, far_slot, session_at_target, wait
 from protocol.trading import OrderGossip
 
 
@@ -73,6 +73,11 @@ async def flood(com: SimCommunity) -> dict[str, Any]:
     policer = next(p for p in com.policers if p.node is target.node)
     own = await mallory.market.post("sell", far_slot(com), 100, 93_000)
     msg = OrderGossip(own, mallory.identity.credential, 0)
+    # Count only what the flood got through: the session's own messages
+    # before it (OrdersRequest, the order) are not part of the allowance.
+    await wait(lambda: own.order_id in target.market.book)
+    before = policer.members.get(mallory.member_id)
+    accepted_before = before.accepted if before is not None else 0
     sent, t0 = 0, trio.current_time()
     with trio.move_on_after(3.0):
         while sent < 200_000:
@@ -86,7 +91,7 @@ async def flood(com: SimCommunity) -> dict[str, Any]:
     elapsed = trio.current_time() - t0
     await trio.sleep(0.2)
     state = policer.members.get(mallory.member_id)
-    accepted = state.accepted if state is not None else 0
+    accepted = (state.accepted if state is not None else 0) - accepted_before
     cfg = policer.config
     allowance = int(cfg.gossip_rate * elapsed + max(1.0, cfg.gossip_rate * cfg.burst_seconds))
     banned = mallory.member_id in policer.bans

@@ -1,7 +1,8 @@
 """End-to-end tests on the simulation harness: real nodes, sessions, agents and stores.
 
-These run on trio's real clock with a fast market clock (``time_scale``), like
-``p2pd sim``; every wait is bounded.
+Most run in virtual time (pytest-trio's ``autojump_clock``, as ``p2pd sim
+--memory`` does); the loopback TCP + SQLite one runs on trio's real clock with
+a fast market clock (``time_scale``). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ from p2pd import cli
 from p2pd.report import settle_window
 from p2pd.sim import SIM_START, SimConfig, SimError, open_community
 from p2pd.sim_attacks import ATTACKS, run_attacks
+from p2pd.sim_run import run_sim
 
 MIDDAY = SIM_START + 10 * 3600  # 10:00 on a midsummer day: PV surplus and demand
 
 
 def config(**kw: Any) -> SimConfig:
     base: dict[str, Any] = dict(nodes=6, hours=2, start=MIDDAY, memory=True, store="memory",
-                                time_scale=3600.0, seed=7)
+                                virtual=True, seed=7)
     return SimConfig(**{**base, **kw})
 
 
-async def test_small_community_trades_and_everyone_saves() -> None:
+async def test_small_community_trades_and_everyone_saves(autojump_clock: trio.abc.Clock) -> None:
     cfg = config()
-    with trio.fail_after(30):
+    with trio.fail_after(3 * 3600):  # virtual seconds
         async with open_community(config=cfg) as com:
             assert all(len(s.node.sessions) >= 1 for s in com.nodes)
             await com.wait_until(cfg.end)
@@ -44,7 +46,7 @@ async def test_small_community_trades_and_everyone_saves() -> None:
 
 
 async def test_tcp_loopback_with_sqlite_stores() -> None:
-    cfg = config(nodes=4, hours=1, memory=False, store="sqlite")
+    cfg = config(nodes=4, hours=1, memory=False, store="sqlite", virtual=False, time_scale=3600.0)
     with trio.fail_after(30):
         async with open_community(config=cfg) as com:
             assert all(s.address is not None for s in com.nodes)
@@ -55,10 +57,10 @@ async def test_tcp_loopback_with_sqlite_stores() -> None:
     assert receipts, "no trade over TCP in an hour of midday"
 
 
-async def test_attacks_of_the_mitigated_threats_achieve_nothing() -> None:
-    cfg = config(nodes=5, hours=1, time_scale=1800.0)
+async def test_attacks_of_the_mitigated_threats_achieve_nothing(autojump_clock: trio.abc.Clock) -> None:
+    cfg = config(nodes=5, hours=1)
     out: dict[str, dict[str, Any]] = {}
-    with trio.fail_after(60):
+    with trio.fail_after(24 * 3600):  # virtual seconds
         async with open_community(config=cfg) as com:
             await run_attacks(com, tuple(ATTACKS) + ("equivocation",), out)
     for name in ("impersonation", "sybil", "tamper", "replay"):
@@ -84,8 +86,8 @@ def test_unbuilt_scenarios_and_bad_options_are_refused(capsys: pytest.CaptureFix
 
 
 def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["sim", "--nodes", "4", "--hours", "1", "--seed", "3", "--memory", "--store",
-                     "memory", "--time-scale", "3600", "--json", "--quiet", "--attack", "sybil"])
+    code = cli.main(["sim", "--nodes", "4", "--hours", "1", "--seed", "3", "--memory",
+                     "--json", "--quiet", "--attack", "sybil"])
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out[-1])
@@ -93,4 +95,27 @@ def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
         assert key in report
     assert {"bill_baseline", "bill_p2p", "saving"} <= set(report["members"][0])
     assert report["attacks"]["sybil"]["successes"] == 0
+    assert report["time"] == "virtual" and report["store"] == "memory"
     assert "Bills" in "\n".join(out[:-1])
+
+
+def test_virtual_time_run_repeats_for_a_seed() -> None:
+    cfg = config(nodes=8, hours=3)
+
+    def outcome(report: dict[str, Any]) -> tuple[Any, ...]:
+        return (report["trades"], report["energy_traded_wh"], report["paid_by_buyers"],
+                [(m["member"], m["bought_wh"], m["sold_wh"], m["saving"]) for m in report["members"]])
+
+    first, second = run_sim(cfg), run_sim(cfg)
+    assert first["time"] == "virtual" and first["trades"] > 0
+    assert outcome(first) == outcome(second)
+    other = run_sim(config(nodes=8, hours=3, seed=8))
+    assert outcome(other) != outcome(first)
+
+
+async def test_virtual_time_needs_the_autojump_clock() -> None:
+    with pytest.raises(SimError, match="MockClock"):
+        async with open_community(config=config()):
+            pass  # pragma: no cover
+    with pytest.raises(SimError, match="in-memory"):
+        config(store="sqlite")
