@@ -21,7 +21,7 @@ import trio
 
 from p2pd import log, storage
 from p2pd.agent import Agent, ReadingsForecaster
-from p2pd.components import TradingConfig, agent_config, extend_status, section
+from p2pd.components import TradingConfig, agent_config, extend_status, section, trading_mode
 from p2pd.trading import Market
 from store import ReadingRecord
 
@@ -63,6 +63,12 @@ class AgentComponent:
         trading: TradingConfig = section(ctx.config, "trading")
         market: Market | None = ctx.services.get("market")
         role = ctx.identity.credential.role
+        mode = trading_mode(ctx.config, role)
+        if mode in ("delegated", "brokered"):
+            # Its representative trades (S2, S3), or the client component runs
+            # an agent of its own for what the broker cannot take (S4).
+            log.info("agent_off", reason=f"[{'delegation' if mode == 'delegated' else 'broker'}] configured")
+            return
         if not trading.agent or market is None or role != "prosumer":
             log.info("agent_off", reason="disabled in [trading]" if not trading.agent
                      else "no market" if market is None else f"role {role}")

@@ -7,7 +7,11 @@ This module validates their TOML sections (docs/configuration.md):
 * ``[trading]`` -> :class:`TradingConfig` (market rules and the agent);
 * ``[limits]`` -> :class:`p2pd.policing.PolicingConfig`;
 * ``[settlement]`` -> :class:`SettlementConfig`;
-* ``[revocations]`` -> :class:`RevocationsConfig`.
+* ``[revocations]`` -> :class:`RevocationsConfig`;
+* ``[broker]``, ``[representative]``, ``[delegation]``, ``[replication]`` ->
+  :class:`BrokerConfig`, :class:`RepresentativeConfig`,
+  :class:`DelegationConfig`, :class:`ReplicationConfig` (scenarios S2-S4: what
+  runs is decided by the credential's role, see :func:`trading_mode`).
 
 The validators are registered in :data:`p2pd.config.SECTION_VALIDATORS` when
 this module is imported (every component module imports it). Checks that
@@ -20,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from p2pd.agent import AgentConfig, AgentConfigError
-from p2pd.config import SECTION_VALIDATORS, Config, Table
+from p2pd.config import ID_PATTERN, SECTION_VALIDATORS, Config, Table
 from p2pd.control import ControlServer
 from p2pd.errors import ConfigError
 from p2pd.policing import PolicingConfig
@@ -80,6 +85,136 @@ class RevocationsConfig:
 
     lists: tuple[str, ...] = ()
     """Paths (relative to the config file) of lists, raw bytes or hex text."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """``[broker]``: on a broker, the auction; on a prosumer, the broker it trades through (S4)."""
+
+    member: str | None = None
+    """Prosumers and representatives: the broker's member id. Unset: no broker."""
+    sign_timeout: float = 10.0
+    """Broker: how long a match waits for both countersignatures."""
+    submit_timeout: float = 5.0
+    """Parties: how long a submission waits for BrokerAccepted before falling back."""
+    place_before_gate: int = 300
+    """Prosumers (S4): send each slot's order this many seconds before gate closure."""
+
+
+@dataclass(frozen=True)
+class RepresentativeConfig:
+    """``[representative]``: how a representative trades for its clients (S2, S3)."""
+
+    broker: str | None = None
+    """S3: submit aggregated orders to this broker. Unset: S2, trade directly."""
+    ask: int | None = None
+    """Price of clients' surplus in S2 (at least each client's min_sell_price);
+    default the midpoint of the [tariffs]."""
+    take_timeout: float = 5.0
+    submit_before_gate: int = 60
+    """S3: submit aggregated orders this many seconds before gate closure."""
+
+
+@dataclass(frozen=True)
+class DelegationConfig:
+    """``[delegation]``: a prosumer lets its representative trade for it (S2, S3)."""
+
+    representative: str | None = None
+    """The representative's member id. Unset: no delegation."""
+    max_wh_per_slot: int = 10_000
+    min_sell_price: int | None = None
+    """Default: [tariffs].export_price."""
+    max_buy_price: int | None = None
+    """Default: [tariffs].import_price."""
+    valid_seconds: int = 30 * DAY
+    """Each delegation signed is valid this long; a new one is signed a day before it ends."""
+    report_before_gate: int = 900
+    """Send each slot's meter report this many seconds before gate closure."""
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """``[replication]``: the receipt log, its replicas and head gossip (every node)."""
+
+    enabled: bool = True
+    replicas: int = 3
+
+
+def _member(t: Table, key: str) -> str | None:
+    value: str | None = t.string(key, None, max_len=64)
+    if value is not None and not re.fullmatch(ID_PATTERN, value):
+        raise t.error(key, f"expected a member id (letters, digits and . _ : -), got {value!r}")
+    return value
+
+
+def _broker(data: dict[str, Any]) -> BrokerConfig:
+    t = Table("broker", data)
+    d = BrokerConfig()
+    cfg = BrokerConfig(
+        member=_member(t, "member"),
+        sign_timeout=t.number("sign_timeout", d.sign_timeout, 0.1, 300.0),
+        submit_timeout=t.number("submit_timeout", d.submit_timeout, 0.1, 300.0),
+        place_before_gate=t.integer("place_before_gate", d.place_before_gate, 1, DAY),
+    )
+    t.finish()
+    return cfg
+
+
+def _representative(data: dict[str, Any]) -> RepresentativeConfig:
+    t = Table("representative", data)
+    d = RepresentativeConfig()
+    cfg = RepresentativeConfig(
+        broker=_member(t, "broker"), ask=_price(t, "ask"),
+        take_timeout=t.number("take_timeout", d.take_timeout, 0.1, 300.0),
+        submit_before_gate=t.integer("submit_before_gate", d.submit_before_gate, 1, DAY),
+    )
+    t.finish()
+    return cfg
+
+
+def _delegation(data: dict[str, Any]) -> DelegationConfig:
+    t = Table("delegation", data)
+    d = DelegationConfig()
+    cfg = DelegationConfig(
+        representative=_member(t, "representative"),
+        max_wh_per_slot=t.integer("max_wh_per_slot", d.max_wh_per_slot, 1, 10_000_000),
+        min_sell_price=_price(t, "min_sell_price"), max_buy_price=_price(t, "max_buy_price"),
+        valid_seconds=t.integer("valid_seconds", d.valid_seconds, 3600, 366 * DAY),
+        report_before_gate=t.integer("report_before_gate", d.report_before_gate, 1, DAY),
+    )
+    t.finish()
+    return cfg
+
+
+def _replication(data: dict[str, Any]) -> ReplicationConfig:
+    t = Table("replication", data)
+    cfg = ReplicationConfig(enabled=t.boolean("enabled", True), replicas=t.integer("replicas", 3, 0, 16))
+    t.finish()
+    return cfg
+
+
+def trading_mode(config: Config, role: str) -> str:
+    """What this node runs (docs/configuration.md, "Roles"): one of
+
+    ``"broker"`` (role broker), ``"representative"`` (role representative;
+    S3 if ``[representative] broker`` is set), ``"delegated"`` (a prosumer
+    with ``[delegation] representative``: its representative trades, the
+    agent is off), ``"brokered"`` (a prosumer with ``[broker] member``: S4,
+    the agent only trades what the broker cannot), or ``"direct"`` (S1).
+    Raises :class:`ConfigError` for a combination that makes no sense.
+    """
+    delegation: DelegationConfig = section(config, "delegation")
+    broker: BrokerConfig = section(config, "broker")
+    if role in ("broker", "representative"):
+        if delegation.representative is not None:
+            raise ConfigError(f"[delegation].representative: a {role} does not delegate")
+        return role
+    if delegation.representative is not None and broker.member is not None:
+        raise ConfigError("[delegation].representative and [broker].member: choose one "
+                          "(a client's representative deals with the broker)")
+    if delegation.representative is not None:
+        return "delegated"
+    return "brokered" if broker.member is not None else "direct"
 
 
 def _price(t: Table, key: str) -> int | None:
@@ -151,10 +286,13 @@ def _revocations(data: dict[str, Any]) -> RevocationsConfig:
 
 VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {
     "trading": _trading, "limits": _limits, "settlement": _settlement, "revocations": _revocations,
+    "broker": _broker, "representative": _representative, "delegation": _delegation,
+    "replication": _replication,
 }
 SECTION_TYPES: dict[str, type] = {
     "trading": TradingConfig, "limits": PolicingConfig, "settlement": SettlementConfig,
-    "revocations": RevocationsConfig,
+    "revocations": RevocationsConfig, "broker": BrokerConfig, "representative": RepresentativeConfig,
+    "delegation": DelegationConfig, "replication": ReplicationConfig,
 }
 
 

@@ -44,7 +44,8 @@ from p2pd.errors import ConfigError
 # Validators for extension sections; see the module docstring.
 SECTION_VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {}
 # Sections accepted (as read-only dicts) even before their owner registers a validator.
-EXTENSION_SECTIONS = ("trading", "limits", "settlement", "revocations")
+EXTENSION_SECTIONS = ("trading", "limits", "settlement", "revocations", "broker", "representative",
+                      "delegation", "replication")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Prices use p2pd/settlement.py's scale: integer money units per kWh, where

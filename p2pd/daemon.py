@@ -48,12 +48,19 @@ from protocol import CredentialError, TrustPolicy
 
 # Modules that may define DAEMON_COMPONENT; missing ones are skipped.
 # Order matters: later components use what earlier ones put in ctx.services
-# (the agent needs the market; settlement and the APIs need the store).
+# (the agent needs the market; replication wraps the market's writer before
+# the broker, representative and client components commit through it;
+# settlement and the APIs need the store). The credential's role decides
+# which of broker/representative/client actually run.
 COMPONENT_MODULES: tuple[str, ...] = (
     "p2pd.component_revocations",
     "p2pd.component_policing",
     "p2pd.component_trading",
+    "p2pd.component_replication",
     "p2pd.component_agent",
+    "p2pd.component_broker",
+    "p2pd.component_representative",
+    "p2pd.component_client",
     "p2pd.settlement_loop",
 )
 # Config keys applied at run time by the daemon itself; components add theirs

@@ -230,7 +230,7 @@ class Representative:
         self.counters["reports"] += 1
 
     def wanted(self, slot_start: int) -> dict[str, int]:
-        """Per client: net Wh to trade in the slot (capped by its delegation), from its reports."""
+        """Per client: net Wh still to trade in the slot (capped by its delegation), from its reports."""
         out = {}
         for principal in self.clients:
             r = self.reports.get((principal, slot_start))
@@ -238,8 +238,10 @@ class Representative:
             if r is None or d is None or not d.covers(slot_start, self.slot_len) or r.net_wh == 0:
                 continue
             side = "sell" if r.net_wh > 0 else "buy"
-            room = d.max_wh_per_slot - self.used[(principal, side, slot_start)]
-            out[principal] = max(0, min(abs(r.net_wh), room)) * (1 if side == "sell" else -1)
+            # What is left of the report after what was already traded for it,
+            # within the delegation's cap (so a second pass never buys twice).
+            left = min(abs(r.net_wh), d.max_wh_per_slot) - self.used[(principal, side, slot_start)]
+            out[principal] = max(0, left) * (1 if side == "sell" else -1)
         return {k: v for k, v in out.items() if v}
 
     # --- S3: one aggregated order per price step ------------------------------------
