@@ -109,6 +109,20 @@ def render_limits(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_clearing(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "no slot cleared yet"
+    return (f"slot {utc(c['slot_start'])} UTC: {c['orders']} orders, {c['volume_wh']} Wh at "
+            f"{money(c['price'])}/kWh")
+
+
+def render_book(r: dict[str, Any]) -> str:
+    rows = [{**o, "price_kwh": money(o["price"])} for o in r["orders"]]
+    text = table(rows, [("order_id", "ORDER"), ("agent", "AGENT"), ("principal", "FOR"), ("side", "SIDE"),
+                        ("wh", "WH"), ("price_kwh", "LIMIT/KWH")])
+    return text + "\n" + (render_clearing(r["summary"]) if r["closed"] else "gate still open")
+
+
 class ReceiptsExport:
     """``receipts export [--out FILE]``: the bundle to a file (mode 0600) or stdout."""
 
@@ -192,5 +206,19 @@ for _cmd in (
             lambda r: (f"installed serial {r['serial']} of {r['issuer'][:16]}...: revoked "
                        f"{', '.join(r['members']) or 'credential ids only'}") if r["installed"]
             else f"not newer than the serial {r['current_serial']} already installed"),
+    Command("broker", "broker.status", "the broker's open slots and last clearing",
+            render=lambda r: render_clearing(r["last"]) + f"\n{r['slots_cleared']} slots cleared; open: "
+            + (", ".join(f"{utc(s['slot_start'])} ({s['orders']} orders)" for s in r["open_slots"]) or "none")),
+    Command("book", "broker.book", "a slot's order book at the broker, and its clearing",
+            [Arg("slot", type=when, help="slot start")], lambda a: {"slot_start": a.slot}, render_book),
+    Command("representative", "representative.status", "a representative's clients and counters",
+            render=lambda r: f"{r['scenario']}" + (f" via broker {r['broker']}" if r["broker"] else "")
+            + f", {r['receipts']} receipts\n" + table(r["clients"], [
+                ("member", "CLIENT"), ("max_wh_per_slot", "MAX WH/SLOT"), ("min_sell_price", "MIN SELL"),
+                ("max_buy_price", "MAX BUY"), ("reports", "REPORTS")])),
+    Command("client", "client.status", "how this prosumer trades: its representative or broker"),
+    Command("log", "receipts.log", "our receipt log's head and the equivocators seen",
+            render=lambda r: f"seq {r['seq']} head {r['head'][:16]}..., holding {r['held']} replicas; "
+            f"equivocators: {', '.join(r['equivocators']) or 'none'}; forks: {', '.join(r['forks']) or 'none'}"),
 ):
     add_command(_cmd)
