@@ -9,8 +9,8 @@ nodes are configured to trust. See docs/protocol.md, "Membership credential".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, MutableMapping
+from dataclasses import dataclass, field
 
 from protocol.errors import CredentialError, SignatureError
 from protocol.reasons import Reason
@@ -23,6 +23,8 @@ METERING_POINT_PATTERN = r"[A-Za-z0-9]{1,34}"
 CREDENTIAL_DOMAIN = "p2pd/credential/1"
 # Clock skew we tolerate between an issuer, us and a peer (seconds).
 CLOCK_SKEW = 300
+# Credentials whose issuer signature a TrustPolicy remembers as verified.
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,21 @@ class TrustPolicy:
 
     ``is_revoked`` is called with the credential and returns True if the
     member or this credential has been revoked by its issuer.
+
+    Every order carries its owner's credential, so a node sees the same few
+    credentials over and over. The policy remembers (up to
+    VERIFIED_CACHE_SIZE) credentials whose issuer signature verified, keyed by
+    the whole credential (equal in every field, signature included, which is
+    equal bytes). Only that verify is skipped: trust in the issuer, community,
+    validity window, revocation and key binding are checked on every call.
+    ``dataclasses.replace(policy)`` gives a copy with an empty cache.
     """
 
     community: str
     trusted_issuers: frozenset[bytes]
     is_revoked: Callable[[Credential], bool] = lambda cred: False
+    _verified: dict[Credential, None] = field(default_factory=dict, init=False, repr=False,
+                                              compare=False, hash=False)
 
     def check(self, cred: Credential, now: float, noise_pk: bytes | None = None) -> None:
         """Accept ``cred`` at time ``now`` or raise :class:`CredentialError`.
@@ -100,7 +112,7 @@ class TrustPolicy:
         """
         check_credential(
             cred, now=now, community=self.community, trusted_issuers=self.trusted_issuers,
-            noise_pk=noise_pk, is_revoked=self.is_revoked,
+            noise_pk=noise_pk, is_revoked=self.is_revoked, verified=self._verified,
         )
 
 
@@ -112,14 +124,20 @@ def check_credential(
     trusted_issuers: Collection[bytes],
     noise_pk: bytes | None = None,
     is_revoked: Callable[[Credential], bool] = lambda cred: False,
+    verified: MutableMapping[Credential, None] | None = None,
 ) -> None:
-    """See :meth:`TrustPolicy.check`."""
+    """See :meth:`TrustPolicy.check`; ``verified`` is its cache of good signatures."""
     if cred.issuer_pk not in trusted_issuers:
         raise CredentialError("credential issuer is not trusted", Reason.UNTRUSTED_ISSUER)
-    try:
-        cred.verify_signature()
-    except SignatureError as exc:
-        raise CredentialError("credential signature is invalid", Reason.BAD_SIGNATURE) from exc
+    if verified is None or cred not in verified:
+        try:
+            cred.verify_signature()
+        except SignatureError as exc:
+            raise CredentialError("credential signature is invalid", Reason.BAD_SIGNATURE) from exc
+        if verified is not None:
+            if len(verified) >= VERIFIED_CACHE_SIZE:
+                del verified[next(iter(verified))]  # the oldest
+            verified[cred] = None
     if cred.community != community:
         raise CredentialError(
             f"credential is for community {cred.community!r}", Reason.WRONG_COMMUNITY
