@@ -26,7 +26,7 @@ Control method ``client.status``; ``status`` gets a ``client`` object.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -45,7 +45,7 @@ from p2pd.components import (
     section,
     trading_mode,
 )
-from p2pd.errors import NotConnected, PeerGone, TradeError
+from p2pd.errors import NotConnected, P2pdError, PeerGone, TradeError
 from p2pd.fallback import Fallback
 from p2pd.node import Node
 from p2pd.peer import PeerConnection
@@ -139,9 +139,21 @@ class DelegatingClient:
 
 
 class RoleFallback(Fallback):
-    """:class:`Fallback` that leaves unbought need to the agent instead of posting bids."""
+    """:class:`Fallback` that leaves unbought need to the agent instead of posting bids,
+    and first dials (``dial``, optional) the other side of every match we signed."""
+
+    dial: Callable[[str], Awaitable[Any]] | None = None
 
     async def broker_lost(self) -> int:
+        me = self.client.node.member_id
+        for prop, _ in list(self.client.pending.values()):
+            t = prop.terms
+            other = t.buyer_agent if t.seller_agent == me else t.seller_agent
+            if other not in self.client.node.sessions and self.dial is not None:
+                try:
+                    await self.dial(other)
+                except (P2pdError, OSError):
+                    self.counters["dial_failed"] += 1
         for own in self.client.own.values():
             if own.order.side == "buy" and own.remaining > 0:
                 self.counters["need_released_wh"] += own.remaining
@@ -254,8 +266,9 @@ def make_broker_trader(client: BrokerClient, market: Any, broker: str, forecaste
                        agent_cfg: AgentConfig, *, place_before_gate: int = 300,
                        **agent_kwargs: Any) -> BrokerTrader:
     """A :class:`BrokerTrader` with its S1 agent (not started: run ``trader.agent.run`` too)."""
-    trader = BrokerTrader(RoleFallback(client, market, broker), forecaster, agent_cfg,
-                          place_before_gate=place_before_gate)
+    fallback = RoleFallback(client, market, broker)
+    fallback.dial = agent_kwargs.get("dial")
+    trader = BrokerTrader(fallback, forecaster, agent_cfg, place_before_gate=place_before_gate)
     trader.attach_agent(Agent(market, trader.gated(forecaster), agent_cfg, **agent_kwargs))
     return trader
 

@@ -16,7 +16,8 @@ S3 (``[representative] broker = "member-id"``):
   * ``submit`` (``submit_before_gate`` seconds before the gate): net the
     clients internally, then send one aggregated order per side and limit
     price to the broker (:meth:`~p2pd.representative.Representative.aggregate_orders`).
-    Each fill is split among the clients of that order pro rata
+    If the broker's session closes, matches both sides signed are finished
+    with the other agents directly. Each fill is split among the clients of that order pro rata
     (:func:`~p2pd.representative.split_fill`) and recorded in :attr:`RepresentativeRunner.ledger`,
     which is what the representative owes each client.
 
@@ -40,6 +41,7 @@ from p2pd.broker import BrokerClient, agent_receipt_record
 from p2pd.clock import Clock
 from p2pd.components import RepresentativeConfig, extend_status, section
 from p2pd.errors import TradeError
+from p2pd.peer import PeerConnection
 from p2pd.representative import HOPS, Representative, split_fill
 from p2pd.slot_phases import serve_slot_phases
 from protocol import Reason
@@ -83,6 +85,7 @@ class RepresentativeRunner:
         self.counters: Counter[str] = Counter()
         if client is not None:
             client.on_receipt.append(self._on_fill)
+            rep.node.on_close.append(self._on_close)
 
     @property
     def phases(self) -> dict[str, int]:
@@ -212,6 +215,13 @@ class RepresentativeRunner:
                 self.rep.used[(principal, side, t.slot_start)] += wh
                 self.ledger.append(ClientFill(t.trade_id, principal, side, t.slot_start, wh, t.price))
         self.counters["filled_wh"] += t.wh
+
+    async def _on_close(self, conn: PeerConnection) -> None:
+        # Broker gone mid-clearing: matches both sides signed still become
+        # receipts, finished with the other agents directly.
+        if self.client is not None and conn.peer is not None and conn.peer.member_id == self.broker:
+            self.counters["broker_lost"] += 1
+            await self.client.finish_directly()
 
     def status(self) -> dict[str, Any]:
         rep = self.rep
