@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
                        description="Run N real nodes in one process with simulated meters and "
                                    "print energy, bills, traffic and attack outcomes.")
     p.add_argument("--nodes", type=int, default=10, help="community size (default 10)")
-    p.add_argument("--scenario", choices=SCENARIOS, default="S1", help="S1 (S2-S4: not built yet)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="S1", help="S1 direct, S2 representatives, S3 representatives + broker, S4 broker with S1 fallback")
     p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--attack", action="append", default=[], metavar="NAME",

@@ -187,6 +187,7 @@ def render(report: dict[str, Any]) -> str:
         f"  congestion feedback sent {r['congestion']['feedback_sent']}, messages policed "
         f"{r['congestion']['policed']}, bans {r['congestion']['bans']}",
     ]
+    lines += render_roles(r.get("roles") or {})
     if r["attacks"]:
         lines += ["", "Attacks (for the mitigations to hold: successes 0)"]
         for name, a in r["attacks"].items():
@@ -199,3 +200,29 @@ def render(report: dict[str, Any]) -> str:
             if a.get("note"):
                 lines.append(f"  {'':16} {a['note']}")
     return "\n".join(lines)
+
+
+def render_roles(roles: dict[str, Any]) -> list[str]:
+    """S2-S4: the broker's, the representatives' and the brokered members' figures."""
+    if not roles:
+        return []
+    lines = ["", "Roles"]
+    b = roles.get("broker")
+    if b:
+        lines.append(f"  broker: {b['slots_cleared']} slots cleared, {b['orders']} orders, "
+                     f"{b['volume_wh'] / 1000:.1f} kWh matched, {b['matches_final']} receipts, "
+                     f"{b['matches_failed']} matches failed")
+    for name, rep in (roles.get("representatives") or {}).items():
+        lines.append(f"  {name}: {rep['clients']} clients, {rep['reports']} reports, netted "
+                     f"{rep['netted_wh'] / 1000:.1f} kWh among its clients, offered {rep['offered_wh'] / 1000:.1f}, "
+                     f"bought {rep['bought_wh'] / 1000:.1f}, submitted {rep['submitted_wh'] / 1000:.1f}, "
+                     f"filled {rep['filled_wh'] / 1000:.1f} kWh")
+    c = roles.get("brokered")
+    if c:
+        lines.append(f"  members: {c.get('slots_broker', 0)} slots placed with the broker, "
+                     f"{c.get('slots_direct', 0)} over S1, {c.get('broker_wh', 0) / 1000:.1f} kWh in broker receipts")
+    logs = roles.get("receipt_logs")
+    if logs:
+        lines.append(f"  receipt logs: {logs['entries']} entries, {logs['replicas_held']} replicas held, "
+                     f"equivocations detected {logs['equivocations_detected']}, forks {logs['forks_detected']}")
+    return lines

@@ -101,8 +101,6 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise SimError(f"unknown scenario {self.scenario!r} (known: {', '.join(SCENARIOS)})")
-        if self.scenario != "S1":
-            raise SimError(f"scenario {self.scenario} is not implemented yet (only S1 is)")
         if not 2 <= self.nodes <= 5000:
             raise SimError("--nodes must be between 2 and 5000")
         if not 0 < self.hours <= 47:
@@ -211,6 +209,10 @@ class SimCommunity:
         self.repos: list[Repository] = []
         self.traffic: Counter[str] = Counter()
         self.started_wall: float | None = None
+        self.runners: list[Any] = []
+        """S2-S4 (p2pd/sim_scenarios.py): ``run`` tasks of the role runners, started with the agents."""
+        self.scenario: Any = None
+        """S2-S4: the scenario's state (:class:`p2pd.sim_scenarios.Scenario`)."""
 
     # --- identities --------------------------------------------------------------
 
@@ -379,8 +381,10 @@ class SimCommunity:
             self.market_clock.origin = trio.current_time()
         self.started_wall = time.perf_counter()
         for sim in self.nodes:
-            assert sim.agent is not None
-            sim.node.nursery.start_soon(sim.agent.run)
+            if sim.agent is not None:  # S2/S3 clients have none: their representative trades
+                sim.node.nursery.start_soon(sim.agent.run)
+        for run in self.runners:
+            self.nursery.start_soon(run)
 
     async def wait_until(self, sim_time: float) -> None:
         """Sleep until the market clock reads ``sim_time``."""
@@ -437,6 +441,10 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
             for h in households(cfg, community.rules.slot_len, margin):
                 await community.add_node(community.identity(h.member_id), h)
             await community.build_topology()
+            if cfg.scenario != "S1":
+                from p2pd.sim_scenarios import setup_scenario  # imports this module
+
+                await setup_scenario(community)
             if start_agents:
                 community.start_agents()
             yield community

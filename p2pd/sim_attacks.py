@@ -31,15 +31,13 @@ from p2pd.sim_attack_kit import (
     add_attacker, connect, far_slot, holders, join_member, pick_targets, session_at_target, wait,
 )
 from p2pd.sim_attacks_dos import flood, handshake_flood
+from p2pd.sim_attacks_roles import broker_crash, equivocation
 from protocol import SigningKey
 from protocol.trading import Order, OrderGossip, Take, TradeTerms
 from store import Committed, Outcome, ReceiptRecord
 
 AttackFn = Callable[[SimCommunity], Awaitable[dict[str, Any]]]
-UNAVAILABLE = {
-    "equivocation": "needs brokers (scenario S3), not built yet",
-    "broker_crash": "needs brokers (scenario S3), not built yet",
-}
+UNAVAILABLE: dict[str, str] = {}
 
 
 def describe_attacks() -> str:
@@ -268,4 +266,6 @@ ATTACKS: dict[str, AttackFn] = {
     "double_sell": double_sell,
     "handshake_flood": handshake_flood,
     "flood": flood,
+    "equivocation": equivocation,
+    "broker_crash": broker_crash,
 }

@@ -88,6 +88,12 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None,
                 progress(1.0, com)
         run_s = time.perf_counter() - t0 - setup_s
         receipts = com.receipts()
+        roles: dict[str, Any] = {}
+        if cfg.scenario != "S1":
+            from p2pd.sim_scenarios import member_receipts, roles_report
+
+            receipts = member_receipts(com, receipts)
+            roles = roles_report(com)
         traffic = com.traffic_totals()
         agent_counters: dict[str, int] = {}
         for sim in com.nodes:
@@ -113,6 +119,7 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None,
         "congestion": {"feedback_sent": traffic.get("feedback_sent", 0),
                        "policed": traffic.get("policed", 0), "bans": traffic.get("bans", 0)},
         "agents": agent_counters,
+        "roles": roles,
         "attacks": attacks,
         "setup_s": round(setup_s, 3),
         "run_s": round(run_s, 3),
