@@ -390,7 +390,7 @@ class Agent:
         plan.dial_tried.add(member_id)
         self.counters["dials"] += 1
         try:
-            await self.dial(member_id)
+            await self.market.dial_for_trade(member_id, self.dial)
         except (P2pdError, OSError, trio.TooSlowError, KeyError) as exc:
             self.counters["dial_failed"] += 1
             log.debug("agent_dial_failed", peer=member_id, error=str(exc))

@@ -93,6 +93,9 @@ class Node:
         self.nursery = nursery
         self.sessions: dict[str, PeerConnection] = {}
         self.connections: set[PeerConnection] = set()
+        # Sessions that carry no gossip (GossipControl NONE, docs/protocol.md
+        # §12.3); maintained by p2pd.gossip, honoured by broadcast().
+        self.gossip_off: set[PeerConnection] = set()
         self.handlers: dict[type[Message], MessageHandler] = {}
         self.on_open: list[SessionHook] = []
         self.on_close: list[SessionHook] = []
@@ -277,10 +280,14 @@ class Node:
         await conn.send(msg)
 
     async def broadcast(self, msg: Message, exclude: PeerConnection | None = None) -> int:
-        """Send ``msg`` to every established session but ``exclude``; returns the count."""
+        """Send ``msg`` to every established session but ``exclude``; returns the count.
+
+        Gossip-category messages skip the sessions in ``gossip_off``.
+        """
         sent = 0
+        skip = self.gossip_off if msg.CATEGORY == "gossip" else ()
         for conn in list(self.sessions.values()):
-            if conn is exclude:
+            if conn is exclude or conn in skip:
                 continue
             try:
                 await conn.send(msg)

@@ -17,7 +17,7 @@ Flow of a trade (docs/protocol.md, "Trading"):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from p2pd import log, storage
 from p2pd.clock import Clock
 from p2pd.disputes import export_bundle
 from p2pd.errors import NotConnected, PeerGone, TradeError
+from p2pd.gossip import GossipRouter
 from p2pd.node import Node
 from p2pd.peer import PeerConnection
 from p2pd.receipt_writer import ReceiptWriter
@@ -36,6 +37,7 @@ from protocol.trading import (
     SNAPSHOT_MAX,
     Cancel,
     CancelGossip,
+    GossipBatch,
     Order,
     OrderGossip,
     OrdersRequest,
@@ -59,6 +61,7 @@ from store import (
 
 TRADING_ROLES = ("prosumer", "representative")
 MAX_TAKES_IN_FLIGHT = 64
+TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ class MarketRules:
     hops: int = 8
     take_timeout: float = 10.0
     take_attempts: int = 3
+    gossip_degree: int = 8
+    """Fan-out limit for orders and cancels (p2pd/gossip.py)."""
+    gossip_interval: float = 0.5
+    """Seconds gossip waits in a session's queue to be sent as one GossipBatch."""
 
 
 @dataclass
@@ -127,11 +134,14 @@ class Market:
         self.credentials: dict[str, Credential] = {}
         self._pending: dict[bytes, _PendingTake] = {}
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
+        self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
         self.counters = node.counters
+        self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
         node.handle(OrderGossip, self._on_order_gossip)
         node.handle(CancelGossip, self._on_cancel_gossip)
         node.handle(OrdersRequest, self._on_orders_request)
         node.handle(OrdersSnapshot, self._on_orders_snapshot)
+        node.handle(GossipBatch, self._on_gossip_batch)
         node.handle(Take, self._on_take)
         node.handle(TradeAccepted, self._on_answer)
         node.handle(TradeRefused, self._on_answer)
@@ -208,17 +218,26 @@ class Market:
         self.node.events.publish("order", **describe_order(order))
         return True
 
-    async def _forward(self, msg: OrderGossip | CancelGossip, exclude: PeerConnection | None) -> None:
+    def _forward(self, msg: OrderGossip | CancelGossip, exclude: PeerConnection | None) -> None:
         if msg.hops > 0:
-            await self.node.broadcast(msg, exclude=exclude)
+            self.gossip.push(msg, exclude)
 
     async def _on_order_gossip(self, conn: PeerConnection, msg: OrderGossip) -> None:
+        self.gossip.heard(conn, msg)
         if self._accept_order(msg, self.now()):
-            await self._forward(OrderGossip(msg.order, msg.credential, min(msg.hops, MAX_HOPS) - 1 if msg.hops else 0), conn)
+            self._forward(OrderGossip(msg.order, msg.credential, min(msg.hops, MAX_HOPS) - 1 if msg.hops else 0), conn)
 
     async def _on_cancel_gossip(self, conn: PeerConnection, msg: CancelGossip) -> None:
+        self.gossip.heard(conn, msg)
         if self._apply_cancel(msg.cancel):
-            await self._forward(CancelGossip(msg.cancel, msg.hops - 1 if msg.hops else 0), conn)
+            self._forward(CancelGossip(msg.cancel, msg.hops - 1 if msg.hops else 0), conn)
+
+    async def _on_gossip_batch(self, conn: PeerConnection, msg: GossipBatch) -> None:
+        # Each item exactly as if it had come alone; orders first, then cancels.
+        for order in msg.orders:
+            await self._on_order_gossip(conn, order)
+        for cancel in msg.cancels:
+            await self._on_cancel_gossip(conn, cancel)
 
     def _apply_cancel(self, cancel: Cancel) -> bool:
         if cancel.order_id in self.cancelled:
@@ -257,15 +276,39 @@ class Market:
                               cred.noise_pk, cred.encode(), cred.valid_until)
         self.node.nursery.start_soon(storage.call, self.repo, self.repo.put_member, record)
 
+    async def dial_for_trade(self, member_id: str, dial: Callable[[str], Awaitable[Any]]) -> Any:
+        """Run ``dial(member_id)`` for a trade: the session it opens carries no gossip.
+
+        Returns what ``dial`` returns; its exceptions propagate. The session
+        opens with GossipControl(NONE) (docs/protocol.md §12.3) instead of an
+        OrdersRequest, so sessions opened on demand to take an order do not
+        join the gossip flood.
+        """
+        self._trade_dials[member_id] = self.node.clock.now() + TRADE_DIAL_GRACE
+        try:
+            return await dial(member_id)
+        except BaseException:
+            self._trade_dials.pop(member_id, None)
+            raise
+
+    def _is_trade_dial(self, conn: PeerConnection) -> bool:
+        lapses = self._trade_dials.pop(conn.member_id, None)
+        return conn.initiator and lapses is not None and lapses > self.node.clock.now()
+
     async def _on_session_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
         self._remember(conn.peer)
-        await conn.send(OrdersRequest())
+        if await self.gossip.open_session(conn, trade_only=self._is_trade_dial(conn)):
+            await conn.send(OrdersRequest())
 
     async def _on_session_close(self, conn: PeerConnection) -> None:
         self._take_limiters.pop(conn, None)
+        await self.gossip.forget(conn)
 
     async def _on_orders_request(self, conn: PeerConnection, msg: OrdersRequest) -> None:
+        if not self.gossip.carries_gossip(conn):
+            self.counters["orders_requests_ignored"] += 1  # a trade-only session
+            return
         now = self.now()
         live = [OrderGossip(e.order, e.credential, 1) for e in self.book.values() if e.order.expiry > now]
         for i in range(0, len(live), SNAPSHOT_MAX):
@@ -308,7 +351,7 @@ class Market:
         self.book[order.order_id] = BookEntry(order, self.node.identity.credential, wh)
         self.counters["orders_posted"] += 1
         self.node.events.publish("order", **describe_order(order))
-        await self.node.broadcast(OrderGossip(order, self.node.identity.credential, self.rules.hops))
+        self.gossip.push(OrderGossip(order, self.node.identity.credential, self.rules.hops))
         return order
 
     async def cancel(self, order_id: bytes) -> None:
@@ -319,7 +362,7 @@ class Market:
                                member_id=self.me, issued_at=self.now())
         await storage.call(self.repo, self.repo.cancel_order, order_id)
         self._apply_cancel(cancel)
-        await self.node.broadcast(CancelGossip(cancel, self.rules.hops))
+        self.gossip.push(CancelGossip(cancel, self.rules.hops))
 
     async def take(self, order_id: bytes, wh: int, *, trade_id: bytes | None = None) -> Receipt:
         """Take ``wh`` of someone's order; returns the committed receipt.

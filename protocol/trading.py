@@ -36,6 +36,7 @@ MIN_SLOT = 60
 MAX_SLOT = 86_400
 MAX_HOPS = 16
 SNAPSHOT_MAX = 128
+BATCH_MAX = 128  # items (orders plus cancels) in one GossipBatch
 
 SIDES = ("sell", "buy")
 
@@ -247,6 +248,44 @@ class TradeRefused(Message):
             return Reason(self.reason)
         except ValueError:
             return Reason.PROTOCOL_ERROR
+
+
+GOSSIP_NONE = 0  # no gossip on this session, either way (a session opened only to trade)
+GOSSIP_ALL = 1  # forward me every gossip item (the default, also without any GossipControl)
+GOSSIP_SOME = 2  # I have other gossip links: you may leave me out when you limit your fan-out
+
+
+@register
+@dataclass(frozen=True)
+class GossipControl(Message):
+    """How much gossip the sender wants on this session (type 39).
+
+    ``mode`` is GOSSIP_NONE, GOSSIP_ALL or GOSSIP_SOME; the latest one sent
+    holds. Any GossipControl also tells the receiver that the sender accepts
+    :class:`GossipBatch` on this session.
+    """
+
+    TYPE: ClassVar[int] = 39
+    CATEGORY: ClassVar[str] = "control"
+    mode: int = f(Int(GOSSIP_NONE, GOSSIP_SOME))
+
+
+@register
+@dataclass(frozen=True)
+class GossipBatch(Message):
+    """Several gossip items in one frame, each processed as if sent alone (type 40).
+
+    Orders are processed first, then cancels. At most BATCH_MAX items in all.
+    """
+
+    TYPE: ClassVar[int] = 40
+    CATEGORY: ClassVar[str] = "gossip"
+    orders: tuple[OrderGossip, ...] = f(ListOf(Nested(OrderGossip), BATCH_MAX))
+    cancels: tuple[CancelGossip, ...] = f(ListOf(Nested(CancelGossip), BATCH_MAX))
+
+    def __post_init__(self) -> None:
+        if len(self.orders) + len(self.cancels) > BATCH_MAX:
+            raise ValueError(f"more than {BATCH_MAX} items in a gossip batch")
 
 
 def parties(order: Order, taker: str) -> tuple[str, str]:
