@@ -17,8 +17,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol import Credential, Reason, SigningKey, encode_message
 from protocol.trading import (
+    GOSSIP_NONE,
     Cancel,
     CancelGossip,
+    GossipBatch,
+    GossipControl,
     Order,
     OrderGossip,
     OrdersRequest,
@@ -65,6 +68,10 @@ def examples() -> dict[str, bytes]:
         "trading-trade-refused": encode_message(
             TradeRefused(bytes([0x03]) * 16, int(Reason.INSUFFICIENT), 500, "only 500 Wh remain")),
         "trading-cancel-gossip": encode_message(CancelGossip(cancel, 8)),
+        "trading-gossip-control": encode_message(GossipControl(GOSSIP_NONE)),
+        # A forwarder's batch: alice's order and its cancel, one hop on (hops 7).
+        "trading-gossip-batch": encode_message(
+            GossipBatch((OrderGossip(order, alice_cred, 7),), (CancelGossip(cancel, 7),))),
     }
 
 
