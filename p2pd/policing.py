@@ -180,7 +180,11 @@ class FairScheduler:
             while self._ring:
                 delay = self._bucket.delay(trio.current_time())
                 if delay > 0:
-                    await trio.sleep(delay)  # capacity refills with time
+                    # Capacity refills with time. At least a microsecond: a
+                    # delay below the float spacing of current_time() (hours
+                    # into a virtual-time run) would not move the clock, and
+                    # the refill rounds to just under one unit: a livelock.
+                    await trio.sleep(max(delay, 1e-6))
                     continue
                 self._bucket.take(trio.current_time())
                 key = self._ring.popleft()
@@ -282,7 +286,7 @@ class Policer:
             rate = self.config.rate_for(category)
             bucket = state.buckets[category] = TokenBucket.full(
                 rate, max(1.0, rate * self.config.burst_seconds), now)
-        if not bucket.take(now):
+        if not bucket.take(now, msg.policing_cost()):
             state.dropped += 1
             self.node.counters[f"policed:{category}"] += 1
             await self._on_excess(conn, state, category, now)

@@ -61,6 +61,8 @@ from store import (
 
 TRADING_ROLES = ("prosumer", "representative")
 MAX_TAKES_IN_FLIGHT = 64
+# Snapshots accepted per OrdersRequest we sent: 32 x 128 = 4096 live orders.
+MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
 
 
@@ -134,6 +136,7 @@ class Market:
         self.credentials: dict[str, Credential] = {}
         self._pending: dict[bytes, _PendingTake] = {}
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
+        self._snapshots_allowed: dict[PeerConnection, int] = {}
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
         self.counters = node.counters
         self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
@@ -299,10 +302,12 @@ class Market:
         assert conn.peer is not None
         self._remember(conn.peer)
         if await self.gossip.open_session(conn, trade_only=self._is_trade_dial(conn)):
+            self._snapshots_allowed[conn] = MAX_SNAPSHOTS_PER_REQUEST
             await conn.send(OrdersRequest())
 
     async def _on_session_close(self, conn: PeerConnection) -> None:
         self._take_limiters.pop(conn, None)
+        self._snapshots_allowed.pop(conn, None)
         await self.gossip.forget(conn)
 
     async def _on_orders_request(self, conn: PeerConnection, msg: OrdersRequest) -> None:
@@ -315,6 +320,13 @@ class Market:
             await conn.send(OrdersSnapshot(tuple(live[i : i + SNAPSHOT_MAX])))
 
     async def _on_orders_snapshot(self, conn: PeerConnection, msg: OrdersSnapshot) -> None:
+        # Snapshots answer our OrdersRequest: each costs one message for rate
+        # limits, so a peer may send only as many as a catch-up needs.
+        left = self._snapshots_allowed.get(conn, 0)
+        if left <= 0:
+            self.counters["snapshots_unsolicited"] += 1
+            return
+        self._snapshots_allowed[conn] = left - 1
         now = self.now()
         for gossip in msg.orders:
             self._accept_order(gossip, now)

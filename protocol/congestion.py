@@ -177,9 +177,14 @@ class TokenBucket:
             self.updated = now
 
     def take(self, now: float, n: float = 1.0) -> bool:
-        """Spend ``n`` tokens if available; returns whether it did."""
+        """Spend ``n`` tokens if available; returns whether it did.
+
+        A request larger than the burst (a gossip batch of many items) is
+        admitted only when the bucket is full, and leaves it in debt: the
+        sender then waits as long as if it had sent the items one by one.
+        """
         self.refill(now)
-        if self.tokens >= n - _EPSILON:
+        if self.tokens >= min(n, self.burst) - _EPSILON:
             self.tokens -= n
             return True
         return False

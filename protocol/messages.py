@@ -37,6 +37,10 @@ class Message(Record, Event):
     TYPE: ClassVar[int]
     CATEGORY: ClassVar[str] = "control"
 
+    def policing_cost(self) -> int:
+        """How many messages this one counts as for rate limits (batches: their items)."""
+        return 1
+
 
 MESSAGE_TYPES: dict[int, type[Message]] = {}
 

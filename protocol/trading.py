@@ -287,6 +287,11 @@ class GossipBatch(Message):
         if len(self.orders) + len(self.cancels) > BATCH_MAX:
             raise ValueError(f"more than {BATCH_MAX} items in a gossip batch")
 
+    def policing_cost(self) -> int:
+        # Each item costs what it would cost sent alone: batching saves
+        # frames, it must not multiply a sender's gossip allowance.
+        return max(1, len(self.orders) + len(self.cancels))
+
 
 def parties(order: Order, taker: str) -> tuple[str, str]:
     """(seller, buyer) of a trade against ``order`` taken by ``taker``."""

@@ -408,3 +408,62 @@ def test_policing_config_defaults_are_sane() -> None:
     assert cfg.rate_for("gossip") == 50 and cfg.rate_for("trade") == 20
     assert cfg.rate_for("control") == 10 and cfg.ban_base < cfg.ban_max
     assert isinstance(Policer, type)
+
+
+# --- batches and snapshots cost what they carry --------------------------------
+
+
+def test_token_bucket_admits_a_batch_when_full_then_is_in_debt() -> None:
+    from protocol import TokenBucket
+
+    bucket = TokenBucket.full(10.0, 10.0, 0.0)
+    assert bucket.take(0.0, 100)  # a full bucket lets one oversized batch through ...
+    assert not bucket.take(5.0)  # ... and the sender then pays it off (debt of 90)
+    assert bucket.take(9.1)
+
+
+async def test_a_gossip_batch_counts_every_item_against_the_allowance(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    from protocol.trading import GossipBatch, Order, OrderGossip
+
+    hub: Node = await make_node("hub")
+    attach_policer(hub, PolicingConfig(gossip_rate=10, burst_seconds=1.0, grace=60.0))
+    mallory: Node = await make_node("mallory")
+    conn, _ = await link(mallory, hub)
+    slot = (int(hub.clock.now()) // 900 + 2) * 900
+    order = Order.create(mallory.identity.keys.signing, order_id=b"o" * 16, member_id="mallory",
+                         side="sell", slot_start=slot, slot_len=900, wh=10, price=50_000,
+                         expiry=slot - 300)
+    item = OrderGossip(order, mallory.identity.credential, 1)
+    for _ in range(3):  # three batches of 100 items, back to back
+        await conn.send(GossipBatch((item,) * 100, ()))
+    with trio.fail_after(5):
+        while hub.counters["policed:gossip"] < 2:
+            await trio.sleep(0.01)
+    # The first batch used the full bucket (and left a debt of 90 items):
+    # the next two are dropped, as 200 single orders would have been.
+    assert hub.counters["policed:gossip"] == 2
+
+
+async def test_unsolicited_snapshots_are_dropped(make_node: Callable[..., Any]) -> None:
+    from p2pd.receipt_writer import ReceiptWriter
+    from p2pd.trading import Market
+    from protocol.trading import OrdersSnapshot
+    from store import MemoryRepository
+
+    hub: Node = await make_node("hub")
+    repo = MemoryRepository()
+    writer = ReceiptWriter(repo)
+    await hub.nursery.start(writer.run)
+    Market(hub, repo, writer)
+    peer: Node = await make_node("peer")
+    conn, _ = await link(peer, hub)
+    # hub asked peer for its orders when the session opened: 32 snapshots are
+    # accepted for that request, the rest are dropped unread.
+    for _ in range(40):
+        await conn.send(OrdersSnapshot(()))
+    with trio.fail_after(5):
+        while hub.counters["snapshots_unsolicited"] < 8:
+            await trio.sleep(0.01)
+    assert hub.counters["snapshots_unsolicited"] == 8
