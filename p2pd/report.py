@@ -220,7 +220,7 @@ def render_roles(roles: dict[str, Any]) -> list[str]:
     c = roles.get("brokered")
     if c:
         lines.append(f"  members: {c.get('slots_broker', 0)} slots placed with the broker, "
-                     f"{c.get('slots_direct', 0)} over S1, {c.get('broker_wh', 0) / 1000:.1f} kWh in broker receipts")
+                     f"{c.get('slots_direct', 0)} over S1, {c.get('broker_wh', 0) / 2000:.1f} kWh in broker receipts")
     logs = roles.get("receipt_logs")
     if logs:
         lines.append(f"  receipt logs: {logs['entries']} entries, {logs['replicas_held']} replicas held, "
