@@ -48,3 +48,24 @@ def test_the_check_would_catch_a_violation(tmp_path: pathlib.Path) -> None:
     sample = tmp_path / "x.py"
     sample.write_text("import trio\nfrom p2pd.node import Node\nimport os.path\n")
     assert imported_modules(sample) >= {"trio", "p2pd", "os"}
+
+
+def test_daemon_and_benchmarks_use_only_the_packages_public_names() -> None:
+    """STYLE.md rule 7: outside a package, import what its __init__ exports.
+
+    (Tests may reach into a package's modules to test them.)
+    """
+    offenders = []
+    for path in sorted([*(ROOT / "p2pd").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                top, _, rest = node.module.partition(".")
+                if top in FORBIDDEN and rest:
+                    offenders.append(f"{path.relative_to(ROOT)}: from {node.module}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    top, _, rest = alias.name.partition(".")
+                    if top in FORBIDDEN and rest:
+                        offenders.append(f"{path.relative_to(ROOT)}: import {alias.name}")
+    assert not offenders, offenders
