@@ -69,7 +69,7 @@ from protocol import (  # noqa: E402
     frame,
     register,
 )
-from protocol.schema import U32, Int, f  # noqa: E402
+from protocol import U32, Int, f  # noqa: E402
 
 COMMUNITY = "benchcommunity"
 CONFIG = PolicingConfig()

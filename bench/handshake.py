@@ -30,7 +30,7 @@ from p2pd.listener import dial, serve_p2p
 from p2pd.node import Node, NodeLimits
 from p2pd.peer import PeerConnection
 from protocol import Credential, NoiseHandshake, SigningKey, TrustPolicy, check_credential
-from protocol.trading import TradeRefused
+from protocol import TradeRefused
 
 COMMUNITY = "bench"
 

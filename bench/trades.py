@@ -36,7 +36,7 @@ from p2pd.node import Node, NodeLimits, open_node
 from p2pd.receipt_writer import ReceiptWriter
 from p2pd.trading import Market, MarketRules
 from protocol import Credential, SigningKey, TrustPolicy
-from protocol.trading import TradeTerms
+from protocol import TradeTerms
 from store import open_repository
 
 COMMUNITY = "bench"

@@ -34,7 +34,7 @@ from p2pd.errors import PeerGone, TradeError
 from p2pd.node import Node
 from p2pd.peer import PeerConnection
 from protocol import Credential, Reason, SignatureError
-from protocol.brokerage import (
+from protocol import (
     BOOK_CHUNK_MAX,
     BookChunk,
     BrokerAccepted,
@@ -46,7 +46,7 @@ from protocol.brokerage import (
     MatchSign,
 )
 from store import ReceiptRecord
-from protocol.delegation import (
+from protocol import (
     AgentOrder,
     AgentReceipt,
     AgentTerms,

@@ -26,7 +26,7 @@ from p2pd.components import BrokerConfig, extend_status, section
 from p2pd.control import INVALID_PARAMS, Param, RpcError
 from p2pd.receipt_writer import ReceiptWriter
 from p2pd.slot_phases import serve_slot_phases
-from protocol.brokerage import ClearingSummary
+from protocol import ClearingSummary
 
 if TYPE_CHECKING:
     from p2pd.daemon import DaemonContext

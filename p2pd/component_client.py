@@ -52,7 +52,7 @@ from p2pd.peer import PeerConnection
 from p2pd.representative import HOPS, delegate, send_report
 from p2pd.slot_phases import serve_slot_phases
 from protocol import Reason
-from protocol.delegation import AgentReceipt, Delegation, DelegationGossip
+from protocol import AgentReceipt, Delegation, DelegationGossip
 
 if TYPE_CHECKING:
     from p2pd.daemon import DaemonContext

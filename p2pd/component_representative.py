@@ -45,7 +45,7 @@ from p2pd.peer import PeerConnection
 from p2pd.representative import HOPS, Representative, split_fill
 from p2pd.slot_phases import serve_slot_phases
 from protocol import Reason
-from protocol.delegation import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms
+from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms
 
 if TYPE_CHECKING:
     from p2pd.daemon import DaemonContext

@@ -36,7 +36,7 @@ from p2pd.errors import ConfigError
 from p2pd.policing import PolicingConfig
 from p2pd.settlement import MAX_PRICE, Tariff
 from p2pd.trading import MarketRules
-from protocol.trading import MAX_HOPS
+from protocol import MAX_HOPS
 
 DAY = 86400
 

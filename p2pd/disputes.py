@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import Credential, CredentialError, DecodeError, SignatureError, check_credential
-from protocol.delegation import AgentReceipt, BoundsError, check_agent_receipt
-from protocol.trading import Receipt
+from protocol import AgentReceipt, BoundsError, check_agent_receipt
+from protocol import Receipt
 
 BUNDLE_FORMAT = "p2pd-receipts/1"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024

@@ -40,7 +40,7 @@ from p2pd.errors import PeerGone
 from p2pd.node import Node
 from p2pd.peer import PeerConnection
 from protocol import Reason
-from protocol.trading import (
+from protocol import (
     BATCH_MAX,
     GOSSIP_ALL,
     GOSSIP_NONE,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol import Credential, SignatureError, SigningKey
-from protocol.receipt_log import EquivocationProof, LogHead, ReceiptChain, entry_hash
+from protocol import EquivocationProof, LogHead, ReceiptChain, entry_hash
 
 
 class ReceiptLog:

@@ -27,8 +27,8 @@ from p2pd.peer import PeerConnection
 from p2pd.receipt_log import Fork, HeadBook, ReceiptLog
 from p2pd.receipt_writer import ReceiptWriter
 from protocol import Credential, DecodeError, SignatureError
-from protocol.delegation import AgentReceipt, BoundsError, check_agent_receipt
-from protocol.receipt_log import (
+from protocol import AgentReceipt, BoundsError, check_agent_receipt
+from protocol import (
     RECEIPT_V1,
     RECEIPT_V2,
     EquivocationGossip,
@@ -37,7 +37,7 @@ from protocol.receipt_log import (
     LogHead,
     ReceiptReplica,
 )
-from protocol.trading import Receipt
+from protocol import Receipt
 from store import Committed, Duplicate, Outcome, ReceiptRecord
 
 HEAD_HOPS = 3

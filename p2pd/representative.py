@@ -34,7 +34,7 @@ from p2pd.node import Node
 from p2pd.peer import PeerConnection
 from p2pd.receipt_writer import ReceiptWriter
 from protocol import Credential, Reason, SignatureError
-from protocol.delegation import (
+from protocol import (
     AgentAccepted,
     AgentOrder,
     AgentOrderGossip,

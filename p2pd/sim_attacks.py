@@ -33,7 +33,7 @@ from p2pd.sim_attack_kit import (
 from p2pd.sim_attacks_dos import flood, handshake_flood
 from p2pd.sim_attacks_roles import broker_crash, equivocation
 from protocol import SigningKey
-from protocol.trading import Order, OrderGossip, Take, TradeTerms
+from protocol import Order, OrderGossip, Take, TradeTerms
 from store import Committed, Outcome, ReceiptRecord
 
 AttackFn = Callable[[SimCommunity], Awaitable[dict[str, Any]]]

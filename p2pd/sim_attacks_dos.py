@@ -10,7 +10,7 @@ import trio
 from p2pd.errors import P2pdError
 from p2pd.sim import SimCommunity
 from p2pd.sim_attack_kit import add_attacker, connect, far_slot, session_at_target, wait
-from protocol.trading import OrderGossip
+from protocol import OrderGossip
 
 
 async def handshake_flood(com: SimCommunity) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from p2pd.errors import P2pdError
 from p2pd.sim import SimCommunity
 from p2pd.sim_attack_kit import join_member, wait
 from p2pd.sim_scenarios import Scenario, attach_replication, ensure_scenario
-from protocol.delegation import AgentReceipt
-from protocol.receipt_log import HeadGossip, ReceiptChain
+from protocol import AgentReceipt
+from protocol import HeadGossip, ReceiptChain
 
 ROUNDS = 3
 

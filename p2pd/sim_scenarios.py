@@ -41,7 +41,7 @@ from p2pd.replication import LoggingWriter, Replication
 from p2pd.representative import Representative
 from p2pd.sim import COMMUNITY, SimCommunity, SimNode, _metering_point
 from protocol import Credential
-from protocol.delegation import AgentReceipt
+from protocol import AgentReceipt
 from store import ReceiptRecord
 
 REPRESENTATIVES = 2

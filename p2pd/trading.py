@@ -32,7 +32,7 @@ from p2pd.node import Node
 from p2pd.peer import PeerConnection
 from p2pd.receipt_writer import ReceiptWriter
 from protocol import Credential, CredentialError, Reason, SignatureError
-from protocol.trading import (
+from protocol import (
     MAX_HOPS,
     SNAPSHOT_MAX,
     Cancel,
