@@ -20,9 +20,9 @@ Node policy (SHOULD-level in the spec; these are our choices):
   gets every item from every neighbour, exactly as with flooding; only
   well-connected nodes are sampled, and each of their many neighbours samples
   independently.
-* Batching. Items are queued per session and flushed together 1 to 2
-  ``interval`` s (fixed per node) after the first one, as one ``GossipBatch``
-  per 128 items. An item still queued for a peer that meanwhile sent us the
+* Batching. The first items after a quiet spell are sent at once; items that
+  arrive within 1 to 2 ``interval`` s (fixed per node) of a flush are queued
+  per session and sent together, as one ``GossipBatch`` per 128 items. An item still queued for a peer that meanwhile sent us the
   same item is dropped.
 * Compatibility. As initiator we send our mode first; a responder answers only
   once the peer has shown it knows GossipControl. A peer that closes the
@@ -190,9 +190,16 @@ class GossipRouter:
     # --- batching --------------------------------------------------------------------
 
     async def _flush_later(self) -> None:
-        await trio.sleep(self.delay)
-        self._flush_scheduled = False
+        # Nagle-like: what arrives after a quiet spell goes out at once (after
+        # one checkpoint, so items pushed in the same tick share a frame);
+        # what arrives within ``delay`` of a flush waits and goes together.
+        await trio.lowlevel.checkpoint()
         await self.flush()
+        await trio.sleep(self.delay)
+        while any(self._queues.values()):
+            await self.flush()
+            await trio.sleep(self.delay)
+        self._flush_scheduled = False
 
     async def flush(self) -> None:
         """Send everything queued now."""
