@@ -180,6 +180,17 @@ class Broker:
             raise TradeError("gate closed for that slot", Reason.EXPIRED)
         if slot is not None and o.order_id in slot.orders:
             raise TradeError("order id already in the book", Reason.REPLAY)
+        if slot is not None:
+            # A member's bid at or above its own ask could be matched with
+            # itself (a wash trade, and terms with seller == buyer). Pairs
+            # that do not cross can never match each other, so only those
+            # that cross are refused.
+            for other in slot.orders.values():
+                if other.principal == o.principal and other.side != o.side:
+                    bid, ask = (o, other) if o.side == "buy" else (other, o)
+                    if bid.price >= ask.price:
+                        raise TradeError("crosses the member's own order in this slot",
+                                         Reason.OUT_OF_BOUNDS)
 
     async def close_slot(self, slot_start: int) -> ClearingSummary:
         """Clear a slot, gather countersignatures, send receipts, publish the book."""

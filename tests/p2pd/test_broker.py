@@ -117,6 +117,19 @@ async def test_roles_refuse_actions_outside_them(make_node: Any, make_party: Any
     assert err.value.reason == Reason.NOT_A_MEMBER
 
 
+async def test_a_member_cannot_cross_its_own_order(make_node: Any, make_party: Any,
+                                                   community: Community) -> None:
+    broker, (p0, _) = await community_with_broker(make_node, make_party, community, n=2)
+    await p0.client.submit("broker", p0.client.make_order("sell", SLOT_START, SLOT, 500, 60_000))
+    with pytest.raises(TradeError) as err:  # a bid above its own ask: a wash trade
+        await p0.client.submit("broker", p0.client.make_order("buy", SLOT_START, SLOT, 500, 70_000))
+    assert err.value.reason == Reason.OUT_OF_BOUNDS
+    # a bid below its own ask can never match it, so it is accepted
+    await p0.client.submit("broker", p0.client.make_order("buy", SLOT_START, SLOT, 500, 50_000))
+    summary = await broker.close_slot(SLOT_START)
+    assert summary.orders == 2
+
+
 async def test_a_cheating_broker_cannot_add_alter_or_drop_a_trade(
         make_node: Any, make_party: Any, community: Community) -> None:
     broker, (s, b) = await community_with_broker(make_node, make_party, community, n=2)
