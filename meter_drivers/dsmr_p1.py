@@ -92,15 +92,19 @@ class _BoundedTelegramBuffer(TelegramBuffer):  # type: ignore[misc]
     # and silently drops what precedes each telegram it finds. It keeps its
     # text in ``_buffer``; tests/meter_drivers/test_dsmr_p1.py pins this so
     # an upgrade that renames it fails loudly.
+    _buffer: str
+
     def __init__(self) -> None:
         super().__init__()
         self.partial = 0
 
     def _remove(self, telegram: str) -> None:
-        dropped = self._buffer[: self._buffer.index(telegram)]
+        text: str = self._buffer
+        dropped = text[: text.index(telegram)]
         if "/" in dropped or "!" in dropped:
             self.partial += max(1, dropped.count("/"))
         super()._remove(telegram)
+
     def trim(self, limit: int) -> int:
         """Drop old text beyond ``limit`` characters; returns how many were dropped."""
         text: str = self._buffer
@@ -271,7 +275,7 @@ class DsmrP1Meter:
             raise MeterUnavailable(f"P1 bridge {host}:{port}: {exc}") from exc
         if not data:
             raise MeterUnavailable(f"P1 bridge {host}:{port} closed the connection")
-        return data
+        return bytes(data)
 
     async def _connect_serial(self) -> Any:
         import serial  # pyserial; imported here so TCP-only setups never touch it

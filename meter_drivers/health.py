@@ -69,7 +69,7 @@ class MonitoredMeter:
         return self.health.state is HealthState.OK
 
     def _delay(self, attempt: int) -> float:
-        return min(self._max, self._initial * 2 ** min(attempt - 1, 32))
+        return float(min(self._max, self._initial * 2 ** min(attempt - 1, 32)))
 
     async def read(self) -> Reading:
         """Return the next reading, retrying as described in the class docstring."""

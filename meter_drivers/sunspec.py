@@ -121,8 +121,8 @@ def _scaled(raw: int, sf: int) -> int:
         raise BadReading(f"scale factor {sf} out of range")
     # Exact integer arithmetic; round half up on negative scale factors.
     if sf >= 0:
-        return raw * 10**sf
-    div = 10**-sf
+        return raw * int(10**sf)
+    div = int(10**-sf)
     return (raw * 2 + div) // (2 * div)
 
 

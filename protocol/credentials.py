@@ -10,6 +10,7 @@ nodes are configured to trust. See docs/protocol.md, "Membership credential".
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, MutableMapping
+import dataclasses
 from dataclasses import dataclass, field
 
 from protocol.errors import CredentialError, SignatureError
@@ -71,7 +72,7 @@ class Credential(Record):
             valid_from, valid_until, issuer.public, bytes(64),
         )
         sig = issuer.sign(CREDENTIAL_DOMAIN, unsigned.body())
-        cred = cls(*unsigned.to_wire()[:-1], sig)  # type: ignore[arg-type]
+        cred = dataclasses.replace(unsigned, signature=sig)
         cred.validate()
         return cred
 

@@ -175,7 +175,7 @@ class Record:
         if specs is None:
             specs = tuple((fl.name, fl.metadata["spec"]) for fl in dataclasses.fields(cls))  # type: ignore[arg-type]
             cls._SPECS_CACHE = specs  # type: ignore[attr-defined]
-        return specs  # type: ignore[no-any-return]
+        return specs
 
     def to_wire(self) -> list[Any]:
         return [spec.dump(getattr(self, name)) for name, spec in self._specs()]

@@ -22,7 +22,7 @@ from protocol.credentials import ID_PATTERN, Credential
 from protocol.errors import SignatureError
 from protocol.messages import Message, register
 from protocol.reasons import Reason
-from protocol.schema import Fixed, Int, ListOf, Nested, OneOf, Record, Str, f
+from protocol.schema import Bin, Fixed, Int, ListOf, Nested, OneOf, Record, Str, f
 from protocol.signing import SigningKey, verify
 
 ORDER_DOMAIN = "p2pd/order/1"
@@ -41,7 +41,7 @@ BATCH_MAX = 128  # items (orders plus cancels) in one GossipBatch
 SIDES = ("sell", "buy")
 
 
-def _id(length: int = 16) -> Fixed:
+def _id(length: int = 16) -> Bin:
     return Fixed(length)
 
 
