@@ -150,8 +150,9 @@ class Broker:
         try:
             self._check_submit(conn.peer, o, msg.delegation)
         except TradeError as exc:
-            self.counters[f"submits_refused:{exc.reason.name}"] += 1  # type: ignore[attr-defined]
-            await conn.send(Refused2(o.order_id, int(exc.reason), str(exc)[:200]))
+            reason = exc.reason if isinstance(exc.reason, Reason) else Reason.PROTOCOL_ERROR
+            self.counters[f"submits_refused:{reason.name}"] += 1
+            await conn.send(Refused2(o.order_id, int(reason), str(exc)[:200]))
             return
         slot = self.slots.setdefault(o.slot_start, _Slot())
         slot.orders[o.order_id] = o

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,7 +320,10 @@ def section(config: Config, name: str) -> Any:
     value = config.sections.get(name)
     if isinstance(value, SECTION_TYPES[name]):
         return value
-    return VALIDATORS[name](dict(value or {}))
+    raw = value or {}
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"[{name}]: expected a table, got {type(raw).__name__}")
+    return VALIDATORS[name](dict(raw))
 
 
 def market_rules(config: Config, trading: TradingConfig) -> MarketRules:
@@ -342,7 +345,7 @@ def agent_config(config: Config, trading: TradingConfig) -> AgentConfig:
     40000 is below [tariffs].export_price 47000``.
     """
     tariffs = config.tariffs
-    for key, value, ok, bound in (
+    checks: tuple[tuple[str, int | None, Callable[[int], bool], str], ...] = (
         ("sell_floor", trading.sell_floor, lambda v: v >= tariffs.export_price,
          f"is below [tariffs].export_price {tariffs.export_price}"),
         ("sell_price", trading.sell_price, lambda v: v >= tariffs.export_price,
@@ -351,7 +354,8 @@ def agent_config(config: Config, trading: TradingConfig) -> AgentConfig:
          f"is above [tariffs].import_price {tariffs.import_price}"),
         ("bid_price", trading.bid_price, lambda v: v <= tariffs.import_price,
          f"is above [tariffs].import_price {tariffs.import_price}"),
-    ):
+    )
+    for key, value, ok, bound in checks:
         if value is not None and not ok(value):
             raise ConfigError(f"[trading].{key}: {value} {bound} (trading would lose against the supplier)")
     try:

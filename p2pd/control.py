@@ -359,7 +359,7 @@ class _Client:
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 while True:
-                    chunk: bytes | None = None
+                    chunk: bytes | bytearray | None = None
                     with trio.move_on_after(self.server.idle_timeout):
                         try:
                             chunk = await self.stream.receive_some(READ_CHUNK)

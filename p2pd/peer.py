@@ -154,7 +154,7 @@ async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
             data = await conn.stream.receive_some(RECEIVE_CHUNK)
             now = conn.clock.now()
             conn.stats.bytes_in += len(data)
-            session.receive_data(data, now)
+            session.receive_data(bytes(data), now)
             while True:
                 event = session.next_event()
                 if event is NEED_DATA:

@@ -166,7 +166,8 @@ class Statement:
             for value, kind in zip(raw, "bbbiiii"):
                 _expect(value, kind)
             lines.append(TradeLine(*raw))
-        st = cls(*f[:19], tuple(lines), f[20])  # type: ignore[arg-type]
+        values = [*f[:19], tuple(lines), f[20]]  # wire order is field order
+        st = cls(**{fl.name: v for fl, v in zip(fields(cls), values, strict=True)})
         problem = _inconsistency(st)
         if problem:
             raise DecodeError(f"inconsistent statement: {problem}")

@@ -32,6 +32,7 @@ the ``p2pd sim`` command.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import random
 import shutil
@@ -261,7 +262,7 @@ class SimCommunity:
             sim.address = listeners[0].socket.getsockname()[:2]
         if household is not None:
             sim.agent = Agent(market, PerfectForesight(household), self.cfg.agent,
-                              dial=lambda member, src=sim: self.connect(src, member))
+                              dial=functools.partial(self.connect, sim))
             self.nodes.append(sim)
         else:
             self.extra.append(sim)

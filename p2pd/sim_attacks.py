@@ -121,7 +121,10 @@ async def tamper(com: SimCommunity) -> dict[str, Any]:
     genuine = await victim.market.post("sell", far_slot(com), 500, victim.agent.config.ask if victim.agent else 93_000)
     await wait(lambda: genuine.order_id in mallory.market.book)
     vcred, mcred, key = victim.identity.credential, mallory.identity.credential, mallory.identity.keys.signing
-    fresh = lambda: os.urandom(16)  # noqa: E731
+
+    def fresh() -> bytes:
+        return os.urandom(16)
+
     forged = Order.create(key, order_id=fresh(), member_id=victim.member_id, side="sell",
                           slot_start=genuine.slot_start, slot_len=genuine.slot_len, wh=5000,
                           price=1000, expiry=genuine.expiry)

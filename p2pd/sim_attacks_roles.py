@@ -53,7 +53,7 @@ async def equivocation(com: SimCommunity) -> dict[str, Any]:
             except P2pdError:
                 pass
         out["attempts"] += 1
-        await wait(lambda m=mallory.member_id: any(m in w.heads.proofs for w in watchers), limit=5.0)
+        await wait(lambda: any(mallory.member_id in w.heads.proofs for w in watchers), limit=5.0)
         knowing = sum(1 for w in watchers if mallory.member_id in w.heads.proofs)
         out["detected"] += 1 if knowing else 0
         out["successes"] += 0 if knowing else 1

@@ -138,14 +138,15 @@ async def _setup_representatives(com: SimCommunity, scenario: Scenario) -> None:
         for b in reps[i + 1:]:
             await com.connect(a, b.member_id)
     for sim in reps:
-        rep = Representative(sim.node, sim.market.writer, slot_len=rules.slot_len,  # type: ignore[arg-type]
+        rep = Representative(sim.node, sim.market.writer, slot_len=rules.slot_len,
                              gate_closure=rules.gate_closure, ask=com.cfg.agent.ask, take_timeout=10.0)
         _on_market_time(com, rep)
-        client = None
+        broker_client: BrokerClient | None = None
         if scenario.broker_node is not None:
             await com.connect(sim, scenario.broker_node.member_id)
-            client = BrokerClient(sim.node, commit=_commit(sim, com), submit_timeout=10.0)
-        runner = RepresentativeRunner(rep, com.market_clock, broker=BROKER if client else None, client=client)
+            broker_client = BrokerClient(sim.node, commit=_commit(sim, com), submit_timeout=10.0)
+        runner = RepresentativeRunner(rep, com.market_clock, broker=BROKER if broker_client else None,
+                                      client=broker_client)
         scenario.reps[sim.member_id] = runner
         com.runners.append(runner.run)
     agent = com.cfg.agent
