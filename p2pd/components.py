@@ -49,20 +49,23 @@ class TradingConfig:
     agent's defaults, derived from ``[tariffs]``.
     """
 
-    agent: bool = True
-    lead_slots: int = 2
-    min_wh: int = 20
-    sell_price: int | None = None
-    sell_floor: int | None = None
-    buy_ceiling: int | None = None
-    post_bids: bool = False
-    bid_price: int | None = None
-    ticks_per_slot: int = 3
-    max_takes_per_tick: int = 16
-    max_ahead_seconds: int = 2 * DAY
-    gossip_hops: int = 8
-    take_timeout: float = 10.0
-    take_attempts: int = 3
+    # Defaults come from the objects these keys configure, so there is one
+    # source of truth for each (AgentConfig for the agent, MarketRules for
+    # the market).
+    agent: bool = AgentConfig.enabled
+    lead_slots: int = AgentConfig.lead_slots
+    min_wh: int = AgentConfig.min_wh
+    sell_price: int | None = AgentConfig.sell_price
+    sell_floor: int | None = AgentConfig.sell_floor
+    buy_ceiling: int | None = AgentConfig.buy_ceiling
+    post_bids: bool = AgentConfig.post_bids
+    bid_price: int | None = AgentConfig.bid_price
+    ticks_per_slot: int = AgentConfig.ticks_per_slot
+    max_takes_per_tick: int = AgentConfig.max_takes_per_tick
+    max_ahead_seconds: int = MarketRules.max_ahead
+    gossip_hops: int = MarketRules.hops
+    take_timeout: float = MarketRules.take_timeout
+    take_attempts: int = MarketRules.take_attempts
 
 
 @dataclass(frozen=True)
