@@ -129,5 +129,7 @@ async def link(a, b):  # type: ignore[no-untyped-def]
     conn = await a.connect_stream(client, "memory")
     with trio.fail_after(5):
         while b.sessions.get(a.member_id) is None or b.sessions[a.member_id].peer is None:
-            await trio.sleep(0)
+            # Not sleep(0): under autojump_clock time must be able to pass,
+            # or fail_after could never fire and a refused session would hang.
+            await trio.sleep(0.001)
     return conn, b.sessions[a.member_id]
