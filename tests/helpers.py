@@ -128,8 +128,10 @@ async def link(a, b):  # type: ignore[no-untyped-def]
     b.nursery.start_soon(b.accept, server, "memory")
     conn = await a.connect_stream(client, "memory")
     with trio.fail_after(5):
-        while b.sessions.get(a.member_id) is None or b.sessions[a.member_id].peer is None:
-            # Not sleep(0): under autojump_clock time must be able to pass,
-            # or fail_after could never fire and a refused session would hang.
+        # Until b holds the session, or the session is already over (b may
+        # register and then refuse it). Not sleep(0): under autojump_clock
+        # time must be able to pass, or fail_after could never fire.
+        while (b.sessions.get(a.member_id) is None or b.sessions[a.member_id].peer is None) \
+                and not conn.finished.is_set():
             await trio.sleep(0.001)
-    return conn, b.sessions[a.member_id]
+    return conn, b.sessions.get(a.member_id)
