@@ -436,11 +436,17 @@ class BrokerClient:
             self.counters["finals_rejected"] += 1
             log.warning("final_rejected", trade=t.trade_id.hex(), why=str(exc))
             return False
-        self.receipts[t.trade_id] = receipt
-        del self.pending[t.trade_id]
-        self.counters["receipts"] += 1
+        # Claim the match before awaiting (a concurrent duplicate then finds
+        # nothing pending), and show the receipt only once it is durable.
+        claimed = self.pending.pop(t.trade_id)
         if self.commit is not None:
-            await self.commit(receipt)
+            try:
+                await self.commit(receipt)
+            except BaseException:
+                self.pending[t.trade_id] = claimed
+                raise
+        self.receipts[t.trade_id] = receipt
+        self.counters["receipts"] += 1
         for hook in self.on_receipt:
             await hook(receipt)
         return True
