@@ -238,16 +238,26 @@ class Node:
         for hook in self.on_open:
             await hook(conn)
 
-    async def accept(self, stream: trio.abc.Stream, address: str) -> None:
-        """Serve an inbound stream (used by the listener and in-memory tests)."""
+    def screen(self, address: str) -> Reason | None:
+        """Admission of a new inbound connection, counted and (sampled) logged.
+
+        Synchronous and cheap on purpose: the listener calls it right after
+        accept(), before any task or handshake work exists for the stranger.
+        """
         refusal = self.admit(address)
         if refusal is not None:
-            self.counters[f"refused:{refusal.name}"] += 1
+            key = f"refused:{refusal.name}"
+            self.counters[key] += 1
             # One log line per refusal would let a stranger flood the log:
             # log the first, then every 1000th.
-            if self.counters[f"refused:{refusal.name}"] % 1000 == 1:
+            if self.counters[key] % 1000 == 1:
                 log.warning("connection_refused", addr=address, reason=refusal.name,
-                            total=self.counters[f"refused:{refusal.name}"])
+                            total=self.counters[key])
+        return refusal
+
+    async def accept(self, stream: trio.abc.Stream, address: str) -> None:
+        """Serve an inbound stream (in-memory tests; the listener screens itself)."""
+        if self.screen(address) is not None:
             with trio.move_on_after(1.0):
                 await stream.aclose()
             return
