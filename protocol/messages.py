@@ -56,10 +56,14 @@ def register(cls: M) -> M:
     return cls
 
 
-def encode_message(msg: Message) -> bytes:
-    """Canonical bytes of ``msg``: ``pack([PROTOCOL_VERSION, TYPE, *fields])``."""
+def encode_message(msg: Message, wire: list[Any] | None = None) -> bytes:
+    """Canonical bytes of ``msg``: ``pack([PROTOCOL_VERSION, TYPE, *fields])``.
+
+    ``wire`` is ``msg.to_wire()`` when the caller already has it.
+    """
     # Session.send checks the message against its schema first.
-    return canonical.pack([PROTOCOL_VERSION, msg.TYPE, *msg.to_wire()], check=False)
+    fields = msg.to_wire() if wire is None else wire
+    return canonical.pack([PROTOCOL_VERSION, msg.TYPE, *fields], check=False)
 
 
 def decode_message(data: bytes) -> Message:

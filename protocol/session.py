@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from protocol import framing
 from protocol.canonical import truncate_utf8
@@ -233,16 +234,17 @@ class Session:
             raise LocalProtocolError(f"cannot send in state {self._state.value}")
         if isinstance(msg, (Hello, Rekey, Close)):
             raise LocalProtocolError(f"{type(msg).__name__} is sent by the session itself")
+        wire = msg.to_wire()
         try:
             # Check our own message against its spec (no msgpack round trip).
-            type(msg).from_wire(msg.to_wire())
+            type(msg).from_wire(wire)
         except DecodeError as exc:
             raise LocalProtocolError(f"invalid {type(msg).__name__}: {exc}") from exc
-        self._queue(msg)
+        self._queue(msg, wire)
 
-    def _queue(self, msg: Message) -> None:
+    def _queue(self, msg: Message, wire: list[Any] | None = None) -> None:
         assert self._transport is not None
-        plaintext = encode_message(msg)
+        plaintext = encode_message(msg, wire)
         if len(plaintext) > framing.NOISE_MAX_FRAME - 16:
             raise LocalProtocolError(f"message of {len(plaintext)} bytes is too large")
         self._out += framing.frame(self._transport.encrypt(plaintext))
