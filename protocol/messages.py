@@ -69,8 +69,7 @@ def encode_message(msg: Message, wire: list[Any] | None = None) -> bytes:
 def decode_message(data: bytes) -> Message:
     """Decode one message. Raises :class:`DecodeError` (reason set) on bad input."""
     try:
-        # Every field is then checked by its spec, which refuses floats.
-        value = canonical.unpack(data, reject_floats=False)
+        value = canonical.unpack(data)
     except DecodeError as exc:
         exc.reason = Reason.INVALID_MESSAGE
         raise
@@ -78,10 +77,10 @@ def decode_message(data: bytes) -> Message:
         raise DecodeError("message needs version and type", Reason.INVALID_MESSAGE)
     version, code = value[0], value[1]
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported protocol version {version!r}", Reason.UNSUPPORTED_VERSION)
+        raise DecodeError(f"unsupported protocol version {canonical.describe(version)}", Reason.UNSUPPORTED_VERSION)
     cls = MESSAGE_TYPES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
     if cls is None:
-        raise DecodeError(f"unknown message type {code!r}", Reason.INVALID_MESSAGE)
+        raise DecodeError(f"unknown message type {canonical.describe(code)}", Reason.INVALID_MESSAGE)
     try:
         return cls.from_wire(value[2:])
     except DecodeError as exc:

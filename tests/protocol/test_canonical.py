@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import tracemalloc
+
 import pytest
 
-from protocol import DecodeError, LocalProtocolError, digest, pack, signed_bytes, unpack
+from protocol import (
+    MESSAGE_TYPES, DecodeError, LocalProtocolError, Reason, decode_message, digest, pack,
+    signed_bytes, unpack,
+)
+from protocol.canonical import MAX_ARRAY, MAX_DEPTH
+from protocol.schema import ListOf, Nested, Optional, Record, Spec
 from p2pd_test_helpers import Community
 
 
@@ -89,14 +97,81 @@ def test_unpack_limits() -> None:
     assert unpack(pack([b"x" * 65535]))
     with pytest.raises(DecodeError):
         unpack(b"\x91\xc6" + (65536).to_bytes(4, "big") + bytes(65536))
-    assert len(unpack(pack([0] * 16384))) == 16384
+    assert len(unpack(pack([0] * MAX_ARRAY))) == MAX_ARRAY
     with pytest.raises(DecodeError):
-        unpack(b"\xdd" + (16385).to_bytes(4, "big") + bytes(16385))
+        unpack(b"\xdd" + (MAX_ARRAY + 1).to_bytes(4, "big") + bytes(MAX_ARRAY + 1))
 
 
 def test_unpack_rejects_too_deep() -> None:
     with pytest.raises(DecodeError):
         unpack(b"\x91" * 40 + b"\x90")
+
+
+def test_nesting_limit_is_exactly_sixteen_arrays() -> None:
+    assert unpack(b"\x91" * (MAX_DEPTH - 1) + b"\x90")
+    with pytest.raises(DecodeError, match="nesting"):
+        unpack(b"\x91" * MAX_DEPTH + b"\x90")
+
+
+def test_every_schema_fits_the_decoder_limits() -> None:
+    # MAX_ARRAY and MAX_DEPTH follow the specification's real bounds: every
+    # record any message can carry fits them, with the message's own array.
+    def walk(spec: Spec, depth: int) -> tuple[int, int]:
+        if isinstance(spec, Nested):
+            return record(spec.cls, depth + 1)
+        if isinstance(spec, ListOf):
+            inner_len, inner_depth = walk(spec.inner, depth + 1)
+            return max(spec.max_len, inner_len), inner_depth
+        if isinstance(spec, Optional):
+            return walk(spec.inner, depth)
+        return 0, depth
+
+    def record(cls: type[Record], depth: int) -> tuple[int, int]:
+        specs = cls._specs()
+        found = [walk(spec, depth) for _, spec in specs]
+        return (max([len(specs) + 2, *(n for n, _ in found)]),
+                max([depth, *(d for _, d in found)]))
+
+    widest, deepest = 0, 0
+    for cls in MESSAGE_TYPES.values():
+        n, d = record(cls, 1)
+        widest, deepest = max(widest, n), max(deepest, d)
+    assert widest == MAX_ARRAY  # the limit is the real bound, not a guess
+    assert deepest <= MAX_DEPTH
+
+
+@pytest.mark.parametrize("depth", [920, 990, 1023, 2000])
+def test_deeply_nested_message_is_a_decode_error(depth: int) -> None:
+    # Issue 17: `92 01` then `91` x depth then `90` used to end in RecursionError
+    # while building the error text, which stopped the daemon.
+    data = b"\x92\x01" + b"\x91" * depth + b"\x90"
+    with pytest.raises(DecodeError) as info:
+        decode_message(data)
+    assert info.value.reason is Reason.INVALID_MESSAGE
+    assert len(str(info.value)) < 100
+
+
+@pytest.mark.parametrize("junk", [[[[[]]]], "x" * 5000, b"y" * 3000, [1] * 400])
+def test_error_texts_quote_little_of_the_input(junk: object) -> None:
+    for data in (pack([1, junk], check=False), pack([junk, 2], check=False)):
+        with pytest.raises(DecodeError) as info:
+            decode_message(data)
+        assert len(str(info.value)) < 100
+
+
+def test_claimed_array_lengths_allocate_nothing() -> None:
+    # Issue 17: 3 KB of array16 headers each claiming 16,384 items made msgpack
+    # pre-allocate ~67 MB. Decoding any input now costs a small multiple of it.
+    for data in (b"\xdc\x40\x00" * 1000, b"\xdc\x02\x00" * 1000, b"\x92\x01" + b"\xdc\x01\xff" * 20,
+                 b"\xdc\x01\xff" + b"\x90" * 511):
+        tracemalloc.start()
+        try:
+            with contextlib.suppress(DecodeError):
+                decode_message(data)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 100 * len(data) + 10_000, (data[:6].hex(), peak)
 
 
 def test_unpack_rejects_empty_map() -> None:
