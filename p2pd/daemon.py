@@ -245,11 +245,22 @@ async def _open_meter(ctx: DaemonContext) -> None:
     async def poll() -> None:
         try:
             while True:
-                r = await ctx.meter.read()
-                rec = ReadingRecord(meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
-                await trio.to_thread.run_sync(ctx.repo.add_readings, [rec])
-                ctx.node.events.publish("meter_reading", ts=r.ts, import_wh=r.import_wh,
-                                        export_wh=r.export_wh, power_w=r.power_w)
+                try:
+                    r = await ctx.meter.read()
+                    rec = ReadingRecord(meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
+                    await trio.to_thread.run_sync(ctx.repo.add_readings, [rec])
+                except Exception as exc:
+                    # Containment: a reading the driver failed to refuse, or a
+                    # store that cannot write, costs this reading, not the node.
+                    ctx.node.counters["meter_faults"] += 1
+                    if ctx.node.counters["meter_faults"] == 1:
+                        log.exception("meter_fault", exc)
+                    else:
+                        log.warning("meter_fault", error=f"{type(exc).__name__}: {exc}"[:200],
+                                    total=ctx.node.counters["meter_faults"])
+                else:
+                    ctx.node.events.publish("meter_reading", ts=r.ts, import_wh=r.import_wh,
+                                            export_wh=r.export_wh, power_w=r.power_w)
                 await trio.sleep(cfg.interval)
         finally:
             with trio.CancelScope(shield=True):

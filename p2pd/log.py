@@ -44,6 +44,15 @@ def error(event: str, **fields: Any) -> None:
     _logger.error(format_event(event, fields))
 
 
+def exception(event: str, exc: BaseException, **fields: Any) -> None:
+    """Log ``exc`` with its traceback as one line (newlines escaped) at level ERROR."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    _logger.error(format_event(event, {**fields, "error": f"{type(exc).__name__}: {exc}"[:200],
+                                       "traceback": text[-4000:]}))
+
+
 def setup(level: str = "info") -> None:
     """Send logs to stderr as ``level=... event=... k=v`` lines."""
     handler = logging.StreamHandler(sys.stderr)

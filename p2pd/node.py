@@ -22,7 +22,7 @@ from p2pd.clock import Clock, SystemClock
 from p2pd.errors import NotConnected, PeerGone
 from p2pd.events import EventBus
 from p2pd.identity import NodeIdentity
-from p2pd.peer import ConnStats, PeerConnection, pump_session
+from p2pd.peer import ConnStats, PeerConnection, contained, pump_session
 from protocol import Event, HandshakeComplete, Message, Reason, Session, Timeouts, TrustPolicy
 
 MessageHandler = Callable[[PeerConnection, Any], Awaitable[None]]
@@ -112,6 +112,13 @@ class Node:
     def handshakes_in_progress(self) -> int:
         return sum(1 for c in self.connections if c.peer is None)
 
+    def spawn_for(self, conn: PeerConnection, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start ``func(*args)`` on the node's nursery for work ``conn``'s input caused.
+
+        A fault in it closes only ``conn`` (INTERNAL_ERROR), never the node.
+        """
+        self.nursery.start_soon(contained, conn, func, *args)
+
     def handle(self, msg_type: type[Message], handler: MessageHandler) -> None:
         """Route received messages of ``msg_type`` to ``handler(conn, msg)``."""
         self.handlers[msg_type] = handler
@@ -154,7 +161,7 @@ class Node:
             timeouts=self.limits.timeouts,
         )
         conn = PeerConnection(stream, session, address, self.clock, self.limits.send_timeout,
-                              stats=ConnStats(now))
+                              stats=ConnStats(now), counters=self.counters)
         self.connections.add(conn)
         return conn
 

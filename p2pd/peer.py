@@ -7,8 +7,10 @@ deadline, so a peer that stops reading cannot stall the tasks that send to it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -58,6 +60,9 @@ class PeerConnection:
     # or over: what a dialler waits for.
     settled: trio.Event = field(default_factory=trio.Event)
     close_reason: Reason | None = None
+    # The node's counters (shared), so faults contained to this connection
+    # show in ``p2pctl status``.
+    counters: Counter[str] = field(default_factory=Counter)
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -182,6 +187,8 @@ async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         conn.close_reason = conn.close_reason or Reason.PROTOCOL_ERROR
         log.info("peer_gone", peer=conn.member_id, addr=conn.address, error="connection broke")
+    except Exception as exc:  # containment: our fault on one peer's input
+        await internal_error(conn, exc)
 
 
 async def _run_timers(conn: PeerConnection) -> None:
@@ -199,6 +206,30 @@ async def _run_timers(conn: PeerConnection) -> None:
         conn._cancel.cancel()
     except PeerGone:
         conn._cancel.cancel()
+    except Exception as exc:  # containment, as in the receive loop
+        await internal_error(conn, exc)
+
+
+async def internal_error(conn: PeerConnection, exc: Exception) -> None:
+    """Contain a fault of ours triggered by ``conn``'s input to that connection.
+
+    An unexpected exception while handling one peer (a bug in a handler, a
+    decoder raising something it does not document) must not end the node:
+    it is logged once with its traceback, counted (``internal_errors``, shown
+    by ``p2pctl status``), and only this session is closed, with
+    INTERNAL_ERROR. The daemon and every other session go on.
+    """
+    conn.counters["internal_errors"] += 1
+    log.exception("internal_error", exc, peer=conn.member_id, addr=conn.address)
+    await conn.close(Reason.INTERNAL_ERROR, "internal error")
+
+
+async def contained(conn: PeerConnection, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """Run ``func(*args)``, a task started for ``conn``'s input, under :func:`internal_error`."""
+    try:
+        await func(*args)
+    except Exception as exc:
+        await internal_error(conn, exc)
 
 
 async def _fail(conn: PeerConnection, exc: ProtocolError) -> None:

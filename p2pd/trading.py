@@ -467,7 +467,7 @@ class Market:
             limiter = self._take_limiters[conn] = trio.CapacityLimiter(MAX_TAKES_IN_FLIGHT)
         token = object()
         await limiter.acquire_on_behalf_of(token)
-        self.node.nursery.start_soon(self._serve_take, conn, msg, limiter, token)
+        self.node.spawn_for(conn, self._serve_take, conn, msg, limiter, token)
 
     async def _serve_take(self, conn: PeerConnection, msg: Take, limiter: trio.CapacityLimiter,
                           token: object) -> None:

@@ -9,8 +9,8 @@ nodes are configured to trust. See docs/protocol.md, "Membership credential".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, MutableMapping
 import dataclasses
+from collections.abc import Callable, Collection, MutableMapping
 from dataclasses import dataclass, field
 
 from protocol.errors import CredentialError, SignatureError

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from noise.connection import Keypair, NoiseConnection
 from cryptography.exceptions import InvalidTag
+from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
     NoiseInvalidMessage,

@@ -38,3 +38,4 @@ class Reason(enum.IntEnum):
     REPLAY = 25
     BAD_ROLE = 26
     OUT_OF_BOUNDS = 27
+    INTERNAL_ERROR = 28

@@ -13,13 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import framing
-from protocol.canonical import truncate_utf8
 from protocol._states import HANDSHAKE_STATES, TRANSITIONS, State
+from protocol.canonical import truncate_utf8
 from protocol.credentials import Credential, TrustPolicy
 from protocol.errors import DecodeError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.events import NEED_DATA, ConnectionClosed, Event, HandshakeComplete
 from protocol.handshake import DH_LEN, NoiseHandshake, NoiseTransport
-from protocol.messages import Close, Hello, Message, Ping, Pong, Rekey, decode_message, encode_message
+from protocol.messages import (
+    Close,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Rekey,
+    decode_message,
+    encode_message,
+)
 from protocol.reasons import Reason
 from protocol.schema import U32
 

@@ -72,12 +72,9 @@ def load(name: str) -> ModuleType:
     """Import ``tests/fuzz/fuzz_<name>.py`` (tests/ is not a package)."""
     helpers()
     path = HERE / f"fuzz_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"p2pd_fuzz_{name}", path)
-    if spec is None or spec.loader is None:
+    if not path.exists():
         raise LookupError(f"no fuzz target {name!r} ({path})")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _import(f"p2pd_fuzz_{name}", path)
 
 
 def names() -> list[str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from p2pd_fuzz_engine import doc_examples  # type: ignore[import-not-found]
+
 from protocol import MESSAGE_TYPES, DecodeError, decode_message, pack
 from protocol.schema import Bin, Int, ListOf, Nested, OneOf, Optional, Record, Spec, Str
-
-from p2pd_fuzz_engine import doc_examples  # type: ignore[import-not-found]
 
 
 def target(data: bytes) -> None:

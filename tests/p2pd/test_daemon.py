@@ -257,3 +257,77 @@ def test_two_daemons_connect_through_static_peers(community: tuple[Path, str, di
     # alice accepted bob's connection; stopping her still tells bob why.
     assert bob is not None and "event=peer_closed peer=alice" in bob.log
     assert "reason=SHUTDOWN" in bob.log.split("event=peer_closed peer=alice", 1)[1].split("\n", 1)[0]
+
+
+async def _member_sends(issuer_key: Path, port: int, plaintext: bytes) -> tuple[Any, str]:
+    """Join as member "mallory", send one transport frame holding ``plaintext``.
+
+    Returns the reason and text of the Close the daemon answers with.
+    """
+    import trio
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from p2pd.identity import load_issuer_key
+    from protocol import NEED_DATA, ConnectionClosed, Credential, Session, SigningKey, TrustPolicy, frame
+
+    issuer = load_issuer_key(issuer_key)
+    noise = X25519PrivateKey.generate()
+    noise_private = noise.private_bytes_raw()
+    now = int(time.time())
+    cred = Credential.issue(
+        issuer, community="e2e", member_id="mallory", role="prosumer", metering_point="EANmallory",
+        sign_pk=SigningKey.generate().public, noise_pk=noise.public_key().public_bytes_raw(),
+        valid_from=now - 60, valid_until=now + 3600)
+    sess = Session(initiator=True, static_private=noise_private, credential=cred,
+                   policy=TrustPolicy("e2e", frozenset({issuer.public}), lambda c: False), now=now)
+    with trio.fail_after(DEADLINE):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        sent = False
+        while True:
+            if sess.has_data_to_send:
+                await stream.send_all(sess.data_to_send())
+            if sess.established and not sent:
+                # Bypass our own schema check: this is what a hostile member sends.
+                await stream.send_all(frame(sess._transport.encrypt(plaintext)))  # type: ignore[union-attr]
+                sent = True
+            data = await stream.receive_some(65536)
+            sess.receive_data(data, time.time())
+            while (event := sess.next_event()) is not NEED_DATA:
+                if isinstance(event, ConnectionClosed):
+                    await stream.aclose()
+                    return event.reason, event.message
+
+
+def test_nested_message_from_a_member_closes_its_session_only(
+        community: tuple[Path, str, dict[str, Path]]) -> None:
+    # Issue 17, finding 1: `92 01`, `91` x 990, `90` stopped the daemon (exit 1).
+    import trio
+
+    from protocol import Reason
+
+    base, issuer, members = community
+    alice = make_daemon("alice", members["alice"], issuer)
+    alice.start()
+    bob: Daemon | None = None
+    try:
+        alice.messages("READY=1")
+        port = alice.port()
+        nested = b"\x92\x01" + b"\x91" * 990 + b"\x90"
+        reason, text = trio.run(_member_sends, base / "op" / "issuer.key", port, nested)
+        assert reason == Reason.INVALID_MESSAGE and len(text) < 100
+        assert alice.proc is not None and alice.proc.poll() is None
+        # The node goes on serving others: bob connects and both see the session.
+        bob = make_daemon("bob", members["bob"], issuer, peers=[f"127.0.0.1:{port}"])
+        bob.start()
+        bob.messages("READY=1")
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            st = json.loads(ctl(alice.sock, "status", "--json").stdout)
+            if [s["member_id"] for s in st["sessions"]] == ["bob"]:
+                break
+            time.sleep(0.1)
+        assert [s["member_id"] for s in st["sessions"]] == ["bob"], alice.log
+        assert "RecursionError" not in alice.log
+    finally:
+        codes = [d.stop() for d in (alice, bob) if d is not None]
+    assert codes == [0] * len(codes), alice.log

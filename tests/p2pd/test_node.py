@@ -140,3 +140,35 @@ async def test_loopback_tcp_smoke(make_node: Callable[..., Any]) -> None:
     with trio.fail_after(5):
         while "alice" not in bob.sessions:
             await trio.sleep(0.01)
+
+
+async def test_fault_in_a_handler_closes_only_that_session(make_node: Callable[..., Any]) -> None:
+    # Issue 17: an unexpected exception while handling one member's input used
+    # to escape the session and stop the node, for every member.
+    from protocol.trading import OrdersRequest
+
+    bob: Node = await make_node("bob")
+    alice: Node = await make_node("alice")
+    carol: Node = await make_node("carol")
+    served: list[str] = []
+
+    async def handler(conn: Any, msg: OrdersRequest) -> None:
+        if conn.member_id == "alice":
+            raise ZeroDivisionError("injected fault")
+        served.append(conn.member_id)
+
+    bob.handle(OrdersRequest, handler)
+    a_conn, _ = await link(alice, bob)
+    c_conn, _ = await link(carol, bob)
+    request = OrdersRequest()
+    await a_conn.send(request)
+    with trio.fail_after(5):
+        await a_conn.finished.wait()
+    assert a_conn.close_reason == Reason.INTERNAL_ERROR  # alice is told, and why
+    assert bob.status()["counters"]["internal_errors"] == 1
+    assert "alice" not in bob.sessions
+    await c_conn.send(request)  # bob goes on serving carol
+    with trio.fail_after(5):
+        while not served:
+            await trio.sleep(0.001)
+    assert served == ["carol"] and "carol" in bob.sessions
