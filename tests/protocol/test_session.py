@@ -416,3 +416,28 @@ def test_application_message_passes_through() -> None:
     p = established()
     p.client.send(Pong(5))  # an unsolicited Pong is consumed, not surfaced
     assert p.transfer(p.client, p.server) == []
+
+
+def test_hostile_hello_payload_costs_little_memory() -> None:
+    # Issue 17: a stranger's 960-byte Hello payload of array16 headers (each
+    # claiming 16,384 items) cost ~21 MB per handshake before any limit.
+    import tracemalloc
+
+    from protocol import NoiseHandshake
+    from protocol.framing import frame as make_frame
+
+    com = Community()
+    alice, bob = com.member("alice"), com.member("bob")
+    server = session_for(bob, com, initiator=False)
+    hs = NoiseHandshake(initiator=True, static_private=alice.noise_private, community=com.name)
+    server.receive_data(make_frame(hs.write_message(b"")), NOW)
+    assert server.next_event() is NEED_DATA
+    hs.read_message(server.data_to_send()[2:])
+    msg3 = make_frame(hs.write_message(b"\xdc\x40\x00" * 320))
+    tracemalloc.start()
+    try:
+        fails_with(server, msg3, Reason.HANDSHAKE_FAILED)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # was ~42 MB
