@@ -1,7 +1,7 @@
 """Attack benchmark: does a policed node keep serving honest peers?
 
 One *hub* node (this process) listens on loopback TCP with the default
-:class:`p2pd.policing.PolicingConfig`. Other processes (spawned, so their CPU
+:class:`p2pd.net.policing.PolicingConfig`. Other processes (spawned, so their CPU
 is not the hub's):
 
 * ``honest``: three members sending gossip at 80% of their allowance;
@@ -54,11 +54,11 @@ from cryptography.hazmat.primitives.serialization import (  # noqa: E402
 )
 
 from p2pd.errors import PeerGone  # noqa: E402
-from p2pd.identity import NodeIdentity, NodeKeys  # noqa: E402
-from p2pd.listener import dial, serve_p2p  # noqa: E402
-from p2pd.node import Node, NodeLimits  # noqa: E402
-from p2pd.peer import PeerConnection  # noqa: E402
-from p2pd.policing import PolicingConfig, attach_policer  # noqa: E402
+from p2pd.net.identity import NodeIdentity, NodeKeys  # noqa: E402
+from p2pd.net.listener import dial, serve_p2p  # noqa: E402
+from p2pd.net.node import Node, NodeLimits  # noqa: E402
+from p2pd.net.peer import PeerConnection  # noqa: E402
+from p2pd.net.policing import PolicingConfig, attach_policer  # noqa: E402
 from protocol import (  # noqa: E402
     MESSAGE_TYPES,
     Credential,

@@ -16,7 +16,7 @@ import trio.testing
 
 
 def clearing_times() -> dict[str, float]:
-    from p2pd.clearing import BookOrder, clear
+    from p2pd.market.clearing import BookOrder, clear
 
     out = {}
     for n in (1_000, 10_000, 100_000):
@@ -49,9 +49,9 @@ async def s3_community(n: int) -> dict[str, float]:
     spec.loader.exec_module(helpers)
     NOW, Community, node_identity = helpers.NOW, helpers.Community, helpers.node_identity
 
-    from p2pd.broker import Broker, BrokerClient
+    from p2pd.roles.broker import Broker, BrokerClient
     from p2pd.clock import TrioWallClock
-    from p2pd.node import Node
+    from p2pd.net.node import Node
 
     com = Community()
     slot = (int(NOW) // 900 + 2) * 900

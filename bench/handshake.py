@@ -25,10 +25,10 @@ import time
 
 import trio
 
-from p2pd.identity import NodeIdentity, NodeKeys
-from p2pd.listener import dial, serve_p2p
-from p2pd.node import Node, NodeLimits
-from p2pd.peer import PeerConnection
+from p2pd.net.identity import NodeIdentity, NodeKeys
+from p2pd.net.listener import dial, serve_p2p
+from p2pd.net.node import Node, NodeLimits
+from p2pd.net.peer import PeerConnection
 from protocol import Credential, NoiseHandshake, SigningKey, TrustPolicy, check_credential
 from protocol import TradeRefused
 

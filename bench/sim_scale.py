@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from p2pd.sim import SIM_START, SimConfig, households  # noqa: E402
+from p2pd.sim.community import SIM_START, SimConfig, households  # noqa: E402
 
 PROGRESS = re.compile(r"(\d+)% sim (\d\d):(\d\d) UTC, (\d+) trades, ([\d.]+) kWh")
 

@@ -30,11 +30,11 @@ from typing import Any
 import trio
 import trio.testing
 
-from p2pd.identity import NodeIdentity, NodeKeys
-from p2pd.listener import dial, serve_p2p
-from p2pd.node import Node, NodeLimits, open_node
-from p2pd.receipt_writer import ReceiptWriter
-from p2pd.trading import Market, MarketRules
+from p2pd.net.identity import NodeIdentity, NodeKeys
+from p2pd.net.listener import dial, serve_p2p
+from p2pd.net.node import Node, NodeLimits, open_node
+from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.trading import Market, MarketRules
 from protocol import Credential, SigningKey, TrustPolicy
 from protocol import TradeTerms
 from store import open_repository

@@ -1,5 +1,5 @@
 import sys
 
-from p2pd.cli import main
+from p2pd.cli.main import main
 
 sys.exit(main())

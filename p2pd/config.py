@@ -48,7 +48,7 @@ EXTENSION_SECTIONS = ("trading", "limits", "settlement", "revocations", "broker"
                       "delegation", "replication")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Prices use p2pd/settlement.py's scale: integer money units per kWh, where
+# Prices use p2pd/market/settlement.py's scale: integer money units per kWh, where
 # PRICE_SCALE units make one currency unit (1 unit = 1/10,000 penny), so
 # 0.139 GBP/kWh is exactly 139_000. tests/p2pd/test_config.py checks these
 # stay equal to settlement's constants.

@@ -35,15 +35,15 @@ import trio
 
 from p2pd import log
 from p2pd.config import Config, load_config
-from p2pd.control import ControlServer, serve_control
-from p2pd.control_methods import register_builtin_methods
-from p2pd.discovery import Discovery
+from p2pd.control.server import ControlServer, serve_control
+from p2pd.control.methods import register_builtin_methods
+from p2pd.net.discovery import Discovery
 from p2pd.errors import ConfigError, KeyFileError, P2pdError
-from p2pd.identity import NodeIdentity, load_credential, load_node_keys
-from p2pd.listener import serve_p2p
-from p2pd.node import Node, NodeLimits, open_node
+from p2pd.net.identity import NodeIdentity, load_credential, load_node_keys
+from p2pd.net.listener import serve_p2p
+from p2pd.net.node import Node, NodeLimits, open_node
 from p2pd.notify import Notifier
-from p2pd.revocations import RevocationRegistry
+from p2pd.net.revocations import RevocationRegistry
 from protocol import CredentialError, TrustPolicy
 
 # Modules that may define DAEMON_COMPONENT; missing ones are skipped.
@@ -53,15 +53,15 @@ from protocol import CredentialError, TrustPolicy
 # settlement and the APIs need the store). The credential's role decides
 # which of broker/representative/client actually run.
 COMPONENT_MODULES: tuple[str, ...] = (
-    "p2pd.component_revocations",
-    "p2pd.component_policing",
-    "p2pd.component_trading",
-    "p2pd.component_replication",
-    "p2pd.component_agent",
-    "p2pd.component_broker",
-    "p2pd.component_representative",
-    "p2pd.component_client",
-    "p2pd.settlement_loop",
+    "p2pd.components.revocations",
+    "p2pd.components.policing",
+    "p2pd.components.trading",
+    "p2pd.components.replication",
+    "p2pd.components.agent",
+    "p2pd.components.broker",
+    "p2pd.components.representative",
+    "p2pd.components.client",
+    "p2pd.components.settlement",
 )
 # Config keys applied at run time by the daemon itself; components add theirs
 # (e.g. "sections.limits") to ctx.reloadable.

@@ -1,6 +1,6 @@
 """Broker messages (S3, S4): submitting orders, clearing, matches, the public book.
 
-A broker runs one uniform-price auction per delivery slot (p2pd/clearing.py).
+A broker runs one uniform-price auction per delivery slot (p2pd/market/clearing.py).
 Orders are :class:`~protocol.delegation.AgentOrder` objects signed by the
 submitting agent. After gate closure the broker proposes each match to both
 sides (``MatchPropose``, signed by the broker over ``p2pd/trade/2`` terms),
@@ -31,7 +31,7 @@ BOOK_CHUNK_MAX = 256
 class ClearingSummary(Record):
     """The broker's signed statement of one slot's auction.
 
-    ``book_hash`` commits to the orders (p2pd.clearing.book_hash over their
+    ``book_hash`` commits to the orders (p2pd.market.clearing.book_hash over their
     encodings), ``result_hash`` to the matches (ClearingResult.result_hash).
     ``price`` is 0 when nothing crossed.
     """

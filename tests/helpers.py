@@ -111,7 +111,7 @@ class SessionPair:
 
 
 def node_identity(ident: Identity):  # type: ignore[no-untyped-def]
-    from p2pd.identity import NodeIdentity, NodeKeys
+    from p2pd.net.identity import NodeIdentity, NodeKeys
 
     return NodeIdentity(NodeKeys(ident.signing, ident.noise_private), ident.credential)
 

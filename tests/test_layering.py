@@ -46,7 +46,7 @@ def test_package_imports_flow_one_way(package: str) -> None:
 
 def test_the_check_would_catch_a_violation(tmp_path: pathlib.Path) -> None:
     sample = tmp_path / "x.py"
-    sample.write_text("import trio\nfrom p2pd.node import Node\nimport os.path\n")
+    sample.write_text("import trio\nfrom p2pd.net.node import Node\nimport os.path\n")
     assert imported_modules(sample) >= {"trio", "p2pd", "os"}
 
 

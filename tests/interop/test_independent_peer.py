@@ -21,10 +21,10 @@ import trio
 from p2pd_test_helpers import NOW, Community, node_identity
 
 from p2pd.clock import TrioWallClock
-from p2pd.listener import serve_p2p
-from p2pd.node import Node, NodeLimits
-from p2pd.receipt_writer import ReceiptWriter
-from p2pd.trading import Market, MarketRules
+from p2pd.net.listener import serve_p2p
+from p2pd.net.node import Node, NodeLimits
+from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.trading import Market, MarketRules
 from protocol import Ping, Reason, SigningKey, Timeouts
 from store import MemoryRepository
 

@@ -7,7 +7,7 @@ import trio
 from p2pd_test_helpers import NOW, Community, Identity, node_identity
 
 from p2pd.clock import TrioWallClock
-from p2pd.node import Node, NodeLimits
+from p2pd.net.node import Node, NodeLimits
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def test_minimal_file_gets_sensible_defaults(tmp_path: Path) -> None:
 
 
 def test_price_scale_matches_settlement() -> None:
-    settlement = pytest.importorskip("p2pd.settlement")
+    settlement = pytest.importorskip("p2pd.market.settlement")
     assert PRICE_SCALE == settlement.PRICE_SCALE
     assert (DEFAULT_IMPORT_PRICE, DEFAULT_EXPORT_PRICE) == (
         settlement.DEFAULT_IMPORT_PRICE, settlement.DEFAULT_EXPORT_PRICE)

@@ -30,7 +30,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def ctl(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run("p2pd.ctl", "--socket", str(sock), *args, check=False)
+    return run("p2pd.cli.ctl", "--socket", str(sock), *args, check=False)
 
 
 @dataclass
@@ -267,7 +267,7 @@ async def _member_sends(issuer_key: Path, port: int, plaintext: bytes) -> tuple[
     import trio
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from p2pd.identity import load_issuer_key
+    from p2pd.net.identity import load_issuer_key
     from protocol import NEED_DATA, ConnectionClosed, Credential, Session, SigningKey, TrustPolicy, frame
 
     issuer = load_issuer_key(issuer_key)

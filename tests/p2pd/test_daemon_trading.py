@@ -18,12 +18,16 @@ from typing import Any
 import pytest
 import trio
 
-from p2pd import cli, components, ctl
+from p2pd.cli import main as cli
+
+from p2pd.components import sections as components
+
+from p2pd.cli import ctl
 from p2pd.config import Config, load_config
 from p2pd.daemon import DaemonContext, run_daemon
-from p2pd.disputes import verify_bundle
+from p2pd.market.disputes import verify_bundle
 from p2pd.errors import PeerGone
-from p2pd.identity import (
+from p2pd.net.identity import (
     NodeIdentity,
     NodeKeys,
     load_credential,
@@ -31,8 +35,8 @@ from p2pd.identity import (
     write_credential,
     write_node_keys,
 )
-from p2pd.listener import dial
-from p2pd.node import open_node
+from p2pd.net.listener import dial
+from p2pd.net.node import open_node
 from protocol import Credential, SigningKey, TrustPolicy, issue_revocation
 from protocol.trading import OrdersRequest
 

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from p2pd_test_helpers import NOW, Community, link
 
-from p2pd.broker import Broker, BrokerClient, agent_receipt_record, audit_slot
-from p2pd.receipt_writer import ReceiptWriter
-from p2pd.representative import Representative, delegate, send_report, split_fill
+from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record, audit_slot
+from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.representative import Representative, delegate, send_report, split_fill
 from protocol.delegation import AgentReceipt
 from store import MemoryRepository
 

@@ -1,0 +1,61 @@
+"""``p2pd`` command line: one subcommand per module, dispatched from here.
+
+Each command module exposes ``register(subparsers)`` which adds its parser
+and sets ``func`` (taking the parsed args, returning an exit code). Errors the
+user can fix (:class:`~p2pd.errors.P2pdError`) print one line on stderr and
+exit with status 2; nothing prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from p2pd.errors import P2pdError
+
+# Modules providing subcommands; a missing optional one is skipped.
+COMMAND_MODULES = (
+    "p2pd.cli.keys",
+    "p2pd.cli.run",
+    "p2pd.cli.sim",
+    "p2pd.cli.receipts",
+    "p2pd.cli.meter",
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pd", description="Peer-to-peer electricity trading daemon."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except P2pdError as exc:
+        print(f"p2pd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Daemon component "replication": every node logs, replicates and watches receipt logs.
+
+On every node whatever its role (``[replication] enabled``, the default):
+a :class:`~p2pd.roles.replication.Replication` is attached to the node and the
+market's writer is wrapped in a :class:`~p2pd.roles.replication.LoggingWriter`, so
+each receipt the node commits (S1 by the market; S2-S4 by the
+representative, broker and client components, which use
+``ctx.services["writer"]``) is appended to the node's hash-chained log, sent
+to ``replicas`` other members, and its new head gossiped. Conflicting heads
+of another member become an ``equivocation`` event and spread as proof.
+
+Puts ``"replication"`` into ``ctx.services``; adds the control method
+``receipts.log`` and a ``replication`` object to ``status``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from p2pd import log
+from p2pd.components.sections import ReplicationConfig, extend_status, section
+from p2pd.errors import PeerGone
+from p2pd.roles.replication import LoggingWriter, Replication
+
+if TYPE_CHECKING:
+    from p2pd.daemon import DaemonContext
+
+
+def log_status(rep: Replication) -> dict[str, Any]:
+    """our log's seq and head, replicas held for others, equivocators and forks seen"""
+    st = rep.status()
+    return {**st, "forks": sorted(rep.heads.forks), "members_watched": len(rep.heads.heads)}
+
+
+class ReplicationComponent:
+    name = "replication"
+
+    async def start(self, ctx: DaemonContext) -> None:
+        cfg: ReplicationConfig = section(ctx.config, "replication")
+        if not cfg.enabled:
+            log.info("replication_off")
+            return
+        rep = Replication(ctx.node, replicas=cfg.replicas)
+        for conn in list(ctx.node.sessions.values()):  # opened before we hooked on_open
+            try:
+                await rep._on_open(conn)
+            except PeerGone:
+                pass
+        market = ctx.services.get("market")
+        writer = ctx.services.get("writer")
+        if writer is not None:
+            logging_writer = LoggingWriter(writer, rep)
+            ctx.services["writer"] = logging_writer
+            if market is not None:
+                market.writer = logging_writer
+        ctx.services["replication"] = rep
+        ctx.control.register("receipts.log", lambda: log_status(rep), summary=log_status.__doc__ or "")
+        extend_status(ctx.control, "replication",
+                      lambda: {"seq": rep.log.chain.seq, "held": len(rep.held),
+                               "equivocators": sorted(rep.heads.proofs)})
+
+
+DAEMON_COMPONENT = ReplicationComponent()

@@ -1,0 +1,361 @@
+"""The node: identity, live sessions, and message dispatch.
+
+Invariant: ``sessions`` holds at most one established connection per member.
+When two exist (a reconnect, or both sides dialling at once), both nodes keep
+the same one (docs/protocol.md, "One session per member"): the connection
+whose initiator has the smaller member id; if both were started by the same
+side, the newer one. The other is closed with DUPLICATE_SESSION.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from p2pd import log
+from p2pd.clock import Clock, SystemClock
+from p2pd.errors import NotConnected, PeerGone
+from p2pd.events import EventBus
+from p2pd.net.identity import NodeIdentity
+from p2pd.net.peer import ConnStats, PeerConnection, contained, pump_session
+from protocol import Event, HandshakeComplete, Message, Reason, Session, Timeouts, TrustPolicy
+
+MessageHandler = Callable[[PeerConnection, Any], Awaitable[None]]
+
+
+class InboundPolicy(Protocol):
+    """Where rate limits and bans plug in (p2pd/net/policing.py implements it).
+
+    ``admit_connection`` runs before any handshake work for a new inbound
+    connection and returns a refusal reason or None. ``admit_session`` runs
+    once the peer is authenticated (bans apply here). ``admit_message`` runs
+    for every application message before its handler and returns True to
+    deliver it; it may send feedback or close ``conn`` itself.
+    """
+
+    def admit_connection(self, address: str, now: float) -> Reason | None: ...
+
+    def admit_session(self, conn: PeerConnection, now: float) -> Reason | None: ...
+
+    async def admit_message(self, conn: PeerConnection, msg: Message, now: float) -> bool: ...
+
+    def forget(self, conn: PeerConnection) -> None: ...
+
+
+class OpenPolicy:
+    """Admits everything (used when no policing is configured)."""
+
+    def admit_connection(self, address: str, now: float) -> Reason | None:
+        return None
+
+    def admit_session(self, conn: PeerConnection, now: float) -> Reason | None:
+        return None
+
+    async def admit_message(self, conn: PeerConnection, msg: Message, now: float) -> bool:
+        return True
+
+    def forget(self, conn: PeerConnection) -> None:
+        return None
+SessionHook = Callable[[PeerConnection], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """Connection limits that apply before and after authentication."""
+
+    max_connections: int = 128
+    max_handshakes: int = 16
+    send_timeout: float = 10.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class Node:
+    """A community member's node. Create with :func:`open_node`."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        policy: TrustPolicy,
+        nursery: trio.Nursery,
+        *,
+        clock: Clock | None = None,
+        limits: NodeLimits | None = None,
+    ) -> None:
+        self.identity = identity
+        self.policy = policy
+        self.clock = clock or SystemClock()
+        self.limits = limits or NodeLimits()
+        self.nursery = nursery
+        self.sessions: dict[str, PeerConnection] = {}
+        self.connections: set[PeerConnection] = set()
+        # Sessions that carry no gossip (GossipControl NONE, docs/protocol.md
+        # §12.3); maintained by p2pd.net.gossip, honoured by broadcast().
+        self.gossip_off: set[PeerConnection] = set()
+        self.handlers: dict[type[Message], MessageHandler] = {}
+        self.on_open: list[SessionHook] = []
+        self.on_close: list[SessionHook] = []
+        self.events = EventBus()
+        self.inbound: InboundPolicy = OpenPolicy()
+        self.counters: Counter[str] = Counter()
+        self.started_at = self.clock.now()
+
+    @property
+    def member_id(self) -> str:
+        return self.identity.member_id
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        return sum(1 for c in self.connections if c.peer is None)
+
+    def spawn_for(self, conn: PeerConnection, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start ``func(*args)`` on the node's nursery for work ``conn``'s input caused.
+
+        A fault in it closes only ``conn`` (INTERNAL_ERROR), never the node.
+        """
+        self.nursery.start_soon(contained, conn, func, *args)
+
+    def handle(self, msg_type: type[Message], handler: MessageHandler) -> None:
+        """Route received messages of ``msg_type`` to ``handler(conn, msg)``."""
+        self.handlers[msg_type] = handler
+
+    # --- connections -------------------------------------------------------
+
+    def admit(self, address: str = "?") -> Reason | None:
+        """Pre-authentication admission: None if a new connection may start."""
+        refusal = self.inbound.admit_connection(address, self.clock.now())
+        if refusal is not None:
+            return refusal
+        if len(self.connections) >= self.limits.max_connections:
+            return Reason.TOO_MANY_CONNECTIONS
+        if self.handshakes_in_progress >= self.limits.max_handshakes:
+            # Evict the oldest unfinished handshake instead of refusing the
+            # newcomer: a stranger who stalls handshakes must then open
+            # connections faster than honest handshakes finish (a round trip)
+            # to keep anyone out, instead of just holding all the slots.
+            self._evict_oldest_handshake()
+        return None
+
+    def _evict_oldest_handshake(self) -> None:
+        pending = [c for c in self.connections if c.peer is None and not c.initiator]
+        if not pending:
+            return
+        oldest = min(pending, key=lambda c: c.stats.started_at)
+        self.counters["handshakes_evicted"] += 1
+        oldest.close_reason = Reason.TOO_MANY_CONNECTIONS
+        self.connections.discard(oldest)  # counted out now; its task ends soon
+        oldest._cancel.cancel()
+
+    def new_connection(self, stream: trio.abc.Stream, *, initiator: bool, address: str) -> PeerConnection:
+        now = self.clock.now()
+        session = Session(
+            initiator=initiator,
+            static_private=self.identity.keys.noise_private,
+            credential=self.identity.credential,
+            policy=self.policy,
+            now=now,
+            timeouts=self.limits.timeouts,
+        )
+        conn = PeerConnection(stream, session, address, self.clock, self.limits.send_timeout,
+                              stats=ConnStats(now), counters=self.counters)
+        self.connections.add(conn)
+        return conn
+
+    async def serve_connection(self, conn: PeerConnection) -> None:
+        """Run ``conn`` to its end, then unregister it and close the stream."""
+        try:
+            await pump_session(conn, self._on_event)
+        finally:
+            self.connections.discard(conn)
+            self.inbound.forget(conn)
+            was_current = conn.peer is not None and self.sessions.get(conn.peer.member_id) is conn
+            if was_current:
+                assert conn.peer is not None
+                del self.sessions[conn.peer.member_id]
+            reason = conn.close_reason or conn.session.close_reason or Reason.NORMAL
+            if conn.peer is None:
+                self.counters[f"handshake_failed:{reason.name}"] += 1
+                log.info("handshake_failed", addr=conn.address, reason=reason.name)
+            conn.finished.set()
+            conn.settled.set()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1.0):
+                    await conn.stream.aclose()
+                if was_current:
+                    self.events.publish("session_closed", member=conn.member_id, reason=reason.name)
+                    for hook in self.on_close:
+                        await hook(conn)
+
+    async def _on_event(self, conn: PeerConnection, event: Event) -> None:
+        if isinstance(event, HandshakeComplete):
+            await self._on_established(conn)
+            return
+        assert isinstance(event, Message)
+        if not await self.inbound.admit_message(conn, event, self.clock.now()):
+            self.counters["messages_policed"] += 1
+            return
+        handler = self.handlers.get(type(event))
+        if handler is None:
+            self.counters["unhandled_message"] += 1
+            log.debug("unhandled_message", peer=conn.member_id, type=type(event).__name__)
+            return
+        await handler(conn, event)
+
+    def _initiator_id(self, conn: PeerConnection) -> str:
+        return self.member_id if conn.initiator else conn.member_id
+
+    async def _on_established(self, conn: PeerConnection) -> None:
+        assert conn.peer is not None
+        member = conn.peer.member_id
+        if member == self.member_id:
+            await conn.close(Reason.DUPLICATE_SESSION, "that is my own member id")
+            return
+        refusal = self.inbound.admit_session(conn, self.clock.now())
+        if refusal is not None:
+            self.counters[f"session_refused:{refusal.name}"] += 1
+            log.warning("session_refused", peer=member, reason=refusal.name)
+            await conn.close(refusal, "refused by policy")
+            return
+        old = self.sessions.get(member)
+        if old is not None:
+            keep_new = (
+                self._initiator_id(conn) < self._initiator_id(old)
+                if self._initiator_id(conn) != self._initiator_id(old)
+                else True
+            )
+            loser = old if keep_new else conn
+            log.info("duplicate_session", peer=member, kept="new" if keep_new else "old")
+            if not keep_new:
+                await conn.close(Reason.DUPLICATE_SESSION, "a session with this member exists")
+                conn.settled.set()
+                return
+            del self.sessions[member]
+            self.nursery.start_soon(loser.close, Reason.DUPLICATE_SESSION, "replaced by a newer session")
+        self.sessions[member] = conn
+        conn.established.set()
+        conn.settled.set()
+        self.counters["sessions_established"] += 1
+        log.info("session_established", peer=member, role=conn.peer.role, addr=conn.address,
+                 initiator=conn.initiator)
+        self.events.publish("session_open", member=member, role=conn.peer.role, address=conn.address)
+        for hook in self.on_open:
+            await hook(conn)
+
+    def screen(self, address: str) -> Reason | None:
+        """Admission of a new inbound connection, counted and (sampled) logged.
+
+        Synchronous and cheap on purpose: the listener calls it right after
+        accept(), before any task or handshake work exists for the stranger.
+        """
+        refusal = self.admit(address)
+        if refusal is not None:
+            key = f"refused:{refusal.name}"
+            self.counters[key] += 1
+            # One log line per refusal would let a stranger flood the log:
+            # log the first, then every 1000th.
+            if self.counters[key] % 1000 == 1:
+                log.warning("connection_refused", addr=address, reason=refusal.name,
+                            total=self.counters[key])
+        return refusal
+
+    async def accept(self, stream: trio.abc.Stream, address: str) -> None:
+        """Serve an inbound stream (in-memory tests; the listener screens itself)."""
+        if self.screen(address) is not None:
+            with trio.move_on_after(1.0):
+                await stream.aclose()
+            return
+        conn = self.new_connection(stream, initiator=False, address=address)
+        await self.serve_connection(conn)
+
+    async def connect_stream(self, stream: trio.abc.Stream, address: str) -> PeerConnection:
+        """Start an outbound session over ``stream``; wait until it is established.
+
+        Returns the member's session: this one, or an existing session with
+        the same member that the one-session rule keeps instead. Raises :class:`PeerGone` if the handshake fails or the session is
+        refused as a duplicate.
+        """
+        conn = self.new_connection(stream, initiator=True, address=address)
+        self.nursery.start_soon(self.serve_connection, conn)
+        await conn.settled.wait()
+        if conn.peer is not None and conn.peer.member_id in self.sessions:
+            # Either ours, or an existing session that won the tie-break.
+            return self.sessions[conn.peer.member_id]
+        reason = conn.close_reason or conn.session.close_reason or Reason.HANDSHAKE_FAILED
+        raise PeerGone(f"session with {address} not established: {reason.name}")
+        return conn
+
+    # --- sending -------------------------------------------------------------
+
+    async def send_to(self, member_id: str, msg: Message) -> None:
+        conn = self.sessions.get(member_id)
+        if conn is None:
+            raise NotConnected(f"no session with {member_id}")
+        await conn.send(msg)
+
+    async def broadcast(self, msg: Message, exclude: PeerConnection | None = None) -> int:
+        """Send ``msg`` to every established session but ``exclude``; returns the count.
+
+        Gossip-category messages skip the sessions in ``gossip_off``.
+        """
+        sent = 0
+        skip = self.gossip_off if msg.CATEGORY == "gossip" else ()
+        for conn in list(self.sessions.values()):
+            if conn is exclude or conn in skip:
+                continue
+            try:
+                await conn.send(msg)
+                sent += 1
+            except PeerGone:
+                pass
+        return sent
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "member_id": self.member_id,
+            "role": self.identity.credential.role,
+            "community": self.policy.community,
+            "uptime_s": round(now - self.started_at, 3),
+            "sessions": [
+                {
+                    "member_id": conn.member_id,
+                    "role": conn.peer.role if conn.peer else None,
+                    "address": conn.address,
+                    "initiator": conn.initiator,
+                    "since": conn.stats.established_at,
+                    "messages_in": conn.stats.messages_in,
+                    "messages_out": conn.stats.messages_out,
+                }
+                for conn in self.sessions.values()
+            ],
+            "handshakes_in_progress": self.handshakes_in_progress,
+            "counters": dict(self.counters),
+        }
+
+    async def aclose(self) -> None:
+        """Close every connection with SHUTDOWN."""
+        with trio.CancelScope(shield=True):
+            for conn in list(self.connections):
+                await conn.close(Reason.SHUTDOWN, "node shutting down")
+
+
+@asynccontextmanager
+async def open_node(
+    identity: NodeIdentity,
+    policy: TrustPolicy,
+    *,
+    clock: Clock | None = None,
+    limits: NodeLimits | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the ``async with`` block."""
+    async with trio.open_nursery() as nursery:
+        node = Node(identity, policy, nursery, clock=clock, limits=limits)
+        try:
+            yield node
+        finally:
+            await node.aclose()
+            nursery.cancel_scope.cancel()

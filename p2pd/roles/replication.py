@@ -1,0 +1,205 @@
+"""Receipt replication and head gossip: no single holder of the truth.
+
+Every receipt a node commits goes into its hash-chained log
+(:class:`~p2pd.market.receipt_log.ReceiptLog`); the node then sends the receipt with
+its new signed head (``ReceiptReplica``) to ``replicas`` other community
+members, chosen deterministically from its sessions by hashing the receipt,
+and gossips the head (``HeadGossip``). Receivers verify the receipt's
+signatures, keep a copy, and check the head against what they already hold
+(:class:`~p2pd.market.receipt_log.HeadBook`); a conflict becomes an
+``EquivocationGossip`` that spreads to everyone. docs/protocol.md section 15.
+
+:class:`LoggingWriter` wraps a :class:`~p2pd.roles.receipt_writer.ReceiptWriter`
+so that S1 receipts committed by :class:`~p2pd.roles.trading.Market` are logged too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import Counter
+from typing import Any
+
+from p2pd import log
+from p2pd.errors import PeerGone
+from p2pd.net.node import Node
+from p2pd.net.peer import PeerConnection
+from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
+from p2pd.roles.receipt_writer import ReceiptWriter
+from protocol import Credential, DecodeError, SignatureError
+from protocol import AgentReceipt, BoundsError, check_agent_receipt
+from protocol import (
+    RECEIPT_V1,
+    RECEIPT_V2,
+    EquivocationGossip,
+    EquivocationProof,
+    HeadGossip,
+    LogHead,
+    ReceiptReplica,
+)
+from protocol import Receipt
+from store import Committed, Duplicate, Outcome, ReceiptRecord
+
+HEAD_HOPS = 3
+
+
+def receipt_kind(encoded: bytes) -> int:
+    """RECEIPT_V1 or RECEIPT_V2 by shape (a v2 receipt has six fields)."""
+    return RECEIPT_V2 if encoded[:1] == b"\x96" else RECEIPT_V1
+
+
+class Replication:
+    """Attach to a node: logs, replicates and watches receipt logs."""
+
+    def __init__(self, node: Node, *, replicas: int = 3) -> None:
+        self.node = node
+        self.replicas = replicas
+        self.log = ReceiptLog(node.identity.keys.signing, node.member_id)
+        self.heads = HeadBook()
+        self.held: dict[bytes, bytes] = {}  # receipt digest -> receipt held for others
+        self.credentials: dict[str, Credential] = {node.member_id: node.identity.credential}
+        self.counters: Counter[str] = Counter()
+        self._gossiped: set[tuple[str, int, bytes]] = set()
+        node.handle(HeadGossip, self._on_head)
+        node.handle(ReceiptReplica, self._on_replica)
+        node.handle(EquivocationGossip, self._on_proof)
+        node.on_open.append(self._on_open)
+
+    def remember(self, cred: Credential) -> None:
+        self.credentials.setdefault(cred.member_id, cred)
+
+    async def _on_open(self, conn: PeerConnection) -> None:
+        assert conn.peer is not None
+        self.remember(conn.peer)
+        if self.log.heads:
+            try:
+                await conn.send(HeadGossip(self.log.head, self.node.identity.credential, 1))
+            except PeerGone:
+                pass
+
+    def targets(self, encoded: bytes, exclude: set[str]) -> list[PeerConnection]:
+        """``replicas`` sessions, ranked by BLAKE2b(receipt || member id)."""
+        ranked = sorted(
+            (hashlib.blake2b(encoded + m.encode(), digest_size=8).digest(), m)
+            for m in self.node.sessions if m not in exclude)
+        return [self.node.sessions[m] for _, m in ranked[: self.replicas] if m in self.node.sessions]
+
+    async def record(self, encoded: bytes, parties: tuple[str, ...] = ()) -> LogHead | None:
+        """Log a receipt we hold, replicate it and gossip the new head."""
+        head = self.log.append(encoded)
+        if head is None:
+            return None
+        self.counters["logged"] += 1
+        kind = receipt_kind(encoded)
+        for conn in self.targets(encoded, set(parties)):
+            try:
+                await conn.send(ReceiptReplica(kind, encoded, head))
+                self.counters["replicas_sent"] += 1
+            except PeerGone:
+                pass
+        await self.node.broadcast(HeadGossip(head, self.node.identity.credential, HEAD_HOPS))
+        return head
+
+    def verify_receipt(self, kind: int, encoded: bytes) -> bool:
+        """True if the receipt decodes and every signature verifies with known credentials."""
+        try:
+            if kind == RECEIPT_V1:
+                r = Receipt.decode(encoded)
+                seller = self.credentials.get(r.terms.seller)
+                buyer = self.credentials.get(r.terms.buyer)
+                if seller is None or buyer is None:
+                    self.counters["replica_unverifiable"] += 1
+                    return True  # keep it: a copy is still a copy
+                r.verify(seller.sign_pk, buyer.sign_pk)
+            else:
+                check_agent_receipt(AgentReceipt.decode(encoded), self.credentials)
+        except BoundsError as exc:
+            if "no credential" in str(exc):
+                self.counters["replica_unverifiable"] += 1
+                return True
+            return False
+        except (DecodeError, SignatureError):
+            return False
+        return True
+
+    async def _on_replica(self, conn: PeerConnection, msg: ReceiptReplica) -> None:
+        assert conn.peer is not None
+        if msg.head.member != conn.peer.member_id:
+            self.counters["replicas_rejected"] += 1
+            return
+        if not self.verify_receipt(msg.kind, msg.receipt):
+            self.counters["replicas_rejected"] += 1
+            # Not a receipt we accept, but the sender signed the head that
+            # follows it: still evidence for its log.
+            with contextlib.suppress(SignatureError):
+                await self._report(self.heads.add_entry(msg.receipt, msg.head, conn.peer), conn.peer)
+            return
+        self.held[hashlib.blake2b(msg.receipt, digest_size=32).digest()] = msg.receipt
+        self.counters["replicas_held"] += 1
+        try:
+            found = self.heads.add_entry(msg.receipt, msg.head, conn.peer)
+        except SignatureError:
+            self.counters["heads_rejected"] += 1
+            return
+        await self._report(found, conn.peer)
+
+    async def _on_head(self, conn: PeerConnection, msg: HeadGossip) -> None:
+        try:
+            self.node.policy.check(msg.credential, self.node.clock.now())
+            found = self.heads.add(msg.head, msg.credential)
+        except Exception:  # CredentialError / SignatureError: drop
+            self.counters["heads_rejected"] += 1
+            return
+        self.remember(msg.credential)
+        key = (msg.head.member, msg.head.seq, msg.head.head_hash)
+        if found is None and key not in self._gossiped and msg.hops > 1:
+            self._gossiped.add(key)
+            await self.node.broadcast(HeadGossip(msg.head, msg.credential, msg.hops - 1), exclude=conn)
+        await self._report(found, msg.credential)
+
+    async def _report(self, found: Fork | EquivocationProof | None, cred: Credential) -> None:
+        if isinstance(found, EquivocationProof):
+            self.counters["equivocations_detected"] += 1
+            log.warning("equivocation", member=cred.member_id, seq=found.head_a.seq)
+            self.node.events.publish("equivocation", member=cred.member_id, seq=found.head_a.seq)
+            await self.node.broadcast(EquivocationGossip(found, cred, HEAD_HOPS))
+        elif isinstance(found, Fork):
+            self.counters["forks_detected"] += 1
+            log.warning("receipt_log_fork", member=cred.member_id, seq=found.head.seq)
+            self.node.events.publish("fork", member=cred.member_id, seq=found.head.seq)
+
+    async def _on_proof(self, conn: PeerConnection, msg: EquivocationGossip) -> None:
+        try:
+            self.node.policy.check(msg.credential, self.node.clock.now())
+        except Exception:
+            return
+        if self.heads.accept_proof(msg.proof, msg.credential):
+            self.counters["equivocations_learnt"] += 1
+            self.node.events.publish("equivocation", member=msg.credential.member_id,
+                                     seq=msg.proof.head_a.seq)
+            if msg.hops > 1:
+                await self.node.broadcast(EquivocationGossip(msg.proof, msg.credential, msg.hops - 1),
+                                          exclude=conn)
+
+    def status(self) -> dict[str, Any]:
+        return {"seq": self.log.chain.seq, "head": self.log.chain.head_hash.hex(),
+                "held": len(self.held), "equivocators": sorted(self.heads.proofs),
+                "counters": dict(self.counters)}
+
+
+class LoggingWriter:
+    """A ReceiptWriter that also logs and replicates every receipt it commits."""
+
+    def __init__(self, inner: ReceiptWriter, replication: Replication) -> None:
+        self.inner = inner
+        self.replication = replication
+
+    async def commit(self, record: ReceiptRecord) -> Outcome:
+        outcome = await self.inner.commit(record)
+        if isinstance(outcome, (Committed, Duplicate)):
+            self.replication.node.nursery.start_soon(
+                self.replication.record, record.encoded, (record.seller, record.buyer))
+        return outcome
+
+    async def run(self, **kwargs: Any) -> None:
+        await self.inner.run(**kwargs)

@@ -1,0 +1,456 @@
+"""The peer simulation harness: N real nodes trading in one process.
+
+Each simulated member runs the daemon's own parts: :class:`~p2pd.net.node.Node`,
+:class:`~p2pd.roles.trading.Market`, :class:`~p2pd.roles.receipt_writer.ReceiptWriter`
+and an :class:`~p2pd.roles.agent.Agent`, with its own store (a SQLite file in a
+temporary directory, or memory). Nodes talk over real Noise sessions, on
+loopback TCP (listeners on 127.0.0.1 port 0, then dial) or on trio's
+in-memory streams. Meters are :class:`meter_drivers.SimulatedMeter`
+households from seeded profiles.
+
+Time (docs/simulation.md, "Time"). With ``virtual`` (in-memory streams and
+stores only) the whole run sits under trio's ``MockClock(autojump_threshold=0)``
+(:func:`p2pd.sim.run.run_sim` installs it): simulated time advances only when
+every task waits, so one clock, :class:`~p2pd.clock.TrioWallClock` at scale 1
+from the simulated start, serves the market, the agents and the session
+timers, and the outcome depends on the seed, not on the machine's speed.
+Otherwise two clocks: session timers and credentials use wall time
+(``wall_clock``), while the market and the agents use ``market_clock``, which
+starts at the simulated start (a midsummer midnight, so PV matters) and runs
+``time_scale`` times faster than the wall clock.
+
+Randomness: every draw that can change the outcome (households, topology,
+order and trade ids) comes from an RNG seeded with ``seed``.
+
+Topology: each node dials ``degree`` others chosen with the seed; the agents
+dial an order's owner on demand when they take. Not a full mesh.
+
+Use :func:`open_community` from tests and :func:`p2pd.sim.run.run_sim` for
+the ``p2pd sim`` command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio.testing
+
+from meter_drivers import Reading, SimulatedMeter
+from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
+from p2pd.clock import TrioWallClock
+from p2pd.errors import P2pdError
+from p2pd.net.identity import NodeIdentity, NodeKeys
+from p2pd.net.listener import dial, serve_p2p
+from p2pd.net.node import Node, NodeLimits, open_node
+from p2pd.net.peer import PeerConnection
+from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.trading import Market, MarketRules
+from protocol import Credential, SigningKey, Timeouts, TrustPolicy
+from store import ReceiptRecord, Repository, open_repository
+
+SIM_START = 1_782_000_000
+"""2026-06-21 00:00 UTC: a midsummer day, so PV matters."""
+SCENARIOS = ("S1", "S2", "S3", "S4")
+COMMUNITY = "simstreet"
+DEFAULT_TIME_SCALE = 2880.0
+"""Wall-clock mode: a simulated day in 30 s (faster runs start to lose trades to latency)."""
+
+
+class SimError(P2pdError):
+    """The simulation cannot run as asked (bad option, scenario not built yet)."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate. ``store`` is "sqlite" (a file per node) or "memory".
+
+    ``virtual`` runs on virtual time (needs ``memory`` and ``store="memory"``:
+    real I/O cannot run under an autojumping clock); ``time_scale`` applies
+    only without it.
+    """
+
+    nodes: int = 10
+    scenario: str = "S1"
+    hours: float = 24.0
+    seed: int = 1
+    memory: bool = False
+    time_scale: float = DEFAULT_TIME_SCALE
+    store: str = "sqlite"
+    degree: int = 4
+    start: int = SIM_START
+    pv_share: float = 0.5
+    attacks: tuple[str, ...] = ()
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(lead_slots=4))
+    policing: bool = True
+    virtual: bool = False
+    keepalive: float = 900.0
+    """Virtual time: seconds between keepalive pings on an idle session (the
+    idle timeout is three of them). Wall-clock runs keep the daemon's default."""
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise SimError(f"unknown scenario {self.scenario!r} (known: {', '.join(SCENARIOS)})")
+        if not 2 <= self.nodes <= 5000:
+            raise SimError("--nodes must be between 2 and 5000")
+        if not 0 < self.hours <= 47:
+            raise SimError("--hours must be in (0, 47]")
+        if not self.time_scale > 0:
+            raise SimError("--time-scale must be positive")
+        if self.store not in ("sqlite", "memory"):
+            raise SimError("--store must be sqlite or memory")
+        if self.virtual and not (self.memory and self.store == "memory"):
+            raise SimError("virtual time needs in-memory streams and stores (--memory --store memory)")
+
+    @property
+    def market_scale(self) -> float:
+        """Simulated seconds per second of trio's clock."""
+        return 1.0 if self.virtual else self.time_scale
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.hours * 3600)
+
+
+@dataclass
+class Household:
+    """A member's meter: a seeded profile, tabulated at slot boundaries."""
+
+    index: int
+    member_id: str
+    kind: str
+    daily_kwh: float
+    pv_kwp: float
+    meter: SimulatedMeter
+    table: dict[int, Reading] = field(default_factory=dict)
+
+    def reading_at(self, t: float) -> Reading:
+        """The meter at ``t``; slot boundaries come from the precomputed table."""
+        hit = self.table.get(int(t)) if t == int(t) else None
+        return hit if hit is not None else self.meter.reading_at(t)
+
+    def production_wh(self, start: int, end: int) -> int:
+        """PV energy produced in ``[start, end)`` (whole minutes), Wh."""
+        if not self.pv_kwp:
+            return 0
+        total_w_min = 0
+        for minute in range(start // 60, end // 60):
+            day, m = divmod(minute, 1440)
+            total_w_min += self.meter.profile(day).pv_w[m]
+        return total_w_min // 60
+
+
+def households(cfg: SimConfig, slot_len: int, margin_slots: int) -> list[Household]:
+    """The community's households: a seeded mix of sizes, with and without PV."""
+    rng = random.Random(f"households/{cfg.seed}")
+    out = []
+    for i in range(cfg.nodes):
+        pv = rng.random() < cfg.pv_share
+        kind = "prosumer" if pv else "consumer"
+        daily = round(rng.uniform(6.0, 14.0), 2)
+        kwp = round(rng.choice((2.5, 3.0, 3.5, 4.0, 5.0, 6.0)), 1) if pv else 0.0
+        meter = SimulatedMeter({"seed": cfg.seed, "member": i, "kind": kind, "daily_kwh": daily,
+                                "pv_kwp": kwp, "origin": cfg.start - 86400})
+        h = Household(i, f"m{i:04d}", kind, daily, kwp, meter)
+        # One member at a time, so the meter's small profile cache is not thrashed.
+        for t in range(cfg.start, cfg.end + (margin_slots + 1) * slot_len + 1, slot_len):
+            h.table[t] = meter.reading_at(t)
+        out.append(h)
+    return out
+
+
+@dataclass(eq=False)
+class SimNode:
+    """One simulated member: its node, market, store, agent and meter."""
+
+    household: Household | None
+    identity: NodeIdentity
+    node: Node
+    market: Market
+    writer: ReceiptWriter
+    repo: Repository
+    agent: Agent | None = None
+    address: tuple[str, int] | None = None
+
+    @property
+    def member_id(self) -> str:
+        return self.node.member_id
+
+
+class SimCommunity:
+    """The running community; see the module docstring."""
+
+    def __init__(self, cfg: SimConfig, nursery: trio.Nursery, stack: AsyncExitStack, store_dir: str | None) -> None:
+        self.cfg = cfg
+        self.nursery = nursery
+        self._stack = stack
+        self._store_dir = store_dir
+        self.issuer = SigningKey.generate()
+        self.policy = TrustPolicy(COMMUNITY, frozenset({self.issuer.public}))
+        self.rules = MarketRules()
+        self.market_clock = TrioWallClock(float(cfg.start), cfg.market_scale)
+        # Virtual time: sessions live in simulated time as well, so their
+        # timers (keepalive, idle, rekey) run at their real rates.
+        self.wall_clock = self.market_clock if cfg.virtual else TrioWallClock(time.time())
+        self.nodes: list[SimNode] = []
+        self.by_id: dict[str, SimNode] = {}
+        self.extra: list[SimNode] = []  # attackers' and probes' nodes: not members of the accounts
+        self.policers: list[Any] = []
+        self.repos: list[Repository] = []
+        self.traffic: Counter[str] = Counter()
+        self.started_wall: float | None = None
+        self.runners: list[Any] = []
+        """S2-S4 (p2pd/sim/scenarios.py): ``run`` tasks of the role runners, started with the agents."""
+        self.scenario: Any = None
+        """S2-S4: the scenario's state (:class:`p2pd.sim.scenarios.Scenario`)."""
+
+    # --- identities --------------------------------------------------------------
+
+    def identity(self, member_id: str, *, issuer: SigningKey | None = None, community: str = COMMUNITY,
+                 valid: tuple[int, int] | None = None, keys: NodeKeys | None = None,
+                 credential_noise_pk: bytes | None = None) -> NodeIdentity:
+        """A node identity; by default a valid member of the community.
+
+        Credentials must hold both at wall time (sessions) and at simulated
+        time (orders and receipts), so they span both.
+        """
+        keys = keys or NodeKeys.generate()
+        lo = int(min(self.cfg.start, self.wall_clock.base)) - 86400
+        hi = int(max(self.cfg.end, self.wall_clock.base)) + 30 * 86400
+        valid_from, valid_until = valid or (lo, hi)
+        cred = Credential.issue(
+            issuer or self.issuer, community=community, member_id=member_id, role="prosumer",
+            metering_point=_metering_point(member_id), sign_pk=keys.signing.public,
+            noise_pk=credential_noise_pk or keys.noise_public, valid_from=valid_from,
+            valid_until=valid_until)
+        return NodeIdentity(keys, cred)
+
+    # --- nodes -------------------------------------------------------------------
+
+    async def add_node(self, identity: NodeIdentity, household: Household | None = None, *,
+                       writer: ReceiptWriter | None = None, listen: bool = True) -> SimNode:
+        """Start a node with its market and store; members get an agent (not started)."""
+        node: Node = await self.nursery.start(self._run_node, identity)
+        if self.cfg.store == "sqlite" and self._store_dir is not None:
+            repo = open_repository(f"sqlite:///{self._store_dir}/{identity.member_id}.db")
+        else:
+            repo = open_repository("memory://")
+        self.repos.append(repo)
+        writer = writer or ReceiptWriter(repo)
+        await node.nursery.start(writer.run)
+        market = Market(node, repo, writer, rules=self.rules, clock=self.market_clock,
+                        random_bytes=random.Random(f"ids/{self.cfg.seed}/{identity.member_id}").randbytes)
+        await market.load()
+        sim = SimNode(household, identity, node, market, writer, repo)
+        node.on_open.append(self._count_open)
+        node.on_close.append(self._count_close)
+        if self.cfg.policing:
+            self._police(node)
+        if listen and not self.cfg.memory:
+            listeners = await node.nursery.start(serve_p2p, node, "127.0.0.1", 0)
+            sim.address = listeners[0].socket.getsockname()[:2]
+        if household is not None:
+            sim.agent = Agent(market, PerfectForesight(household), self.cfg.agent,
+                              dial=functools.partial(self.connect, sim))
+            self.nodes.append(sim)
+        else:
+            self.extra.append(sim)
+        self.by_id.setdefault(identity.member_id, sim)  # an impersonator never replaces its victim
+        return sim
+
+    async def _run_node(self, identity: NodeIdentity, *,
+                        task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        # Each node lives in a task of the community's nursery, whoever adds it.
+        # Its own copy of the policy: its own cache of verified credentials,
+        # as if it ran in a process of its own.
+        policy = dataclasses.replace(self.policy)
+        limits = NodeLimits()
+        if self.cfg.virtual:
+            # At the daemon's 30 s a day of keepalives would cost more than the
+            # trading (four frames per session every 30 simulated seconds); a
+            # wall-clock run at 2880x sends next to none.
+            k = self.cfg.keepalive
+            limits = NodeLimits(timeouts=Timeouts(ping_interval=k, idle_timeout=3 * k))
+        async with open_node(identity, policy, clock=self.wall_clock, limits=limits) as node:
+            task_status.started(node)
+            await trio.sleep_forever()
+
+    def _police(self, node: Node) -> None:
+        try:
+            from p2pd.net.policing import PolicingConfig, attach_policer
+        except ImportError:  # another developer's module; optional here
+            return
+        # Wall-clock mode: simulated time runs time_scale times faster than the
+        # wall clock the policer measures, so honest rates grow with it: scale
+        # the allowances. In virtual time the policer sees simulated time.
+        f = max(1.0, self.cfg.market_scale / 288)
+        # Every simulated peer dials from the same host (127.0.0.1, or "mem"),
+        # so the per-host connection allowance is shared by the whole community.
+        n = self.cfg.nodes
+        base = PolicingConfig()
+        cfg = PolicingConfig(control_rate=base.control_rate * f, gossip_rate=base.gossip_rate * f,
+                             trade_rate=base.trade_rate * f, node_capacity=base.node_capacity * f,
+                             conn_rate_per_host=base.conn_rate_per_host * f * n,
+                             conn_burst_per_host=base.conn_burst_per_host * n)
+        self.policers.append(attach_policer(node, cfg))
+
+    async def _count_open(self, conn: PeerConnection) -> None:
+        if not conn.initiator:  # count each session once, at its responder
+            self.traffic["handshakes"] += 1
+
+    async def _count_close(self, conn: PeerConnection) -> None:
+        self.traffic["messages"] += conn.stats.messages_in
+        self.traffic["bytes"] += conn.stats.bytes_in
+
+    def traffic_totals(self) -> dict[str, int]:
+        """Messages and bytes received (closed and live sessions), handshakes, failures."""
+        out = Counter(self.traffic)
+        for sim in self.nodes + self.extra:
+            for conn in sim.node.sessions.values():
+                out["messages"] += conn.stats.messages_in
+                out["bytes"] += conn.stats.bytes_in
+            for key, value in sim.node.counters.items():
+                if key.startswith("handshake_failed:"):
+                    out["handshake_failures"] += value
+                if key in ("feedback_sent", "bans") or key.startswith("policed:"):
+                    out["policed" if key.startswith("policed:") else key] += value
+        return dict(out)
+
+    async def connect(self, src: SimNode, member_id: str) -> PeerConnection:
+        """Open a session from ``src`` to ``member_id``'s node. Raises PeerGone/OSError."""
+        target = self.by_id[member_id]
+        if self.cfg.memory:
+            stream = await self.open_stream(target, f"mem:{src.member_id}")
+            return await src.node.connect_stream(stream, f"mem:{member_id}")
+        assert target.address is not None
+        return await dial(src.node, *target.address)
+
+    async def open_stream(self, target: SimNode, label: str) -> trio.abc.Stream:
+        """A raw stream into ``target`` (for attackers): memory pair or TCP."""
+        if self.cfg.memory:
+            client, server = trio.testing.memory_stream_pair()
+            target.node.nursery.start_soon(target.node.accept, server, label)
+            return client
+        assert target.address is not None
+        return await trio.open_tcp_stream(*target.address)
+
+    async def build_topology(self) -> int:
+        """Each node dials ``degree`` seeded random others; returns sessions made."""
+        rng = random.Random(f"topology/{self.cfg.seed}")
+        pairs: set[tuple[int, int]] = set()
+        n = len(self.nodes)
+        for i in range(n):
+            for j in rng.sample([k for k in range(n) if k != i], min(self.cfg.degree, n - 1)):
+                if (j, i) not in pairs:
+                    pairs.add((i, j))
+        limiter = trio.CapacityLimiter(8)
+        made = 0
+
+        async def one(i: int, j: int) -> None:
+            nonlocal made
+            async with limiter:
+                for _ in range(3):
+                    try:
+                        await self.connect(self.nodes[i], self.nodes[j].member_id)
+                        made += 1
+                        return
+                    except (P2pdError, OSError):
+                        await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            for i, j in sorted(pairs):
+                nursery.start_soon(one, i, j)
+        return made
+
+    def start_agents(self) -> None:
+        """Restart the market clock at the simulated start and let every agent trade."""
+        if not self.cfg.virtual:
+            # Building the community took wall time; the simulated day starts
+            # now. (In virtual time it took next to none, and sessions share
+            # the clock, which must not run backwards.)
+            self.market_clock.origin = trio.current_time()
+        self.started_wall = time.perf_counter()
+        for sim in self.nodes:
+            if sim.agent is not None:  # S2/S3 clients have none: their representative trades
+                sim.node.nursery.start_soon(sim.agent.run)
+        for run in self.runners:
+            self.nursery.start_soon(run)
+
+    async def wait_until(self, sim_time: float) -> None:
+        """Sleep until the market clock reads ``sim_time``."""
+        clock = self.market_clock
+        await trio.sleep(max(0.0, (sim_time - clock.now()) / clock.scale))
+
+    def receipts(self) -> list[ReceiptRecord]:
+        """Every receipt in every node's store, once per trade id."""
+        seen: dict[bytes, ReceiptRecord] = {}
+        for sim in self.nodes + self.extra:
+            for rec in sim.repo.receipts():
+                seen.setdefault(rec.trade_id, rec)
+        return list(seen.values())
+
+
+def _metering_point(member_id: str) -> str:
+    # hash() of a str changes from process to process; this does not.
+    return "SIM" + str(int.from_bytes(hashlib.blake2b(member_id.encode(), digest_size=8).digest(), "big")
+                       % 10**12).zfill(12)
+
+
+def check_virtual_clock() -> None:
+    """Raise :class:`SimError` unless trio runs on an autojumping MockClock."""
+    clock = trio.lowlevel.current_clock()
+    if not (isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold == 0):
+        raise SimError("virtual time needs trio.run(..., clock=MockClock(autojump_threshold=0))")
+
+
+@asynccontextmanager
+async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, memory: bool = True,
+                         store: str = "memory", time_scale: float = DEFAULT_TIME_SCALE,
+                         hours: float = 24.0, virtual: bool = False, config: SimConfig | None = None,
+                         start_agents: bool = True) -> AsyncIterator[SimCommunity]:
+    """Build and run a community for the ``async with`` block.
+
+    Yields once every node is up, the topology is connected and (unless
+    ``start_agents`` is False) the agents trade with the market clock at the
+    simulated start. ``config`` overrides the other arguments. Raises
+    :class:`SimError` for an unknown or unbuilt scenario, or for virtual time
+    outside an autojumping MockClock (pytest-trio's ``autojump_clock``).
+    """
+    cfg = config or SimConfig(nodes=n, seed=seed, scenario=scenario, memory=memory, store=store,
+                              time_scale=time_scale, hours=hours, virtual=virtual)
+    if cfg.virtual:
+        check_virtual_clock()
+    store_dir = tempfile.mkdtemp(prefix="p2pd-sim-") if cfg.store == "sqlite" else None
+    community: SimCommunity | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            community = SimCommunity(cfg, nursery, stack, store_dir)
+            margin = cfg.agent.lead_slots + 2
+            for h in households(cfg, community.rules.slot_len, margin):
+                await community.add_node(community.identity(h.member_id), h)
+            await community.build_topology()
+            if cfg.scenario != "S1":
+                from p2pd.sim.scenarios import setup_scenario  # imports this module
+
+                await setup_scenario(community)
+            if start_agents:
+                community.start_agents()
+            yield community
+    finally:
+        for repo in community.repos if community is not None else ():
+            repo.close()  # after every node (and its writer) has stopped
+        if store_dir is not None:
+            shutil.rmtree(store_dir, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""p2pctl against an in-process control server: exit codes, tables, JSON, extension."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pd.cli import ctl
+from p2pd.control.server import ControlServer, Param, serve_control
+from p2pd.errors import NotConnected
+
+
+@pytest.fixture
+def sock_path() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="p2pctl", dir="/tmp") as d:
+        yield Path(d) / "control.sock"
+
+
+def make_server() -> ControlServer:
+    server = ControlServer()
+    server.register("status", lambda: {"member_id": "alice", "role": "prosumer", "community": "c",
+                                       "uptime_s": 1.5, "sessions": [
+                                           {"member_id": "bob", "role": "prosumer", "address": "1.2.3.4:7400",
+                                            "initiator": True, "since": None, "messages_in": 3,
+                                            "messages_out": 4}],
+                                       "counters": {"sessions_established": 1}})
+
+    def disconnect(member_id: str) -> None:
+        raise NotConnected(f"no session with {member_id}")
+
+    server.register("peers.disconnect", disconnect, {"member_id": Param(str)})
+    server.register("echo", lambda **kw: kw, {"x": Param(int, required=False)})
+    return server
+
+
+async def run_ctl(path: Path, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(path), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_exit_codes_and_output(nursery: trio.Nursery, sock_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = await run_ctl(sock_path, "status", capsys=capsys)
+    assert code == ctl.EXIT_NOT_RUNNING and "not running" in err
+    await nursery.start(serve_control, make_server(), sock_path)
+    code, out, _ = await run_ctl(sock_path, "status", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["member_id"] == "alice"
+    code, out, _ = await run_ctl(sock_path, "status", capsys=capsys)
+    assert code == 0 and "MEMBER" in out and "bob" in out and "sessions_established=1" in out
+    code, _, err = await run_ctl(sock_path, "disconnect", "carol", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR and "-32001" in err and "carol" in err
+    code, out, _ = await run_ctl(sock_path, "--json", "call", "echo", '{"x": 5}', capsys=capsys)
+    assert code == 0 and json.loads(out) == {"x": 5}
+    code, _, err = await run_ctl(sock_path, "call", "echo", "{bad", capsys=capsys)
+    assert code == ctl.EXIT_USAGE
+    code, _, _ = await run_ctl(sock_path, "no-such-command", capsys=capsys)
+    assert code == ctl.EXIT_USAGE
+
+
+async def test_commands_are_data(nursery: trio.Nursery, sock_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctl, "COMMANDS", dict(ctl.COMMANDS))
+    ctl.add_command(ctl.Command("double", "echo", "echo x", [ctl.Arg("x", type=int)],
+                                lambda a: {"x": a.x * 2}, lambda r: f"x is {r['x']}"))
+    with pytest.raises(ValueError):
+        ctl.add_command(ctl.Command("double", "echo", "again"))
+    await nursery.start(serve_control, make_server(), sock_path)
+    code, out, _ = await run_ctl(sock_path, "double", "21", capsys=capsys)
+    assert (code, out.strip()) == (0, "x is 42")
+
+
+def test_table_rendering() -> None:
+    text = ctl.table([{"a": "x", "b": None}, {"a": "longer", "b": True}], [("a", "A"), ("b", "B")])
+    assert text.splitlines() == ["A       B", "x       -", "longer  yes"]
+    assert ctl.table([], [("a", "A")]) == "(none)"

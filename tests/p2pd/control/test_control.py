@@ -1,0 +1,289 @@
+"""The JSON-RPC control server: framing, errors, hostile clients, streaming."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from p2pd.control.server import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_CONNECTED_CODE,
+    PARSE_ERROR,
+    PERMISSION_DENIED,
+    REQUEST_TOO_LARGE,
+    ControlServer,
+    Param,
+    RpcError,
+    Subscription,
+    serve_control,
+)
+from p2pd.errors import NotConnected
+from p2pd.events import EventBus
+
+
+class Conn:
+    """A test client over a memory stream: send lines, read JSON lines."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    async def send_line(self, data: bytes | str) -> None:
+        await self.stream.send_all(data.encode() if isinstance(data, str) else data)
+
+    async def request(self, method: str, params: Any = None, id: Any = 1) -> None:
+        req: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
+        if params is not None:
+            req["params"] = params
+        await self.send_line(json.dumps(req) + "\n")
+
+    async def read(self) -> Any:
+        with trio.fail_after(30):
+            while b"\n" not in self.buf:
+                chunk = await self.stream.receive_some(65536)
+                if not chunk:
+                    raise EOFError(self.buf)
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    async def call(self, method: str, params: Any = None) -> Any:
+        await self.request(method, params)
+        return await self.read()
+
+    async def closed(self) -> bool:
+        with trio.fail_after(300):
+            return await self.stream.receive_some(10) == b""
+
+
+def make_server(**kwargs: Any) -> tuple[ControlServer, EventBus]:
+    server = ControlServer(**kwargs)
+    bus = EventBus()
+
+    def echo(text: str, times: int) -> dict[str, Any]:
+        return {"text": text * times}
+
+    async def slow(seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "done"
+
+    def missing(member_id: str) -> None:
+        raise NotConnected(f"no session with {member_id}")
+
+    def broken() -> None:
+        raise RuntimeError("bug")
+
+    async def stream(sub: Subscription) -> None:
+        async with bus.subscribe() as rx:
+            await sub.respond({"subscribed": True})
+            async for ev in rx:
+                await sub.notify("event", ev)
+
+    server.register("echo", echo, {"text": Param(str, max_len=100), "times": Param(int, lo=1, hi=5, required=False, default=1)})
+    server.register("slow", slow, {"seconds": Param(float)})
+    server.register("missing", missing, {"member_id": Param(str)})
+    server.register("broken", broken)
+    server.register("stream", stream, streaming=True)
+    return server, bus
+
+
+async def connect(nursery: trio.Nursery, server: ControlServer, uid: int | None = None) -> Conn:
+    client, srv = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_client, srv, uid)
+    return Conn(client)
+
+
+async def test_call_and_positional_params(nursery: trio.Nursery) -> None:
+    server, _ = make_server()
+    c = await connect(nursery, server)
+    assert await c.call("echo", {"text": "ab", "times": 2}) == {"jsonrpc": "2.0", "id": 1, "result": {"text": "abab"}}
+    assert (await c.call("echo", ["x"]))["result"] == {"text": "x"}
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"{not json\n", PARSE_ERROR),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": 5}}\n', INVALID_PARAMS),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "a", "times": true}}\n', INVALID_PARAMS),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "a", "times": 9}}\n', INVALID_PARAMS),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "a", "extra": 1}}\n', INVALID_PARAMS),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo"}\n', INVALID_PARAMS),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": "text"}\n', INVALID_PARAMS),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "no.such"}\n', METHOD_NOT_FOUND),
+    (b'{"jsonrpc": "1.0", "id": 1, "method": "echo"}\n', INVALID_REQUEST),
+    (b'{"jsonrpc": "2.0", "id": {}, "method": "echo"}\n', INVALID_REQUEST),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": 7}\n', INVALID_REQUEST),
+    (b'[]\n', INVALID_REQUEST),
+    (b'42\n', INVALID_REQUEST),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "missing", "params": ["bob"]}\n', NOT_CONNECTED_CODE),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "broken"}\n', -32603),
+    (b"[" * 100_000 + b"\n", PARSE_ERROR),
+])
+async def test_bad_requests_get_the_right_error_and_the_connection_survives(
+    nursery: trio.Nursery, line: bytes, code: int
+) -> None:
+    server, _ = make_server()
+    c = await connect(nursery, server)
+    await c.send_line(line)
+    reply = await c.read()
+    assert reply["error"]["code"] == code, reply
+    assert reply["error"]["message"]
+    assert (await c.call("echo", {"text": "still here"}))["result"] == {"text": "still here"}
+
+
+async def test_notification_gets_no_answer_and_batches_work(nursery: trio.Nursery) -> None:
+    server, _ = make_server()
+    c = await connect(nursery, server)
+    await c.send_line('{"jsonrpc": "2.0", "method": "echo", "params": {"text": "n"}}\n')
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "a"}},
+             {"jsonrpc": "2.0", "method": "echo", "params": {"text": "b"}},
+             {"jsonrpc": "2.0", "id": 3, "method": "nope"}]
+    await c.send_line(json.dumps(batch) + "\n")
+    replies = await c.read()
+    assert [r["id"] for r in replies] == [1, 3]
+    assert replies[0]["result"] == {"text": "a"} and replies[1]["error"]["code"] == METHOD_NOT_FOUND
+
+
+async def test_huge_request_is_refused_before_it_is_buffered(nursery: trio.Nursery) -> None:
+    server, _ = make_server(max_request=1000)
+    other = await connect(nursery, server)
+    c = await connect(nursery, server)
+    # A complete but oversized line: refused, and the connection goes on.
+    await c.send_line(b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "' + b"x" * 2000 + b'"}}\n')
+    assert (await c.read())["error"]["code"] == REQUEST_TOO_LARGE
+    assert "result" in await c.call("echo", {"text": "ok"})
+    # An endless line: refused once the limit is passed, then disconnected.
+    await c.send_line(b"x" * 70_000)
+    reply = await c.read()
+    assert reply["error"]["code"] == REQUEST_TOO_LARGE and reply["error"]["data"] == {"limit": 1000}
+    assert await c.closed()
+    assert "result" in await other.call("echo", {"text": "unaffected"})
+
+
+async def test_foreign_uid_is_refused(nursery: trio.Nursery) -> None:
+    server, _ = make_server(uid_allowed=lambda uid: uid == 1000)
+    bad = await connect(nursery, server, uid=4242)
+    reply = await bad.read()
+    assert reply["error"]["code"] == PERMISSION_DENIED and "4242" in reply["error"]["message"]
+    assert await bad.closed()
+    good = await connect(nursery, server, uid=1000)
+    assert "result" in await good.call("echo", {"text": "hi"})
+
+
+async def test_concurrent_requests_are_capped_per_client(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server, _ = make_server(max_inflight=2)
+    c = await connect(nursery, server)
+    start = trio.current_time()
+    for i in range(4):
+        await c.request("slow", {"seconds": 10}, id=i)
+    ids = [(await c.read())["id"] for _ in range(4)]
+    assert sorted(ids) == [0, 1, 2, 3]
+    # Two at a time: 4 requests of 10 s take 20 s.
+    assert trio.current_time() - start == pytest.approx(20, abs=0.5)
+
+
+async def test_idle_client_is_dropped_but_a_subscriber_is_not(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server, bus = make_server(idle_timeout=60)
+    idle = await connect(nursery, server)
+    sub = await connect(nursery, server)
+    assert (await sub.call("stream"))["result"] == {"subscribed": True}
+    start = trio.current_time()
+    assert await idle.closed()
+    assert trio.current_time() - start == pytest.approx(60, abs=1)
+    await trio.sleep(600)
+    bus.publish("session_open", member="bob")
+    assert await sub.read() == {"jsonrpc": "2.0", "method": "event",
+                                "params": {"event": "session_open", "member": "bob"}}
+
+
+async def test_subscription_ends_when_client_disconnects(nursery: trio.Nursery) -> None:
+    server, bus = make_server()
+    c = await connect(nursery, server)
+    await c.call("stream")
+    assert len(bus._subscribers) == 1
+    await c.stream.aclose()
+    with trio.fail_after(5):
+        while bus._subscribers or server.clients:
+            await trio.sleep(0.01)
+
+
+async def test_half_closed_client_still_gets_its_answer(nursery: trio.Nursery) -> None:
+    server, _ = make_server()
+    client, srv = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_client, srv, None)
+    await client.send_all(b'{"jsonrpc": "2.0", "id": 9, "method": "slow", "params": {"seconds": 0.01}}\n')
+    await client.send_stream.aclose()  # like `echo ... | socat`
+    c = Conn(client)
+    assert (await c.read())["result"] == "done"
+
+
+def test_register_rejects_duplicates_and_call_works() -> None:
+    server, _ = make_server()
+    with pytest.raises(ValueError):
+        server.register("echo", lambda: None)
+    assert trio.run(server.call, "echo", {"text": "z"}) == {"text": "z"}
+    with pytest.raises(RpcError):
+        trio.run(server.call, "nope")
+
+
+@pytest.fixture
+def short_dir() -> AsyncIterator[Path]:
+    # Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="p2pd", dir="/tmp") as d:
+        yield Path(d)
+
+
+async def test_unix_socket_is_group_only_checks_peer_uid_and_cleans_up(
+    nursery: trio.Nursery, short_dir: Path
+) -> None:
+    path = short_dir / "control.sock"
+    seen: list[int] = []
+    server, _ = make_server(uid_allowed=lambda uid: seen.append(uid) or uid != os.getuid())
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await serve_control(server, path, task_status=task_status)
+
+    await nursery.start(run)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    stream = await trio.open_unix_socket(str(path))
+    reply = await Conn(stream).read()
+    assert seen == [os.getuid()]  # SO_PEERCRED gave our own uid ...
+    assert reply["error"]["code"] == PERMISSION_DENIED  # ... which this server was told to refuse
+    await stream.aclose()
+    scope.cancel()
+    with trio.fail_after(5):
+        while path.exists():
+            await trio.sleep(0.01)
+
+
+async def test_stale_socket_is_replaced_but_a_live_one_is_not(nursery: trio.Nursery, short_dir: Path) -> None:
+    from p2pd.errors import P2pdError
+
+    path = short_dir / "control.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # file remains, nobody listens
+    server, _ = make_server()
+    await nursery.start(serve_control, server, path)
+    with pytest.raises(P2pdError, match="another daemon"):
+        await serve_control(server, path)
+    (short_dir / "file").write_text("x")
+    with pytest.raises(P2pdError, match="not a socket"):
+        await serve_control(server, short_dir / "file")

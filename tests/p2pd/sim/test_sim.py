@@ -1,0 +1,122 @@
+"""End-to-end tests on the simulation harness: real nodes, sessions, agents and stores.
+
+Most run in virtual time (pytest-trio's ``autojump_clock``, as ``p2pd sim
+--memory`` does); the loopback TCP + SQLite one runs on trio's real clock with
+a fast market clock (``time_scale``). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from p2pd.cli import main as cli
+from p2pd.sim.report import settle_window
+from p2pd.sim.community import SIM_START, SimConfig, SimError, open_community
+from p2pd.sim.attacks import ATTACKS, run_attacks
+from p2pd.sim.run import run_sim
+
+MIDDAY = SIM_START + 10 * 3600  # 10:00 on a midsummer day: PV surplus and demand
+
+
+def config(**kw: Any) -> SimConfig:
+    base: dict[str, Any] = dict(nodes=6, hours=2, start=MIDDAY, memory=True, store="memory",
+                                virtual=True, seed=7)
+    return SimConfig(**{**base, **kw})
+
+
+async def test_small_community_trades_and_everyone_saves(autojump_clock: trio.abc.Clock) -> None:
+    cfg = config()
+    with trio.fail_after(3 * 3600):  # virtual seconds
+        async with open_community(config=cfg) as com:
+            assert all(len(s.node.sessions) >= 1 for s in com.nodes)
+            await com.wait_until(cfg.end)
+            receipts = com.receipts()
+            homes = [s.household for s in com.nodes if s.household is not None]
+    acc = settle_window(homes, receipts, cfg.start, cfg.end, 900)
+    assert acc.trades > 0 and acc.delivered_wh > 0
+    assert all(m.saving >= 0 for m in acc.members)
+    assert acc.paid_by_buyers == acc.received_by_sellers > 0
+    assert sum(m.bought_wh for m in acc.members) == sum(m.sold_wh for m in acc.members) == acc.delivered_wh
+    # Receipts agree between the two parties' stores.
+    assert len({r.trade_id for r in receipts}) == len(receipts)
+
+
+async def test_tcp_loopback_with_sqlite_stores() -> None:
+    cfg = config(nodes=4, hours=1, memory=False, store="sqlite", virtual=False, time_scale=3600.0)
+    with trio.fail_after(30):
+        async with open_community(config=cfg) as com:
+            assert all(s.address is not None for s in com.nodes)
+            await com.wait_until(cfg.end)
+            receipts = com.receipts()
+            for sim in com.nodes:
+                assert sim.repo.integrity_check() == "ok"
+    assert receipts, "no trade over TCP in an hour of midday"
+
+
+async def test_attacks_of_the_mitigated_threats_achieve_nothing(autojump_clock: trio.abc.Clock) -> None:
+    cfg = config(nodes=5, hours=1)
+    out: dict[str, dict[str, Any]] = {}
+    with trio.fail_after(24 * 3600):  # virtual seconds
+        async with open_community(config=cfg) as com:
+            await run_attacks(com, tuple(ATTACKS), out)
+    for name in ("impersonation", "sybil", "tamper", "replay"):
+        assert out[name]["attempts"] > 0 and out[name]["successes"] == 0, (name, out[name])
+    ds = out["double_sell"]
+    assert ds["honest_store"]["successes"] == 0
+    assert ds["successes"] >= 1 and ds["undetected"] == 0  # the cheat is caught from receipts
+    flood = out["flood"]
+    if "unavailable" not in flood:
+        assert flood["successes"] == 0 and flood.get("banned") and not flood["reconnected_while_banned"], flood
+    hf = out["handshake_flood"]
+    assert hf["attempts"] > 0 and hf["target_sessions"] > 0  # existing sessions survive
+    assert out["equivocation"]["attempts"] > 0 and out["equivocation"]["successes"] == 0
+    assert "unavailable" in out["broker_crash"]  # S1 has no broker; see test_sim_scenarios.py
+
+
+def test_unknown_scenarios_and_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SimError, match="unknown scenario"):
+        SimConfig(scenario="S9")
+    assert cli.main(["sim", "--attack", "nonsense"]) == 2
+    assert "unknown attack" in capsys.readouterr().err
+    with pytest.raises(SimError):
+        SimConfig(store="postgres")
+
+
+def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["sim", "--nodes", "4", "--hours", "1", "--seed", "3", "--memory",
+                     "--json", "--quiet", "--attack", "sybil"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    for key in ("energy_traded_wh", "trades", "members", "attacks", "wall_s", "peak_rss_bytes"):
+        assert key in report
+    assert {"bill_baseline", "bill_p2p", "saving"} <= set(report["members"][0])
+    assert report["attacks"]["sybil"]["successes"] == 0
+    assert report["time"] == "virtual" and report["store"] == "memory"
+    assert "Bills" in "\n".join(out[:-1])
+
+
+def test_virtual_time_run_repeats_for_a_seed() -> None:
+    cfg = config(nodes=8, hours=3)
+
+    def outcome(report: dict[str, Any]) -> tuple[Any, ...]:
+        return (report["trades"], report["energy_traded_wh"], report["paid_by_buyers"],
+                [(m["member"], m["bought_wh"], m["sold_wh"], m["saving"]) for m in report["members"]])
+
+    first, second = run_sim(cfg), run_sim(cfg)
+    assert first["time"] == "virtual" and first["trades"] > 0
+    assert outcome(first) == outcome(second)
+    other = run_sim(config(nodes=8, hours=3, seed=8))
+    assert outcome(other) != outcome(first)
+
+
+async def test_virtual_time_needs_the_autojump_clock() -> None:
+    with pytest.raises(SimError, match="MockClock"):
+        async with open_community(config=config()):
+            pass  # pragma: no cover
+    with pytest.raises(SimError, match="in-memory"):
+        config(store="sqlite")
