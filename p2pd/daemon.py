@@ -1,17 +1,8 @@
 """``p2pd run``: wires configuration, keys, store, node, listener, discovery,
 control socket, meter, systemd notification and signals.
 
-Extension point: a *component* is any object with a ``name`` and
-``async def start(ctx: DaemonContext) -> None``. ``start`` runs after the node,
-store, discovery and control server exist and before READY=1; it may
-register message handlers (``ctx.node.handle``), session hooks
-(``ctx.node.on_open``), control methods (``ctx.control.register``), reload
-hooks (``ctx.on_reload``), and start background tasks in ``ctx.nursery``
-(cancelled at shutdown, before sessions close). To add one, define
-``DAEMON_COMPONENT`` in your module and list the module in
-:data:`COMPONENT_MODULES` (a missing module is skipped). A module that
-validates a config section registers it in ``p2pd.config.SECTION_VALIDATORS``
-at import time; components are imported before the configuration is read.
+The components it runs are the explicit list :data:`p2pd.components.COMPONENTS`
+(see that package for what a component may do).
 
 Shutdown (SIGTERM, SIGINT or :meth:`DaemonContext.stop`): STOPPING=1, the
 control socket, listener, discovery and components stop, then every session
@@ -22,186 +13,31 @@ SIGHUP re-reads the configuration (:meth:`DaemonContext.reload`).
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from p2pd import log
-from p2pd.config import Config, load_config
-from p2pd.control.server import ControlServer, serve_control
+from p2pd.components import COMPONENTS
+from p2pd.config import Config
+from p2pd.context import Component, DaemonContext, announce_address
 from p2pd.control.methods import register_builtin_methods
-from p2pd.net.discovery import Discovery
+from p2pd.control.server import ControlServer, serve_control
 from p2pd.errors import ConfigError, KeyFileError, P2pdError
+from p2pd.net.discovery import Discovery
 from p2pd.net.identity import NodeIdentity, load_credential, load_node_keys
 from p2pd.net.listener import serve_p2p
-from p2pd.net.node import Node, NodeLimits, open_node
-from p2pd.notify import Notifier
+from p2pd.net.node import NodeLimits, open_node
 from p2pd.net.revocations import RevocationRegistry
+from p2pd.notify import Notifier
 from protocol import CredentialError, TrustPolicy
-
-# Modules that may define DAEMON_COMPONENT; missing ones are skipped.
-# Order matters: later components use what earlier ones put in ctx.services
-# (the agent needs the market; replication wraps the market's writer before
-# the broker, representative and client components commit through it;
-# settlement and the APIs need the store). The credential's role decides
-# which of broker/representative/client actually run.
-COMPONENT_MODULES: tuple[str, ...] = (
-    "p2pd.components.revocations",
-    "p2pd.components.policing",
-    "p2pd.components.trading",
-    "p2pd.components.replication",
-    "p2pd.components.agent",
-    "p2pd.components.broker",
-    "p2pd.components.representative",
-    "p2pd.components.client",
-    "p2pd.components.settlement",
-)
-# Config keys applied at run time by the daemon itself; components add theirs
-# (e.g. "sections.limits") to ctx.reloadable.
-RELOADABLE = {"node.log_level", "p2p.peers", "p2p.announce", "p2p.max_connections",
-              "p2p.max_handshakes", "p2p.exchange"}
-WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
-
-
-class Component(Protocol):
-    name: str
-
-    async def start(self, ctx: DaemonContext) -> None: ...
-
-
-ReloadHook = Callable[[Config], Awaitable[None] | None]
 
 
 def load_components() -> list[Component]:
-    """Import :data:`COMPONENT_MODULES` and return their ``DAEMON_COMPONENT``s."""
-    found: list[Component] = []
-    for name in COMPONENT_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        component = getattr(module, "DAEMON_COMPONENT", None)
-        if component is not None:
-            found.append(component)
-    return found
-
-
-@dataclass
-class DaemonContext:
-    """Everything a component may use; one per daemon run."""
-
-    config: Config
-    identity: NodeIdentity
-    policy: TrustPolicy
-    repo: Any
-    node: Node
-    control: ControlServer
-    nursery: trio.Nursery
-    notifier: Notifier
-    discovery: Discovery | None = None
-    meter: Any = None
-    revocations: RevocationRegistry | None = None
-    """Backs ``policy.is_revoked``: lists installed here refuse members at the handshake."""
-    services: dict[str, Any] = field(default_factory=dict)
-    """Objects components share by name ("market", "policer", ...); see COMPONENT_MODULES."""
-    listen_addresses: list[str] = field(default_factory=list)
-    on_reload: list[ReloadHook] = field(default_factory=list)
-    reloadable: set[str] = field(default_factory=lambda: set(RELOADABLE))
-    _stop: trio.Event = field(default_factory=trio.Event)
-
-    def stop(self) -> None:
-        """Ask the daemon to shut down (as SIGTERM does)."""
-        self._stop.set()
-
-    def meter_status(self) -> dict[str, Any] | None:
-        if self.meter is None:
-            return None
-        h = self.meter.health
-        last = h.last_reading
-        return {"driver": self.config.meter.driver, "state": h.state.value, "healthy": self.meter.healthy,
-                "attempt": h.attempt, "last_error": h.last_error,
-                "last_reading": dataclasses.asdict(last) if last else None}
-
-    def status_line(self) -> str:
-        return f"member {self.identity.member_id}: {len(self.node.sessions)} sessions"
-
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the configuration file; apply what can change at run time.
-
-        Returns ``{"applied": [...], "restart_required": [...]}`` (dotted key
-        names). Raises :class:`ConfigError` (nothing changes) if the new file
-        is invalid.
-        """
-        path = self.config.path
-        if path is None:
-            raise ConfigError("the daemon was started without a configuration file")
-        self.notifier.reloading()
-        try:
-            new = load_config(path)
-        except ConfigError as exc:
-            log.warning("config_reload_failed", error=str(exc))
-            self.notifier.ready(self.status_line())
-            raise
-        changed = _diff(self.config, new)
-        applied = [k for k in changed if k in self.reloadable or k.split(".")[0] + ".*" in self.reloadable]
-        restart = [k for k in changed if k not in applied]
-        self.config = new
-        logging.getLogger("p2pd").setLevel(new.node.log_level.upper())
-        self.node.limits = dataclasses.replace(
-            self.node.limits, max_connections=new.p2p.max_connections,
-            max_handshakes=new.p2p.max_handshakes)
-        if self.discovery is not None:
-            self.discovery.exchange = new.p2p.exchange
-            self.discovery.set_static((p.host, p.port) for p in new.p2p.peers)
-            self.discovery.set_announce(announce_address(new, self.listen_addresses))
-        for hook in self.on_reload:
-            result = hook(new)
-            if result is not None:
-                await result
-        log.info("config_reloaded", applied=",".join(applied) or "-",
-                 restart_required=",".join(restart) or "-")
-        self.notifier.ready(self.status_line())
-        return {"applied": applied, "restart_required": restart}
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            out.update(_flatten(getattr(value, f.name), f"{prefix}.{f.name}"))
-        return out
-    return {prefix: value}
-
-
-def _diff(old: Config, new: Config) -> list[str]:
-    changed: list[str] = []
-    for name in ("node", "community", "p2p", "store", "meter", "tariffs"):
-        a, b = _flatten(getattr(old, name), name), _flatten(getattr(new, name), name)
-        changed += [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    for name in sorted(set(old.sections) | set(new.sections)):
-        if old.sections.get(name) != new.sections.get(name):
-            changed.append(f"sections.{name}")
-    return changed
-
-
-def announce_address(config: Config, listen: list[str]) -> tuple[str, int] | None:
-    """The address to announce: [p2p].announce, else the listen address if it is specific."""
-    if config.p2p.announce is not None:
-        return config.p2p.announce.host, config.p2p.announce.port
-    if config.p2p.host in WILDCARD_HOSTS or not listen:
-        return None
-    port = int(listen[0].rsplit(":", 1)[1])
-    return config.p2p.host, port
-
+    """The components the daemon runs: :data:`p2pd.components.COMPONENTS`, in order."""
+    return list(COMPONENTS)
 
 def load_identity(config: Config, registry: RevocationRegistry | None = None,
                   ) -> tuple[NodeIdentity, TrustPolicy]:

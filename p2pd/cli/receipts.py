@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from p2pd.market.disputes import BundleError, load_bundle, verify_bundle
 from p2pd.errors import P2pdError
+from p2pd.market.disputes import BundleError, load_bundle, verify_bundle
 from p2pd.net.identity import read_public_hex
 
 

@@ -37,8 +37,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from p2pd.sim.attacks import check_attack_names, describe_attacks
     from p2pd.sim.report import render
-    from p2pd.sim.attacks import describe_attacks, check_attack_names
     from p2pd.sim.run import run_sim, text_progress
 
     if "list" in args.attack:

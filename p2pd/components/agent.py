@@ -20,13 +20,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pd import log, storage
+from p2pd.components.sections import (
+    TradingConfig,
+    agent_config,
+    extend_status,
+    section,
+    trading_mode,
+)
 from p2pd.roles.agent import Agent, ReadingsForecaster
-from p2pd.components.sections import TradingConfig, agent_config, extend_status, section, trading_mode
 from p2pd.roles.trading import Market
 from store import ReadingRecord
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 HISTORY_SECONDS = 2 * 86400
 

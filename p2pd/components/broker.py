@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pd import log
-from p2pd.roles.broker import Broker, agent_receipt_record
 from p2pd.clock import Clock
 from p2pd.components.sections import BrokerConfig, extend_status, section
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
+from p2pd.roles.broker import Broker, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.slot_phases import serve_slot_phases
 from protocol import ClearingSummary
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 
 class BrokerRunner:

@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pd import log
-from p2pd.roles.agent import Agent, AgentConfig, Forecaster, SlotPlan
-from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.clock import Clock
 from p2pd.components.sections import (
     DAY,
@@ -46,16 +44,17 @@ from p2pd.components.sections import (
     trading_mode,
 )
 from p2pd.errors import NotConnected, P2pdError, PeerGone, TradeError
-from p2pd.roles.fallback import Fallback
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.agent import Agent, AgentConfig, Forecaster, SlotPlan
+from p2pd.roles.broker import BrokerClient, agent_receipt_record
+from p2pd.roles.fallback import Fallback
 from p2pd.roles.representative import HOPS, delegate, send_report
 from p2pd.roles.slot_phases import serve_slot_phases
-from protocol import Reason
-from protocol import AgentReceipt, Delegation, DelegationGossip
+from protocol import AgentReceipt, Delegation, DelegationGossip, Reason
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 
 # --- S2, S3: delegation and meter reports ----------------------------------------------
@@ -280,8 +279,8 @@ class ClientComponent:
     name = "client"
 
     async def start(self, ctx: DaemonContext) -> None:
-        from p2pd.roles.agent import ReadingsForecaster
         from p2pd.components.agent import NoMeter, feed_forecaster
+        from p2pd.roles.agent import ReadingsForecaster
 
         mode = trading_mode(ctx.config, ctx.identity.credential.role)
         market = ctx.services.get("market")

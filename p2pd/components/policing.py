@@ -23,7 +23,7 @@ from p2pd.net.policing import Policer, PolicingConfig, attach_policer
 from store import BanRecord
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 
 def apply_limits(policer: Policer, cfg: PolicingConfig) -> None:

@@ -23,7 +23,7 @@ from p2pd.errors import PeerGone
 from p2pd.roles.replication import LoggingWriter, Replication
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 
 def log_status(rep: Replication) -> dict[str, Any]:

@@ -37,18 +37,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pd import log
-from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.clock import Clock
 from p2pd.components.sections import RepresentativeConfig, extend_status, section
 from p2pd.errors import TradeError
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.roles.representative import HOPS, Representative, split_fill
 from p2pd.roles.slot_phases import serve_slot_phases
-from protocol import Reason
-from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms
+from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms, Reason
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,14 @@ import trio
 from p2pd import log, storage
 from p2pd.components.sections import RevocationsConfig, section
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
+from p2pd.control.trading import REVOCATION_REJECTED
 from p2pd.errors import ConfigError
 from p2pd.net.revocations import RevocationGossip, RevocationRegistry, attach_revocations
-from p2pd.control.trading import REVOCATION_REJECTED
 from protocol import DecodeError, Reason, RevocationList, SignatureError
 from store import RevocationRecord
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 WHOLE_LIST = "*"
 MAX_LIST_BYTES = 1 << 20

@@ -1,7 +1,7 @@
 """What the daemon's components share: their config sections and small helpers.
 
 The components themselves live in ``p2pd/component_*.py`` and
-``p2pd/components/settlement.py`` (listed in :data:`p2pd.daemon.COMPONENT_MODULES`).
+``p2pd/components/settlement.py`` (listed in :data:`p2pd.components.COMPONENTS`).
 This module validates their TOML sections (docs/configuration.md):
 
 * ``[trading]`` -> :class:`TradingConfig` (market rules and the agent);
@@ -29,12 +29,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from p2pd.roles.agent import AgentConfig, AgentConfigError
 from p2pd.config import ID_PATTERN, SECTION_VALIDATORS, Config, Table
 from p2pd.control.server import ControlServer
 from p2pd.errors import ConfigError
-from p2pd.net.policing import PolicingConfig
 from p2pd.market.settlement import MAX_PRICE, Tariff
+from p2pd.net.policing import PolicingConfig
+from p2pd.roles.agent import AgentConfig, AgentConfigError
 from p2pd.roles.trading import MarketRules
 from protocol import MAX_HOPS
 

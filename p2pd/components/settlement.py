@@ -45,7 +45,6 @@ from p2pd.clock import Clock, trio_deadline
 from p2pd.components.sections import SettlementConfig, TradingConfig, extend_status, section, tariff
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.events import EventBus
-from p2pd.net.identity import NodeIdentity
 from p2pd.market.settlement import (
     PRICE_SCALE,
     SettlementError,
@@ -58,10 +57,11 @@ from p2pd.market.settlement import (
     sign_statement,
     slot_energy,
 )
+from p2pd.net.identity import NodeIdentity
 from store import ReceiptRecord, Repository, StatementRecord
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 DAY = 86400
 # Statement fields kept as StatementRecord.fields (all ints; summed by statements.list).

@@ -21,13 +21,13 @@ from p2pd import log
 from p2pd.clock import trio_deadline
 from p2pd.components.sections import TradingConfig, market_rules, section
 from p2pd.components.sections import extend_status as _extend_status
+from p2pd.control.trading import register_trading_methods
 from p2pd.errors import PeerGone
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market
-from p2pd.control.trading import register_trading_methods
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 # Node counters the market keeps (p2pd/roles/trading.py) that status reports.
 MARKET_COUNTERS = ("orders_posted", "orders_accepted", "cancels_accepted", "trades_taken",

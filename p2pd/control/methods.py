@@ -19,7 +19,7 @@ from p2pd.net.listener import dial
 from protocol import Reason
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 VERSION = "0.1.0"
 

@@ -26,7 +26,7 @@ from protocol import Reason
 from store import ReceiptRecord
 
 if TYPE_CHECKING:
-    from p2pd.daemon import DaemonContext
+    from p2pd.context import DaemonContext
 
 # Application error codes (docs/control-api.md, "Errors").
 TRADE_REFUSED = -32007

@@ -23,9 +23,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import Credential, CredentialError, DecodeError, SignatureError, check_credential
-from protocol import AgentReceipt, BoundsError, check_agent_receipt
-from protocol import Receipt
+from protocol import (
+    AgentReceipt,
+    BoundsError,
+    Credential,
+    CredentialError,
+    DecodeError,
+    Receipt,
+    SignatureError,
+    check_agent_receipt,
+    check_credential,
+)
 
 BUNDLE_FORMAT = "p2pd-receipts/1"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024

@@ -13,8 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol import Credential, SignatureError, SigningKey
-from protocol import EquivocationProof, LogHead, ReceiptChain, entry_hash
+from protocol import (
+    Credential,
+    EquivocationProof,
+    LogHead,
+    ReceiptChain,
+    SignatureError,
+    SigningKey,
+    entry_hash,
+)
 
 
 class ReceiptLog:

@@ -29,9 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from protocol import pack, signed_bytes, unpack
-from protocol import DecodeError
-from protocol import SIGNATURE_LEN, SigningKey, verify
+from protocol import SIGNATURE_LEN, DecodeError, SigningKey, pack, signed_bytes, unpack, verify
 
 STATEMENT_DOMAIN = "p2pd/statement/1"
 PRICE_SCALE = 1_000_000

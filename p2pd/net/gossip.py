@@ -39,7 +39,6 @@ import trio
 from p2pd.errors import PeerGone
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
-from protocol import Reason
 from protocol import (
     BATCH_MAX,
     GOSSIP_ALL,
@@ -49,6 +48,7 @@ from protocol import (
     GossipBatch,
     GossipControl,
     OrderGossip,
+    Reason,
 )
 
 Item = OrderGossip | CancelGossip

@@ -29,33 +29,33 @@ from typing import Any
 import trio
 
 from p2pd import log
-from p2pd.market.clearing import BookOrder, ClearingResult, book_hash, clear
 from p2pd.errors import PeerGone, TradeError
+from p2pd.market.clearing import BookOrder, ClearingResult, book_hash, clear
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
-from protocol import Credential, Reason, SignatureError
 from protocol import (
     BOOK_CHUNK_MAX,
+    AgentOrder,
+    AgentReceipt,
+    AgentTerms,
     BookChunk,
+    BoundsError,
     BrokerAccepted,
     BrokerSubmit,
     ClearingAnnounce,
     ClearingSummary,
+    Credential,
+    Delegation,
     MatchFinal,
     MatchPropose,
     MatchSign,
-)
-from store import ReceiptRecord
-from protocol import (
-    AgentOrder,
-    AgentReceipt,
-    AgentTerms,
-    BoundsError,
-    Delegation,
+    Reason,
     Refused2,
+    SignatureError,
     check_agent_receipt,
     check_delegation_bounds,
 )
+from store import ReceiptRecord
 
 PARTY_ROLES = ("prosumer", "representative")
 ReceiptHook = Callable[[AgentReceipt], Awaitable[None]]

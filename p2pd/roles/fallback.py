@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from p2pd.roles.broker import BrokerClient
 from p2pd.errors import TradeError
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.broker import BrokerClient
 from p2pd.roles.trading import Market
 from protocol import Reason
 

@@ -22,22 +22,26 @@ from typing import Any
 
 from p2pd import log
 from p2pd.errors import PeerGone
+from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
-from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
 from p2pd.roles.receipt_writer import ReceiptWriter
-from protocol import Credential, DecodeError, SignatureError
-from protocol import AgentReceipt, BoundsError, check_agent_receipt
 from protocol import (
     RECEIPT_V1,
     RECEIPT_V2,
+    AgentReceipt,
+    BoundsError,
+    Credential,
+    DecodeError,
     EquivocationGossip,
     EquivocationProof,
     HeadGossip,
     LogHead,
+    Receipt,
     ReceiptReplica,
+    SignatureError,
+    check_agent_receipt,
 )
-from protocol import Receipt
 from store import Committed, Duplicate, Outcome, ReceiptRecord
 
 HEAD_HOPS = 3

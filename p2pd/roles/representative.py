@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pd import log
-from p2pd.roles.broker import add_handler, agent_receipt_record
 from p2pd.errors import PeerGone, TradeError
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.broker import add_handler, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
-from protocol import Credential, Reason, SignatureError
 from protocol import (
     AgentAccepted,
     AgentOrder,
@@ -42,13 +41,16 @@ from protocol import (
     AgentTake,
     AgentTerms,
     BoundsError,
+    Credential,
     Delegation,
     DelegationGossip,
     DelegationRevoke,
     DelegationRevokeGossip,
     MeterReport,
     MeterReportMsg,
+    Reason,
     Refused2,
+    SignatureError,
     check_agent_receipt,
     check_delegation_bounds,
 )

@@ -25,24 +25,27 @@ import trio
 
 from p2pd import log, storage
 from p2pd.clock import Clock
-from p2pd.market.disputes import export_bundle
 from p2pd.errors import NotConnected, PeerGone, TradeError
+from p2pd.market.disputes import export_bundle
 from p2pd.net.gossip import GossipRouter
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.receipt_writer import ReceiptWriter
-from protocol import Credential, CredentialError, Reason, SignatureError
 from protocol import (
     MAX_HOPS,
     SNAPSHOT_MAX,
     Cancel,
     CancelGossip,
+    Credential,
+    CredentialError,
     GossipBatch,
     Order,
     OrderGossip,
     OrdersRequest,
     OrdersSnapshot,
+    Reason,
     Receipt,
+    SignatureError,
     Take,
     TradeAccepted,
     TradeRefused,

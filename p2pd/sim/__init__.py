@@ -1,0 +1,8 @@
+"""The simulator: many real nodes in one process, for tests and researchers.
+
+``community`` (nodes, households, topology), ``build`` (``open_community``),
+``scenarios`` (S2-S4), ``attacks*``, ``run`` (a whole run and its report),
+``report``, ``plot``.
+
+May import: everything but ``cli``; only ``cli`` (and tests) import it.
+"""

@@ -16,24 +16,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from p2pd.market.disputes import verify_bundle
 from p2pd.errors import P2pdError, TradeError
+from p2pd.market.disputes import verify_bundle
 from p2pd.net.identity import NodeIdentity, NodeKeys
 from p2pd.roles.receipt_writer import ReceiptWriter
-from p2pd.sim.community import SimCommunity, SimError
 from p2pd.sim.attack_kit import (
-    add_attacker, connect, far_slot, holders, join_member, pick_targets, session_at_target, wait,
+    add_attacker,
+    connect,
+    far_slot,
+    holders,
+    join_member,
+    pick_targets,
+    session_at_target,
+    wait,
 )
 from p2pd.sim.attacks_dos import flood, handshake_flood
 from p2pd.sim.attacks_roles import broker_crash, equivocation
-from protocol import SigningKey
-from protocol import Order, OrderGossip, Take, TradeTerms
+from p2pd.sim.community import SimCommunity, SimError
+from protocol import Order, OrderGossip, SigningKey, Take, TradeTerms
 from store import Committed, Outcome, ReceiptRecord
 
 AttackFn = Callable[[SimCommunity], Awaitable[dict[str, Any]]]

@@ -8,8 +8,8 @@ from typing import Any
 import trio
 
 from p2pd.errors import P2pdError
-from p2pd.sim.community import SimCommunity
 from p2pd.sim.attack_kit import add_attacker, connect, far_slot, session_at_target, wait
+from p2pd.sim.community import SimCommunity
 from protocol import OrderGossip
 
 

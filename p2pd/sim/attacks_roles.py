@@ -19,11 +19,10 @@ from typing import Any
 import trio
 
 from p2pd.errors import P2pdError
-from p2pd.sim.community import SimCommunity
 from p2pd.sim.attack_kit import join_member, wait
+from p2pd.sim.community import SimCommunity
 from p2pd.sim.scenarios import Scenario, attach_replication, ensure_scenario
-from protocol import AgentReceipt
-from protocol import HeadGossip, ReceiptChain
+from protocol import AgentReceipt, HeadGossip, ReceiptChain
 
 ROUNDS = 3
 

@@ -35,12 +35,9 @@ import dataclasses
 import functools
 import hashlib
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +45,13 @@ import trio
 import trio.testing
 
 from meter_drivers import Reading, SimulatedMeter
-from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.clock import TrioWallClock
 from p2pd.errors import P2pdError
 from p2pd.net.identity import NodeIdentity, NodeKeys
 from p2pd.net.listener import dial, serve_p2p
 from p2pd.net.node import Node, NodeLimits, open_node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from protocol import Credential, SigningKey, Timeouts, TrustPolicy
@@ -412,45 +409,3 @@ def check_virtual_clock() -> None:
     clock = trio.lowlevel.current_clock()
     if not (isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold == 0):
         raise SimError("virtual time needs trio.run(..., clock=MockClock(autojump_threshold=0))")
-
-
-@asynccontextmanager
-async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, memory: bool = True,
-                         store: str = "memory", time_scale: float = DEFAULT_TIME_SCALE,
-                         hours: float = 24.0, virtual: bool = False, config: SimConfig | None = None,
-                         start_agents: bool = True) -> AsyncIterator[SimCommunity]:
-    """Build and run a community for the ``async with`` block.
-
-    Yields once every node is up, the topology is connected and (unless
-    ``start_agents`` is False) the agents trade with the market clock at the
-    simulated start. ``config`` overrides the other arguments. Raises
-    :class:`SimError` for an unknown or unbuilt scenario, or for virtual time
-    outside an autojumping MockClock (pytest-trio's ``autojump_clock``).
-    """
-    cfg = config or SimConfig(nodes=n, seed=seed, scenario=scenario, memory=memory, store=store,
-                              time_scale=time_scale, hours=hours, virtual=virtual)
-    if cfg.virtual:
-        check_virtual_clock()
-    store_dir = tempfile.mkdtemp(prefix="p2pd-sim-") if cfg.store == "sqlite" else None
-    community: SimCommunity | None = None
-    try:
-        async with AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            stack.callback(nursery.cancel_scope.cancel)
-            community = SimCommunity(cfg, nursery, stack, store_dir)
-            margin = cfg.agent.lead_slots + 2
-            for h in households(cfg, community.rules.slot_len, margin):
-                await community.add_node(community.identity(h.member_id), h)
-            await community.build_topology()
-            if cfg.scenario != "S1":
-                from p2pd.sim.scenarios import setup_scenario  # imports this module
-
-                await setup_scenario(community)
-            if start_agents:
-                community.start_agents()
-            yield community
-    finally:
-        for repo in community.repos if community is not None else ():
-            repo.close()  # after every node (and its writer) has stopped
-        if store_dir is not None:
-            shutil.rmtree(store_dir, ignore_errors=True)

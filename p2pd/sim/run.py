@@ -14,9 +14,10 @@ import trio
 import trio.testing
 
 from p2pd.clock import trio_deadline
-from p2pd.sim.report import settle_window, summary
-from p2pd.sim.community import Household, SimCommunity, SimConfig, open_community
 from p2pd.sim.attacks import run_attacks
+from p2pd.sim.build import open_community
+from p2pd.sim.community import Household, SimCommunity, SimConfig
+from p2pd.sim.report import settle_window, summary
 
 Progress = Callable[[float, SimCommunity], None]
 

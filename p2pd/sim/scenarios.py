@@ -31,17 +31,16 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from p2pd.roles.agent import PerfectForesight
-from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record
 from p2pd.components.broker import BrokerRunner
 from p2pd.components.client import BrokerTrader, DelegatingClient, make_broker_trader
 from p2pd.components.representative import RepresentativeRunner
 from p2pd.net.identity import NodeIdentity, NodeKeys
+from p2pd.roles.agent import PerfectForesight
+from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record
 from p2pd.roles.replication import LoggingWriter, Replication
 from p2pd.roles.representative import Representative
 from p2pd.sim.community import COMMUNITY, SimCommunity, SimNode, _metering_point
-from protocol import Credential
-from protocol import AgentReceipt
+from protocol import AgentReceipt, Credential
 from store import ReceiptRecord
 
 REPRESENTATIVES = 2

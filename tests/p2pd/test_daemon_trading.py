@@ -24,7 +24,8 @@ from p2pd.components import sections as components
 
 from p2pd.cli import ctl
 from p2pd.config import Config, load_config
-from p2pd.daemon import DaemonContext, run_daemon
+from p2pd.context import DaemonContext
+from p2pd.daemon import run_daemon
 from p2pd.market.disputes import verify_bundle
 from p2pd.errors import PeerGone
 from p2pd.net.identity import (

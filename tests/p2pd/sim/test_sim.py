@@ -14,9 +14,10 @@ import pytest
 import trio
 
 from p2pd.cli import main as cli
-from p2pd.sim.report import settle_window
-from p2pd.sim.community import SIM_START, SimConfig, SimError, open_community
 from p2pd.sim.attacks import ATTACKS, run_attacks
+from p2pd.sim.build import open_community
+from p2pd.sim.community import SIM_START, SimConfig, SimError
+from p2pd.sim.report import settle_window
 from p2pd.sim.run import run_sim
 
 MIDDAY = SIM_START + 10 * 3600  # 10:00 on a midsummer day: PV surplus and demand

@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from p2pd.errors import TradeError
-from p2pd.sim.community import SIM_START, SimConfig, open_community
+from p2pd.sim.build import open_community
+from p2pd.sim.community import SIM_START, SimConfig
 from protocol import CredentialError, Reason
 from protocol.trading import Order
 
