@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from p2pd.market.errors import Refusal
+from protocol import Reason
+
 
 class P2pdError(Exception):
     """Root of the daemon's own errors; ``str()`` is a message for people."""
@@ -28,9 +31,37 @@ class NotConnected(P2pdError):
 
 
 class TradeError(P2pdError):
-    """A post, take or cancel was refused; ``reason`` is the protocol Reason."""
+    """A post, take, cancel or submission did not happen; ``reason`` is the protocol Reason.
 
-    def __init__(self, message: str, reason: object, remaining_wh: int | None = None) -> None:
+    Split by who is at fault: :class:`TradeRefused` (the market's rules, ours
+    or the counterparty's, said no), :class:`PeerFault` (the counterparty
+    broke the protocol), :class:`TradeTimeout` (no answer in time). A take
+    that failed carries its ``trade_id``: retrying with it is the same take.
+    """
+
+    def __init__(self, message: str, reason: Reason, remaining_wh: int | None = None, *,
+                 trade_id: bytes | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.remaining_wh = remaining_wh
+        self.trade_id = trade_id
+
+
+class TradeRefused(TradeError):
+    """Raised when the trading rules refuse the request, here or at the counterparty."""
+
+    @classmethod
+    def from_refusal(cls, refusal: Refusal, *, trade_id: bytes | None = None) -> TradeRefused:
+        return cls(refusal.message, refusal.reason, refusal.remaining_wh or None, trade_id=trade_id)
+
+
+class PeerFault(TradeError):
+    """Raised when the counterparty answers against the protocol (bad signature, other terms)."""
+
+
+class TradeTimeout(TradeError):
+    """Raised when no answer came in time; a retry with the same trade id is safe."""
+
+    def __init__(self, message: str, reason: Reason = Reason.TIMEOUT, remaining_wh: int | None = None,
+                 *, trade_id: bytes | None = None) -> None:
+        super().__init__(message, reason, remaining_wh, trade_id=trade_id)

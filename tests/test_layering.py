@@ -34,6 +34,8 @@ BASE = {"errors", "log", "clock", "events", "storage"}
 ROOM_MAY_IMPORT: dict[str, set[str]] = {
     "market": {"market"},
     **{b: BASE for b in BASE},
+    # Trade errors wrap the market's Refusal.
+    "errors": {"market"},
     "config": {"market"} | BASE,
     "notify": BASE,
     "net": {"net", "market"} | BASE,

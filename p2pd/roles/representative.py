@@ -331,7 +331,7 @@ class Representative:
                 try:
                     r = await self.take(g, principal, min(need, avail))
                 except TradeError as exc:
-                    self.counters[f"takes_failed:{exc.reason.name}"] += 1  # type: ignore[attr-defined]
+                    self.counters[f"takes_failed:{exc.reason.name}"] += 1
                     continue
                 need -= r.terms.wh
                 got.append(r)

@@ -25,8 +25,24 @@ import trio
 
 from p2pd import log, storage
 from p2pd.clock import Clock
-from p2pd.errors import NotConnected, PeerGone, TradeError
+from p2pd.errors import NotConnected, PeerFault, PeerGone, TradeError, TradeRefused, TradeTimeout
+from p2pd.market.book import BookEntry as BookEntry
+from p2pd.market.book import OrderBook
+from p2pd.market.book import describe_order as describe_order
+from p2pd.market.book import describe_terms as describe_terms
 from p2pd.market.disputes import export_bundle
+from p2pd.market.errors import Refusal
+from p2pd.market.rules import MarketRules as MarketRules
+from p2pd.market.take import (
+    BadAnswer,
+    check_answer,
+    check_take,
+    countersign,
+    receipt_parties,
+    terms_for_take,
+)
+from p2pd.market.trade import Accepted, Refused, Side, Trade, TradeLedger, answer_from_store
+from p2pd.market.trade import Committed as TradeCommitted
 from p2pd.net.gossip import GossipRouter
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
@@ -37,7 +53,6 @@ from protocol import (
     Cancel,
     CancelGossip,
     Credential,
-    CredentialError,
     GossipBatch,
     Order,
     OrderGossip,
@@ -45,58 +60,34 @@ from protocol import (
     OrdersSnapshot,
     Reason,
     Receipt,
-    SignatureError,
     Take,
     TradeAccepted,
-    TradeRefused,
     TradeTerms,
-    parties,
+)
+from protocol import (
+    TradeRefused as TradeRefusedMsg,
 )
 from store import (
-    Committed,
     Duplicate,
     Insufficient,
     MemberRecord,
     OrderRecord,
+    Outcome,
     ReceiptRecord,
     Repository,
 )
 
-TRADING_ROLES = ("prosumer", "representative")
 MAX_TAKES_IN_FLIGHT = 64
 # Snapshots accepted per OrdersRequest we sent: 32 x 128 = 4096 live orders.
 MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
 
 
-@dataclass(frozen=True)
-class MarketRules:
-    """Community trading rules (from the [community] and [trading] config)."""
-
-    slot_len: int = 900
-    gate_closure: int = 300
-    max_ahead: int = 2 * 86400
-    hops: int = 8
-    take_timeout: float = 10.0
-    take_attempts: int = 3
-    gossip_degree: int = 8
-    """Fan-out limit for orders and cancels (p2pd/net/gossip.py)."""
-    gossip_interval: float = 0.5
-    """Seconds gossip waits in a session's queue to be sent as one GossipBatch."""
-
-
-@dataclass
-class BookEntry:
-    order: Order
-    credential: Credential
-    remaining_wh: int | None = None  # known exactly only for our own orders
-
-
 @dataclass
 class _PendingTake:
     terms: TradeTerms
     done: trio.Event = field(default_factory=trio.Event)
-    answer: TradeAccepted | TradeRefused | None = None
+    answer: TradeAccepted | TradeRefusedMsg | None = None
 
 
 def receipt_record(receipt: Receipt, created_at: int) -> ReceiptRecord:
@@ -116,9 +107,23 @@ def order_record(order: Order, cancelled: bool = False) -> OrderRecord:
     )
 
 
+def commit_outcome(trade: Trade[Receipt], outcome: Outcome) -> TradeCommitted[Receipt]:
+    """Feed the store's answer to ``trade`` (p2pd/market/trade.py, Rule 2)."""
+    if isinstance(outcome, Insufficient):
+        refused = trade.refuse(Refusal(Reason.INSUFFICIENT, f"only {outcome.remaining_wh} Wh remain",
+                                       outcome.remaining_wh))
+        return TradeCommitted(refused, False)
+    if isinstance(outcome, Duplicate):
+        return trade.committed(Receipt.decode(outcome.receipt.encoded), fresh=False)
+    assert trade.receipt is not None
+    return trade.committed(trade.receipt, fresh=True)
+
+
 class Market:
     """One node's view of the community market, and its trading actions.
 
+    The rules live in p2pd.market (the book, the take checks, the trade
+    state machine); this class carries them out: gossip, sessions, the store.
     ``clock`` is the market clock (wall time; scaled in simulations).
     ``random_bytes(n)`` makes order and trade ids (a seeded RNG's in
     simulations, so that a run repeats; ``os.urandom`` otherwise).
@@ -133,11 +138,15 @@ class Market:
         self.rules = rules or MarketRules()
         self.clock = clock or node.clock
         self.random_bytes = random_bytes
-        self.book: dict[bytes, BookEntry] = {}
-        self.cancelled: dict[bytes, int] = {}  # order id -> expiry, to drop late gossip
-        self.withdrawn: dict[bytes, BookEntry] = {}  # cancelled or sold-out orders, until expiry
-        self.credentials: dict[str, Credential] = {}
+        self.orderbook = OrderBook(node.policy, self.rules, counters=node.counters)
+        # The live book, cancel markers and known credentials (views of orderbook).
+        self.book = self.orderbook.live
+        self.cancelled = self.orderbook.cancelled
+        self.withdrawn = self.orderbook.withdrawn
+        self.credentials = self.orderbook.credentials
+        self.trades: TradeLedger[Receipt] = TradeLedger(receipt_parties)
         self._pending: dict[bytes, _PendingTake] = {}
+        self._settling: dict[bytes, trio.Event] = {}  # owner side: trades being committed
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
         self._snapshots_allowed: dict[PeerConnection, int] = {}
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
@@ -150,7 +159,7 @@ class Market:
         node.handle(GossipBatch, self._on_gossip_batch)
         node.handle(Take, self._on_take)
         node.handle(TradeAccepted, self._on_answer)
-        node.handle(TradeRefused, self._on_answer)
+        node.handle(TradeRefusedMsg, self._on_answer)
         node.on_open.append(self._on_session_open)
         node.on_close.append(self._on_session_close)
 
@@ -173,55 +182,28 @@ class Market:
                 continue
             order = Order.decode(rec.encoded)
             remaining = await storage.call(self.repo, self.repo.remaining_wh, rec.order_id, rec.wh)
-            self.book[order.order_id] = BookEntry(order, self.node.identity.credential, remaining)
+            self.orderbook.add_own(order, self.node.identity.credential, remaining)
 
     # --- validation -------------------------------------------------------------
 
     def check_order(self, order: Order, cred: Credential, now: int) -> None:
-        """Raise TradeError unless ``order`` is acceptable now."""
-        try:
-            self.node.policy.check(cred, now)
-        except CredentialError as exc:
-            raise TradeError(f"order owner: {exc}", exc.reason) from exc
-        if cred.member_id != order.member_id:
-            raise TradeError("order is not signed by its owner's credential", Reason.NOT_A_MEMBER)
-        if cred.role not in TRADING_ROLES:
-            raise TradeError(f"a {cred.role} may not post orders", Reason.BAD_ROLE)
-        try:
-            order.verify(cred.sign_pk)
-        except SignatureError as exc:
-            raise TradeError("order signature does not verify", Reason.BAD_SIGNATURE) from exc
-        self.check_order_terms(order, now)
+        """Raise :class:`TradeRefused` unless ``order`` is acceptable now."""
+        from p2pd.market.book import check_order
 
-    def check_order_terms(self, order: Order, now: int) -> None:
-        r = self.rules
-        if order.slot_len != r.slot_len:
-            raise TradeError(f"slot length must be {r.slot_len} s", Reason.OUT_OF_BOUNDS)
-        if order.expiry <= now:
-            raise TradeError("order has expired", Reason.EXPIRED)
-        if order.expiry > order.slot_start - r.gate_closure:
-            raise TradeError("order expires after gate closure", Reason.OUT_OF_BOUNDS)
-        if order.slot_start > now + r.max_ahead:
-            raise TradeError("delivery slot too far ahead", Reason.OUT_OF_BOUNDS)
+        try:
+            check_order(order, cred, self.node.policy, self.rules, now)
+        except Refusal as exc:
+            raise TradeRefused.from_refusal(exc) from exc
 
     # --- gossip ---------------------------------------------------------------------
 
     def _accept_order(self, gossip: OrderGossip, now: int) -> bool:
         """Validate and add to the book; False if already known or refused."""
-        order = gossip.order
-        if order.order_id in self.book or order.order_id in self.cancelled:
-            self.counters["orders_duplicate"] += 1
+        entry = self.orderbook.accept(gossip.order, gossip.credential, now)
+        if entry is None:
             return False
-        try:
-            self.check_order(order, gossip.credential, now)
-        except TradeError as exc:
-            self.counters[f"orders_rejected:{exc.reason.name}"] += 1  # type: ignore[attr-defined]
-            log.debug("order_rejected", order=order.order_id.hex(), reason=str(exc))
-            return False
-        self.book[order.order_id] = BookEntry(order, gossip.credential)
         self._remember(gossip.credential)
-        self.counters["orders_accepted"] += 1
-        self.node.events.publish("order", **describe_order(order))
+        self.node.events.publish("order", **describe_order(gossip.order))
         return True
 
     def _forward(self, msg: OrderGossip | CancelGossip, exclude: PeerConnection | None) -> None:
@@ -246,29 +228,8 @@ class Market:
             await self._on_cancel_gossip(conn, cancel)
 
     def _apply_cancel(self, cancel: Cancel) -> bool:
-        if cancel.order_id in self.cancelled:
+        if not self.orderbook.apply_cancel(cancel):
             return False
-        entry = self.book.get(cancel.order_id)
-        cred = entry.credential if entry else self.credentials.get(cancel.member_id)
-        if cred is None or cred.member_id != cancel.member_id:
-            self.counters["cancels_unknown"] += 1
-            return False
-        if entry is not None and entry.order.member_id != cancel.member_id:
-            self.counters["cancels_rejected:NOT_A_MEMBER"] += 1
-            return False
-        try:
-            cancel.verify(cred.sign_pk)
-        except SignatureError:
-            self.counters["cancels_rejected:BAD_SIGNATURE"] += 1
-            return False
-        expiry = entry.order.expiry if entry else cancel.issued_at + self.rules.max_ahead
-        self.cancelled[cancel.order_id] = expiry
-        withdrawn = self.book.pop(cancel.order_id, None)
-        if withdrawn is not None:
-            # Kept until expiry so a taker can still retry a take whose
-            # answer was lost (same trade id) and get its receipt.
-            self.withdrawn[cancel.order_id] = withdrawn
-        self.counters["cancels_accepted"] += 1
         self.node.events.publish("cancel", order_id=cancel.order_id.hex(), member=cancel.member_id)
         return True
 
@@ -335,21 +296,16 @@ class Market:
             self._accept_order(gossip, now)
 
     def prune(self) -> int:
-        """Drop expired orders and cancel markers; returns how many were dropped."""
+        """Drop expired orders, cancel markers and old finished trades; returns orders dropped."""
         now = self.now()
-        dead = [oid for oid, e in self.book.items() if e.order.expiry <= now]
-        for oid in dead:
-            del self.book[oid]
-        for oid in [oid for oid, exp in self.cancelled.items() if exp <= now]:
-            del self.cancelled[oid]
-            self.withdrawn.pop(oid, None)
-        return len(dead)
+        self.trades.prune(now)
+        return self.orderbook.prune(now)
 
     # --- local actions --------------------------------------------------------------
 
     async def post(self, side: str, slot_start: int, wh: int, price: int,
                    expiry: int | None = None, order_id: bytes | None = None) -> Order:
-        """Sign, store and gossip a new order of ours. Raises TradeError."""
+        """Sign, store and gossip a new order of ours. Raises TradeRefused."""
         now = self.now()
         if expiry is None:
             expiry = slot_start - self.rules.gate_closure
@@ -360,10 +316,10 @@ class Market:
                 price=price, expiry=expiry,
             )
         except Exception as exc:  # LocalProtocolError / ValueError: bad fields
-            raise TradeError(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
+            raise TradeRefused(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
         self.check_order(order, self.node.identity.credential, now)
         await storage.call(self.repo, self.repo.put_order, order_record(order))
-        self.book[order.order_id] = BookEntry(order, self.node.identity.credential, wh)
+        self.orderbook.add_own(order, self.node.identity.credential, wh)
         self.counters["orders_posted"] += 1
         self.node.events.publish("order", **describe_order(order))
         self.gossip.push(OrderGossip(order, self.node.identity.credential, self.rules.hops))
@@ -372,7 +328,7 @@ class Market:
     async def cancel(self, order_id: bytes) -> None:
         entry = self.book.get(order_id)
         if entry is None or entry.order.member_id != self.me:
-            raise TradeError("no live order of ours with that id", Reason.NOT_FOUND)
+            raise TradeRefused("no live order of ours with that id", Reason.NOT_FOUND)
         cancel = Cancel.create(self.node.identity.keys.signing, order_id=order_id,
                                member_id=self.me, issued_at=self.now())
         await storage.call(self.repo, self.repo.cancel_order, order_id)
@@ -383,35 +339,60 @@ class Market:
         """Take ``wh`` of someone's order; returns the committed receipt.
 
         Retries with the same trade id on timeout, so a lost answer never
-        makes a second trade. Raises TradeError (refused, or no answer).
+        makes a second trade. Raises :class:`TradeRefused` (the rules or the
+        owner said no), :class:`PeerFault` (the owner's answer is invalid),
+        :class:`TradeTimeout` (no answer) or :class:`NotConnected`; every
+        TradeError carries the trade id.
         """
         if trade_id is not None:
             # A retry: if we already hold the receipt, that is the answer.
             rec = await storage.call(self.repo, self.repo.get_receipt, trade_id)
             if rec is not None:
                 return Receipt.decode(rec.encoded)
-        entry = self.book.get(order_id)
-        if entry is None and trade_id is not None:
-            entry = self.withdrawn.get(order_id)  # the owner answers with the stored receipt
+        entry = self.orderbook.entry_for_take(order_id, retry=trade_id is not None)
         if entry is None:
-            raise TradeError("unknown or expired order", Reason.NOT_FOUND)
-        order = entry.order
-        if order.member_id == self.me:
-            raise TradeError("cannot take our own order", Reason.BAD_ROLE)
-        seller, buyer = parties(order, self.me)
+            raise TradeRefused("unknown or expired order", Reason.NOT_FOUND, trade_id=trade_id)
         try:
-            terms = TradeTerms(trade_id or self.random_bytes(16), order.order_id, order.wh, seller, buyer,
-                               order.slot_start, order.slot_len, wh, order.price, self.now())
-            terms.validate()
-        except Exception as exc:
-            raise TradeError(f"invalid take: {exc}", Reason.OUT_OF_BOUNDS) from exc
+            terms = terms_for_take(entry, self.me, trade_id or self.random_bytes(16), wh, self.now())
+        except Refusal as exc:
+            raise TradeRefused.from_refusal(exc, trade_id=trade_id) from exc
+        tid = terms.trade_id
+        trade = self.trades.get(tid)
+        if trade is None or trade.finished:
+            self.trades.forget(tid)
+            trade = self.trades.open(tid, Side.TAKER, receipt_parties_of_terms(terms), self.now())
         take = Take(terms, terms.sign(self.node.identity.keys.signing))
-        pending = self._pending.setdefault(terms.trade_id, _PendingTake(terms))
+        answer = await self._send_take(entry.order.member_id, take)
+        if isinstance(answer, TradeRefusedMsg):
+            self.counters[f"takes_refused:{answer.reason_code.name}"] += 1
+            trade.refuse(Refused(answer.reason_code, answer.message, answer.remaining_wh))
+            raise TradeRefused(f"take refused: {answer.message}", answer.reason_code,
+                               answer.remaining_wh, trade_id=tid)
+        if answer is None:
+            raise TradeTimeout("no answer from the order's owner", trade_id=tid)
         try:
-            for attempt in range(self.rules.take_attempts):
-                conn = self.node.sessions.get(order.member_id)
+            check_answer(terms, answer.receipt, take.taker_sig, entry.order.member_id,
+                         entry.credential.sign_pk)
+        except BadAnswer as exc:
+            raise PeerFault(str(exc), exc.reason, trade_id=tid) from exc
+        trade.countersigned(answer.receipt)
+        decision = commit_outcome(trade, await self.writer.commit(receipt_record(answer.receipt, self.now())))
+        if isinstance(decision.answer, Refused):  # pragma: no cover - the owner enforced it already
+            log.error("receipt_over_order", trade=tid.hex())
+            raise TradeRefused(decision.answer.message, decision.answer.reason, trade_id=tid)
+        if decision.fresh:
+            self.counters["trades_taken"] += 1
+            self.node.events.publish("trade", **describe_terms(terms), role="taker")
+        return decision.answer.receipt
+
+    async def _send_take(self, owner: str, take: Take) -> TradeAccepted | TradeRefusedMsg | None:
+        """Send ``take`` to ``owner`` up to ``take_attempts`` times; its answer or None."""
+        pending = self._pending.setdefault(take.terms.trade_id, _PendingTake(take.terms))
+        try:
+            for _attempt in range(self.rules.take_attempts):
+                conn = self.node.sessions.get(owner)
                 if conn is None:
-                    raise NotConnected(f"no session with {order.member_id}")
+                    raise NotConnected(f"no session with {owner}")
                 try:
                     await conn.send(take)
                 except PeerGone:
@@ -422,35 +403,10 @@ class Market:
                     break
                 self.counters["take_retries"] += 1
         finally:
-            self._pending.pop(terms.trade_id, None)
-        answer = pending.answer
-        if isinstance(answer, TradeRefused):
-            self.counters[f"takes_refused:{answer.reason_code.name}"] += 1
-            raise TradeError(f"take refused: {answer.message}", answer.reason_code, answer.remaining_wh)
-        if answer is None:
-            raise TradeError("no answer from the order's owner", Reason.TIMEOUT)
-        receipt = answer.receipt
-        if receipt.terms != terms:
-            raise TradeError("owner answered with other terms", Reason.PROTOCOL_ERROR)
-        # Our own signature must be the one we sent (a byte comparison); only
-        # the owner's needs a verify: two signs and two verifies per trade.
-        owner_is_seller = seller == order.member_id
-        ours, theirs = ((receipt.buyer_sig, receipt.seller_sig) if owner_is_seller
-                        else (receipt.seller_sig, receipt.buyer_sig))
-        try:
-            if ours != take.taker_sig:
-                raise SignatureError("receipt does not carry our signature")
-            terms.verify(entry.credential.sign_pk, theirs)
-        except SignatureError as exc:
-            raise TradeError(f"receipt does not verify: {exc}", Reason.BAD_SIGNATURE) from exc
-        outcome = await self.writer.commit(receipt_record(receipt, self.now()))
-        if isinstance(outcome, Insufficient):  # pragma: no cover - owner already enforced it
-            log.error("receipt_over_order", trade=terms.trade_id.hex())
-        self.counters["trades_taken"] += 1
-        self.node.events.publish("trade", **describe_terms(terms), role="taker")
-        return receipt
+            self._pending.pop(take.terms.trade_id, None)
+        return pending.answer
 
-    async def _on_answer(self, conn: PeerConnection, msg: TradeAccepted | TradeRefused) -> None:
+    async def _on_answer(self, conn: PeerConnection, msg: TradeAccepted | TradeRefusedMsg) -> None:
         trade_id = msg.receipt.terms.trade_id if isinstance(msg, TradeAccepted) else msg.trade_id
         pending = self._pending.get(trade_id)
         if pending is None or pending.done.is_set():
@@ -475,72 +431,74 @@ class Market:
     async def _serve_take(self, conn: PeerConnection, msg: Take, limiter: trio.CapacityLimiter,
                           token: object) -> None:
         try:
-            await self._answer_take(conn, msg)
+            answer = await self._settle_take(conn, msg)
+            if isinstance(answer, Refused):
+                self.counters[f"takes_refused:{answer.reason.name}"] += 1
+                await conn.send(TradeRefusedMsg(msg.terms.trade_id, int(answer.reason),
+                                                answer.remaining_wh, answer.message[:200]))
+            else:
+                await conn.send(TradeAccepted(answer.receipt))
         except PeerGone:
             pass  # the taker retries with the same trade id and gets the receipt
         finally:
             limiter.release_on_behalf_of(token)
 
-    async def _answer_take(self, conn: PeerConnection, msg: Take) -> None:
-        terms = msg.terms
-        try:
-            receipt = await self._settle_take(conn, msg)
-        except TradeError as exc:
-            reason = exc.reason if isinstance(exc.reason, Reason) else Reason.PROTOCOL_ERROR
-            self.counters[f"takes_refused:{reason.name}"] += 1
-            await conn.send(TradeRefused(terms.trade_id, int(reason), exc.remaining_wh or 0, str(exc)[:200]))
-            return
-        await conn.send(TradeAccepted(receipt))
-
-    async def _settle_take(self, conn: PeerConnection, msg: Take) -> Receipt:
+    async def _settle_take(self, conn: PeerConnection, msg: Take) -> Accepted[Receipt] | Refused:
+        """The owner's answer to a take (p2pd/market/trade.py): checked, committed, or refused."""
         terms = msg.terms
         assert conn.peer is not None
         taker = conn.peer.member_id
+        known = self.trades.get(terms.trade_id)
+        if known is not None:
+            # Rule 1: a known trade id gets that trade's answer, never a new
+            # trade; a retry that overtook the first attempt waits for it.
+            if not known.finished:
+                await self._settling[terms.trade_id].wait()
+            answer = known.answer_for(taker)
+            assert answer is not None
+            return answer
         entry = self.book.get(terms.order_id)
         order = entry.order if entry else None
-        if order is None or order.member_id != self.me:
-            existing = await self._existing_receipt(terms.trade_id, taker)
-            if existing is not None:
-                return existing
-            raise TradeError("no live order of ours with that id", Reason.NOT_FOUND)
-        seller, buyer = parties(order, taker)
-        expected = (order.order_id, order.wh, seller, buyer, order.slot_start, order.slot_len, order.price)
-        got = (terms.order_id, terms.order_wh, terms.seller, terms.buyer, terms.slot_start,
-               terms.slot_len, terms.price)
-        if got != expected:
-            raise TradeError("terms do not match the order", Reason.OUT_OF_BOUNDS)
         try:
-            terms.verify(conn.peer.sign_pk, msg.taker_sig)
-        except SignatureError as exc:
-            raise TradeError("taker signature does not verify", Reason.BAD_SIGNATURE) from exc
-        now = self.now()
-        if order.expiry <= now:
-            existing = await self._existing_receipt(terms.trade_id, taker)
-            if existing is not None:
-                return existing
-            raise TradeError("order has expired", Reason.EXPIRED)
-        own_sig = terms.sign(self.node.identity.keys.signing)
-        receipt = (Receipt(terms, own_sig, msg.taker_sig) if seller == self.me
-                   else Receipt(terms, msg.taker_sig, own_sig))
-        outcome = await self.writer.commit(receipt_record(receipt, now))
-        if isinstance(outcome, Insufficient):
-            entry.remaining_wh = outcome.remaining_wh  # type: ignore[union-attr]
-            raise TradeError(f"only {outcome.remaining_wh} Wh remain", Reason.INSUFFICIENT,
-                             outcome.remaining_wh)
-        if isinstance(outcome, Duplicate):
-            stored = Receipt.decode(outcome.receipt.encoded)
-            if taker not in (stored.terms.seller, stored.terms.buyer):
-                raise TradeError("trade id already used", Reason.REPLAY)
+            if order is None or order.member_id != self.me:
+                raise Refusal(Reason.NOT_FOUND, "no live order of ours with that id")
+            check_take(order, terms, taker, conn.peer.sign_pk, msg.taker_sig, self.now())
+        except Refusal as refusal:
+            if refusal.reason in (Reason.NOT_FOUND, Reason.EXPIRED):
+                # A retry after a sell-out, expiry or restart: the store answers.
+                rec = await storage.call(self.repo, self.repo.get_receipt, terms.trade_id)
+                stored = Receipt.decode(rec.encoded) if rec is not None else None
+                return answer_from_store(stored, taker, receipt_parties, missing=refusal)
+            return Refused(refusal.reason, refusal.message, refusal.remaining_wh)
+        assert entry is not None and order is not None
+        trade = self.trades.open(terms.trade_id, Side.OWNER, receipt_parties_of_terms(terms), self.now())
+        settled = self._settling[terms.trade_id] = trio.Event()
+        try:
+            receipt = trade.countersigned(countersign(terms, self.node.identity.keys.signing, self.me,
+                                                      msg.taker_sig))
+            decision = commit_outcome(trade, await self.writer.commit(receipt_record(receipt, self.now())))
+        except BaseException:
+            # The commit failed (the store raised): the trade is not decided;
+            # forget it so a retry starts afresh (the store refuses a double).
+            self.trades.forget(terms.trade_id)
+            raise
+        finally:
+            del self._settling[terms.trade_id]
+            settled.set()
+        answer = decision.answer
+        if isinstance(answer, Refused):
+            if answer.reason is Reason.INSUFFICIENT:
+                entry.remaining_wh = answer.remaining_wh
+            return answer
+        if not decision.fresh:
             self.counters["takes_duplicate"] += 1
-            return stored
-        assert isinstance(outcome, Committed)
-        assert entry is not None
+            return answer
         entry.remaining_wh = (entry.remaining_wh if entry.remaining_wh is not None else order.wh) - terms.wh
-        self.counters["trades_sold" if seller == self.me else "trades_bought"] += 1
+        self.counters["trades_sold" if terms.seller == self.me else "trades_bought"] += 1
         self.node.events.publish("trade", **describe_terms(terms), role="owner")
         if entry.remaining_wh <= 0:
             self.node.nursery.start_soon(self._retire, order.order_id)
-        return receipt
+        return answer
 
     async def _retire(self, order_id: bytes) -> None:
         """A fully traded order is withdrawn so others stop trying to take it."""
@@ -548,15 +506,6 @@ class Market:
             await self.cancel(order_id)
         except TradeError:
             pass
-
-    async def _existing_receipt(self, trade_id: bytes, taker: str) -> Receipt | None:
-        rec = await storage.call(self.repo, self.repo.get_receipt, trade_id)
-        if rec is None:
-            return None
-        receipt = Receipt.decode(rec.encoded)
-        if taker not in (receipt.terms.seller, receipt.terms.buyer):
-            raise TradeError("trade id already used", Reason.REPLAY)
-        return receipt
 
     def export(self, member_id: str | None = None, since: int | None = None) -> dict[str, Any]:
         """A self-contained receipts bundle (see p2pd.market.disputes) from our store."""
@@ -572,26 +521,8 @@ class Market:
     # --- views ------------------------------------------------------------------------
 
     def orders(self, slot_start: int | None = None) -> list[dict[str, Any]]:
-        now = self.now()
-        out = []
-        for e in sorted(self.book.values(), key=lambda e: (e.order.slot_start, e.order.price)):
-            if e.order.expiry <= now or (slot_start is not None and e.order.slot_start != slot_start):
-                continue
-            out.append({**describe_order(e.order), "remaining_wh": e.remaining_wh})
-        return out
+        return self.orderbook.view(self.now(), slot_start)
 
 
-def describe_order(order: Order) -> dict[str, Any]:
-    return {
-        "order_id": order.order_id.hex(), "member": order.member_id, "side": order.side,
-        "slot_start": order.slot_start, "slot_len": order.slot_len, "wh": order.wh,
-        "price": order.price, "expiry": order.expiry,
-    }
-
-
-def describe_terms(terms: TradeTerms) -> dict[str, Any]:
-    return {
-        "trade_id": terms.trade_id.hex(), "order_id": terms.order_id.hex(), "seller": terms.seller,
-        "buyer": terms.buyer, "slot_start": terms.slot_start, "wh": terms.wh, "price": terms.price,
-        "amount": terms.amount,
-    }
+def receipt_parties_of_terms(terms: TradeTerms) -> frozenset[str]:
+    return frozenset((terms.seller, terms.buyer))

@@ -1,0 +1,28 @@
+"""The community's trading rules, as one frozen value.
+
+Filled from the ``[community]`` and ``[trading]`` configuration sections
+(p2pd/components/); every check of p2pd.market reads them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TRADING_ROLES = ("prosumer", "representative")
+"""Credential roles that may post orders and trade (a broker never trades)."""
+
+
+@dataclass(frozen=True)
+class MarketRules:
+    """Community trading rules (from the [community] and [trading] config)."""
+
+    slot_len: int = 900
+    gate_closure: int = 300
+    max_ahead: int = 2 * 86400
+    hops: int = 8
+    take_timeout: float = 10.0
+    take_attempts: int = 3
+    gossip_degree: int = 8
+    """Fan-out limit for orders and cancels (p2pd/net/gossip.py)."""
+    gossip_interval: float = 0.5
+    """Seconds gossip waits in a session's queue to be sent as one GossipBatch."""
