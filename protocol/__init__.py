@@ -48,7 +48,7 @@ from protocol.delegation import DelegationRevoke as DelegationRevoke
 from protocol.delegation import DelegationRevokeGossip as DelegationRevokeGossip
 from protocol.delegation import MeterReport as MeterReport
 from protocol.delegation import MeterReportMsg as MeterReportMsg
-from protocol.delegation import Refused2 as Refused2
+from protocol.delegation import AgentRefused as AgentRefused
 from protocol.delegation import check_agent_receipt as check_agent_receipt
 from protocol.delegation import check_delegation_bounds as check_delegation_bounds
 from protocol.discovery import ADDRESS_DOMAIN as ADDRESS_DOMAIN

@@ -72,7 +72,7 @@ class BrokerSubmit(Message):
 @register
 @dataclass(frozen=True)
 class BrokerAccepted(Message):
-    """The order is in the slot's book (a refusal is Refused2 with the order id)."""
+    """The order is in the slot's book (a refusal is AgentRefused with the order id)."""
 
     TYPE: ClassVar[int] = 73
     CATEGORY: ClassVar[str] = "trade"

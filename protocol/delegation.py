@@ -366,7 +366,7 @@ class AgentAccepted(Message):
 
 @register
 @dataclass(frozen=True)
-class Refused2(Message):
+class AgentRefused(Message):
     """Refusal of an AgentTake, a BrokerSubmit or a MatchPropose; ``ref`` is its id."""
 
     TYPE: ClassVar[int] = 70

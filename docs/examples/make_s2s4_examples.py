@@ -24,7 +24,7 @@ from protocol.delegation import (
     DelegationRevokeGossip,
     MeterReport,
     MeterReportMsg,
-    Refused2,
+    AgentRefused,
 )
 from protocol.receipt_log import EquivocationProof, HeadGossip, LogHead, ReceiptChain
 
@@ -76,7 +76,7 @@ def examples() -> dict[str, bytes]:
         "s2s4-broker-submit": encode_message(BrokerSubmit(order, None)),
         "s2s4-match-propose": encode_message(MatchPropose(terms, book_hash, terms.sign(broker), bob_cred)),
         "s2s4-match-sign": encode_message(MatchSign(terms.trade_id, terms.sign(bob))),
-        "s2s4-refused": encode_message(Refused2(terms.trade_id, int(Reason.OUT_OF_BOUNDS), "price beyond limit")),
+        "s2s4-refused": encode_message(AgentRefused(terms.trade_id, int(Reason.OUT_OF_BOUNDS), "price beyond limit")),
         "s2s4-book-chunk": encode_message(BookChunk(SLOT_START, (order,))),
         "s2s4-clearing-announce": encode_message(ClearingAnnounce(summary)),
         "s2s4-head-gossip": encode_message(HeadGossip(head, bob_cred, 3)),

@@ -86,8 +86,10 @@ class DelegatingClient:
         now = int(self.clock.now())
         d = self.delegation
         if d is None or d.valid_until - now < min(DAY, self.valid_seconds // 2):
+            b = self.bounds
             d = await delegate(self.node, self.representative, valid_from=now,
-                               valid_until=now + self.valid_seconds, **self.bounds)
+                               valid_until=now + self.valid_seconds, max_wh_per_slot=b["max_wh_per_slot"],
+                               min_sell_price=b["min_sell_price"], max_buy_price=b["max_buy_price"])
             self.delegation = d
             self.counters["delegations_signed"] += 1
         return d

@@ -29,7 +29,6 @@ traded. Control method ``representative.status``; ``status`` gets a
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -136,10 +135,10 @@ class RepresentativeRunner:
                     continue
                 price = min(max(rep.ask, ds.min_sell_price, 1), db.max_buy_price)
                 wh = min(surplus, need)
-                terms = AgentTerms(os.urandom(16), seller, rep.me, buyer, rep.me, "", b"", b"", slot_start,
+                terms = AgentTerms(rep.random_bytes(16), seller, rep.me, buyer, rep.me, "", b"", b"", slot_start,
                                    rep.slot_len, wh, price, rep.now())
                 try:
-                    rep._check_terms(terms, ds, db)
+                    rep.check_terms(terms, ds, db)
                 except TradeError as exc:
                     self.counters[f"netting_refused:{_reason(exc)}"] += 1
                     continue
@@ -166,7 +165,7 @@ class RepresentativeRunner:
                 continue
             d = rep.delegation_of(principal)
             assert d is not None
-            o = AgentOrder.create(rep.node.identity.keys.signing, order_id=os.urandom(16), principal=principal,
+            o = AgentOrder.create(rep.node.identity.keys.signing, order_id=rep.random_bytes(16), principal=principal,
                                   agent=rep.me, side="sell", slot_start=slot_start, slot_len=rep.slot_len,
                                   wh=net, price=max(rep.ask, d.min_sell_price, 1),
                                   expiry=slot_start - rep.gate_closure)

@@ -135,18 +135,16 @@ class Trade(Generic[R]):
     def finished(self) -> bool:
         return self.state in (TradeState.COMMITTED, TradeState.REFUSED)
 
-    def countersigned(self, receipt: R) -> R:
-        """The receipt carries every signature it needs; it must now be committed.
+    def countersigned(self, receipt: R | None) -> None:
+        """Our signature is on the trade; what it makes must now be committed.
 
-        Owner: after checking the taker's terms and signing. Taker: after
-        checking the owner's answer. Party: after signing the broker's
-        proposal (``receipt`` is then the proposal's terms, or any
-        placeholder: the final receipt comes with :meth:`committed`).
-        Returns ``receipt``, for the caller to commit.
+        Owner: after checking the taker's terms and signing (``receipt`` is
+        the one to commit). Taker: after checking the owner's answer. Party:
+        after signing the broker's proposal (``None``: the final receipt, with
+        the other signatures, comes with :meth:`committed`).
         """
         self._set(TradeState.COUNTERSIGNED)
         self.receipt = receipt
-        return receipt
 
     def refuse(self, refusal: Refusal | Refused) -> Refused:
         """End the trade refused (by our rules, the store or the other side)."""

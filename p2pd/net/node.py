@@ -120,7 +120,14 @@ class Node:
         self.nursery.start_soon(contained, conn, func, *args)
 
     def handle(self, msg_type: type[Message], handler: MessageHandler) -> None:
-        """Route received messages of ``msg_type`` to ``handler(conn, msg)``."""
+        """Route received messages of ``msg_type`` to ``handler(conn, msg)``.
+
+        One handler per type: a second registration raises ``RuntimeError``
+        (our bug: it would silently replace the first). Messages several
+        roles wait for have one router (e.g. p2pd.roles.refusals).
+        """
+        if msg_type in self.handlers:
+            raise RuntimeError(f"a handler for {msg_type.__name__} is registered already")
         self.handlers[msg_type] = handler
 
     # --- connections -------------------------------------------------------

@@ -19,24 +19,30 @@ broker's signature.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from p2pd import log
-from p2pd.errors import PeerGone, TradeError
-from p2pd.market.clearing import BookOrder, ClearingResult, book_hash, clear
+from p2pd.errors import PeerGone, TradeRefused, TradeTimeout
+from p2pd.market.auction import PARTY_ROLES as PARTY_ROLES
+from p2pd.market.auction import audit_slot as audit_slot
+from p2pd.market.auction import check_proposal, check_submit, match_parties, terms_for
+from p2pd.market.auction import rerun as rerun
+from p2pd.market.clearing import ClearingResult
+from p2pd.market.errors import Refusal
+from p2pd.market.trade import Side, TradeLedger
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.refusals import refusals_of
 from protocol import (
     BOOK_CHUNK_MAX,
     AgentOrder,
     AgentReceipt,
+    AgentRefused,
     AgentTerms,
     BookChunk,
     BoundsError,
@@ -50,53 +56,12 @@ from protocol import (
     MatchPropose,
     MatchSign,
     Reason,
-    Refused2,
     SignatureError,
     check_agent_receipt,
-    check_delegation_bounds,
 )
 from store import ReceiptRecord
 
-PARTY_ROLES = ("prosumer", "representative")
 ReceiptHook = Callable[[AgentReceipt], Awaitable[None]]
-
-
-def add_handler(node: Node, msg_type: type[Any], handler: Callable[[PeerConnection, Any], Awaitable[None]]) -> None:
-    """Register ``handler`` for ``msg_type`` after any handler already there (both run)."""
-    previous = node.handlers.get(msg_type)
-    if previous is None:
-        node.handle(msg_type, handler)
-        return
-
-    async def both(conn: PeerConnection, msg: Any) -> None:
-        await previous(conn, msg)
-        await handler(conn, msg)
-
-    node.handle(msg_type, both)
-
-
-def trade_id_for(bhash: bytes, index: int) -> bytes:
-    """Deterministic trade id of match ``index`` of a book: re-runs give the same ids."""
-    return hashlib.blake2b(bhash + index.to_bytes(4, "big"), digest_size=16).digest()
-
-
-def terms_for(result: ClearingResult, bhash: bytes, orders: dict[bytes, AgentOrder], broker: str,
-              created_at: int) -> list[AgentTerms]:
-    """The terms of every match of ``result``: what the broker proposes and what audits recompute."""
-    out = []
-    assert result.price is not None or not result.matches
-    for i, m in enumerate(result.matches):
-        s, b = orders[m.sell_id], orders[m.buy_id]
-        out.append(AgentTerms(trade_id_for(bhash, i), s.principal, s.agent, b.principal, b.agent, broker,
-                              s.order_id, b.order_id, s.slot_start, s.slot_len, m.wh,
-                              result.price or 1, created_at))
-    return out
-
-
-def rerun(orders: list[AgentOrder]) -> tuple[bytes, ClearingResult]:
-    """Anyone's re-run of a published book: (book hash, result)."""
-    bhash = book_hash(o.encode() for o in orders)
-    return bhash, clear([BookOrder(o.order_id, o.side, o.wh, o.price) for o in orders], bhash)
 
 
 @dataclass
@@ -123,7 +88,7 @@ class Broker:
     def __init__(self, node: Node, *, slot_len: int = 900, gate_closure: int = 300,
                  sign_timeout: float = 10.0) -> None:
         if node.identity.credential.role != "broker":
-            raise TradeError("only a broker credential may run the auction", Reason.BAD_ROLE)
+            raise TradeRefused("only a broker credential may run the auction", Reason.BAD_ROLE)
         self.node = node
         self.slot_len = slot_len
         self.gate_closure = gate_closure
@@ -135,7 +100,7 @@ class Broker:
         self.last_result: ClearingResult | None = None
         node.handle(BrokerSubmit, self._on_submit)
         node.handle(MatchSign, self._on_sign)
-        node.handle(Refused2, self._on_refused)
+        refusals_of(node).route(self._on_refused)
 
     @property
     def me(self) -> str:
@@ -147,12 +112,14 @@ class Broker:
     async def _on_submit(self, conn: PeerConnection, msg: BrokerSubmit) -> None:
         assert conn.peer is not None
         o = msg.order
+        slot = self.slots.get(o.slot_start)
         try:
-            self._check_submit(conn.peer, o, msg.delegation)
-        except TradeError as exc:
-            reason = exc.reason if isinstance(exc.reason, Reason) else Reason.PROTOCOL_ERROR
-            self.counters[f"submits_refused:{reason.name}"] += 1
-            await conn.send(Refused2(o.order_id, int(reason), str(exc)[:200]))
+            check_submit(conn.peer, o, msg.delegation, book=slot.orders if slot else None,
+                         closed=slot is not None and slot.closed, slot_len=self.slot_len,
+                         gate_closure=self.gate_closure, now=self.now())
+        except Refusal as exc:
+            self.counters[f"submits_refused:{exc.reason.name}"] += 1
+            await conn.send(AgentRefused(o.order_id, int(exc.reason), exc.message[:200]))
             return
         slot = self.slots.setdefault(o.slot_start, _Slot())
         slot.orders[o.order_id] = o
@@ -160,38 +127,6 @@ class Broker:
         self.credentials[conn.peer.member_id] = conn.peer
         self.counters["orders_in"] += 1
         await conn.send(BrokerAccepted(o.order_id))
-
-    def _check_submit(self, peer: Credential, o: AgentOrder, delegation: Delegation | None) -> None:
-        if peer.role not in PARTY_ROLES:
-            raise TradeError(f"a {peer.role} may not trade", Reason.BAD_ROLE)
-        if o.agent != peer.member_id:
-            raise TradeError("order not signed by the submitting member", Reason.NOT_A_MEMBER)
-        try:
-            o.verify(peer.sign_pk)
-        except SignatureError as exc:
-            raise TradeError("order signature does not verify", Reason.BAD_SIGNATURE) from exc
-        if (o.principal == o.agent) != (delegation is None):
-            raise TradeError("delegation missing or superfluous", Reason.NOT_A_MEMBER)
-        if delegation is not None and (delegation.principal, delegation.agent) != (o.principal, o.agent):
-            raise TradeError("delegation names other members", Reason.NOT_A_MEMBER)
-        if o.slot_len != self.slot_len:
-            raise TradeError("wrong slot length", Reason.OUT_OF_BOUNDS)
-        slot = self.slots.get(o.slot_start)
-        if (slot is not None and slot.closed) or self.now() >= o.slot_start - self.gate_closure:
-            raise TradeError("gate closed for that slot", Reason.EXPIRED)
-        if slot is not None and o.order_id in slot.orders:
-            raise TradeError("order id already in the book", Reason.REPLAY)
-        if slot is not None:
-            # A member's bid at or above its own ask could be matched with
-            # itself (a wash trade, and terms with seller == buyer). Pairs
-            # that do not cross can never match each other, so only those
-            # that cross are refused.
-            for other in slot.orders.values():
-                if other.principal == o.principal and other.side != o.side:
-                    bid, ask = (o, other) if o.side == "buy" else (other, o)
-                    if bid.price >= ask.price:
-                        raise TradeError("crosses the member's own order in this slot",
-                                         Reason.OUT_OF_BOUNDS)
 
     async def close_slot(self, slot_start: int) -> ClearingSummary:
         """Clear a slot, gather countersignatures, send receipts, publish the book."""
@@ -222,7 +157,7 @@ class Broker:
             try:
                 await self.node.send_to(agent, MatchPropose(terms, bhash, prop.broker_sig,
                                                             self.credentials[other]))
-            except (PeerGone, TradeError, Exception):
+            except Exception:  # PeerGone, NotConnected, a missing credential: the match fails
                 prop.refused = f"{agent} unreachable"
                 prop.done.set()
         with trio.move_on_after(self.sign_timeout):
@@ -263,12 +198,14 @@ class Broker:
         if len(prop.sigs) == 2:
             prop.done.set()
 
-    async def _on_refused(self, conn: PeerConnection, msg: Refused2) -> None:
+    async def _on_refused(self, conn: PeerConnection, msg: AgentRefused) -> bool:
         prop = self.proposals.get(msg.ref)
-        if prop is not None and not prop.done.is_set():
-            prop.refused = f"{conn.member_id}: {Reason(msg.reason).name} {msg.message}"
-            self.counters[f"matches_refused:{Reason(msg.reason).name}"] += 1
-            prop.done.set()
+        if prop is None or prop.done.is_set():
+            return False
+        prop.refused = f"{conn.member_id}: {_reason_name(msg.reason)} {msg.message}"
+        self.counters[f"matches_refused:{_reason_name(msg.reason)}"] += 1
+        prop.done.set()
+        return True
 
     async def publish(self, slot_start: int) -> None:
         slot = self.slots[slot_start]
@@ -285,19 +222,27 @@ class _Own:
     delegation: Delegation | None
     remaining: int
     accepted: trio.Event = field(default_factory=trio.Event)
-    refusal: Refused2 | None = None
+    refusal: AgentRefused | None = None
 
 
 class BrokerClient:
-    """A party's side of the auction (prosumer or representative)."""
+    """A party's side of the auction (prosumer or representative).
+
+    Each proposal is a trade of p2pd/market/trade.py on our side (PARTY):
+    PROPOSED when it arrives, COUNTERSIGNED once we signed it (the Wh are
+    reserved from our order), COMMITTED when the final receipt is durable,
+    REFUSED when our checks or the other side said no.
+    """
 
     def __init__(self, node: Node, *, commit: Callable[[AgentReceipt], Awaitable[None]] | None = None,
-                 submit_timeout: float = 5.0) -> None:
+                 submit_timeout: float = 5.0, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.node = node
         self.commit = commit
         self.submit_timeout = submit_timeout
+        self.random_bytes = random_bytes
         self.own: dict[bytes, _Own] = {}
-        self.pending: dict[bytes, tuple[MatchPropose, bytes]] = {}  # trade id -> (proposal, our sig)
+        self.trades: TradeLedger[AgentReceipt] = TradeLedger(match_parties)
+        self.pending: dict[bytes, tuple[MatchPropose, bytes]] = {}  # countersigned: (proposal, our sig)
         self.receipts: dict[bytes, AgentReceipt] = {}
         self.books: dict[int, list[AgentOrder]] = {}
         self.summaries: dict[int, ClearingSummary] = {}
@@ -308,7 +253,7 @@ class BrokerClient:
         # assemble a receipt without the broker.
         self.delegations: dict[tuple[str, str], Delegation] = {}
         node.handle(BrokerAccepted, self._on_accepted)
-        add_handler(node, Refused2, self._on_refused)
+        refusals_of(node).route(self._on_refused)
         node.handle(MatchPropose, self._on_propose)
         node.handle(MatchFinal, self._on_final)
         node.handle(MatchSign, self._on_peer_sign)
@@ -324,7 +269,7 @@ class BrokerClient:
                    principal: str | None = None, expiry: int | None = None,
                    order_id: bytes | None = None) -> AgentOrder:
         return AgentOrder.create(
-            self.node.identity.keys.signing, order_id=order_id or os.urandom(16),
+            self.node.identity.keys.signing, order_id=order_id or self.random_bytes(16),
             principal=principal or self.node.member_id, agent=self.node.member_id, side=side,
             slot_start=slot_start, slot_len=slot_len, wh=wh, price=price,
             expiry=slot_start if expiry is None else expiry)
@@ -332,90 +277,76 @@ class BrokerClient:
     async def submit(self, broker: str, order: AgentOrder, delegation: Delegation | None = None) -> None:
         """Send ``order`` to the broker; returns once it is in the book.
 
-        Raises TradeError (refused; TIMEOUT if no answer; NOT_FOUND if no session).
+        Raises :class:`TradeRefused` (refused; NOT_FOUND if no session) or
+        :class:`TradeTimeout` (no answer).
         """
         if self.node.identity.credential.role not in PARTY_ROLES:
-            raise TradeError("this role may not trade", Reason.BAD_ROLE)
+            raise TradeRefused("this role may not trade", Reason.BAD_ROLE)
         own = self.own.setdefault(order.order_id, _Own(order, delegation, order.wh))
         conn = self.node.sessions.get(broker)
         if conn is None:
-            raise TradeError(f"no session with broker {broker}", Reason.NOT_FOUND)
+            raise TradeRefused(f"no session with broker {broker}", Reason.NOT_FOUND)
         try:
             await conn.send(BrokerSubmit(order, delegation))
         except PeerGone as exc:
-            raise TradeError("broker gone", Reason.TIMEOUT) from exc
+            raise TradeTimeout("broker gone") from exc
         with trio.move_on_after(self.submit_timeout):
             await own.accepted.wait()
         if own.refusal is not None:
             del self.own[order.order_id]
-            raise TradeError(f"broker refused: {own.refusal.message}", Reason(own.refusal.reason))
+            raise TradeRefused(f"broker refused: {own.refusal.message}", _reason(own.refusal.reason))
         if not own.accepted.is_set():
-            raise TradeError("broker did not answer", Reason.TIMEOUT)
+            raise TradeTimeout("broker did not answer")
 
     async def _on_accepted(self, conn: PeerConnection, msg: BrokerAccepted) -> None:
         own = self.own.get(msg.order_id)
         if own is not None:
             own.accepted.set()
 
-    async def _on_refused(self, conn: PeerConnection, msg: Refused2) -> None:
+    async def _on_refused(self, conn: PeerConnection, msg: AgentRefused) -> bool:
         own = self.own.get(msg.ref)
-        if own is not None and not own.accepted.is_set():
-            own.refusal = msg
-            own.accepted.set()
+        if own is None or own.accepted.is_set():
+            return False
+        own.refusal = msg
+        own.accepted.set()
+        return True
 
     def check_proposal(self, broker: Credential, msg: MatchPropose) -> tuple[str, _Own]:
-        """Our side of a proposal, or TradeError: the rules that stop a cheating broker."""
+        """Our side of a proposal, or TradeRefused: the rules that stop a cheating broker."""
+        held = {oid: (o.order, o.delegation, o.remaining) for oid, o in self.own.items()}
+        try:
+            side = check_proposal(broker, msg, self.node.member_id, held)
+        except Refusal as exc:
+            raise TradeRefused.from_refusal(exc, trade_id=msg.terms.trade_id) from exc
         t = msg.terms
-        if broker.role != "broker" or t.broker != broker.member_id:
-            raise TradeError("proposal not from the broker it names", Reason.BAD_ROLE)
-        try:
-            t.verify(broker.sign_pk, msg.broker_sig)
-        except SignatureError as exc:
-            raise TradeError("broker signature does not verify", Reason.BAD_SIGNATURE) from exc
-        me = self.node.member_id
-        side = "sell" if t.seller_agent == me else "buy" if t.buyer_agent == me else ""
-        ref = t.seller_order if side == "sell" else t.buyer_order
-        own = self.own.get(ref) if side else None
-        if own is None:
-            raise TradeError("no order of ours behind this match", Reason.NOT_FOUND)
-        o = own.order
-        principal = t.seller if side == "sell" else t.buyer
-        if (o.side, o.principal, o.slot_start, o.slot_len) != (side, principal, t.slot_start, t.slot_len):
-            raise TradeError("match does not fit our order", Reason.OUT_OF_BOUNDS)
-        if (side == "sell" and t.price < o.price) or (side == "buy" and t.price > o.price):
-            raise TradeError(f"price {t.price} beyond our limit {o.price}", Reason.OUT_OF_BOUNDS)
-        if t.wh > own.remaining:
-            raise TradeError(f"only {own.remaining} Wh remain", Reason.INSUFFICIENT)
-        try:
-            check_delegation_bounds(t, side, own.delegation)
-        except BoundsError as exc:
-            raise TradeError(str(exc), exc.reason) from exc
-        return side, own
+        return side, self.own[t.seller_order if side == "sell" else t.buyer_order]
 
     async def _on_propose(self, conn: PeerConnection, msg: MatchPropose) -> None:
         assert conn.peer is not None
         t = msg.terms
-        if t.trade_id in self.pending or t.trade_id in self.receipts:
-            return
+        if self.trades.get(t.trade_id) is not None or t.trade_id in self.receipts:
+            return  # Rule 1: a known trade id is never a second trade
+        trade = self.trades.open(t.trade_id, Side.PARTY, frozenset((t.seller_agent, t.buyer_agent)),
+                                 self.node.clock.now())
         try:
             side, own = self.check_proposal(conn.peer, msg)
-        except TradeError as exc:
-            reason = exc.reason if isinstance(exc.reason, Reason) else Reason.PROTOCOL_ERROR
-            self.counters[f"proposals_refused:{reason.name}"] += 1
-            await conn.send(Refused2(t.trade_id, int(reason), str(exc)[:200]))
-            return
-        try:
             self.node.policy.check(msg.counterparty, self.node.clock.now())
-        except Exception:
-            await conn.send(Refused2(t.trade_id, int(Reason.NOT_A_MEMBER), "counterparty credential"))
+            other = t.buyer_agent if side == "sell" else t.seller_agent
+            if msg.counterparty.member_id != other:
+                raise Refusal(Reason.NOT_A_MEMBER, "counterparty credential")
+        except (TradeRefused, Refusal) as exc:
+            refused = trade.refuse(Refusal(exc.reason, str(exc)))
+            self.counters[f"proposals_refused:{refused.reason.name}"] += 1
+            await conn.send(AgentRefused(t.trade_id, int(refused.reason), refused.message[:200]))
             return
-        other = t.buyer_agent if side == "sell" else t.seller_agent
-        if msg.counterparty.member_id != other:
-            await conn.send(Refused2(t.trade_id, int(Reason.NOT_A_MEMBER), "counterparty credential"))
+        except Exception:  # CredentialError of the counterparty
+            trade.refuse(Refusal(Reason.NOT_A_MEMBER, "counterparty credential"))
+            await conn.send(AgentRefused(t.trade_id, int(Reason.NOT_A_MEMBER), "counterparty credential"))
             return
         self.credentials.setdefault(other, msg.counterparty)
         own.remaining -= t.wh  # reserved: never sign more than the order holds
         sig = t.sign(self.node.identity.keys.signing)
+        trade.countersigned(None)
         self.pending[t.trade_id] = (msg, sig)
         self.credentials.setdefault(conn.peer.member_id, conn.peer)
         self.counters["proposals_signed"] += 1
@@ -427,7 +358,8 @@ class BrokerClient:
     async def _accept(self, receipt: AgentReceipt) -> bool:
         t = receipt.terms
         pending = self.pending.get(t.trade_id)
-        if pending is None or pending[0].terms != t or t.trade_id in self.receipts:
+        trade = self.trades.get(t.trade_id)
+        if pending is None or pending[0].terms != t or trade is None or trade.finished:
             self.counters["finals_unexpected"] += 1
             return False
         try:
@@ -445,6 +377,7 @@ class BrokerClient:
             except BaseException:
                 self.pending[t.trade_id] = claimed
                 raise
+        trade.committed(receipt, fresh=True)
         self.receipts[t.trade_id] = receipt
         self.counters["receipts"] += 1
         for hook in self.on_receipt:
@@ -513,40 +446,13 @@ def agent_receipt_record(receipt: AgentReceipt, created_at: int) -> ReceiptRecor
         encoded=receipt.encode(), created_at=created_at)
 
 
-@dataclass
-class Audit:
-    ok: bool
-    problems: list[str]
-
-
-def audit_slot(orders: list[AgentOrder], summary: ClearingSummary, broker: Credential,
-               receipts: list[AgentReceipt], me: str) -> Audit:
-    """Re-run a published book and compare with the summary and our receipts.
-
-    Flags a summary that does not match the book, and any match of ours in
-    the re-run that we hold no receipt for (a dropped trade), or a receipt of
-    ours that is not in the re-run (an added one).
-    """
-    problems = []
+def _reason(code: int) -> Reason:
+    """A received reason code; an unknown one is reported as PROTOCOL_ERROR (as Close does)."""
     try:
-        summary.verify(broker.sign_pk)
-    except SignatureError:
-        problems.append("summary not signed by the broker")
-    bhash, result = rerun(orders)
-    if bhash != summary.book_hash:
-        problems.append("published book does not hash to the summary's book hash")
-    if result.result_hash() != summary.result_hash:
-        problems.append("re-run clearing differs from the broker's result")
-    expected = {t.trade_id: t for t in terms_for(result, bhash, {o.order_id: o for o in orders},
-                                                   summary.broker, 0)
-                if me in (t.seller_agent, t.buyer_agent)}
-    held = {r.terms.trade_id: r.terms for r in receipts if r.terms.slot_start == summary.slot_start}
-    for tid in expected.keys() - held.keys():
-        problems.append(f"match {tid.hex()} of ours missing (dropped by the broker, or refused)")
-    for tid in held.keys() - expected.keys():
-        problems.append(f"receipt {tid.hex()} is not in the re-run clearing")
-    for tid in expected.keys() & held.keys():
-        a, b = expected[tid], held[tid]
-        if (a.wh, a.price, a.seller, a.buyer) != (b.wh, b.price, b.seller, b.buyer):
-            problems.append(f"receipt {tid.hex()} differs from the re-run clearing")
-    return Audit(not problems, problems)
+        return Reason(code)
+    except ValueError:
+        return Reason.PROTOCOL_ERROR
+
+
+def _reason_name(code: int) -> str:
+    return _reason(code).name

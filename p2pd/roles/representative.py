@@ -22,26 +22,40 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from p2pd import log
-from p2pd.errors import PeerGone, TradeError
+from p2pd.errors import PeerFault, PeerGone, TradeRefused, TradeTimeout
+from p2pd.market.agents import (
+    Used,
+    agent_receipt_parties,
+    check_agent_take,
+    check_terms,
+    price_steps,
+    wanted,
+)
+from p2pd.market.agents import split_fill as split_fill
+from p2pd.market.delegations import Delegations
+from p2pd.market.errors import Refusal
+from p2pd.market.trade import Accepted, Refused, Side, Trade, TradeLedger
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
-from p2pd.roles.broker import add_handler, agent_receipt_record
+from p2pd.roles.broker import agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.refusals import refusals_of
 from protocol import (
     AgentAccepted,
     AgentOrder,
     AgentOrderGossip,
     AgentReceipt,
+    AgentRefused,
     AgentTake,
     AgentTerms,
     BoundsError,
-    Credential,
     Delegation,
     DelegationGossip,
     DelegationRevoke,
@@ -49,12 +63,10 @@ from protocol import (
     MeterReport,
     MeterReportMsg,
     Reason,
-    Refused2,
     SignatureError,
     check_agent_receipt,
-    check_delegation_bounds,
 )
-from store import Committed, Duplicate, Insufficient
+from store import Committed, Duplicate, Insufficient, Outcome
 
 HOPS = 4
 
@@ -63,9 +75,10 @@ HOPS = 4
 
 
 async def delegate(node: Node, agent: str, *, max_wh_per_slot: int, min_sell_price: int,
-                   max_buy_price: int, valid_from: int, valid_until: int) -> Delegation:
+                   max_buy_price: int, valid_from: int, valid_until: int,
+                   random_bytes: Callable[[int], bytes] = os.urandom) -> Delegation:
     """Sign a delegation to ``agent`` and gossip it (to the agent and beyond)."""
-    d = Delegation.create(node.identity.keys.signing, delegation_id=os.urandom(16),
+    d = Delegation.create(node.identity.keys.signing, delegation_id=random_bytes(16),
                           principal=node.member_id, agent=agent, max_wh_per_slot=max_wh_per_slot,
                           min_sell_price=min_sell_price, max_buy_price=max_buy_price,
                           valid_from=valid_from, valid_until=valid_until)
@@ -93,14 +106,15 @@ async def send_report(node: Node, agent: str, slot_start: int, slot_len: int, ne
 
 
 class DelegationBook:
-    """Delegations and revocations seen by gossip; attach to every node that checks trades."""
+    """Delegation gossip on a node: feeds :class:`~p2pd.market.delegations.Delegations`."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.by_id: dict[bytes, Delegation] = {}
-        self.revoked: set[bytes] = set()
-        self.credentials: dict[str, Credential] = {node.member_id: node.identity.credential}
-        self.counters: Counter[str] = Counter()
+        self.rules = Delegations(node.policy, credentials={node.member_id: node.identity.credential})
+        self.by_id = self.rules.by_id
+        self.revoked = self.rules.revoked
+        self.credentials = self.rules.credentials
+        self.counters = self.rules.counters
         node.handle(DelegationGossip, self._on_delegation)
         node.handle(DelegationRevokeGossip, self._on_revoke)
         node.on_open.append(self._on_open)
@@ -109,91 +123,56 @@ class DelegationBook:
         assert conn.peer is not None
         self.credentials.setdefault(conn.peer.member_id, conn.peer)
 
-    def accept(self, d: Delegation, cred: Credential) -> bool:
-        if d.delegation_id in self.by_id or d.delegation_id in self.revoked:
-            return False
-        try:
-            self.node.policy.check(cred, self.node.clock.now())
-            if cred.member_id != d.principal:
-                raise TradeError("delegation not signed by its principal", Reason.NOT_A_MEMBER)
-            d.verify(cred.sign_pk)
-        except Exception as exc:
-            self.counters[f"delegations_rejected:{type(exc).__name__}"] += 1
-            return False
-        self.by_id[d.delegation_id] = d
-        self.credentials.setdefault(cred.member_id, cred)
-        self.counters["delegations_accepted"] += 1
-        return True
-
     async def _on_delegation(self, conn: PeerConnection, msg: DelegationGossip) -> None:
-        if self.accept(msg.delegation, msg.credential) and msg.hops > 1:
+        if self.rules.accept(msg.delegation, msg.credential, self.node.clock.now()) and msg.hops > 1:
             await self.node.broadcast(DelegationGossip(msg.delegation, msg.credential, msg.hops - 1), exclude=conn)
 
     async def _on_revoke(self, conn: PeerConnection, msg: DelegationRevokeGossip) -> None:
-        r = msg.revoke
-        if r.delegation_id in self.revoked:
-            return
-        cred = self.credentials.get(r.principal)
-        d = self.by_id.get(r.delegation_id)
-        if cred is None or (d is not None and d.principal != r.principal):
-            return
-        try:
-            r.verify(cred.sign_pk)
-        except SignatureError:
-            return
-        self.revoked.add(r.delegation_id)
-        self.counters["revocations"] += 1
-        if msg.hops > 1:
-            await self.node.broadcast(DelegationRevokeGossip(r, msg.hops - 1), exclude=conn)
-
-    def check(self, d: Delegation | None) -> None:
-        """Raise TradeError if ``d`` was revoked or its principal is unknown."""
-        if d is None:
-            return
-        if d.delegation_id in self.revoked:
-            raise TradeError("delegation revoked", Reason.REVOKED)
-        cred = self.credentials.get(d.principal)
-        if cred is None:
-            raise TradeError(f"principal {d.principal} unknown", Reason.NOT_A_MEMBER)
-        try:
-            d.verify(cred.sign_pk)
-        except SignatureError as exc:
-            raise TradeError("delegation signature does not verify", Reason.BAD_SIGNATURE) from exc
+        if self.rules.revoke(msg.revoke) and msg.hops > 1:
+            await self.node.broadcast(DelegationRevokeGossip(msg.revoke, msg.hops - 1), exclude=conn)
 
 
 @dataclass
 class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
-    answer: AgentAccepted | Refused2 | None = None
+    answer: AgentAccepted | AgentRefused | None = None
 
 
 class Representative:
-    """Trades for its clients. Also serves as any node's S2 agent-order counterpart."""
+    """Trades for its clients. Also serves as any node's S2 agent-order counterpart.
+
+    ``random_bytes(n)`` makes order and trade ids (injected, as in
+    :class:`~p2pd.roles.trading.Market`, so a simulation repeats).
+    """
 
     def __init__(self, node: Node, writer: ReceiptWriter, *, slot_len: int = 900, gate_closure: int = 300,
-                 ask: int = 93_000, take_timeout: float = 5.0) -> None:
+                 ask: int = 93_000, take_timeout: float = 5.0, take_attempts: int = 3,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         if node.identity.credential.role != "representative":
-            raise TradeError("only a representative may trade for others", Reason.BAD_ROLE)
+            raise TradeRefused("only a representative may trade for others", Reason.BAD_ROLE)
         self.node = node
         self.writer = writer
         self.slot_len = slot_len
         self.gate_closure = gate_closure
         self.ask = ask
         self.take_timeout = take_timeout
+        self.take_attempts = take_attempts
+        self.random_bytes = random_bytes
         self.delegations = DelegationBook(node)
         self.reports: dict[tuple[str, int], MeterReport] = {}
         self.book: dict[bytes, AgentOrderGossip] = {}  # other agents' orders
         self.mine: dict[bytes, tuple[AgentOrder, Delegation | None]] = {}
-        self.used: Counter[tuple[str, str, int]] = Counter()  # (principal, side, slot) -> Wh
+        self.used: Used = Counter()  # (principal, side, slot) -> Wh
         self.receipts: dict[bytes, AgentReceipt] = {}
         self.taken: Counter[bytes] = Counter()  # order id -> Wh we took from it
+        self.trades: TradeLedger[AgentReceipt] = TradeLedger(agent_receipt_parties)
         self.counters: Counter[str] = Counter()
         self._pending: dict[bytes, _Pending] = {}
         node.handle(MeterReportMsg, self._on_report)
         node.handle(AgentOrderGossip, self._on_order)
         node.handle(AgentTake, self._on_take)
         node.handle(AgentAccepted, self._on_answer)
-        add_handler(node, Refused2, self._on_answer)
+        refusals_of(node).route(self._on_refused)
 
     @property
     def me(self) -> str:
@@ -204,17 +183,11 @@ class Representative:
 
     def delegation_of(self, principal: str) -> Delegation | None:
         """The newest unrevoked delegation ``principal`` gave us."""
-        best = None
-        for d in self.delegations.by_id.values():
-            if d.principal == principal and d.agent == self.me and d.delegation_id not in self.delegations.revoked:
-                if best is None or d.valid_from > best.valid_from:
-                    best = d
-        return best
+        return self.delegations.rules.active(principal, self.me)
 
     @property
     def clients(self) -> list[str]:
-        return sorted({d.principal for d in self.delegations.by_id.values()
-                       if d.agent == self.me and d.delegation_id not in self.delegations.revoked})
+        return self.delegations.rules.clients_of(self.me)
 
     async def _on_report(self, conn: PeerConnection, msg: MeterReportMsg) -> None:
         assert conn.peer is not None
@@ -233,18 +206,9 @@ class Representative:
 
     def wanted(self, slot_start: int) -> dict[str, int]:
         """Per client: net Wh still to trade in the slot (capped by its delegation), from its reports."""
-        out = {}
-        for principal in self.clients:
-            r = self.reports.get((principal, slot_start))
-            d = self.delegation_of(principal)
-            if r is None or d is None or not d.covers(slot_start, self.slot_len) or r.net_wh == 0:
-                continue
-            side = "sell" if r.net_wh > 0 else "buy"
-            # What is left of the report after what was already traded for it,
-            # within the delegation's cap (so a second pass never buys twice).
-            left = min(abs(r.net_wh), d.max_wh_per_slot) - self.used[(principal, side, slot_start)]
-            out[principal] = max(0, left) * (1 if side == "sell" else -1)
-        return {k: v for k, v in out.items() if v}
+        clients = self.clients
+        return wanted(clients, self.reports, {c: self.delegation_of(c) for c in clients}, self.used,
+                      slot_start, self.slot_len)
 
     # --- S3: one aggregated order per price step ------------------------------------
 
@@ -252,22 +216,16 @@ class Representative:
         """One order per (side, limit price) for all clients, signed as our own.
 
         Returns each order with its allocation (client -> Wh) so fills can be
-        split pro rata. Sell steps use each client's ``min_sell_price`` (at
-        least our ask); buy steps its ``max_buy_price``.
+        split pro rata (:func:`~p2pd.market.agents.split_fill`).
         """
-        steps: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
-        for principal, net in self.wanted(slot_start).items():
-            d = self.delegation_of(principal)
-            assert d is not None
-            if net > 0:
-                steps[("sell", max(d.min_sell_price, 1))][principal] = net
-            else:
-                steps[("buy", max(d.max_buy_price, 1))][principal] = -net
+        want = self.wanted(slot_start)
+        steps = price_steps(want, {c: self.delegation_of(c) for c in want})
         out = []
-        for (side, price), alloc in sorted(steps.items()):
-            o = AgentOrder.create(self.node.identity.keys.signing, order_id=os.urandom(16), principal=self.me,
-                                  agent=self.me, side=side, slot_start=slot_start, slot_len=self.slot_len,
-                                  wh=sum(alloc.values()), price=price, expiry=slot_start - self.gate_closure)
+        for (side, price), alloc in steps.items():
+            o = AgentOrder.create(self.node.identity.keys.signing, order_id=self.random_bytes(16),
+                                  principal=self.me, agent=self.me, side=side, slot_start=slot_start,
+                                  slot_len=self.slot_len, wh=sum(alloc.values()), price=price,
+                                  expiry=slot_start - self.gate_closure)
             out.append((o, alloc))
         return out
 
@@ -281,9 +239,9 @@ class Representative:
                 continue
             d = self.delegation_of(principal)
             assert d is not None
-            o = AgentOrder.create(self.node.identity.keys.signing, order_id=os.urandom(16), principal=principal,
-                                  agent=self.me, side="sell", slot_start=slot_start, slot_len=self.slot_len,
-                                  wh=net, price=max(self.ask, d.min_sell_price),
+            o = AgentOrder.create(self.node.identity.keys.signing, order_id=self.random_bytes(16),
+                                  principal=principal, agent=self.me, side="sell", slot_start=slot_start,
+                                  slot_len=self.slot_len, wh=net, price=max(self.ask, d.min_sell_price),
                                   expiry=slot_start - self.gate_closure)
             self.mine[o.order_id] = (o, d)
             await self.node.broadcast(AgentOrderGossip(o, d, self.node.identity.credential, HOPS))
@@ -297,11 +255,11 @@ class Representative:
         try:
             self.node.policy.check(msg.credential, self.node.clock.now())
             if msg.credential.member_id != o.agent:
-                raise TradeError("order not signed by its agent", Reason.NOT_A_MEMBER)
+                raise Refusal(Reason.NOT_A_MEMBER, "order not signed by its agent")
             if msg.credential.role not in ("prosumer", "representative"):
-                raise TradeError("role may not trade", Reason.BAD_ROLE)
+                raise Refusal(Reason.BAD_ROLE, "role may not trade")
             o.verify(msg.credential.sign_pk)
-            self.delegations.check(msg.delegation)
+            self.delegations.rules.check(msg.delegation)
         except Exception as exc:
             self.counters[f"orders_rejected:{type(exc).__name__}"] += 1
             return
@@ -330,129 +288,138 @@ class Representative:
                     continue
                 try:
                     r = await self.take(g, principal, min(need, avail))
-                except TradeError as exc:
+                except (TradeRefused, TradeTimeout, PeerFault) as exc:
                     self.counters[f"takes_failed:{exc.reason.name}"] += 1
                     continue
                 need -= r.terms.wh
                 got.append(r)
         return got
 
+    def check_terms(self, t: AgentTerms, seller_d: Delegation | None, buyer_d: Delegation | None) -> None:
+        """Both sides' delegation bounds, revocations and per-slot caps. Raises TradeRefused."""
+        try:
+            check_terms(t, seller_d, buyer_d, self.delegations.rules, self.me, self.used)
+        except Refusal as exc:
+            raise TradeRefused.from_refusal(exc, trade_id=t.trade_id) from exc
+
     async def take(self, g: AgentOrderGossip, principal: str, wh: int, *, price: int | None = None) -> AgentReceipt:
-        """Take ``wh`` of another agent's sell order for ``principal``. Raises TradeError."""
+        """Take ``wh`` of another agent's sell order for ``principal``.
+
+        Sends the same signed terms up to ``take_attempts`` times (a lost
+        answer never makes a second trade). Raises :class:`TradeRefused`,
+        :class:`PeerFault` or :class:`TradeTimeout`, with the trade id.
+        """
         o = g.order
         d = self.delegation_of(principal)
-        terms = AgentTerms(os.urandom(16), o.principal, o.agent, principal, self.me, "", o.order_id, b"",
+        terms = AgentTerms(self.random_bytes(16), o.principal, o.agent, principal, self.me, "", o.order_id, b"",
                            o.slot_start, o.slot_len, wh, price or o.price, self.now())
-        self._check_terms(terms, g.delegation, d)
+        tid = terms.trade_id
+        self.check_terms(terms, g.delegation, d)
+        trade = self.trades.open(tid, Side.TAKER, frozenset((o.agent, self.me)), self.now())
         msg = AgentTake(terms, d, terms.sign(self.node.identity.keys.signing))
-        pending = self._pending[terms.trade_id] = _Pending()
+        pending = self._pending[tid] = _Pending()
         try:
-            await self.node.send_to(o.agent, msg)
-            with trio.move_on_after(self.take_timeout):
-                await pending.done.wait()
-        except PeerGone as exc:
-            raise TradeError("order's agent gone", Reason.TIMEOUT) from exc
+            for _attempt in range(self.take_attempts):
+                try:
+                    await self.node.send_to(o.agent, msg)
+                except PeerGone:
+                    continue
+                with trio.move_on_after(self.take_timeout):
+                    await pending.done.wait()
+                if pending.answer is not None:
+                    break
+                self.counters["take_retries"] += 1
         finally:
-            self._pending.pop(terms.trade_id, None)
-        if isinstance(pending.answer, Refused2):
-            raise TradeError(f"refused: {pending.answer.message}", Reason(pending.answer.reason))
+            self._pending.pop(tid, None)
+        if isinstance(pending.answer, AgentRefused):
+            refused = trade.refuse(Refused(Reason(pending.answer.reason), pending.answer.message))
+            raise TradeRefused(f"refused: {refused.message}", refused.reason, trade_id=tid)
         if pending.answer is None:
-            raise TradeError("no answer", Reason.TIMEOUT)
+            raise TradeTimeout("no answer from the order's agent", trade_id=tid)
         receipt = pending.answer.receipt
         if receipt.terms != terms or receipt.buyer_sig != msg.taker_sig:
-            raise TradeError("answer with other terms", Reason.PROTOCOL_ERROR)
+            raise PeerFault("answer with other terms", Reason.PROTOCOL_ERROR, trade_id=tid)
         try:
             check_agent_receipt(receipt, self.delegations.credentials)
         except (BoundsError, SignatureError) as exc:
-            raise TradeError(f"receipt does not verify: {exc}", Reason.BAD_SIGNATURE) from exc
-        await self.writer.commit(agent_receipt_record(receipt, self.now()))
+            raise PeerFault(f"receipt does not verify: {exc}", Reason.BAD_SIGNATURE, trade_id=tid) from exc
+        trade.countersigned(receipt)
+        decision = self._committed(trade, await self.writer.commit(agent_receipt_record(receipt, self.now())))
+        if isinstance(decision, Refused):  # pragma: no cover - the order's agent enforced it
+            raise TradeRefused(decision.message, decision.reason, trade_id=tid)
         self.used[(principal, "buy", o.slot_start)] += wh
         self.taken[o.order_id] += wh
-        self.receipts[terms.trade_id] = receipt
+        self.receipts[tid] = decision.receipt
         self.counters["trades_taken"] += 1
-        return receipt
+        return decision.receipt
 
-    def _check_terms(self, t: AgentTerms, seller_d: Delegation | None, buyer_d: Delegation | None) -> None:
-        """Both sides' delegation bounds, revocations and per-slot caps. Raises TradeError."""
-        for side, d in (("sell", seller_d), ("buy", buyer_d)):
-            try:
-                check_delegation_bounds(t, side, d)
-            except BoundsError as exc:
-                raise TradeError(str(exc), exc.reason) from exc
-            self.delegations.check(d)
-            if d is not None and d.agent == self.me:
-                principal = t.seller if side == "sell" else t.buyer
-                if self.used[(principal, side, t.slot_start)] + t.wh > d.max_wh_per_slot:
-                    raise TradeError("delegation's Wh per slot used up", Reason.OUT_OF_BOUNDS)
+    def _committed(self, trade: Trade[AgentReceipt], outcome: Outcome) -> Accepted[AgentReceipt] | Refused:
+        if isinstance(outcome, Insufficient):
+            return trade.refuse(Refusal(Reason.INSUFFICIENT, f"only {outcome.remaining_wh} Wh remain",
+                                        outcome.remaining_wh))
+        if isinstance(outcome, Duplicate):
+            return trade.committed(AgentReceipt.decode(outcome.receipt.encoded), fresh=False).answer
+        assert isinstance(outcome, Committed) and trade.receipt is not None
+        return trade.committed(trade.receipt, fresh=True).answer
 
-    async def _on_answer(self, conn: PeerConnection, msg: AgentAccepted | Refused2) -> None:
-        tid = msg.receipt.terms.trade_id if isinstance(msg, AgentAccepted) else msg.ref
-        pending = self._pending.get(tid)
+    async def _on_answer(self, conn: PeerConnection, msg: AgentAccepted) -> None:
+        pending = self._pending.get(msg.receipt.terms.trade_id)
         if pending is not None and not pending.done.is_set():
             pending.answer = msg
             pending.done.set()
 
-    async def _on_take(self, conn: PeerConnection, msg: AgentTake) -> None:
-        try:
-            receipt = await self._settle(conn, msg)
-        except TradeError as exc:
-            reason = exc.reason if isinstance(exc.reason, Reason) else Reason.PROTOCOL_ERROR
-            self.counters[f"takes_refused:{reason.name}"] += 1
-            log.info("agent_take_refused", trade=msg.terms.trade_id.hex(), reason=reason.name, why=str(exc))
-            await conn.send(Refused2(msg.terms.trade_id, int(reason), str(exc)[:200]))
-            return
-        await conn.send(AgentAccepted(receipt))
+    async def _on_refused(self, conn: PeerConnection, msg: AgentRefused) -> bool:
+        pending = self._pending.get(msg.ref)
+        if pending is None or pending.done.is_set():
+            return False
+        pending.answer = msg
+        pending.done.set()
+        return True
 
-    async def _settle(self, conn: PeerConnection, msg: AgentTake) -> AgentReceipt:
+    async def _on_take(self, conn: PeerConnection, msg: AgentTake) -> None:
+        answer = await self._settle(conn, msg)
+        if isinstance(answer, Refused):
+            self.counters[f"takes_refused:{answer.reason.name}"] += 1
+            log.info("agent_take_refused", trade=msg.terms.trade_id.hex(), reason=answer.reason.name,
+                     why=answer.message)
+            await conn.send(AgentRefused(msg.terms.trade_id, int(answer.reason), answer.message[:200]))
+            return
+        await conn.send(AgentAccepted(answer.receipt))
+
+    async def _settle(self, conn: PeerConnection, msg: AgentTake) -> Accepted[AgentReceipt] | Refused:
+        """The order's agent's answer to a take (p2pd/market/trade.py): checked, committed, refused."""
         assert conn.peer is not None
         t = msg.terms
+        asker = conn.peer.member_id
+        known = self.trades.get(t.trade_id)
+        if known is not None:
+            # Rule 1: a known trade id gets that trade's answer -- and only its
+            # parties learn the receipt.
+            return known.answer_for(asker) or Refused(Reason.REPLAY, "a take with this trade id is in progress")
         mine = self.mine.get(t.seller_order)
-        if mine is None:
-            raise TradeError("no order of ours", Reason.NOT_FOUND)
-        o, own_d = mine
-        if (t.seller, t.seller_agent, t.slot_start, t.slot_len, t.price, t.broker) != (
-                o.principal, self.me, o.slot_start, o.slot_len, o.price, ""):
-            raise TradeError("terms do not match the order", Reason.OUT_OF_BOUNDS)
-        if t.buyer_agent != conn.peer.member_id:
-            raise TradeError("the taker must be the buyer's agent", Reason.NOT_A_MEMBER)
-        if t.buyer != t.buyer_agent and conn.peer.role != "representative":
-            raise TradeError("only a representative may buy for others", Reason.BAD_ROLE)
-        if self.now() >= o.expiry:
-            raise TradeError("order expired", Reason.EXPIRED)
-        self._check_terms(t, own_d, msg.delegation)
         try:
-            t.verify(conn.peer.sign_pk, msg.taker_sig)
-        except SignatureError as exc:
-            raise TradeError("taker signature does not verify", Reason.BAD_SIGNATURE) from exc
-        self.delegations.credentials.setdefault(conn.peer.member_id, conn.peer)
+            if mine is None:
+                raise Refusal(Reason.NOT_FOUND, "no order of ours")
+            o, own_d = mine
+            check_agent_take(o, t, conn.peer, msg.taker_sig, self.me, self.now())
+            check_terms(t, own_d, msg.delegation, self.delegations.rules, self.me, self.used)
+        except Refusal as exc:
+            return Refused(exc.reason, exc.message, exc.remaining_wh)
+        self.delegations.credentials.setdefault(asker, conn.peer)
+        trade = self.trades.open(t.trade_id, Side.OWNER, frozenset((self.me, t.buyer_agent)), self.now())
         receipt = AgentReceipt(t, own_d, msg.delegation, t.sign(self.node.identity.keys.signing),
                                msg.taker_sig, b"")
-        rec = agent_receipt_record(receipt, self.now())
-        rec = dataclasses.replace(rec, order_id=o.order_id, order_wh=o.wh)
-        outcome = await self.writer.commit(rec)
-        if isinstance(outcome, Insufficient):
-            raise TradeError(f"only {outcome.remaining_wh} Wh remain", Reason.INSUFFICIENT)
-        if isinstance(outcome, Duplicate):
-            return AgentReceipt.decode(outcome.receipt.encoded)
-        assert isinstance(outcome, Committed)
-        self.used[(t.seller, "sell", t.slot_start)] += t.wh
-        self.receipts[t.trade_id] = receipt
-        self.counters["trades_sold"] += 1
-        return receipt
-
-
-def split_fill(alloc: dict[str, int], filled: int) -> dict[str, int]:
-    """Split ``filled`` Wh of an aggregated order among clients, pro rata, in whole Wh.
-
-    Floors each share, then gives the leftover Wh one each to the largest
-    remainders (ties: member id), so the shares sum exactly to ``filled``
-    and no client gets more than it asked for.
-    """
-    total = sum(alloc.values())
-    if filled > total or filled < 0:
-        raise ValueError("fill outside the order")
-    shares = {m: wh * filled // total for m, wh in alloc.items()} if total else {}
-    left = filled - sum(shares.values())
-    for m in sorted(alloc, key=lambda m: (-(alloc[m] * filled % total), m))[:left]:
-        shares[m] += 1
-    return shares
+        trade.countersigned(receipt)
+        rec = dataclasses.replace(agent_receipt_record(receipt, self.now()), order_id=o.order_id, order_wh=o.wh)
+        try:
+            outcome = await self.writer.commit(rec)
+        except BaseException:
+            self.trades.forget(t.trade_id)  # not decided: a retry starts afresh
+            raise
+        fresh = isinstance(outcome, Committed)
+        answer = self._committed(trade, outcome)
+        if isinstance(answer, Accepted) and fresh:
+            self.used[(t.seller, "sell", t.slot_start)] += t.wh
+            self.receipts[t.trade_id] = receipt
+            self.counters["trades_sold"] += 1
+        return answer

@@ -474,8 +474,8 @@ class Market:
         trade = self.trades.open(terms.trade_id, Side.OWNER, receipt_parties_of_terms(terms), self.now())
         settled = self._settling[terms.trade_id] = trio.Event()
         try:
-            receipt = trade.countersigned(countersign(terms, self.node.identity.keys.signing, self.me,
-                                                      msg.taker_sig))
+            receipt = countersign(terms, self.node.identity.keys.signing, self.me, msg.taker_sig)
+            trade.countersigned(receipt)
             decision = commit_outcome(trade, await self.writer.commit(receipt_record(receipt, self.now())))
         except BaseException:
             # The commit failed (the store raised): the trade is not decided;

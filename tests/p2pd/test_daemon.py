@@ -268,7 +268,15 @@ async def _member_sends(issuer_key: Path, port: int, plaintext: bytes) -> tuple[
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from p2pd.net.identity import load_issuer_key
-    from protocol import NEED_DATA, ConnectionClosed, Credential, Session, SigningKey, TrustPolicy, frame
+    from protocol import (
+        NEED_DATA,
+        ConnectionClosed,
+        Credential,
+        Session,
+        SigningKey,
+        TrustPolicy,
+        frame,
+    )
 
     issuer = load_issuer_key(issuer_key)
     noise = X25519PrivateKey.generate()

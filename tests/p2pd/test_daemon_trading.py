@@ -18,16 +18,14 @@ from typing import Any
 import pytest
 import trio
 
-from p2pd.cli import main as cli
-
-from p2pd.components import sections as components
-
 from p2pd.cli import ctl
+from p2pd.cli import main as cli
+from p2pd.components import sections as components
 from p2pd.config import Config, load_config
 from p2pd.context import DaemonContext
 from p2pd.daemon import run_daemon
-from p2pd.market.disputes import verify_bundle
 from p2pd.errors import PeerGone
+from p2pd.market.disputes import verify_bundle
 from p2pd.net.identity import (
     NodeIdentity,
     NodeKeys,

@@ -6,14 +6,21 @@ import contextlib
 import tracemalloc
 
 import pytest
+from p2pd_test_helpers import Community
 
 from protocol import (
-    MESSAGE_TYPES, DecodeError, LocalProtocolError, Reason, decode_message, digest, pack,
-    signed_bytes, unpack,
+    MESSAGE_TYPES,
+    DecodeError,
+    LocalProtocolError,
+    Reason,
+    decode_message,
+    digest,
+    pack,
+    signed_bytes,
+    unpack,
 )
 from protocol.canonical import MAX_ARRAY, MAX_DEPTH
 from protocol.schema import ListOf, Nested, Optional, Record, Spec
-from p2pd_test_helpers import Community
 
 
 @pytest.mark.parametrize(

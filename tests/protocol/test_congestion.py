@@ -8,7 +8,6 @@ import pytest
 
 from protocol import (
     AimdPacer,
-    CongestionFeedback,
     DecodeError,
     FeedbackEcho,
     FeedbackStamper,

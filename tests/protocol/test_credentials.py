@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from p2pd_test_helpers import NOW, Community, Identity
 
 from protocol import (
-    CredentialError, Credential, DecodeError, LocalProtocolError, Reason, SigningKey, TrustPolicy,
-    check_credential, pack,
+    Credential,
+    CredentialError,
+    DecodeError,
+    LocalProtocolError,
+    Reason,
+    SigningKey,
+    TrustPolicy,
+    check_credential,
+    pack,
 )
-from p2pd_test_helpers import NOW, Community, Identity
 
 SKEW = 300
 

@@ -7,12 +7,19 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from p2pd_test_helpers import NOW, Community, SessionPair, session_for
 
 from protocol import (
-    NEED_DATA, Credential, Event, FrameDecoder, ProtocolError, Session, decode_message, frame,
+    NEED_DATA,
+    Credential,
+    Event,
+    FrameDecoder,
+    ProtocolError,
+    Session,
+    decode_message,
+    frame,
     unpack,
 )
-from p2pd_test_helpers import NOW, Community, SessionPair, session_for
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COM = Community()

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from p2pd_test_helpers import NOW, Community, Identity, SessionPair, session_for
 
 from protocol import (
-    NEED_DATA, ConnectionClosed, CredentialError, HandshakeComplete, Reason, RemoteProtocolError,
-    SigningKey, State, decode_message, frame,
+    NEED_DATA,
+    ConnectionClosed,
+    CredentialError,
+    HandshakeComplete,
+    Reason,
+    RemoteProtocolError,
+    SigningKey,
+    State,
+    decode_message,
+    frame,
 )
 from protocol.handshake import NoiseHandshake
-from p2pd_test_helpers import NOW, Community, Identity, SessionPair, session_for
 
 
 def pair(com: Community, client: Identity, server: Identity, server_com: Community | None = None,

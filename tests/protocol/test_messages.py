@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from p2pd_test_helpers import Community
 
 from protocol import (
-    MESSAGE_TYPES, Close, DecodeError, Hello, LocalProtocolError, Ping, Pong, Reason, Rekey,
-    decode_message, encode_message, pack, register,
+    MESSAGE_TYPES,
+    Close,
+    DecodeError,
+    Hello,
+    LocalProtocolError,
+    Ping,
+    Pong,
+    Reason,
+    Rekey,
+    decode_message,
+    encode_message,
+    pack,
+    register,
 )
-from p2pd_test_helpers import Community
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 
 from noise.connection import Keypair, NoiseConnection
+from p2pd_test_helpers import x25519_keypair
 
 from protocol import NOISE_PROTOCOL_NAME, NoiseHandshake
-from p2pd_test_helpers import x25519_keypair
 
 
 def test_plain_noiseprotocol_xx_runs_without_warnings() -> None:

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import pytest
+from p2pd_test_helpers import NOW, Community, SessionPair, drain, session_for
 
 from protocol import (
-    NEED_DATA, Close, ConnectionClosed, DecodeError, Hello, LocalProtocolError, Ping, Pong,
-    Reason, Rekey, RemoteProtocolError, Session, State, Timeouts, encode_message, frame, pack,
+    NEED_DATA,
+    Close,
+    ConnectionClosed,
+    DecodeError,
+    Hello,
+    LocalProtocolError,
+    Ping,
+    Pong,
+    Reason,
+    Rekey,
+    RemoteProtocolError,
+    Session,
+    State,
+    Timeouts,
+    encode_message,
+    frame,
+    pack,
 )
-from p2pd_test_helpers import NOW, Community, SessionPair, drain, session_for
 
 
 def established(timeouts: Timeouts = Timeouts()) -> SessionPair:

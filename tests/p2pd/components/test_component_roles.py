@@ -17,15 +17,15 @@ import trio
 import trio.testing
 from p2pd_test_helpers import NOW, Community, link, node_identity
 
-from p2pd.components import sections as components
-from p2pd.roles.agent import AgentConfig
-from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record
 from p2pd.clock import TrioWallClock, trio_deadline
+from p2pd.components import sections as components
 from p2pd.components.broker import BrokerRunner, broker_book, broker_status
 from p2pd.components.client import BrokerTrader, DelegatingClient, make_broker_trader
 from p2pd.components.representative import RepresentativeRunner
 from p2pd.config import ConfigError, parse_config
 from p2pd.net.node import Node
+from p2pd.roles.agent import AgentConfig
+from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.replication import LoggingWriter, Replication
 from p2pd.roles.representative import Representative

@@ -5,11 +5,11 @@ from __future__ import annotations
 import trio
 from p2pd_test_helpers import NOW, Community, node_identity
 
-from p2pd.components import sections as components
 from p2pd.clock import TrioWallClock
+from p2pd.components import sections as components
+from p2pd.components.settlement import SettlementLoop, aggregate
 from p2pd.events import EventBus
 from p2pd.market.settlement import SignedStatement, Tariff, verify_statement
-from p2pd.components.settlement import SettlementLoop, aggregate
 from store import MemberRecord, MemoryRepository, ReadingRecord, ReceiptRecord
 
 components.unregister()  # other test modules expect SECTION_VALIDATORS without ours

@@ -11,11 +11,11 @@ import trio
 from p2pd_test_helpers import NOW, link
 
 from p2pd.control.server import ControlServer, RpcError
+from p2pd.control.trading import TRADE_REFUSED, register_trading_methods, trade_error
 from p2pd.errors import TradeError
 from p2pd.net.node import Node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market
-from p2pd.control.trading import TRADE_REFUSED, register_trading_methods, trade_error
 from protocol import Reason
 from store import MemoryRepository, ReadingRecord
 

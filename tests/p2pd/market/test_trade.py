@@ -33,7 +33,8 @@ def test_owner_path_countersign_commit_answer() -> None:
     trades = ledger()
     t = trades.open(b"t1", Side.OWNER, frozenset({"alice", "bob"}), now=0)
     assert t.state is TradeState.PROPOSED and t.answer_for("bob") is None
-    receipt = t.countersigned((b"t1", "alice", "bob"))
+    receipt = (b"t1", "alice", "bob")
+    t.countersigned(receipt)
     assert t.state is TradeState.COUNTERSIGNED and t.answer_for("bob") is None  # not durable yet
     decision = t.committed(receipt, fresh=True)
     assert decision.fresh and decision.answer == Accepted(receipt)
@@ -43,7 +44,8 @@ def test_owner_path_countersign_commit_answer() -> None:
 def test_a_stranger_never_learns_a_receipt() -> None:
     trades = ledger()
     t = trades.open(b"t1", Side.OWNER, frozenset({"alice", "bob"}), now=0)
-    t.committed(t.countersigned((b"t1", "alice", "bob")), fresh=True)
+    t.countersigned((b"t1", "alice", "bob"))
+    t.committed((b"t1", "alice", "bob"), fresh=True)
     assert t.answer_for("mallory") == Refused(Reason.REPLAY, "trade id already used")
 
 

@@ -13,13 +13,20 @@ import pytest
 import trio
 from p2pd_test_helpers import NOW, link
 
-from p2pd.roles.agent import Agent, SlotPlan
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.agent import Agent, SlotPlan
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from protocol import Reason
-from protocol.trading import GOSSIP_ALL, GOSSIP_NONE, GOSSIP_SOME, GossipBatch, GossipControl, OrderGossip
+from protocol.trading import (
+    GOSSIP_ALL,
+    GOSSIP_NONE,
+    GOSSIP_SOME,
+    GossipBatch,
+    GossipControl,
+    OrderGossip,
+)
 from store import MemoryRepository
 
 SLOT = 900
@@ -68,7 +75,7 @@ def spy(trader: Trader) -> list[tuple[PeerConnection, Any]]:
             seen.append((conn, msg))
             await handler(conn, msg)
 
-        node.handle(msg_type, wrapped)
+        node.handlers[msg_type] = wrapped  # replace, on purpose
     return seen
 
 
@@ -204,7 +211,7 @@ async def test_peer_that_refuses_gossip_control_is_remembered(autojump_clock: An
     async def refuse(conn: PeerConnection, msg: GossipControl) -> None:
         await conn.close(Reason.INVALID_MESSAGE, "unknown message type 39")
 
-    bob.node.handle(GossipControl, refuse)
+    bob.node.handlers[GossipControl] = refuse  # replace the router's handler
     await link(alice.node, bob.node)
     await quiet(1)
     assert "bob" in alice.market.gossip.legacy

@@ -16,7 +16,7 @@ from p2pd_test_helpers import link
 from p2pd.errors import PeerGone
 from p2pd.net.node import Node, NodeLimits
 from p2pd.net.peer import PeerConnection
-from p2pd.net.policing import PolicingConfig, Policer, attach_policer, host_of
+from p2pd.net.policing import Policer, PolicingConfig, attach_policer, host_of
 from protocol import (
     MESSAGE_TYPES,
     CongestionFeedback,

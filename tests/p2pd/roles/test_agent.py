@@ -11,11 +11,23 @@ from hypothesis import strategies as st
 from p2pd_test_helpers import NOW, link
 
 from meter_drivers import SimulatedMeter
-from p2pd.roles.agent import Agent, AgentConfig, AgentConfigError, PerfectForesight, ReadingsForecaster
 from p2pd.clock import TrioWallClock
+from p2pd.market.settlement import (
+    DEFAULT_EXPORT_PRICE,
+    DEFAULT_IMPORT_PRICE,
+    SlotEnergy,
+    Trade,
+    settle_slot,
+)
 from p2pd.net.node import Node
+from p2pd.roles.agent import (
+    Agent,
+    AgentConfig,
+    AgentConfigError,
+    PerfectForesight,
+    ReadingsForecaster,
+)
 from p2pd.roles.receipt_writer import ReceiptWriter
-from p2pd.market.settlement import DEFAULT_EXPORT_PRICE, DEFAULT_IMPORT_PRICE, SlotEnergy, Trade, settle_slot
 from p2pd.roles.trading import Market, MarketRules
 from store import MemoryRepository
 

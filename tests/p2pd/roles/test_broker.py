@@ -10,10 +10,10 @@ import pytest
 import trio
 from p2pd_test_helpers import NOW, Community, link
 
-from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record, audit_slot, rerun
 from p2pd.errors import TradeError
-from p2pd.roles.fallback import Fallback
 from p2pd.net.node import Node
+from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record, audit_slot, rerun
+from p2pd.roles.fallback import Fallback
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from protocol import Reason
@@ -102,11 +102,12 @@ async def test_roles_refuse_actions_outside_them(make_node: Any, make_party: Any
         Broker(p0.node)
     assert err.value.reason == Reason.BAD_ROLE
     # A broker may not post orders for itself: its own client refuses, so does the market.
-    bclient = BrokerClient(broker.node)
+    other_broker = await make_node("broker2", ident=community.member("broker2", role="broker"))
+    bclient = BrokerClient(other_broker)
     with pytest.raises(TradeError) as err:
         await bclient.submit("p0", bclient.make_order("sell", SLOT_START, SLOT, 100, 50_000))
     assert err.value.reason == Reason.BAD_ROLE
-    bmarket = Market(broker.node, MemoryRepository(), ReceiptWriter(MemoryRepository()))
+    bmarket = Market(other_broker, MemoryRepository(), ReceiptWriter(MemoryRepository()))
     with pytest.raises(TradeError) as err:
         await bmarket.post("sell", SLOT_START, 100, 50_000)
     assert err.value.reason == Reason.BAD_ROLE

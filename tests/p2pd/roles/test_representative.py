@@ -9,13 +9,21 @@ import pytest
 import trio
 from p2pd_test_helpers import NOW, Community, link
 
-from p2pd.market.disputes import export_bundle, verify_bundle
 from p2pd.errors import TradeError
+from p2pd.market.disputes import export_bundle, verify_bundle
 from p2pd.net.node import Node
 from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.refusals import refusals_of
 from p2pd.roles.representative import Representative, delegate, revoke, send_report
 from protocol import Reason
-from protocol.delegation import AgentReceipt, AgentTake, AgentTerms, Delegation, Refused2
+from protocol.delegation import (
+    AgentAccepted,
+    AgentReceipt,
+    AgentRefused,
+    AgentTake,
+    AgentTerms,
+    Delegation,
+)
 from store import MemoryRepository
 
 SLOT = 900
@@ -96,12 +104,13 @@ async def test_a_representative_beyond_its_delegation_is_refused_and_provable(
     tight = Delegation.create(clients["c4"].identity.keys.signing, delegation_id=b"t" * 16, principal="c4",
                               agent="repB", max_wh_per_slot=1000, min_sell_price=0, max_buy_price=120_000,
                               valid_from=int(NOW) - 60, valid_until=int(NOW) + 86400)
-    answers: list[Refused2] = []
+    answers: list[AgentRefused] = []
 
-    async def refused(conn: Any, msg: Refused2) -> None:
+    async def refused(conn: Any, msg: AgentRefused) -> bool:
         answers.append(msg)
+        return True
 
-    b.node.handle(Refused2, refused)
+    refusals_of(b.node).routes.insert(0, refused)
     await b.node.send_to("repA", AgentTake(too_much, tight, too_much.sign(b.node.identity.keys.signing)))
     await wait_for(lambda: bool(answers))
     assert answers[0].reason == Reason.OUT_OF_BOUNDS and a.counters["takes_refused:OUT_OF_BOUNDS"] == 1
@@ -165,3 +174,45 @@ async def test_only_representatives_represent(make_node: Any, nursery: trio.Nurs
     with pytest.raises(TradeError) as err:
         Representative(node, ReceiptWriter(MemoryRepository()))
     assert err.value.reason == Reason.BAD_ROLE
+
+
+async def test_a_stranger_asking_for_a_trade_by_its_id_gets_a_refusal_not_the_receipt(
+        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    # Issue 11: the representative path used to hand back an already stored
+    # receipt to anyone who named its trade id (the S1 path refused with REPLAY).
+    reps, _, _ = await s2(make_node, nursery, community)
+    a, b = reps["repA"], reps["repB"]
+    (offer,) = [o for o in await a.offer_for_clients(SLOT_START) if o.principal == "c0"]
+    await wait_for(lambda: offer.order_id in b.book)
+    receipt = await b.take(b.book[offer.order_id], "c4", 500)
+    tid = receipt.terms.trade_id
+    # Mallory, another representative with a delegation of her own, replays the trade id.
+    mallory = await make_node("mallory", ident=community.member("mallory", role="representative"))
+    m_writer = ReceiptWriter(MemoryRepository())
+    await nursery.start(m_writer.run)
+    m = Representative(mallory, m_writer, take_timeout=2.0)
+    c9 = await make_node("c9")
+    await link(c9, mallory)
+    await link(mallory, a.node)
+    d9 = await delegate(c9, "mallory", max_wh_per_slot=2000, min_sell_price=0, max_buy_price=120_000,
+                        valid_from=int(NOW) - 60, valid_until=int(NOW) + 86400)
+    await wait_for(lambda: d9.delegation_id in a.delegations.by_id and d9.delegation_id in m.delegations.by_id)
+    stolen = AgentTerms(tid, "c0", "repA", "c9", "mallory", "", offer.order_id, b"", SLOT_START, SLOT,
+                        500, offer.price, int(NOW))
+    answers: list[Any] = []
+
+    async def refused(conn: Any, msg: AgentRefused) -> bool:
+        answers.append(msg)
+        return True
+
+    async def accepted(conn: Any, msg: Any) -> None:
+        answers.append(msg)
+
+    refusals_of(mallory).routes.insert(0, refused)
+    mallory.handlers[AgentAccepted] = accepted  # see whatever repA answers
+    await mallory.send_to("repA", AgentTake(stolen, d9, stolen.sign(mallory.identity.keys.signing)))
+    await wait_for(lambda: bool(answers))
+    assert isinstance(answers[0], AgentRefused) and answers[0].reason == Reason.REPLAY
+    assert a.counters["takes_refused:REPLAY"] == 1
+    # The honest parties still hold the one receipt.
+    assert a.receipts[tid] == receipt and b.receipts[tid] == receipt
