@@ -26,6 +26,7 @@ from p2pd.context import Component, DaemonContext, announce_address
 from p2pd.control.methods import register_builtin_methods
 from p2pd.control.server import ControlServer, serve_control
 from p2pd.errors import ConfigError, KeyFileError, P2pdError
+from p2pd.events import MeterReading
 from p2pd.net.discovery import Discovery
 from p2pd.net.identity import NodeIdentity, load_credential, load_node_keys
 from p2pd.net.listener import serve_p2p
@@ -95,8 +96,7 @@ async def _open_meter(ctx: DaemonContext) -> None:
                         log.warning("meter_fault", error=f"{type(exc).__name__}: {exc}"[:200],
                                     total=ctx.node.counters["meter_faults"])
                 else:
-                    ctx.node.events.publish("meter_reading", ts=r.ts, import_wh=r.import_wh,
-                                            export_wh=r.export_wh, power_w=r.power_w)
+                    ctx.node.events.publish(MeterReading(r.ts, r.import_wh, r.export_wh, r.power_w))
                 await trio.sleep(cfg.interval)
         finally:
             with trio.CancelScope(shield=True):

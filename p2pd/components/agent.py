@@ -27,6 +27,7 @@ from p2pd.components.sections import (
     section,
     trading_mode,
 )
+from p2pd.events import MeterReading
 from p2pd.roles.agent import Agent, ReadingsForecaster
 from p2pd.roles.trading import Market
 from store import ReadingRecord
@@ -51,9 +52,9 @@ async def feed_forecaster(ctx: DaemonContext, forecaster: ReadingsForecaster, *,
             forecaster.add(rec)
         task_status.started()
         async for event in events:
-            if event.get("event") == "meter_reading":
-                forecaster.add(ReadingRecord(meter_id, int(event["ts"]), int(event["import_wh"]),
-                                             int(event["export_wh"]), event.get("power_w")))
+            if isinstance(event, MeterReading):
+                forecaster.add(ReadingRecord(meter_id, event.ts, event.import_wh, event.export_wh,
+                                             event.power_w))
 
 
 class NoMeter:

@@ -19,6 +19,7 @@ from p2pd import log, storage
 from p2pd.components.sections import extend_status, section
 from p2pd.config import Config
 from p2pd.control.server import Param
+from p2pd.events import Banned, Unbanned
 from p2pd.net.policing import Policer, PolicingConfig, attach_policer
 from store import BanRecord
 
@@ -63,12 +64,12 @@ async def keep_bans(ctx: DaemonContext, *, task_status: trio.TaskStatus[None] = 
     async with ctx.node.events.subscribe() as events:
         task_status.started()
         async for event in events:
-            if event["event"] == "ban":
-                rec = BanRecord(str(event["member"]), int(event["until"]) + 1, int(event["count"]),
-                                "RATE_LIMITED")
-                await storage.call(ctx.repo, ctx.repo.put_ban, rec)
-            elif event["event"] == "unban":
-                await storage.call(ctx.repo, ctx.repo.clear_ban, str(event["member"]))
+            match event:
+                case Banned(member=member, until=until, count=count):
+                    rec = BanRecord(member, int(until) + 1, count, "RATE_LIMITED")
+                    await storage.call(ctx.repo, ctx.repo.put_ban, rec)
+                case Unbanned(member=member):
+                    await storage.call(ctx.repo, ctx.repo.clear_ban, member)
 
 
 class PolicingComponent:

@@ -30,6 +30,7 @@ from p2pd.components.sections import RevocationsConfig, section
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.control.trading import REVOCATION_REJECTED
 from p2pd.errors import ConfigError
+from p2pd.events import RevocationInstalled
 from p2pd.net.revocations import RevocationGossip, RevocationRegistry, attach_revocations
 from protocol import DecodeError, Reason, RevocationList, SignatureError
 from store import RevocationRecord
@@ -102,10 +103,10 @@ class RevocationKeeper:
         async with self.events.subscribe() as events:
             task_status.started()
             async for event in events:
-                if event.get("event") != "revocation":
+                if not isinstance(event, RevocationInstalled):
                     continue
-                rl = self.registry.lists.get(bytes.fromhex(event["issuer"]))
-                if rl is not None and rl.serial == event["serial"]:
+                rl = self.registry.lists.get(bytes.fromhex(event.issuer))
+                if rl is not None and rl.serial == event.serial:
                     await self.save(rl)
 
 

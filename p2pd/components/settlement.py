@@ -44,7 +44,7 @@ from p2pd import log, storage
 from p2pd.clock import Clock, trio_deadline
 from p2pd.components.sections import SettlementConfig, TradingConfig, extend_status, section, tariff
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
-from p2pd.events import EventBus
+from p2pd.events import EventBus, StatementSigned
 from p2pd.market.settlement import (
     PRICE_SCALE,
     SettlementError,
@@ -146,9 +146,8 @@ class SettlementLoop:
         self.counters["slots_settled"] += 1
         self.last_slot = max(self.last_slot or slot_start, slot_start)
         if self.events is not None:
-            self.events.publish("statement", slot_start=slot_start, trades=len(statement.lines),
-                                bill=statement.bill, saving=statement.saving,
-                                currency=statement.currency)
+            self.events.publish(StatementSigned(slot_start, len(statement.lines), statement.bill,
+                                                statement.saving, statement.currency))
         return signed
 
     async def _statement(self, slot_start: int, energy: SlotEnergy,

@@ -79,8 +79,8 @@ def register_builtin_methods(server: ControlServer, ctx: DaemonContext) -> None:
         async with node.events.subscribe() as receive:
             await sub.respond({"subscribed": sorted(wanted) if wanted else "all"})
             async for event in receive:
-                if wanted is None or event.get("event") in wanted:
-                    await sub.notify("event", event)
+                if wanted is None or event.NAME in wanted:
+                    await sub.notify("event", event.to_json())
 
     server.register("status", status)
     server.register("peers.list", peers_list)

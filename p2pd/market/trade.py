@@ -98,7 +98,7 @@ Answer = Accepted[R] | Refused
 
 
 @dataclass(frozen=True)
-class Committed(Generic[R]):
+class CommitDecision(Generic[R]):
     """What :meth:`Trade.committed` decided: the answer, and whether to record it."""
 
     answer: Accepted[R] | Refused
@@ -154,7 +154,7 @@ class Trade(Generic[R]):
         self.refusal = answer
         return answer
 
-    def committed(self, stored: R, *, fresh: bool) -> Committed[R]:
+    def committed(self, stored: R, *, fresh: bool) -> CommitDecision[R]:
         """The store holds ``stored`` under this trade id (``fresh``: stored just now).
 
         A duplicate (``fresh=False``) answers with the stored receipt, but
@@ -162,10 +162,10 @@ class Trade(Generic[R]):
         id is refused with REPLAY and learns nothing.
         """
         if not fresh and not (self.parties <= self.parties_of(stored)):
-            return Committed(self.refuse(Refused(Reason.REPLAY, "trade id already used")), False)
+            return CommitDecision(self.refuse(Refused(Reason.REPLAY, "trade id already used")), False)
         self._set(TradeState.COMMITTED)
         self.receipt = stored
-        return Committed(Accepted(stored), fresh)
+        return CommitDecision(Accepted(stored), fresh)
 
     def answer_for(self, asker: str) -> Answer[R] | None:
         """What to tell ``asker`` about this trade now; None while it is in progress.

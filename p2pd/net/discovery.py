@@ -32,6 +32,7 @@ import trio
 
 from p2pd import log
 from p2pd.errors import PeerGone
+from p2pd.events import PeerAddress
 from p2pd.net.listener import dial
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
@@ -304,7 +305,7 @@ class Discovery:
         self.node.counters["announcements_accepted"] += 1
         log.info("peer_address", member=ann.member_id, host=ann.host, port=ann.port,
                  via=sender.member_id if sender else None)
-        self.node.events.publish("peer_address", member=ann.member_id, host=ann.host, port=ann.port)
+        self.node.events.publish(PeerAddress(ann.member_id, ann.host, ann.port))
         self._target_for(ann, hint=False)
         return True
 

@@ -20,7 +20,7 @@ import trio
 from p2pd import log
 from p2pd.clock import Clock, SystemClock
 from p2pd.errors import NotConnected, PeerGone
-from p2pd.events import EventBus
+from p2pd.events import EventBus, SessionClosed, SessionOpened
 from p2pd.net.identity import NodeIdentity
 from p2pd.net.peer import ConnStats, PeerConnection, contained, pump_session
 from protocol import Event, HandshakeComplete, Message, Reason, Session, Timeouts, TrustPolicy
@@ -193,7 +193,7 @@ class Node:
                 with trio.move_on_after(1.0):
                     await conn.stream.aclose()
                 if was_current:
-                    self.events.publish("session_closed", member=conn.member_id, reason=reason.name)
+                    self.events.publish(SessionClosed(conn.member_id, reason.name))
                     for hook in self.on_close:
                         await hook(conn)
 
@@ -248,7 +248,7 @@ class Node:
         self.counters["sessions_established"] += 1
         log.info("session_established", peer=member, role=conn.peer.role, addr=conn.address,
                  initiator=conn.initiator)
-        self.events.publish("session_open", member=member, role=conn.peer.role, address=conn.address)
+        self.events.publish(SessionOpened(member, conn.peer.role, conn.address))
         for hook in self.on_open:
             await hook(conn)
 

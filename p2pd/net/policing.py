@@ -41,6 +41,7 @@ import trio
 
 from p2pd import log
 from p2pd.errors import PeerGone
+from p2pd.events import Banned, FeedbackSent, Unbanned
 from p2pd.net.peer import PeerConnection
 from protocol import (
     AimdPacer,
@@ -342,7 +343,7 @@ class Policer:
         if ban is None:
             return False
         log.warning("unban", peer=member_id)
-        self.node.events.publish("unban", member=member_id)
+        self.node.events.publish(Unbanned(member_id))
         return True
 
     async def pace(self, conn: PeerConnection, category: str) -> None:
@@ -374,8 +375,7 @@ class Policer:
         self.node.counters["feedback_sent"] += 1
         log.info("congestion_feedback", peer=conn.member_id, category=category,
                  rate=fb.rate, hold_s=self.config.feedback_hold, why=why, serial=fb.serial)
-        self.node.events.publish("congestion_feedback", member=conn.member_id, category=category,
-                                 rate=fb.rate, expires=fb.expires_ms / 1000, why=why)
+        self.node.events.publish(FeedbackSent(conn.member_id, category, fb.rate, fb.expires_ms / 1000, why))
         await self._send(conn, fb)
 
     async def _on_excess(self, conn: PeerConnection, state: _Member, category: str,
@@ -444,8 +444,7 @@ class Policer:
         self.node.counters["bans"] += 1
         log.warning("ban", peer=member_id, category=category, duration_s=duration, count=count,
                     reason=Reason.RATE_LIMITED.name)
-        self.node.events.publish("ban", member=member_id, until=now + duration,
-                                 duration=duration, count=count, category=category)
+        self.node.events.publish(Banned(member_id, now + duration, duration, count, category))
         await conn.close(Reason.RATE_LIMITED, f"ignored congestion feedback ({category})")
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2pd import log
 from p2pd.errors import PeerGone
+from p2pd.events import RevocationInstalled
 from p2pd.net.peer import PeerConnection
 from protocol import (
     Credential,
@@ -91,8 +92,7 @@ class RevocationGossip:
         log.warning("revocation_list", issuer=rl.issuer_pk.hex()[:16], serial=rl.serial,
                     members=len(rl.member_ids), credentials=len(rl.credential_ids),
                     source=source.member_id if source else "local")
-        node.events.publish("revocation", issuer=rl.issuer_pk.hex(), serial=rl.serial,
-                            members=list(rl.member_ids))
+        node.events.publish(RevocationInstalled(rl.issuer_pk.hex(), rl.serial, list(rl.member_ids)))
         cut = [c for c in list(node.connections) if c.peer is not None and rl.revokes(c.peer)]
         for conn in cut:
             node.counters["revoked_closes"] += 1

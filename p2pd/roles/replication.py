@@ -22,6 +22,7 @@ from typing import Any
 
 from p2pd import log
 from p2pd.errors import PeerGone
+from p2pd.events import EquivocationSeen, ForkSeen
 from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
@@ -165,12 +166,12 @@ class Replication:
         if isinstance(found, EquivocationProof):
             self.counters["equivocations_detected"] += 1
             log.warning("equivocation", member=cred.member_id, seq=found.head_a.seq)
-            self.node.events.publish("equivocation", member=cred.member_id, seq=found.head_a.seq)
+            self.node.events.publish(EquivocationSeen(cred.member_id, found.head_a.seq))
             await self.node.broadcast(EquivocationGossip(found, cred, HEAD_HOPS))
         elif isinstance(found, Fork):
             self.counters["forks_detected"] += 1
             log.warning("receipt_log_fork", member=cred.member_id, seq=found.head.seq)
-            self.node.events.publish("fork", member=cred.member_id, seq=found.head.seq)
+            self.node.events.publish(ForkSeen(cred.member_id, found.head.seq))
 
     async def _on_proof(self, conn: PeerConnection, msg: EquivocationGossip) -> None:
         try:
@@ -179,8 +180,7 @@ class Replication:
             return
         if self.heads.accept_proof(msg.proof, msg.credential):
             self.counters["equivocations_learnt"] += 1
-            self.node.events.publish("equivocation", member=msg.credential.member_id,
-                                     seq=msg.proof.head_a.seq)
+            self.node.events.publish(EquivocationSeen(msg.credential.member_id, msg.proof.head_a.seq))
             if msg.hops > 1:
                 await self.node.broadcast(EquivocationGossip(msg.proof, msg.credential, msg.hops - 1),
                                           exclude=conn)

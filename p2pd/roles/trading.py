@@ -26,6 +26,7 @@ import trio
 from p2pd import log, storage
 from p2pd.clock import Clock
 from p2pd.errors import NotConnected, PeerFault, PeerGone, TradeError, TradeRefused, TradeTimeout
+from p2pd.events import OrderCancelled, OrderSeen, TradeCommitted
 from p2pd.market.book import BookEntry as BookEntry
 from p2pd.market.book import OrderBook
 from p2pd.market.book import describe_order as describe_order
@@ -41,8 +42,15 @@ from p2pd.market.take import (
     receipt_parties,
     terms_for_take,
 )
-from p2pd.market.trade import Accepted, Refused, Side, Trade, TradeLedger, answer_from_store
-from p2pd.market.trade import Committed as TradeCommitted
+from p2pd.market.trade import (
+    Accepted,
+    CommitDecision,
+    Refused,
+    Side,
+    Trade,
+    TradeLedger,
+    answer_from_store,
+)
 from p2pd.net.gossip import GossipRouter
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
@@ -107,12 +115,12 @@ def order_record(order: Order, cancelled: bool = False) -> OrderRecord:
     )
 
 
-def commit_outcome(trade: Trade[Receipt], outcome: Outcome) -> TradeCommitted[Receipt]:
+def commit_outcome(trade: Trade[Receipt], outcome: Outcome) -> CommitDecision[Receipt]:
     """Feed the store's answer to ``trade`` (p2pd/market/trade.py, Rule 2)."""
     if isinstance(outcome, Insufficient):
         refused = trade.refuse(Refusal(Reason.INSUFFICIENT, f"only {outcome.remaining_wh} Wh remain",
                                        outcome.remaining_wh))
-        return TradeCommitted(refused, False)
+        return CommitDecision(refused, False)
     if isinstance(outcome, Duplicate):
         return trade.committed(Receipt.decode(outcome.receipt.encoded), fresh=False)
     assert trade.receipt is not None
@@ -203,7 +211,7 @@ class Market:
         if entry is None:
             return False
         self._remember(gossip.credential)
-        self.node.events.publish("order", **describe_order(gossip.order))
+        self.node.events.publish(OrderSeen(**describe_order(gossip.order)))
         return True
 
     def _forward(self, msg: OrderGossip | CancelGossip, exclude: PeerConnection | None) -> None:
@@ -230,7 +238,7 @@ class Market:
     def _apply_cancel(self, cancel: Cancel) -> bool:
         if not self.orderbook.apply_cancel(cancel):
             return False
-        self.node.events.publish("cancel", order_id=cancel.order_id.hex(), member=cancel.member_id)
+        self.node.events.publish(OrderCancelled(cancel.order_id.hex(), cancel.member_id))
         return True
 
     def _remember(self, cred: Credential) -> None:
@@ -321,7 +329,7 @@ class Market:
         await storage.call(self.repo, self.repo.put_order, order_record(order))
         self.orderbook.add_own(order, self.node.identity.credential, wh)
         self.counters["orders_posted"] += 1
-        self.node.events.publish("order", **describe_order(order))
+        self.node.events.publish(OrderSeen(**describe_order(order)))
         self.gossip.push(OrderGossip(order, self.node.identity.credential, self.rules.hops))
         return order
 
@@ -382,7 +390,7 @@ class Market:
             raise TradeRefused(decision.answer.message, decision.answer.reason, trade_id=tid)
         if decision.fresh:
             self.counters["trades_taken"] += 1
-            self.node.events.publish("trade", **describe_terms(terms), role="taker")
+            self.node.events.publish(TradeCommitted(**describe_terms(terms), role="taker"))
         return decision.answer.receipt
 
     async def _send_take(self, owner: str, take: Take) -> TradeAccepted | TradeRefusedMsg | None:
@@ -495,7 +503,7 @@ class Market:
             return answer
         entry.remaining_wh = (entry.remaining_wh if entry.remaining_wh is not None else order.wh) - terms.wh
         self.counters["trades_sold" if terms.seller == self.me else "trades_bought"] += 1
-        self.node.events.publish("trade", **describe_terms(terms), role="owner")
+        self.node.events.publish(TradeCommitted(**describe_terms(terms), role="owner"))
         if entry.remaining_wh <= 0:
             self.node.nursery.start_soon(self._retire, order.order_id)
         return answer

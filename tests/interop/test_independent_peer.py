@@ -21,6 +21,7 @@ import trio
 from p2pd_test_helpers import NOW, Community, node_identity
 
 from p2pd.clock import TrioWallClock
+from p2pd.events import SessionClosed
 from p2pd.net.listener import serve_p2p
 from p2pd.net.node import Node, NodeLimits
 from p2pd.roles.receipt_writer import ReceiptWriter
@@ -156,8 +157,8 @@ async def test_ping_pong_both_ways_and_close(world: World) -> None:
         with trio.fail_after(5):
             await conn.finished.wait()
             async for ev in events:
-                if ev["event"] == "session_closed" and ev["member"] == "indie":
-                    assert ev["reason"] == "SHUTDOWN"
+                if isinstance(ev, SessionClosed) and ev.member == "indie":
+                    assert ev.reason == "SHUTDOWN"
                     break
     assert conn.session.close_reason == Reason.SHUTDOWN
     assert "indie" not in world.ours.node.sessions

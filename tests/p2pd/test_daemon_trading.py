@@ -25,6 +25,7 @@ from p2pd.config import Config, load_config
 from p2pd.context import DaemonContext
 from p2pd.daemon import run_daemon
 from p2pd.errors import PeerGone
+from p2pd.events import Banned, OrderSeen, SessionClosed
 from p2pd.market.disputes import verify_bundle
 from p2pd.net.identity import (
     NodeIdentity,
@@ -141,7 +142,7 @@ async def test_two_daemons_trade_by_hand(home: Path, capsys: pytest.CaptureFixtu
                 order = await alice.control.call(
                     "orders.post", {"side": "sell", "slot_start": slot, "wh": 1000, "price": 90_000})
                 async for ev in events:
-                    if ev["event"] == "order" and ev["order_id"] == order["order_id"]:
+                    if isinstance(ev, OrderSeen) and ev.order_id == order["order_id"]:
                         break
         listed = await bob.control.call("orders.list", {"slot_start": slot})
         assert [o["order_id"] for o in listed["orders"]] == [order["order_id"]]
@@ -252,7 +253,7 @@ max_excess = 3
                 except PeerGone:
                     pass
                 async for ev in events:
-                    if ev["event"] == "ban":
+                    if isinstance(ev, Banned):
                         break
         bans = (await wire(alice, "bans.list"))["bans"]
         assert [b["member_id"] for b in bans] == ["bob"] and bans[0]["count"] == 1
@@ -282,8 +283,8 @@ max_excess = 3
                 got = await wire(alice, "revocations.install", {"list_hex": second.encode().hex()})
                 assert got["installed"] is True and got["members"] == ["bob", "mallory"]
                 async for ev in events:
-                    if ev["event"] == "session_closed" and ev["member"] == "bob":
-                        assert ev["reason"] == "REVOKED"
+                    if isinstance(ev, SessionClosed) and ev.member == "bob":
+                        assert ev.reason == "REVOKED"
                         break
         again = await wire(alice, "revocations.install", {"list_hex": first.encode().hex()})
         assert again == {**again, "installed": False, "current_serial": 2}

@@ -8,7 +8,7 @@ from p2pd_test_helpers import NOW, Community, node_identity
 from p2pd.clock import TrioWallClock
 from p2pd.components import sections as components
 from p2pd.components.settlement import SettlementLoop, aggregate
-from p2pd.events import EventBus
+from p2pd.events import EventBus, StatementSigned
 from p2pd.market.settlement import SignedStatement, Tariff, verify_statement
 from store import MemberRecord, MemoryRepository, ReadingRecord, ReceiptRecord
 
@@ -44,7 +44,8 @@ async def test_statements_for_each_slot_signed_and_idempotent(autojump_clock: tr
         seen = []
         with trio.fail_after(4 * SLOT):
             async for ev in rx:
-                seen.append(ev["slot_start"])
+                assert isinstance(ev, StatementSigned)
+                seen.append(ev.slot_start)
                 if len(seen) == 3:
                     break
         assert seen == [START, START + SLOT, START + 2 * SLOT]

@@ -30,7 +30,7 @@ from p2pd.control.server import (
     serve_control,
 )
 from p2pd.errors import NotConnected
-from p2pd.events import EventBus
+from p2pd.events import EventBus, SessionOpened
 
 
 class Conn:
@@ -89,7 +89,7 @@ def make_server(**kwargs: Any) -> tuple[ControlServer, EventBus]:
         async with bus.subscribe() as rx:
             await sub.respond({"subscribed": True})
             async for ev in rx:
-                await sub.notify("event", ev)
+                await sub.notify("event", ev.to_json())
 
     server.register("echo", echo, {"text": Param(str, max_len=100), "times": Param(int, lo=1, hi=5, required=False, default=1)})
     server.register("slow", slow, {"seconds": Param(float)})
@@ -206,9 +206,10 @@ async def test_idle_client_is_dropped_but_a_subscriber_is_not(
     assert await idle.closed()
     assert trio.current_time() - start == pytest.approx(60, abs=1)
     await trio.sleep(600)
-    bus.publish("session_open", member="bob")
+    bus.publish(SessionOpened("bob", "prosumer", "memory"))
     assert await sub.read() == {"jsonrpc": "2.0", "method": "event",
-                                "params": {"event": "session_open", "member": "bob"}}
+                                "params": {"event": "session_open", "member": "bob", "role": "prosumer",
+                                           "address": "memory"}}
 
 
 async def test_subscription_ends_when_client_disconnects(nursery: trio.Nursery) -> None:

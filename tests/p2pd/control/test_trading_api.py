@@ -13,6 +13,7 @@ from p2pd_test_helpers import NOW, link
 from p2pd.control.server import ControlServer, RpcError
 from p2pd.control.trading import TRADE_REFUSED, register_trading_methods, trade_error
 from p2pd.errors import TradeError
+from p2pd.events import OrderSeen
 from p2pd.net.node import Node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market
@@ -43,7 +44,7 @@ async def test_trade_through_the_methods(make_node: Callable[..., Awaitable[Node
             order = await a.call("orders.post", {"side": "buy", "slot_start": SLOT, "wh": 300,
                                                  "price": 100_000})
             async for ev in events:
-                if ev["event"] == "order":
+                if isinstance(ev, OrderSeen):
                     break
     assert (await b.call("orders.list"))["orders"][0]["order_id"] == order["order_id"]
     trade = await b.call("orders.take", {"order_id": order["order_id"], "wh": 200,

@@ -118,7 +118,7 @@ async def test_flooder_gets_feedback_then_drops_then_ban_while_honest_keeps_rate
                 kinds.append(events.receive_nowait())
             except trio.WouldBlock:
                 break
-    order = [e["event"] for e in kinds if e.get("member") == "mallory"]
+    order = [e.NAME for e in kinds if getattr(e, "member", None) == "mallory"]
     assert order.index("congestion_feedback") < order.index("ban")
     assert feedback_at and feedback_at[0] - start < 0.2  # feedback as soon as it overran
     assert flood.close_reason == Reason.RATE_LIMITED

@@ -12,6 +12,7 @@ from p2pd_test_helpers import NOW, Community, Identity, link, node_identity
 
 from p2pd.clock import TrioWallClock
 from p2pd.errors import PeerGone
+from p2pd.events import RevocationInstalled
 from p2pd.net.node import Node
 from p2pd.net.policing import attach_policer
 from p2pd.net.revocations import RevocationGossip, RevocationRegistry, attach_revocations
@@ -59,7 +60,7 @@ async def test_list_spreads_cuts_off_and_keeps_out(make_rnode: NodeMaker, commun
         with trio.fail_after(5):
             await m_conn.finished.wait()
         event = events.receive_nowait()
-    assert event["event"] == "revocation" and event["members"] == ["mallory"]
+    assert isinstance(event, RevocationInstalled) and event.members == ["mallory"]
     assert m_conn.close_reason == Reason.REVOKED
     assert "mallory" not in bob.sessions
     assert bob.counters["revoked_closes"] == 1 and bob.counters["revocation_lists"] == 1
