@@ -19,6 +19,7 @@ broker's signature.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pd import log
+from p2pd.clock import Clock
 from p2pd.errors import PeerGone, TradeRefused, TradeTimeout
 from p2pd.market.auction import PARTY_ROLES as PARTY_ROLES
 from p2pd.market.auction import audit_slot as audit_slot
@@ -86,13 +88,18 @@ class Broker:
     """The auctioneer. Needs a broker credential; never trades for itself."""
 
     def __init__(self, node: Node, *, slot_len: int = 900, gate_closure: int = 300,
-                 sign_timeout: float = 10.0) -> None:
+                 sign_timeout: float = 10.0, clock: Clock | None = None) -> None:
         if node.identity.credential.role != "broker":
             raise TradeRefused("only a broker credential may run the auction", Reason.BAD_ROLE)
         self.node = node
         self.slot_len = slot_len
         self.gate_closure = gate_closure
         self.sign_timeout = sign_timeout
+        self.clock = clock or node.clock  # the market clock: gates and stamps
+        self.before_delivery: list[ReceiptHook] = []
+        """Awaited with each final receipt before it is sent to the parties
+        (an observer's hook; the simulator's broker_crash attack stops the
+        node there, as a broker dying at the worst moment would)."""
         self.slots: dict[int, _Slot] = {}
         self.proposals: dict[bytes, _Proposal] = {}
         self.credentials: dict[str, Credential] = {}
@@ -107,7 +114,7 @@ class Broker:
         return self.node.member_id
 
     def now(self) -> int:
-        return int(self.node.clock.now())
+        return int(self.clock.now())
 
     async def _on_submit(self, conn: PeerConnection, msg: BrokerSubmit) -> None:
         assert conn.peer is not None
@@ -171,6 +178,8 @@ class Broker:
                                prop.sigs["buy"], prop.broker_sig)
         slot.receipts.append(receipt)
         self.counters["matches_final"] += 1
+        for hook in self.before_delivery:
+            await hook(receipt)
         await self._deliver(receipt)
 
     async def _deliver(self, receipt: AgentReceipt) -> None:
@@ -252,6 +261,7 @@ class BrokerClient:
         # Delegations of other agents' principals (from delegation gossip), to
         # assemble a receipt without the broker.
         self.delegations: dict[tuple[str, str], Delegation] = {}
+        self._resent: set[bytes] = set()
         node.handle(BrokerAccepted, self._on_accepted)
         refusals_of(node).route(self._on_refused)
         node.handle(MatchPropose, self._on_propose)
@@ -407,6 +417,7 @@ class BrokerClient:
         assert conn.peer is not None
         pending = self.pending.get(msg.trade_id)
         if pending is None:
+            await self._resend_signature(conn, msg.trade_id)
             return
         prop, ours = pending
         t = prop.terms
@@ -425,6 +436,25 @@ class BrokerClient:
                 await conn.send(MatchSign(t.trade_id, ours))
             except PeerGone:
                 pass
+
+    async def _resend_signature(self, conn: PeerConnection, trade_id: bytes) -> None:
+        """The broker delivered the final receipt to us but not to the other side.
+
+        Its MatchSign shows it still waits: our signature lets it finish too
+        (once per trade, so two nodes never echo signatures forever).
+        """
+        done = self.receipts.get(trade_id)
+        assert conn.peer is not None
+        if done is None or trade_id in self._resent:
+            return
+        t = done.terms
+        me_seller = t.seller_agent == self.node.member_id
+        if conn.peer.member_id != (t.buyer_agent if me_seller else t.seller_agent):
+            return
+        self._resent.add(trade_id)
+        self.counters["signatures_resent"] += 1
+        with contextlib.suppress(PeerGone):
+            await conn.send(MatchSign(trade_id, done.seller_sig if me_seller else done.buyer_sig))
 
     def _delegation_for(self, terms: AgentTerms, side: str) -> Delegation | None:
         key = (terms.seller, terms.seller_agent) if side == "sell" else (terms.buyer, terms.buyer_agent)

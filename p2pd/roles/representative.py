@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pd import log
+from p2pd.clock import Clock
 from p2pd.errors import PeerFault, PeerGone, TradeRefused, TradeTimeout
 from p2pd.market.agents import (
     Used,
@@ -147,7 +148,7 @@ class Representative:
 
     def __init__(self, node: Node, writer: ReceiptWriter, *, slot_len: int = 900, gate_closure: int = 300,
                  ask: int = 93_000, take_timeout: float = 5.0, take_attempts: int = 3,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, clock: Clock | None = None) -> None:
         if node.identity.credential.role != "representative":
             raise TradeRefused("only a representative may trade for others", Reason.BAD_ROLE)
         self.node = node
@@ -158,6 +159,7 @@ class Representative:
         self.take_timeout = take_timeout
         self.take_attempts = take_attempts
         self.random_bytes = random_bytes
+        self.clock = clock or node.clock  # the market clock: gates and stamps
         self.delegations = DelegationBook(node)
         self.reports: dict[tuple[str, int], MeterReport] = {}
         self.book: dict[bytes, AgentOrderGossip] = {}  # other agents' orders
@@ -179,7 +181,7 @@ class Representative:
         return self.node.member_id
 
     def now(self) -> int:
-        return int(self.node.clock.now())
+        return int(self.clock.now())
 
     def delegation_of(self, principal: str) -> Delegation | None:
         """The newest unrevoked delegation ``principal`` gave us."""

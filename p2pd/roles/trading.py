@@ -139,13 +139,18 @@ class Market:
 
     def __init__(self, node: Node, repo: Repository, writer: ReceiptWriter, *,
                  rules: MarketRules | None = None, clock: Clock | None = None,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 withdraw_sold_out: bool = True) -> None:
         self.node = node
         self.repo = repo
         self.writer = writer
         self.rules = rules or MarketRules()
         self.clock = clock or node.clock
         self.random_bytes = random_bytes
+        # An honest node withdraws a sold-out order (a Cancel) so nobody tries
+        # to take it; False keeps it listed, as the simulator's double_sell
+        # attacker does.
+        self.withdraw_sold_out = withdraw_sold_out
         self.orderbook = OrderBook(node.policy, self.rules, counters=node.counters)
         # The live book, cancel markers and known credentials (views of orderbook).
         self.book = self.orderbook.live
@@ -504,7 +509,7 @@ class Market:
         entry.remaining_wh = (entry.remaining_wh if entry.remaining_wh is not None else order.wh) - terms.wh
         self.counters["trades_sold" if terms.seller == self.me else "trades_bought"] += 1
         self.node.events.publish(TradeCommitted(**describe_terms(terms), role="owner"))
-        if entry.remaining_wh <= 0:
+        if entry.remaining_wh <= 0 and self.withdraw_sold_out:
             self.node.nursery.start_soon(self._retire, order.order_id)
         return answer
 

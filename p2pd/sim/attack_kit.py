@@ -41,8 +41,9 @@ async def session_at_target(com: SimCommunity, attacker: SimNode, target: SimNod
 
 
 async def add_attacker(com: SimCommunity, identity: NodeIdentity, *,
-                        writer: ReceiptWriter | None = None) -> SimNode:
-    return await com.add_node(identity, None, writer=writer, listen=False)
+                        writer: ReceiptWriter | None = None, withdraw_sold_out: bool = True) -> SimNode:
+    return await com.add_node(identity, None, writer=writer, listen=False,
+                              withdraw_sold_out=withdraw_sold_out)
 
 
 def pick_targets(com: SimCommunity, k: int, salt: str) -> list[SimNode]:
@@ -71,8 +72,8 @@ async def wait(predicate: Callable[[], bool], limit: float = 3.0) -> bool:
 
 
 async def join_member(com: SimCommunity, name: str, peers: int = 3, *,
-                   writer: ReceiptWriter | None = None) -> SimNode:
-    mallory = await add_attacker(com, com.identity(name), writer=writer)
+                   writer: ReceiptWriter | None = None, withdraw_sold_out: bool = True) -> SimNode:
+    mallory = await add_attacker(com, com.identity(name), writer=writer, withdraw_sold_out=withdraw_sold_out)
     for t in pick_targets(com, peers, name):
         try:
             await connect(com, mallory, t)

@@ -77,7 +77,7 @@ async def broker_crash(com: SimCommunity) -> dict[str, Any]:
             crashed.set()
             await node.aclose()
 
-    broker._deliver = crash  # type: ignore[method-assign]
+    broker.before_delivery.append(crash)
     with trio.move_on_after(max(60.0, 4 * 3600 / com.market_clock.scale)):
         await crashed.wait()
     if not crashed.is_set():

@@ -236,8 +236,12 @@ class SimCommunity:
     # --- nodes -------------------------------------------------------------------
 
     async def add_node(self, identity: NodeIdentity, household: Household | None = None, *,
-                       writer: ReceiptWriter | None = None, listen: bool = True) -> SimNode:
-        """Start a node with its market and store; members get an agent (not started)."""
+                       writer: ReceiptWriter | None = None, listen: bool = True,
+                       withdraw_sold_out: bool = True) -> SimNode:
+        """Start a node with its market and store; members get an agent (not started).
+
+        ``writer`` and ``withdraw_sold_out=False`` make attackers (p2pd/sim/attacks*.py).
+        """
         node: Node = await self.nursery.start(self._run_node, identity)
         if self.cfg.store == "sqlite" and self._store_dir is not None:
             repo = open_repository(f"sqlite:///{self._store_dir}/{identity.member_id}.db")
@@ -247,7 +251,8 @@ class SimCommunity:
         writer = writer or ReceiptWriter(repo)
         await node.nursery.start(writer.run)
         market = Market(node, repo, writer, rules=self.rules, clock=self.market_clock,
-                        random_bytes=random.Random(f"ids/{self.cfg.seed}/{identity.member_id}").randbytes)
+                        random_bytes=random.Random(f"ids/{self.cfg.seed}/{identity.member_id}").randbytes,
+                        withdraw_sold_out=withdraw_sold_out)
         await market.load()
         sim = SimNode(household, identity, node, market, writer, repo)
         node.on_open.append(self._count_open)

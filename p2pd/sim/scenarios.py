@@ -89,13 +89,6 @@ def ensure_scenario(com: SimCommunity) -> Scenario:
     return com.scenario
 
 
-def _on_market_time(com: SimCommunity, obj: Any) -> None:
-    # Wall-clock runs: sessions live in wall time, the market in simulated
-    # time; the broker's gate and the representative's stamps are market time.
-    if com.market_clock is not com.wall_clock:
-        obj.now = lambda: int(com.market_clock.now())
-
-
 async def _role_node(com: SimCommunity, member_id: str, role: str) -> SimNode:
     sim = await com.add_node(role_identity(com, member_id, role), None)
     attach_replication(com, sim)
@@ -111,8 +104,10 @@ async def setup_scenario(com: SimCommunity) -> Scenario:
     rules = com.rules
     if cfg.scenario in ("S3", "S4"):
         bsim = await _role_node(com, BROKER, "broker")
-        broker = Broker(bsim.node, slot_len=rules.slot_len, gate_closure=rules.gate_closure, sign_timeout=10.0)
-        _on_market_time(com, broker)
+        # Wall-clock runs: sessions live in wall time, the market in simulated
+        # time; the broker's gate and the representative's stamps are market time.
+        broker = Broker(bsim.node, slot_len=rules.slot_len, gate_closure=rules.gate_closure, sign_timeout=10.0,
+                        clock=com.market_clock)
         scenario.broker = BrokerRunner(broker, com.market_clock, bsim.market.writer)
         scenario.broker_node = bsim
         com.runners.append(scenario.broker.run)
@@ -138,8 +133,8 @@ async def _setup_representatives(com: SimCommunity, scenario: Scenario) -> None:
             await com.connect(a, b.member_id)
     for sim in reps:
         rep = Representative(sim.node, sim.market.writer, slot_len=rules.slot_len,
-                             gate_closure=rules.gate_closure, ask=com.cfg.agent.ask, take_timeout=10.0)
-        _on_market_time(com, rep)
+                             gate_closure=rules.gate_closure, ask=com.cfg.agent.ask, take_timeout=10.0,
+                             clock=com.market_clock, random_bytes=sim.market.random_bytes)
         broker_client: BrokerClient | None = None
         if scenario.broker_node is not None:
             await com.connect(sim, scenario.broker_node.member_id)

@@ -16,7 +16,7 @@ from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record, audit_
 from p2pd.roles.fallback import Fallback
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
-from protocol import Reason
+from protocol import MatchFinal, Reason
 from protocol.brokerage import MatchPropose
 from protocol.delegation import AgentReceipt, AgentTerms
 from store import MemoryRepository
@@ -182,7 +182,7 @@ async def test_broker_crash_mid_slot_falls_back_to_s1_and_loses_nothing(
     async def crash(receipt: AgentReceipt) -> None:  # both signed; the broker dies before delivering
         await broker.node.aclose()
 
-    broker._deliver = crash  # type: ignore[method-assign]
+    broker.before_delivery.append(crash)
     await broker.close_slot(SLOT_START)
     # Both agents finish the signed match between themselves...
     await wait_for(lambda: s.client.receipts and b.client.receipts)
@@ -196,3 +196,29 @@ async def test_broker_crash_mid_slot_falls_back_to_s1_and_loses_nothing(
     receipt = await late.market.take(oid, 500)
     assert receipt.terms.seller == "p0"
     assert await fallbacks["p2"].place("buy", SLOT_START, 100, 100_000) == "direct"
+
+
+async def test_broker_crash_after_delivering_to_one_side_still_ends_with_both_receipts(
+        make_node: Any, make_party: Any, community: Community) -> None:
+    # The broker sends the final receipt to the seller, then dies: the buyer,
+    # left waiting, sends its signature to the seller, which no longer waits
+    # (it committed) but answers with its own, once.
+    broker, (s, b) = await community_with_broker(make_node, make_party, community, n=2)
+    await link(s.node, b.node)
+    await s.client.submit("broker", s.client.make_order("sell", SLOT_START, SLOT, 1000, 50_000))
+    await b.client.submit("broker", b.client.make_order("buy", SLOT_START, SLOT, 1000, 90_000))
+
+    async def half_deliver(receipt: AgentReceipt) -> None:
+        await broker.node.send_to(receipt.terms.seller_agent, MatchFinal(receipt))
+        await broker.node.aclose()
+
+    broker.before_delivery.append(half_deliver)
+    await broker.close_slot(SLOT_START)
+    await wait_for(lambda: bool(s.client.receipts))
+    assert not b.client.receipts and len(b.client.pending) == 1
+    assert await b.client.finish_directly() == 1
+    await wait_for(lambda: bool(b.client.receipts))
+    (r,) = s.client.receipts.values()
+    assert b.client.receipts[r.terms.trade_id].encode() == r.encode()
+    assert b.repo.get_receipt(r.terms.trade_id) is not None
+    assert s.client.counters["signatures_resent"] == 1
