@@ -40,6 +40,8 @@ from types import MappingProxyType
 from typing import Any
 
 from p2pd.errors import ConfigError
+from p2pd.market.settlement import DEFAULT_EXPORT_PRICE, DEFAULT_IMPORT_PRICE
+from protocol import ID_PATTERN, MAX_PRICE, MAX_SLOT, MIN_SLOT
 
 # Validators for extension sections; see the module docstring.
 SECTION_VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {}
@@ -48,16 +50,12 @@ EXTENSION_SECTIONS = ("trading", "limits", "settlement", "revocations", "broker"
                       "delegation", "replication")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Prices use p2pd/market/settlement.py's scale: integer money units per kWh, where
-# PRICE_SCALE units make one currency unit (1 unit = 1/10,000 penny), so
-# 0.139 GBP/kWh is exactly 139_000. tests/p2pd/test_config.py checks these
-# stay equal to settlement's constants.
-PRICE_SCALE = 1_000_000
-MAX_PRICE = 10**9
-DEFAULT_IMPORT_PRICE = 139_000  # 0.139 GBP/kWh (UK retail, 2017)
-DEFAULT_EXPORT_PRICE = 47_000  # 0.047 GBP/kWh (UK export, 2017)
-# Member and community ids, as in protocol/credentials.py.
-ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+# Prices use p2pd/market/settlement.py's scale (integer money units per kWh,
+# PRICE_SCALE units to one currency unit) and its default tariffs. Bounds that
+# the wire also checks (prices, slot lengths, ids) are the protocol's own
+# constants, imported above: a file that passes here makes orders the wire
+# accepts. tests/p2pd/test_bounds.py refuses a second definition.
+DAY = 86400
 DEFAULT_PORT = 7400
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -293,10 +291,10 @@ def _community(t: Table) -> CommunityConfig:
     if not issuers:
         raise t.error("issuers", "list at least one trusted issuer public key (hex)")
     keys = tuple(_hex_key(h, f"[community].issuers[{i}]") for i, h in enumerate(issuers))
-    slot = t.integer("slot_seconds", 900, 60, 86400)
-    if 86400 % slot:
-        raise t.error("slot_seconds", f"must divide a day (86400) evenly, got {slot}")
-    gate = t.integer("gate_closure_seconds", 300, 0, 86400)
+    slot = t.integer("slot_seconds", 900, MIN_SLOT, MAX_SLOT)
+    if DAY % slot:
+        raise t.error("slot_seconds", f"must divide a day ({DAY}) evenly, got {slot}")
+    gate = t.integer("gate_closure_seconds", 300, 0, DAY)
     t.finish()
     return CommunityConfig(cid, keys, slot, gate)
 

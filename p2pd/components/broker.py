@@ -26,7 +26,7 @@ from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.roles.broker import Broker, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.slot_phases import serve_slot_phases
-from protocol import ClearingSummary
+from protocol import MAX_TIME, ClearingSummary
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -128,7 +128,7 @@ class BrokerComponent:
         ctx.control.register("broker.status", lambda: broker_status(runner),
                              summary=broker_status.__doc__ or "")
         ctx.control.register("broker.book", lambda slot_start: broker_book(runner, slot_start),
-                             {"slot_start": Param(int, lo=0, hi=2**40)}, summary=broker_book.__doc__ or "")
+                             {"slot_start": Param(int, lo=0, hi=MAX_TIME)}, summary=broker_book.__doc__ or "")
         extend_status(ctx.control, "broker", lambda: {k: v for k, v in broker_status(runner).items()
                                                       if k != "open_slots"})
         log.info("broker_ready", slot_seconds=broker.slot_len, gate_closure=broker.gate_closure)

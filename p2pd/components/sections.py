@@ -29,14 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from p2pd.config import ID_PATTERN, SECTION_VALIDATORS, Config, Table
+from p2pd.config import SECTION_VALIDATORS, Config, Table
 from p2pd.control.server import ControlServer
 from p2pd.errors import ConfigError
-from p2pd.market.settlement import MAX_PRICE, Tariff
+from p2pd.market.settlement import Tariff
 from p2pd.net.policing import PolicingConfig
 from p2pd.roles.agent import AgentConfig, AgentConfigError
 from p2pd.roles.trading import MarketRules
-from protocol import MAX_HOPS
+from protocol import ID_PATTERN, MAX_HOPS, MAX_PRICE, MAX_WH
 
 DAY = 86400
 
@@ -180,7 +180,7 @@ def _delegation(data: dict[str, Any]) -> DelegationConfig:
     d = DelegationConfig()
     cfg = DelegationConfig(
         representative=_member(t, "representative"),
-        max_wh_per_slot=t.integer("max_wh_per_slot", d.max_wh_per_slot, 1, 10_000_000),
+        max_wh_per_slot=t.integer("max_wh_per_slot", d.max_wh_per_slot, 1, MAX_WH),
         min_sell_price=_price(t, "min_sell_price"), max_buy_price=_price(t, "max_buy_price"),
         valid_seconds=t.integer("valid_seconds", d.valid_seconds, 3600, 366 * DAY),
         report_before_gate=t.integer("report_before_gate", d.report_before_gate, 1, DAY),
@@ -231,7 +231,7 @@ def _trading(data: dict[str, Any]) -> TradingConfig:
     cfg = TradingConfig(
         agent=t.boolean("agent", d.agent),
         lead_slots=t.integer("lead_slots", d.lead_slots, 1, 96),
-        min_wh=t.integer("min_wh", d.min_wh, 1, 10**9),
+        min_wh=t.integer("min_wh", d.min_wh, 1, MAX_WH),
         sell_price=_price(t, "sell_price"),
         sell_floor=_price(t, "sell_floor"),
         buy_ceiling=_price(t, "buy_ceiling"),

@@ -58,6 +58,7 @@ from p2pd.market.settlement import (
     slot_energy,
 )
 from p2pd.net.identity import NodeIdentity
+from protocol import MAX_TIME
 from store import ReceiptRecord, Repository, StatementRecord
 
 if TYPE_CHECKING:
@@ -284,8 +285,8 @@ def register_statement_methods(ctx: DaemonContext) -> None:
 
     ctx.control.register("statements.list", statements_list, {
         "period": Param(str, required=False, default="slot", max_len=5, help="slot, day or month"),
-        "start": Param(int, required=False, lo=0, hi=2**40),
-        "end": Param(int, required=False, lo=0, hi=2**40),
+        "start": Param(int, required=False, lo=0, hi=MAX_TIME),
+        "end": Param(int, required=False, lo=0, hi=MAX_TIME),
     })
 
 

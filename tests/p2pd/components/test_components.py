@@ -35,7 +35,7 @@ def test_defaults_for_missing_sections() -> None:
 
 @pytest.mark.parametrize("section, body, message", [
     ("trading", {"agent": "yes"}, "[trading].agent: expected true or false"),
-    ("trading", {"sell_floor": -1}, "[trading].sell_floor: expected an integer 0..1000000000, got -1"),
+    ("trading", {"sell_floor": -1}, "[trading].sell_floor: expected an integer 0..100000000, got -1"),
     ("trading", {"lead_slots": 0}, "[trading].lead_slots: expected an integer 1..96"),
     ("trading", {"role": "seller"}, "[trading].role: unknown key"),
     ("limits", {"gossip_rate": 0}, "[limits].gossip_rate: expected a number in 0.001"),
