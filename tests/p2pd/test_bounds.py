@@ -12,13 +12,11 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from p2pd.cli.main import main
-from p2pd.components import sections as components
 from protocol import MAX_HOPS, MAX_PRICE, MAX_SLOT, MAX_TIME, MAX_WH, MIN_SLOT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,15 +100,6 @@ def test_the_checks_would_catch_a_redefinition(tmp_path: Path) -> None:
 
 # --- p2pd config check refuses what the wire refuses ------------------------------------
 
-components.unregister()  # other test modules expect SECTION_VALIDATORS without ours
-
-
-@pytest.fixture
-def sections() -> Iterator[None]:
-    components.register()
-    yield
-    components.unregister()
-
 
 def _toml(sections: dict[str, dict[str, object]]) -> str:
     lines = []
@@ -168,7 +157,6 @@ UPPER = [
 ]
 
 
-@pytest.mark.usefixtures("sections")
 @pytest.mark.parametrize("section, key, bound", UPPER)
 def test_config_check_takes_the_wire_bound_and_refuses_past_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, bound: int) -> None:
