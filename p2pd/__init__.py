@@ -15,7 +15,8 @@ Imports flow downwards only (tests/test_layering.py checks it):
 * ``control/``: the JSON-RPC control server (``server.py`` knows nothing of
   p2pd) and its methods.
 * ``components/``: one per role, each owning its configuration section; the
-  daemon runs the explicit list in ``components/__init__.py``.
+  daemon runs the explicit list in ``components/__init__.py``, whose
+  sections callers pass to ``config.load_config``.
 * ``daemon.py``: ``p2pd run``: store, node, listener, components, control
   socket, meter, signals, systemd notification.
 * ``sim/``: the simulator (many real nodes in one process); only ``cli/``
@@ -23,6 +24,9 @@ Imports flow downwards only (tests/test_layering.py checks it):
 * ``cli/``: the ``p2pd`` and ``p2pctl`` commands.
 
 Shared by all: ``errors``, ``log``, ``clock``, ``events``, ``storage`` (store
-calls in a worker thread), ``config`` (the file; imports ``market`` for its
-bounds), ``context`` (what a running daemon gives components), ``notify``.
+calls in a worker thread), ``config`` (the file: the core sections, and the
+``Table``/``Section`` helpers components describe theirs with; imports
+``market`` for the default tariffs and ``protocol`` for the wire's bounds,
+never the components), ``context`` (what a running daemon gives components),
+``notify``.
 """

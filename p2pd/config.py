@@ -5,26 +5,24 @@ the key and says what is wrong, e.g. ``[p2p].port: expected an integer
 0..65535, got "abc"``. Unknown sections and keys are errors (a typo must not
 silently fall back to a default). docs/configuration.md describes each key.
 
-Extension sections: ``[trading]`` and ``[limits]`` (and any name another
-module adds to :data:`SECTION_VALIDATORS`) are validated by a function that
-the owning module registers, typically at import time::
+Component sections: this module validates the core sections (``[node]``,
+``[community]``, ``[p2p]``, ``[store]``, ``[meter]``, ``[tariffs]``). Every
+other section belongs to one daemon component (p2pd/components/), which
+describes it next to its code with a :class:`Section`: the name and a parser
+from a :class:`Table` to a typed value::
 
-    from p2pd.config import SECTION_VALIDATORS, Table
+    def parse(t: Table) -> ReplicationConfig:
+        return ReplicationConfig(enabled=t.boolean("enabled", True),
+                                 replicas=t.integer("replicas", 3, 0, 16))
 
-    def _trading(data: dict[str, Any]) -> TradingConfig:
-        t = Table("trading", data)
-        cfg = TradingConfig(role=t.choice("role", ("seller", "buyer", "both"), "both"), ...)
-        t.finish()                  # unknown keys -> ConfigError
-        return cfg
+    REPLICATION = Section("replication", parse)
 
-    SECTION_VALIDATORS["trading"] = _trading
-
-The validator gets the section as a plain dict and returns any object; it
-signals problems by raising :class:`ConfigError` (use :class:`Table`, whose
-messages already carry the section and key) or ``ValueError`` (reported as
-``[section]: message``). The result is in ``config.sections["trading"]``. A
-known extension section without a registered validator is kept as a
-read-only dict.
+The caller says which sections a file may have, ``load_config(path,
+sections=p2pd.components.SECTIONS)``: this module never imports the
+components, so what is valid does not depend on what happened to be
+imported. A section outside the list is refused as unknown; one the file
+leaves out gets the parser's defaults; ``REPLICATION.get(config)`` returns
+the value.
 """
 
 from __future__ import annotations
@@ -33,31 +31,25 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from p2pd.errors import ConfigError
+from p2pd.market.settlement import DEFAULT_EXPORT_PRICE, DEFAULT_IMPORT_PRICE
+from protocol import ID_PATTERN, MAX_PRICE, MAX_SLOT, MIN_SLOT
 
-# Validators for extension sections; see the module docstring.
-SECTION_VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {}
-# Sections accepted (as read-only dicts) even before their owner registers a validator.
-EXTENSION_SECTIONS = ("trading", "limits", "settlement", "revocations", "broker", "representative",
-                      "delegation", "replication")
-
+T = TypeVar("T")
+CORE_SECTIONS = ("node", "community", "p2p", "store", "meter", "tariffs")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Prices use p2pd/market/settlement.py's scale: integer money units per kWh, where
-# PRICE_SCALE units make one currency unit (1 unit = 1/10,000 penny), so
-# 0.139 GBP/kWh is exactly 139_000. tests/p2pd/test_config.py checks these
-# stay equal to settlement's constants.
-PRICE_SCALE = 1_000_000
-MAX_PRICE = 10**9
-DEFAULT_IMPORT_PRICE = 139_000  # 0.139 GBP/kWh (UK retail, 2017)
-DEFAULT_EXPORT_PRICE = 47_000  # 0.047 GBP/kWh (UK export, 2017)
-# Member and community ids, as in protocol/credentials.py.
-ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+# Prices use p2pd/market/settlement.py's scale (integer money units per kWh,
+# PRICE_SCALE units to one currency unit) and its default tariffs. Bounds that
+# the wire also checks (prices, slot lengths, ids) are the protocol's own
+# constants, imported above: a file that passes here makes orders the wire
+# accepts. tests/p2pd/test_bounds.py refuses a second definition.
+DAY = 86400
 DEFAULT_PORT = 7400
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -152,6 +144,17 @@ class Table:
             raise self.error(key, f"at most {max_items} entries allowed, got {len(value)}")
         return tuple(value)
 
+    def price(self, key: str, default: int | None = None) -> Any:
+        """A price, money units per kWh, that the wire can carry: 0..protocol.MAX_PRICE."""
+        return self.integer(key, default, 0, MAX_PRICE)
+
+    def member(self, key: str) -> str | None:
+        """A member id as credentials carry it (protocol.ID_PATTERN), or None if unset."""
+        value: str | None = self.string(key, None, max_len=64)
+        if value is not None and not re.fullmatch(ID_PATTERN, value):
+            raise self.error(key, f"expected a member id (letters, digits and . _ : -), got {value!r}")
+        return value
+
     def table(self, key: str) -> dict[str, Any]:
         value = self._get(key, {}, False)
         if not isinstance(value, dict):
@@ -169,6 +172,43 @@ class Table:
         """Raise for the first key nobody read."""
         for key in self._data:
             raise self.error(key, "unknown key")
+
+
+@dataclass(frozen=True)
+class Section(Generic[T]):
+    """A component's configuration section: its name and its parser.
+
+    ``parse`` reads its keys from a :class:`Table` (whose errors name the
+    section and key) and returns the section's value, typically a frozen
+    dataclass; keys it leaves unread are reported as unknown afterwards. It
+    raises :class:`ConfigError`, or ``ValueError``/``TypeError`` (reported as
+    ``[name]: message``).
+    """
+
+    name: str
+    parse: Callable[[Table], T]
+
+    def load(self, data: Any) -> T:
+        """Validate the section's table (``{}`` gives the defaults). Raises :class:`ConfigError`."""
+        t = Table(self.name, data)
+        try:
+            value = self.parse(t)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"[{self.name}]: {exc}") from exc
+        t.finish()
+        return value
+
+    def get(self, config: Config) -> T:
+        """This section's value in ``config``.
+
+        A config validated without this section gets the defaults: its file
+        cannot have had the section, which would have been refused as unknown.
+        """
+        if self.name in config.sections:
+            return cast(T, config.sections[self.name])
+        return self.load({})
 
 
 @dataclass(frozen=True)
@@ -242,7 +282,7 @@ class Config:
     meter: MeterConfig
     tariffs: TariffsConfig
     sections: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
-    """Validated extension sections (``trading``, ``limits``, ...) by name."""
+    """Validated component sections (``trading``, ``limits``, ...) by name; see :meth:`Section.get`."""
     path: Path | None = None
 
 
@@ -293,10 +333,10 @@ def _community(t: Table) -> CommunityConfig:
     if not issuers:
         raise t.error("issuers", "list at least one trusted issuer public key (hex)")
     keys = tuple(_hex_key(h, f"[community].issuers[{i}]") for i, h in enumerate(issuers))
-    slot = t.integer("slot_seconds", 900, 60, 86400)
-    if 86400 % slot:
-        raise t.error("slot_seconds", f"must divide a day (86400) evenly, got {slot}")
-    gate = t.integer("gate_closure_seconds", 300, 0, 86400)
+    slot = t.integer("slot_seconds", 900, MIN_SLOT, MAX_SLOT)
+    if DAY % slot:
+        raise t.error("slot_seconds", f"must divide a day ({DAY}) evenly, got {slot}")
+    gate = t.integer("gate_closure_seconds", 300, 0, DAY)
     t.finish()
     return CommunityConfig(cid, keys, slot, gate)
 
@@ -348,22 +388,27 @@ def _tariffs(t: Table) -> TariffsConfig:
     currency = t.string("currency", "GBP", max_len=3)
     if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
         raise t.error("currency", f"expected a 3-letter ISO 4217 code like \"GBP\", got {_show(currency)}")
-    imp = t.integer("import_price", DEFAULT_IMPORT_PRICE, 0, MAX_PRICE)
-    exp = t.integer("export_price", DEFAULT_EXPORT_PRICE, 0, MAX_PRICE)
+    imp = t.price("import_price", DEFAULT_IMPORT_PRICE)
+    exp = t.price("export_price", DEFAULT_EXPORT_PRICE)
     t.finish()
     return TariffsConfig(currency, imp, exp)
 
 
-def parse_config(data: dict[str, Any], *, base: Path = Path("."), path: Path | None = None) -> Config:
-    """Validate an already-parsed TOML document. Raises :class:`ConfigError`."""
+def parse_config(data: dict[str, Any], *, sections: Sequence[Section[Any]], base: Path = Path("."),
+                 path: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document with the core and the given ``sections``.
+
+    Raises :class:`ConfigError`, e.g. for a section neither core nor in
+    ``sections``; ``ValueError`` if ``sections`` repeats or shadows a name.
+    """
+    by_name = {s.name: s for s in sections}
+    if len(by_name) != len(sections) or set(by_name) & set(CORE_SECTIONS):
+        raise ValueError(f"sections must have distinct, non-core names: {[s.name for s in sections]}")
     top = Table("", data)
     parts: dict[str, dict[str, Any]] = {}
-    for name in ("node", "community", "p2p", "store", "meter", "tariffs"):
+    for name in CORE_SECTIONS:
         parts[name] = top._get(name, {}, name == "community")
-    extra: dict[str, object] = {}
-    for name in sorted(set(EXTENSION_SECTIONS) | set(SECTION_VALIDATORS)):
-        if top.has(name):
-            extra[name] = top._get(name, {}, False)
+    extra = {name: top._get(name, {}, False) for name in sorted(by_name)}
     for key in top._data:
         raise ConfigError(f"[{key}]: unknown section" if isinstance(top._data[key], dict)
                           else f"{key}: unknown top-level key (keys belong in a [section])")
@@ -373,34 +418,17 @@ def parse_config(data: dict[str, Any], *, base: Path = Path("."), path: Path | N
     store = _store(Table("store", parts["store"]), node)
     meter = _meter(Table("meter", parts["meter"]))
     tariffs = _tariffs(Table("tariffs", parts["tariffs"]))
-    sections: dict[str, object] = {}
-    for name, raw in extra.items():
-        if not isinstance(raw, dict):
-            raise ConfigError(f"[{name}]: expected a table, got {_show(raw)}")
-        validator = SECTION_VALIDATORS.get(name)
-        if validator is None:
-            sections[name] = MappingProxyType(dict(raw))
-            continue
-        try:
-            sections[name] = validator(dict(raw))
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"[{name}]: {exc}") from exc
-    for name in SECTION_VALIDATORS:
-        if name not in sections:
-            # Let the owner supply defaults for a missing section.
-            try:
-                sections[name] = SECTION_VALIDATORS[name]({})
-            except (ConfigError, ValueError, TypeError) as exc:
-                raise ConfigError(f"[{name}]: {exc}") from exc
-    return Config(node, community, p2p, store, meter, tariffs, MappingProxyType(sections), path)
+    # A section the file leaves out is validated as {}: its parser's defaults.
+    values = {name: by_name[name].load(raw) for name, raw in extra.items()}
+    return Config(node, community, p2p, store, meter, tariffs, MappingProxyType(values), path)
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, sections: Sequence[Section[Any]]) -> Config:
     """Read and validate the TOML file at ``path``. Raises :class:`ConfigError`.
 
-    Relative paths in the file are taken relative to the file's directory.
+    ``sections`` are the component sections the file may have besides the
+    core ones (the daemon's: :data:`p2pd.components.SECTIONS`). Relative
+    paths in the file are taken relative to the file's directory.
     """
     try:
         raw = path.read_bytes()
@@ -414,7 +442,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return parse_config(data, base=path.resolve().parent, path=path)
+    return parse_config(data, sections=sections, base=path.resolve().parent, path=path)
 
 
 def describe(config: Config) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from p2pd import log
-from p2pd.config import Config, load_config
+from p2pd.config import Config, Section, load_config
 from p2pd.control.server import ControlServer
 from p2pd.errors import ConfigError
 from p2pd.net.discovery import Discovery
@@ -37,6 +37,11 @@ class Component(Protocol):
     """A part of the daemon (p2pd/components/): named, started once with the context."""
 
     name: str
+
+    @property
+    def section(self) -> Section[Any] | None:
+        """The configuration section this component owns, if any."""
+        ...
 
     async def start(self, ctx: DaemonContext) -> None: ...
 
@@ -65,6 +70,8 @@ class DaemonContext:
     listen_addresses: list[str] = field(default_factory=list)
     on_reload: list[ReloadHook] = field(default_factory=list)
     reloadable: set[str] = field(default_factory=lambda: set(RELOADABLE))
+    sections: tuple[Section[Any], ...] = ()
+    """The components' configuration sections: :meth:`reload` validates the file with them."""
     _stop: trio.Event = field(default_factory=trio.Event)
 
     def stop(self) -> None:
@@ -95,7 +102,7 @@ class DaemonContext:
             raise ConfigError("the daemon was started without a configuration file")
         self.notifier.reloading()
         try:
-            new = load_config(path)
+            new = load_config(path, sections=self.sections)
         except ConfigError as exc:
             log.warning("config_reload_failed", error=str(exc))
             self.notifier.ready(self.status_line())

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from p2pd import log
-from p2pd.components import COMPONENTS
+from p2pd.components import COMPONENTS, sections_of
 from p2pd.config import Config
 from p2pd.context import Component, DaemonContext, announce_address
 from p2pd.control.methods import register_builtin_methods
@@ -129,7 +129,10 @@ async def run_daemon(
     """Run the daemon until SIGTERM/SIGINT or ``ctx.stop()``; returns after a clean shutdown.
 
     Raises :class:`P2pdError` (bad keys, unusable paths, port in use, ...)
-    before READY if the daemon cannot start.
+    before READY if the daemon cannot start. ``config`` comes from
+    ``load_config(path, sections=...)`` with the sections of ``components``
+    (:data:`p2pd.components.SECTIONS` for the default list); reload validates
+    the file with the same sections.
     """
     log.setup(config.node.log_level)
     notifier = notifier or Notifier()
@@ -157,7 +160,7 @@ async def run_daemon(
                 async with trio.open_nursery() as nursery:
                     ctx = DaemonContext(config, identity, policy, repo, node,
                                         control or ControlServer(), nursery, notifier,
-                                        revocations=revocations)
+                                        revocations=revocations, sections=sections_of(components))
                     nursery.start_soon(_handle_signals, ctx, signals)
                     try:
                         listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)

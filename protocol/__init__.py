@@ -4,6 +4,10 @@ Layers, bottom up: ``canonical`` (msgpack rules) and ``signing`` (Ed25519),
 ``schema`` (typed wire records), ``credentials``, ``messages``, ``framing``,
 ``handshake`` (Noise), and ``session`` (the state machine). Nothing here does
 I/O or reads a clock. docs/protocol.md is the normative description.
+
+The wire's bounds (``MAX_PRICE``, ``MAX_WH``, ``MIN_SLOT``/``MAX_SLOT``,
+``MAX_HOPS``, ``MAX_TIME``, ``ID_PATTERN``) are exported here so that p2pd
+validates configuration and control calls against the very same numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from protocol.congestion import StampError as StampError
 from protocol.congestion import TokenBucket as TokenBucket
 from protocol.congestion import compute_stamp as compute_stamp
 from protocol.credentials import CREDENTIAL_DOMAIN as CREDENTIAL_DOMAIN
+from protocol.credentials import ID_PATTERN as ID_PATTERN
 from protocol.credentials import ROLES as ROLES
 from protocol.credentials import Credential as Credential
 from protocol.credentials import TrustPolicy as TrustPolicy
@@ -109,6 +114,11 @@ from protocol.trading import GOSSIP_ALL as GOSSIP_ALL
 from protocol.trading import GOSSIP_NONE as GOSSIP_NONE
 from protocol.trading import GOSSIP_SOME as GOSSIP_SOME
 from protocol.trading import MAX_HOPS as MAX_HOPS
+from protocol.trading import MAX_PRICE as MAX_PRICE
+from protocol.trading import MAX_SLOT as MAX_SLOT
+from protocol.trading import MAX_TIME as MAX_TIME
+from protocol.trading import MAX_WH as MAX_WH
+from protocol.trading import MIN_SLOT as MIN_SLOT
 from protocol.trading import SNAPSHOT_MAX as SNAPSHOT_MAX
 from protocol.trading import Cancel as Cancel
 from protocol.trading import CancelGossip as CancelGossip

@@ -29,6 +29,10 @@ ORDER_DOMAIN = "p2pd/order/1"
 CANCEL_DOMAIN = "p2pd/cancel/1"
 TRADE_DOMAIN = "p2pd/trade/1"
 
+# The wire's bounds. They are defined here only: p2pd's config validators,
+# control-method parameters and settlement import them (from ``protocol``), so
+# whatever a config file or a control call may ask for, the wire accepts
+# (tests/p2pd/test_bounds.py refuses a second definition).
 MAX_WH = 10_000_000  # 10 MWh: more than any household sells in one slot
 MAX_PRICE = 100_000_000  # minor units per kWh; anything above is absurd
 MAX_TIME = 2**40

@@ -42,9 +42,10 @@ def cmd_read(args: argparse.Namespace) -> int:
     import meter_drivers
 
     if args.config is not None:
+        from p2pd.components import SECTIONS
         from p2pd.config import load_config
 
-        cfg = load_config(args.config).meter
+        cfg = load_config(args.config, sections=SECTIONS).meter
         if cfg.driver is None:
             raise P2pdError(f"{args.config}: [meter].driver is \"none\"")
         driver, options = cfg.driver, {**cfg.options, **_options(args.option)}

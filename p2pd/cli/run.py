@@ -9,7 +9,8 @@ from typing import Any
 
 import trio
 
-from p2pd.config import describe, load_config
+from p2pd.components import SECTIONS
+from p2pd.config import Config, describe, load_config
 
 DEFAULT_CONFIG = Path("/etc/p2pd/p2pd.toml")
 
@@ -28,13 +29,10 @@ def register(sub: Any) -> None:
     check.set_defaults(func=cmd_check)
 
 
-def _load(path: Path) -> Any:
-    # Components register their config sections when imported, so import
-    # them before validating.
-    from p2pd.daemon import load_components
-
-    load_components()
-    return load_config(path)
+def _load(path: Path) -> Config:
+    # The daemon's components' sections, as `p2pd run` and reload use them:
+    # config check accepts exactly what the daemon will.
+    return load_config(path, sections=SECTIONS)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

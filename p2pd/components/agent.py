@@ -3,11 +3,13 @@
 Runs only for prosumers with ``[trading] agent = true`` (the default) and a
 market (the trading component). Prices come from ``[trading]`` and are
 bounded by ``[tariffs]``: never sell below the export tariff, never pay
-above the retail one (:func:`p2pd.components.sections.agent_config`).
+above the retail one (:func:`p2pd.components.trading.agent_config`). The
+agent owns no section of its own. It stays off when the node trades through a
+representative or a broker (:func:`p2pd.components.client.trading_mode`).
 
 The forecaster is a :class:`~p2pd.roles.agent.ReadingsForecaster`, seeded from the
 readings stored over the last two days and fed every ``meter_reading`` event
-after that. The agent offers nothing while the meter is unhealthy (or
+after that (p2pd/components/forecasting.py). The agent offers nothing while the meter is unhealthy (or
 absent: then there are no readings and the forecast is empty). Owners
 without a session are dialled only if discovery offers ``dial_member``;
 otherwise the agent skips their orders.
@@ -17,57 +19,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from p2pd import log, storage
-from p2pd.components.sections import (
-    TradingConfig,
-    agent_config,
-    extend_status,
-    section,
-    trading_mode,
-)
-from p2pd.events import MeterReading
+from p2pd import log
+from p2pd.components.client import trading_mode
+from p2pd.components.forecasting import NoMeter, feed_forecaster
+from p2pd.components.status import extend_status
+from p2pd.components.trading import TRADING, agent_config
 from p2pd.roles.agent import Agent, ReadingsForecaster
 from p2pd.roles.trading import Market
-from store import ReadingRecord
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
 
-HISTORY_SECONDS = 2 * 86400
-
-
-async def feed_forecaster(ctx: DaemonContext, forecaster: ReadingsForecaster, *,
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Seed ``forecaster`` from the store, then add every new meter reading."""
-    meter_id = ctx.identity.credential.metering_point
-    async with ctx.node.events.subscribe() as events:
-        # Subscribe first, then read the store: a reading published in
-        # between is in both, and ReadingsForecaster.add ignores repeats.
-        now = int(forecaster.clock.now())
-        stored = await storage.call(ctx.repo, ctx.repo.readings, meter_id,
-                                    now - HISTORY_SECONDS, now + 1)
-        for rec in stored:
-            forecaster.add(rec)
-        task_status.started()
-        async for event in events:
-            if isinstance(event, MeterReading):
-                forecaster.add(ReadingRecord(meter_id, event.ts, event.import_wh, event.export_wh,
-                                             event.power_w))
-
-
-class NoMeter:
-    """``[meter] driver = "none"``: nothing is measured, so nothing is offered."""
-
-    healthy = False
-
 
 class AgentComponent:
     name = "agent"
+    section = None  # it reads [trading], which the trading component owns
 
     async def start(self, ctx: DaemonContext) -> None:
-        trading: TradingConfig = section(ctx.config, "trading")
+        trading = TRADING.get(ctx.config)
         market: Market | None = ctx.services.get("market")
         role = ctx.identity.credential.role
         mode = trading_mode(ctx.config, role)

@@ -10,26 +10,58 @@ nobody ordered in is not cleared (nothing to publish).
 
 Control methods: ``broker.status`` and ``broker.book {slot_start}``;
 ``status`` gets a ``broker`` object. Nodes of other roles do not run it.
+
+Owns ``[broker]`` (:data:`BROKER`), which also tells a prosumer the broker it
+trades through (S4; the client component reads it).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2pd import log
 from p2pd.clock import Clock
-from p2pd.components.sections import BrokerConfig, extend_status, section
+from p2pd.components.status import extend_status
+from p2pd.config import DAY, Section, Table
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.roles.broker import Broker, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.slot_phases import serve_slot_phases
-from protocol import ClearingSummary
+from protocol import MAX_TIME, ClearingSummary
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """``[broker]``: on a broker, the auction; on a prosumer, the broker it trades through (S4)."""
+
+    member: str | None = None
+    """Prosumers and representatives: the broker's member id. Unset: no broker."""
+    sign_timeout: float = 10.0
+    """Broker: how long a match waits for both countersignatures."""
+    submit_timeout: float = 5.0
+    """Parties: how long a submission waits for BrokerAccepted before falling back."""
+    place_before_gate: int = 300
+    """Prosumers (S4): send each slot's order this many seconds before gate closure."""
+
+
+def parse_broker(t: Table) -> BrokerConfig:
+    d = BrokerConfig()
+    return BrokerConfig(
+        member=t.member("member"),
+        sign_timeout=t.number("sign_timeout", d.sign_timeout, 0.1, 300.0),
+        submit_timeout=t.number("submit_timeout", d.submit_timeout, 0.1, 300.0),
+        place_before_gate=t.integer("place_before_gate", d.place_before_gate, 1, DAY),
+    )
+
+
+BROKER = Section("broker", parse_broker)
 
 
 class BrokerRunner:
@@ -112,11 +144,12 @@ def broker_book(runner: BrokerRunner, slot_start: int) -> dict[str, Any]:
 
 class BrokerComponent:
     name = "broker"
+    section = BROKER
 
     async def start(self, ctx: DaemonContext) -> None:
         if ctx.identity.credential.role != "broker":
             return
-        cfg: BrokerConfig = section(ctx.config, "broker")
+        cfg = BROKER.get(ctx.config)
         community = ctx.config.community
         broker = Broker(ctx.node, slot_len=community.slot_seconds, gate_closure=community.gate_closure_seconds,
                         sign_timeout=cfg.sign_timeout)
@@ -128,7 +161,7 @@ class BrokerComponent:
         ctx.control.register("broker.status", lambda: broker_status(runner),
                              summary=broker_status.__doc__ or "")
         ctx.control.register("broker.book", lambda slot_start: broker_book(runner, slot_start),
-                             {"slot_start": Param(int, lo=0, hi=2**40)}, summary=broker_book.__doc__ or "")
+                             {"slot_start": Param(int, lo=0, hi=MAX_TIME)}, summary=broker_book.__doc__ or "")
         extend_status(ctx.control, "broker", lambda: {k: v for k, v in broker_status(runner).items()
                                                       if k != "open_slots"})
         log.info("broker_ready", slot_seconds=broker.slot_len, gate_closure=broker.gate_closure)

@@ -21,40 +21,99 @@ wait for sellers that already offered). A new session with the broker puts
 later slots back on the broker.
 
 Control method ``client.status``; ``status`` gets a ``client`` object.
+
+Owns ``[delegation]`` (:data:`DELEGATION`) and decides how a prosumer trades
+(:func:`trading_mode`, from ``[delegation]`` and ``[broker]``), which the
+agent component asks too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2pd import log
 from p2pd.clock import Clock
-from p2pd.components.sections import (
-    DAY,
-    BrokerConfig,
-    DelegationConfig,
-    TradingConfig,
-    agent_config,
-    extend_status,
-    section,
-    trading_mode,
-)
-from p2pd.errors import NotConnected, P2pdError, PeerGone, TradeError
+from p2pd.components.broker import BROKER
+from p2pd.components.forecasting import NoMeter, feed_forecaster
+from p2pd.components.status import extend_status
+from p2pd.components.trading import TRADING, agent_config
+from p2pd.config import DAY, Config, Section, Table
+from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone, TradeError
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
-from p2pd.roles.agent import Agent, AgentConfig, Forecaster, SlotPlan
+from p2pd.roles.agent import Agent, AgentConfig, Forecaster, ReadingsForecaster, SlotPlan
 from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.roles.fallback import Fallback
 from p2pd.roles.representative import HOPS, delegate, send_report
 from p2pd.roles.slot_phases import serve_slot_phases
-from protocol import AgentReceipt, Delegation, DelegationGossip, Reason
+from protocol import MAX_WH, AgentReceipt, Delegation, DelegationGossip, Reason
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
+
+
+# --- [delegation], and which way a prosumer trades ---------------------------------------
+
+
+@dataclass(frozen=True)
+class DelegationConfig:
+    """``[delegation]``: a prosumer lets its representative trade for it (S2, S3)."""
+
+    representative: str | None = None
+    """The representative's member id. Unset: no delegation."""
+    max_wh_per_slot: int = 10_000
+    min_sell_price: int | None = None
+    """Default: [tariffs].export_price."""
+    max_buy_price: int | None = None
+    """Default: [tariffs].import_price."""
+    valid_seconds: int = 30 * DAY
+    """Each delegation signed is valid this long; a new one is signed a day before it ends."""
+    report_before_gate: int = 900
+    """Send each slot's meter report this many seconds before gate closure."""
+
+
+def parse_delegation(t: Table) -> DelegationConfig:
+    d = DelegationConfig()
+    return DelegationConfig(
+        representative=t.member("representative"),
+        # Signed into the Delegation: the wire's bounds apply.
+        max_wh_per_slot=t.integer("max_wh_per_slot", d.max_wh_per_slot, 1, MAX_WH),
+        min_sell_price=t.price("min_sell_price"), max_buy_price=t.price("max_buy_price"),
+        valid_seconds=t.integer("valid_seconds", d.valid_seconds, 3600, 366 * DAY),
+        report_before_gate=t.integer("report_before_gate", d.report_before_gate, 1, DAY),
+    )
+
+
+DELEGATION = Section("delegation", parse_delegation)
+
+
+def trading_mode(config: Config, role: str) -> str:
+    """What this node runs (docs/configuration.md, "Roles"): one of
+
+    ``"broker"`` (role broker), ``"representative"`` (role representative;
+    S3 if ``[representative] broker`` is set), ``"delegated"`` (a prosumer
+    with ``[delegation] representative``: its representative trades, the
+    agent is off), ``"brokered"`` (a prosumer with ``[broker] member``: S4,
+    the agent only trades what the broker cannot), or ``"direct"`` (S1).
+    Raises :class:`ConfigError` for a combination that makes no sense.
+    """
+    delegation = DELEGATION.get(config)
+    broker = BROKER.get(config)
+    if role in ("broker", "representative"):
+        if delegation.representative is not None:
+            raise ConfigError(f"[delegation].representative: a {role} does not delegate")
+        return role
+    if delegation.representative is not None and broker.member is not None:
+        raise ConfigError("[delegation].representative and [broker].member: choose one "
+                          "(a client's representative deals with the broker)")
+    if delegation.representative is not None:
+        return "delegated"
+    return "brokered" if broker.member is not None else "direct"
 
 
 # --- S2, S3: delegation and meter reports ----------------------------------------------
@@ -279,11 +338,9 @@ def make_broker_trader(client: BrokerClient, market: Any, broker: str, forecaste
 
 class ClientComponent:
     name = "client"
+    section = DELEGATION
 
     async def start(self, ctx: DaemonContext) -> None:
-        from p2pd.components.agent import NoMeter, feed_forecaster
-        from p2pd.roles.agent import ReadingsForecaster
-
         mode = trading_mode(ctx.config, ctx.identity.credential.role)
         market = ctx.services.get("market")
         if mode not in ("delegated", "brokered") or market is None:
@@ -293,7 +350,7 @@ class ClientComponent:
         community = ctx.config.community
         runner: DelegatingClient | BrokerTrader
         if mode == "delegated":
-            dcfg: DelegationConfig = section(ctx.config, "delegation")
+            dcfg = DELEGATION.get(ctx.config)
             assert dcfg.representative is not None
             runner = DelegatingClient(
                 ctx.node, dcfg.representative, market.clock, forecaster, slot_len=community.slot_seconds,
@@ -305,7 +362,7 @@ class ClientComponent:
                 valid_seconds=dcfg.valid_seconds, report_before_gate=dcfg.report_before_gate)
             await ctx.nursery.start(runner.run)
         else:
-            bcfg: BrokerConfig = section(ctx.config, "broker")
+            bcfg = BROKER.get(ctx.config)
             assert bcfg.member is not None
             writer = ctx.services["writer"]
 
@@ -313,7 +370,7 @@ class ClientComponent:
                 await writer.commit(agent_receipt_record(r, int(market.clock.now())))
 
             client = BrokerClient(ctx.node, commit=commit, submit_timeout=bcfg.submit_timeout)
-            trading: TradingConfig = section(ctx.config, "trading")
+            trading = TRADING.get(ctx.config)
             runner = make_broker_trader(client, market, bcfg.member, forecaster,
                                         agent_config(ctx.config, trading), place_before_gate=bcfg.place_before_gate,
                                         meter=ctx.meter or NoMeter(),

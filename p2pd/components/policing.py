@@ -6,6 +6,9 @@
 to ``status``. ``[limits]`` is reloadable: new rates apply to every member's
 buckets at once (tokens already saved are capped at the new burst);
 ``node_capacity`` and ``max_tracked_hosts`` need a restart.
+
+Owns ``[limits]`` (:data:`LIMITS`): every field of
+:class:`~p2pd.net.policing.PolicingConfig`, under the same name.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pd import log, storage
-from p2pd.components.sections import extend_status, section
-from p2pd.config import Config
+from p2pd.components.status import extend_status
+from p2pd.config import Config, Section, Table
 from p2pd.control.server import Param
 from p2pd.events import Banned, Unbanned
 from p2pd.net.policing import Policer, PolicingConfig, attach_policer
@@ -25,6 +28,26 @@ from store import BanRecord
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
+
+
+def parse_limits(t: Table) -> PolicingConfig:
+    d = PolicingConfig()
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(PolicingConfig):
+        default = getattr(d, f.name)
+        if isinstance(default, int):
+            kwargs[f.name] = t.integer(f.name, default, 1, 10**9)
+        elif f.name == "grace":
+            kwargs[f.name] = t.number(f.name, default, 0.0, 3600.0)
+        else:
+            kwargs[f.name] = t.number(f.name, default, 0.001, 10.0**9)
+    cfg = PolicingConfig(**kwargs)
+    if cfg.ban_max < cfg.ban_base:
+        raise t.error("ban_max", f"must be at least ban_base ({cfg.ban_base:g}), got {cfg.ban_max:g}")
+    return cfg
+
+
+LIMITS = Section("limits", parse_limits)
 
 
 def apply_limits(policer: Policer, cfg: PolicingConfig) -> None:
@@ -74,15 +97,16 @@ async def keep_bans(ctx: DaemonContext, *, task_status: trio.TaskStatus[None] = 
 
 class PolicingComponent:
     name = "policing"
+    section = LIMITS
 
     async def start(self, ctx: DaemonContext) -> None:
-        cfg: PolicingConfig = section(ctx.config, "limits")
+        cfg = LIMITS.get(ctx.config)
         policer = attach_policer(ctx.node, cfg)
         ctx.services["policer"] = policer
         ctx.reloadable.add("sections.limits")
 
         def reload(new: Config) -> None:
-            apply_limits(policer, section(new, "limits"))
+            apply_limits(policer, LIMITS.get(new))
 
         ctx.on_reload.append(reload)
         await restore_bans(ctx, policer)

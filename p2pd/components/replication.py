@@ -10,20 +10,38 @@ to ``replicas`` other members, and its new head gossiped. Conflicting heads
 of another member become an ``equivocation`` event and spread as proof.
 
 Puts ``"replication"`` into ``ctx.services``; adds the control method
-``receipts.log`` and a ``replication`` object to ``status``.
+``receipts.log`` and a ``replication`` object to ``status``. Owns
+``[replication]`` (:data:`REPLICATION`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from p2pd import log
-from p2pd.components.sections import ReplicationConfig, extend_status, section
+from p2pd.components.status import extend_status
+from p2pd.config import Section, Table
 from p2pd.errors import PeerGone
 from p2pd.roles.replication import LoggingWriter, Replication
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """``[replication]``: the receipt log, its replicas and head gossip (every node)."""
+
+    enabled: bool = True
+    replicas: int = 3
+
+
+def parse_replication(t: Table) -> ReplicationConfig:
+    return ReplicationConfig(enabled=t.boolean("enabled", True), replicas=t.integer("replicas", 3, 0, 16))
+
+
+REPLICATION = Section("replication", parse_replication)
 
 
 def log_status(rep: Replication) -> dict[str, Any]:
@@ -34,9 +52,10 @@ def log_status(rep: Replication) -> dict[str, Any]:
 
 class ReplicationComponent:
     name = "replication"
+    section = REPLICATION
 
     async def start(self, ctx: DaemonContext) -> None:
-        cfg: ReplicationConfig = section(ctx.config, "replication")
+        cfg = REPLICATION.get(ctx.config)
         if not cfg.enabled:
             log.info("replication_off")
             return

@@ -24,7 +24,7 @@ S3 (``[representative] broker = "member-id"``):
 Clients' delegations and meter reports arrive by themselves (delegation
 gossip, MeterReportMsg); a client that reported nothing for a slot is not
 traded. Control method ``representative.status``; ``status`` gets a
-``representative`` object.
+``representative`` object. Owns ``[representative]`` (:data:`REPRESENTATIVE`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import trio
 
 from p2pd import log
 from p2pd.clock import Clock
-from p2pd.components.sections import RepresentativeConfig, extend_status, section
+from p2pd.components.status import extend_status
+from p2pd.config import DAY, Section, Table
 from p2pd.errors import TradeError
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.broker import BrokerClient, agent_receipt_record
@@ -47,6 +48,32 @@ from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms, Rea
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
+
+
+@dataclass(frozen=True)
+class RepresentativeConfig:
+    """``[representative]``: how a representative trades for its clients (S2, S3)."""
+
+    broker: str | None = None
+    """S3: submit aggregated orders to this broker. Unset: S2, trade directly."""
+    ask: int | None = None
+    """Price of clients' surplus in S2 (at least each client's min_sell_price);
+    default the midpoint of the [tariffs]."""
+    take_timeout: float = 5.0
+    submit_before_gate: int = 60
+    """S3: submit aggregated orders this many seconds before gate closure."""
+
+
+def parse_representative(t: Table) -> RepresentativeConfig:
+    d = RepresentativeConfig()
+    return RepresentativeConfig(
+        broker=t.member("broker"), ask=t.price("ask"),
+        take_timeout=t.number("take_timeout", d.take_timeout, 0.1, 300.0),
+        submit_before_gate=t.integer("submit_before_gate", d.submit_before_gate, 1, DAY),
+    )
+
+
+REPRESENTATIVE = Section("representative", parse_representative)
 
 
 @dataclass(frozen=True)
@@ -240,11 +267,12 @@ class RepresentativeRunner:
 
 class RepresentativeComponent:
     name = "representative"
+    section = REPRESENTATIVE
 
     async def start(self, ctx: DaemonContext) -> None:
         if ctx.identity.credential.role != "representative":
             return
-        cfg: RepresentativeConfig = section(ctx.config, "representative")
+        cfg = REPRESENTATIVE.get(ctx.config)
         tariffs = ctx.config.tariffs
         community = ctx.config.community
         writer = ctx.services["writer"]

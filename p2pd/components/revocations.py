@@ -16,17 +16,20 @@ refuses its members at the very next handshake. This component:
 Store layout: one :class:`store.RevocationRecord` per list with
 ``member_id = "*"`` and the list's encoded bytes (a list may name thousands
 of members; one row per member would repeat the whole list in each).
+
+Owns ``[revocations]`` (:data:`REVOCATIONS`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2pd import log, storage
-from p2pd.components.sections import RevocationsConfig, section
+from p2pd.config import Config, Section, Table
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.control.trading import REVOCATION_REJECTED
 from p2pd.errors import ConfigError
@@ -40,6 +43,28 @@ if TYPE_CHECKING:
 
 WHOLE_LIST = "*"
 MAX_LIST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class RevocationsConfig:
+    """``[revocations]``: revocation list files installed at start."""
+
+    lists: tuple[str, ...] = ()
+    """Paths (relative to the config file) of lists, raw bytes or hex text."""
+
+
+def parse_revocations(t: Table) -> RevocationsConfig:
+    return RevocationsConfig(lists=t.strings("lists", max_items=64))
+
+
+REVOCATIONS = Section("revocations", parse_revocations)
+
+
+def list_path(config: Config, name: str) -> Path:
+    """A ``lists`` entry as a path: ``~`` expanded, relative to the config file's directory."""
+    base = config.path.resolve().parent if config.path else Path(".")
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else base / path
 
 
 def decode_list(data: bytes) -> RevocationList:
@@ -112,6 +137,7 @@ class RevocationKeeper:
 
 class RevocationsComponent:
     name = "revocations"
+    section = REVOCATIONS
 
     async def start(self, ctx: DaemonContext) -> None:
         registry = ctx.revocations
@@ -123,12 +149,10 @@ class RevocationsComponent:
         ctx.services["revocations"] = keeper
         await ctx.nursery.start(keeper.serve_saving)
         restored = await keeper.restore()
-        cfg: RevocationsConfig = section(ctx.config, "revocations")
-        base = ctx.config.path.resolve().parent if ctx.config.path else Path(".")
+        cfg = REVOCATIONS.get(ctx.config)
         for i, name in enumerate(cfg.lists):
             where = f"[revocations].lists[{i}]"
-            path = Path(name).expanduser()
-            rl = read_list_file(path if path.is_absolute() else base / path, where)
+            rl = read_list_file(list_path(ctx.config, name), where)
             if rl.issuer_pk not in registry.trusted_issuers:
                 raise ConfigError(f"{where}: {name} is signed by {rl.issuer_pk.hex()}, "
                                   "which is not in [community].issuers")

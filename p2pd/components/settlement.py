@@ -29,12 +29,15 @@ statement is limited by its meter. Comparing the two lines of a trade
 A slot whose readings do not cover both ends is retried until
 ``reading_gap_seconds`` after its end, then skipped with a warning
 (counter ``slots_skipped``).
+
+Owns ``[settlement]`` (:data:`SETTLEMENT`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +45,9 @@ import trio
 
 from p2pd import log, storage
 from p2pd.clock import Clock, trio_deadline
-from p2pd.components.sections import SettlementConfig, TradingConfig, extend_status, section, tariff
+from p2pd.components.status import extend_status
+from p2pd.components.trading import TRADING
+from p2pd.config import Config, Section, Table
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.events import EventBus, StatementSigned
 from p2pd.market.settlement import (
@@ -58,6 +63,7 @@ from p2pd.market.settlement import (
     slot_energy,
 )
 from p2pd.net.identity import NodeIdentity
+from protocol import MAX_TIME
 from store import ReceiptRecord, Repository, StatementRecord
 
 if TYPE_CHECKING:
@@ -71,6 +77,39 @@ SUMMED = ("import_wh", "export_wh", "p2p_bought_wh", "p2p_sold_wh", "p2p_cost", 
 PERIODS = {"slot": DAY, "day": 31 * DAY, "month": 366 * DAY}
 """Each period's default span back from ``end`` in statements.list."""
 RETRY_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class SettlementConfig:
+    """``[settlement]``: when each slot is settled and how far back to catch up."""
+
+    enabled: bool = True
+    delay_seconds: int = 120
+    """Wait this long after a slot ends for the readings around its end."""
+    backfill_seconds: int = 2 * DAY
+    """On the first start, settle slots this far back (if readings exist)."""
+    reading_gap_seconds: int = 3600
+    """Readings are looked up this far either side of a slot boundary; a slot
+    still without readings at both ends this long after it ended is skipped."""
+
+
+def parse_settlement(t: Table) -> SettlementConfig:
+    d = SettlementConfig()
+    return SettlementConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        delay_seconds=t.integer("delay_seconds", d.delay_seconds, 0, DAY),
+        backfill_seconds=t.integer("backfill_seconds", d.backfill_seconds, 0, 30 * DAY),
+        reading_gap_seconds=t.integer("reading_gap_seconds", d.reading_gap_seconds, 1, DAY),
+    )
+
+
+SETTLEMENT = Section("settlement", parse_settlement)
+
+
+def tariff(config: Config) -> Tariff:
+    """The supplier's tariff of ``[tariffs]``, as settlement takes it."""
+    t = config.tariffs
+    return Tariff(t.import_price, t.export_price, t.currency)
 
 
 def statement_fields(st: Statement) -> dict[str, int]:
@@ -245,10 +284,11 @@ def aggregate(records: Iterable[StatementRecord], period: str) -> list[dict[str,
 
 class SettlementComponent:
     name = "settlement"
+    section = SETTLEMENT
 
     async def start(self, ctx: DaemonContext) -> None:
-        cfg: SettlementConfig = section(ctx.config, "settlement")
-        trading: TradingConfig = section(ctx.config, "trading")
+        cfg = SETTLEMENT.get(ctx.config)
+        trading = TRADING.get(ctx.config)
         loop: SettlementLoop | None = None
         if not cfg.enabled or ctx.meter is None:
             log.info("settlement_off", reason="disabled in [settlement]" if not cfg.enabled
@@ -283,8 +323,8 @@ def register_statement_methods(ctx: DaemonContext) -> None:
 
     ctx.control.register("statements.list", statements_list, {
         "period": Param(str, required=False, default="slot", max_len=5, help="slot, day or month"),
-        "start": Param(int, required=False, lo=0, hi=2**40),
-        "end": Param(int, required=False, lo=0, hi=2**40),
+        "start": Param(int, required=False, lo=0, hi=MAX_TIME),
+        "end": Param(int, required=False, lo=0, hi=MAX_TIME),
     })
 
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from p2pd import storage
 from p2pd.control.server import ERROR_CODES, INVALID_PARAMS, Param, RpcError
 from p2pd.errors import TradeError
-from p2pd.market.settlement import MAX_PRICE, MAX_WH, amount
+from p2pd.market.settlement import amount
 from p2pd.roles.trading import Market, describe_order, describe_terms
-from protocol import Reason
+from protocol import MAX_PRICE, MAX_TIME, MAX_WH, Reason
 from store import ReceiptRecord
 
 if TYPE_CHECKING:
@@ -135,18 +135,18 @@ def register_trading_methods(ctx: DaemonContext, market: Market) -> None:
                 "readings": [{"ts": r.ts, "import_wh": r.import_wh, "export_wh": r.export_wh,
                               "power_w": r.power_w} for r in rows[:MAX_READINGS]]}
 
-    time = Param(int, lo=0, hi=2**40)
-    opt_time = Param(int, required=False, lo=0, hi=2**40)
+    time = Param(int, lo=0, hi=MAX_TIME)
+    opt_time = Param(int, required=False, lo=0, hi=MAX_TIME)
     member_param = Param(str, required=False, max_len=64, help="a member id")
     server = ctx.control
     server.register("orders.list", orders_list, {
-        "slot_start": Param(int, required=False, lo=0, hi=2**40, help="only this delivery slot")})
+        "slot_start": Param(int, required=False, lo=0, hi=MAX_TIME, help="only this delivery slot")})
     server.register("orders.post", orders_post, {
         "side": Param(str, max_len=4, help="sell or buy"),
-        "slot_start": Param(int, lo=0, hi=2**40, help="delivery slot start, unix seconds"),
+        "slot_start": Param(int, lo=0, hi=MAX_TIME, help="delivery slot start, unix seconds"),
         "wh": Param(int, lo=1, hi=MAX_WH),
         "price": Param(int, lo=0, hi=MAX_PRICE, help="money units per kWh"),
-        "expiry": Param(int, required=False, lo=0, hi=2**40, help="default: gate closure"),
+        "expiry": Param(int, required=False, lo=0, hi=MAX_TIME, help="default: gate closure"),
     })
     server.register("orders.cancel", orders_cancel, {"order_id": Param(str, max_len=ID_HEX)})
     server.register("orders.take", orders_take, {

@@ -29,7 +29,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from protocol import SIGNATURE_LEN, DecodeError, SigningKey, pack, signed_bytes, unpack, verify
+from protocol import (
+    MAX_PRICE,
+    MAX_WH,
+    SIGNATURE_LEN,
+    DecodeError,
+    SigningKey,
+    pack,
+    signed_bytes,
+    unpack,
+    verify,
+)
 
 STATEMENT_DOMAIN = "p2pd/statement/1"
 PRICE_SCALE = 1_000_000
@@ -38,10 +48,16 @@ WH_PER_KWH = 1000
 DEFAULT_IMPORT_PRICE = 139_000  # 0.139 GBP/kWh
 DEFAULT_EXPORT_PRICE = 47_000  # 0.047 GBP/kWh
 
-MAX_WH = 10**9
-"""Energy bound per trade or per member and slot (1 GWh): keeps every product in int64."""
-MAX_PRICE = 10**9
-"""Price bound, money units per kWh (1,000 currency units per kWh)."""
+# A trade's energy and price, and the tariff's prices, are checked against the
+# wire's bounds (protocol.MAX_WH, protocol.MAX_PRICE): trades come from
+# receipts, and [tariffs] is validated with the same bound.
+MAX_SLOT_ENERGY_WH = 10**9
+"""Bound on a member's metered import or export in one slot (1 GWh).
+
+Not the wire's MAX_WH: this is what the member's meter registers moved, not
+what one order or trade may carry, and a member may import or export more in
+a slot than it trades (the rest is with the supplier). The bound only keeps
+every product in int64: ``MAX_SLOT_ENERGY_WH * MAX_PRICE`` is 10^17."""
 MAX_ID = 64
 
 
@@ -153,7 +169,7 @@ class Statement:
             raise DecodeError("not a p2pd/statement/1 array")
         f = items[1:]
         kinds = "bii" + "s" + "i" * 15 + "l" + "i"
-        for value, kind in zip(f, kinds):
+        for value, kind in zip(f, kinds, strict=False):
             _expect(value, kind)
         if not isinstance(f[19], list) or len(f[19]) > 4096:
             raise DecodeError("bad trade lines")
@@ -161,7 +177,7 @@ class Statement:
         for raw in f[19]:
             if not isinstance(raw, list) or len(raw) != 7:
                 raise DecodeError("bad trade line")
-            for value, kind in zip(raw, "bbbiiii"):
+            for value, kind in zip(raw, "bbbiiii", strict=False):
                 _expect(value, kind)
             lines.append(TradeLine(*raw))
         values = [*f[:19], tuple(lines), f[20]]  # wire order is field order
@@ -365,7 +381,7 @@ def _validate(slot_start: int, slot_seconds: int, trades: Sequence[Trade],
     for member, e in energy.items():
         if not 0 < len(member) <= MAX_ID:
             raise SettlementError("bad member id")
-        if not (0 <= e.import_wh <= MAX_WH and 0 <= e.export_wh <= MAX_WH):
+        if not (0 <= e.import_wh <= MAX_SLOT_ENERGY_WH and 0 <= e.export_wh <= MAX_SLOT_ENERGY_WH):
             raise SettlementError(f"slot energy of {member.hex()} out of range")
 
 

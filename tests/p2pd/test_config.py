@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from p2pd.config import (
-    DEFAULT_EXPORT_PRICE,
-    DEFAULT_IMPORT_PRICE,
-    PRICE_SCALE,
-    SECTION_VALIDATORS,
-    Table,
-    load_config,
-    parse_config,
-)
+from p2pd.config import Config, Section, Table, parse_config
+from p2pd.config import load_config as load_with_sections
 from p2pd.errors import ConfigError
+from p2pd.market.settlement import DEFAULT_EXPORT_PRICE, DEFAULT_IMPORT_PRICE, PRICE_SCALE
 
 ISSUER = "ab" * 32
 MINIMAL = f"""
@@ -27,6 +20,11 @@ state_dir = "state"
 id = "mystreet"
 issuers = ["{ISSUER}"]
 """
+
+
+def load_config(path: Path) -> Config:
+    """The core sections only: component sections are unknown here (tests/p2pd/components)."""
+    return load_with_sections(path, sections=())
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -50,13 +48,6 @@ def test_minimal_file_gets_sensible_defaults(tmp_path: Path) -> None:
     assert DEFAULT_IMPORT_PRICE / PRICE_SCALE == 0.139 and DEFAULT_EXPORT_PRICE / PRICE_SCALE == 0.047
 
 
-def test_price_scale_matches_settlement() -> None:
-    settlement = pytest.importorskip("p2pd.market.settlement")
-    assert PRICE_SCALE == settlement.PRICE_SCALE
-    assert (DEFAULT_IMPORT_PRICE, DEFAULT_EXPORT_PRICE) == (
-        settlement.DEFAULT_IMPORT_PRICE, settlement.DEFAULT_EXPORT_PRICE)
-
-
 def test_runtime_dir_follows_systemd_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/p2pd")
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/p2pd")
@@ -69,7 +60,9 @@ def test_full_example_file_is_valid() -> None:
     example = Path(__file__).parents[2] / "examples" / "p2pd.toml"
     if not example.exists():
         pytest.skip("no example yet")
-    cfg = load_config(example)
+    from p2pd.components import SECTIONS
+
+    cfg = load_with_sections(example, sections=SECTIONS)
     assert cfg.community.id
 
 
@@ -89,14 +82,14 @@ BAD = [
     ("[community]\nissuers = []", "[community].issuers: list at least one"),
     ('[community]\nid = "bad id"', "[community].id: expected letters"),
     ('[tariffs]\ncurrency = "pounds"', "[tariffs].currency: expected a non-empty string of at most 3"),
-    ("[tariffs]\nimport_price = 0.139", "[tariffs].import_price: expected an integer 0..1000000000, got 0.139"),
+    ("[tariffs]\nimport_price = 0.139", "[tariffs].import_price: expected an integer 0..100000000, got 0.139"),
     ('[meter]\ndriver = "nosuch"', "[meter].driver: unknown driver"),
     ('[meter]\noptions = { kind = "wind" }', "[meter].options.kind:"),
     ("[meter]\ninterval = 0", "[meter].interval: expected a number in 0.1..3600.0, got 0"),
     ("[store]\nurl = 1", "[store].url: expected a string"),
     ("[nonsense]\nx = 1", "[nonsense]: unknown section"),
     ("toplevel = 1", "toplevel: unknown top-level key"),
-    ("[trading]\n[trading.x]\n", None),  # a known extension section is accepted as a dict
+    ("[trading]\n[trading.x]\n", "[trading]: unknown section"),  # unless the caller passes its Section
 ]
 
 
@@ -124,33 +117,33 @@ def test_each_mistake_names_its_key(tmp_path: Path, extra: str, message: str | N
 
 def test_missing_community_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[community\]\.id: is required"):
-        parse_config({"community": {}})
+        parse_config({"community": {}}, sections=())
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(write(tmp_path, "[p2p\nport = 1"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
 
 
-def test_extension_sections_use_registered_validators(monkeypatch: pytest.MonkeyPatch) -> None:
-    def limits(data: dict[str, Any]) -> tuple[int, bool]:
-        t = Table("limits", data)
-        value = (t.integer("orders_per_minute", 60, 1, 10_000), t.boolean("strict", False))
-        t.finish()
-        return value
+def test_component_sections_are_validated_by_the_sections_passed() -> None:
+    def limits(t: Table) -> tuple[int, bool]:
+        return t.integer("orders_per_minute", 60, 1, 10_000), t.boolean("strict", False)
 
-    monkeypatch.setitem(SECTION_VALIDATORS, "limits", limits)
+    sections = [Section("limits", limits)]
     base = {"community": {"id": "c", "issuers": [ISSUER]}}
-    assert parse_config(base).sections["limits"] == (60, False)  # defaults for a missing section
-    cfg = parse_config({**base, "limits": {"orders_per_minute": 5}})
-    assert cfg.sections["limits"] == (5, False)
+    assert parse_config(base, sections=sections).sections["limits"] == (60, False)  # defaults
+    cfg = parse_config({**base, "limits": {"orders_per_minute": 5}}, sections=sections)
+    assert cfg.sections["limits"] == (5, False) and sections[0].get(cfg) == (5, False)
     with pytest.raises(ConfigError, match=r"^\[limits\]\.orders_per_minute: expected an integer 1\.\.10000"):
-        parse_config({**base, "limits": {"orders_per_minute": 0}})
+        parse_config({**base, "limits": {"orders_per_minute": 0}}, sections=sections)
     with pytest.raises(ConfigError, match=r"^\[limits\]\.bogus: unknown key"):
-        parse_config({**base, "limits": {"bogus": 1}})
+        parse_config({**base, "limits": {"bogus": 1}}, sections=sections)
+    with pytest.raises(ConfigError, match=r"^\[trading\]: unknown section"):
+        parse_config({**base, "trading": {}}, sections=sections)
 
-    def picky(data: dict[str, Any]) -> None:
+    def picky(t: Table) -> None:
         raise ValueError("floor_price must not exceed ceiling_price")
 
-    monkeypatch.setitem(SECTION_VALIDATORS, "trading", picky)
     with pytest.raises(ConfigError, match=r"^\[trading\]: floor_price must not exceed"):
-        parse_config({**base, "trading": {"floor_price": 2}})
+        parse_config({**base, "trading": {"floor_price": 2}}, sections=[Section("trading", picky)])
+    with pytest.raises(ValueError, match="non-core"):
+        parse_config(base, sections=[Section("p2p", picky)])

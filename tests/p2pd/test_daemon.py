@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from protocol import MAX_PRICE
+
 pytestmark = pytest.mark.slow
 PY = sys.executable
 DEADLINE = 15.0
@@ -211,13 +213,20 @@ def test_daemon_lifecycle_control_api_and_signals(community: tuple[Path, str, di
             assert os.waitpid(pid, 0)[1] == 0
         assert ctl(d.sock, "status", "--json").returncode == 0
 
-        # SIGHUP reloads: the new log level applies, a port change needs a restart.
+        # SIGHUP reloads: the new log level and a component's section ([limits],
+        # the policing component's) apply, a port change needs a restart.
         d.config.write_text(d.config.read_text().replace('log_level = "info"', 'log_level = "debug"')
-                            .replace("port = 0", "port = 1"))
+                            .replace("port = 0", "port = 1") + "[limits]\ngossip_rate = 5.0\n")
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)
-        d.wait_log("event=config_reloaded applied=node.log_level restart_required=p2p.port")
-        d.config.write_text(d.config.read_text().replace("port = 1", 'port = "abc"'))
+        d.wait_log("event=config_reloaded applied=node.log_level,sections.limits restart_required=p2p.port")
+        # p2pctl reload validates the components' sections as config check does.
+        text = d.config.read_text()
+        d.config.write_text(text + f"[trading]\nsell_price = {MAX_PRICE + 1}\n")
+        reload = ctl(d.sock, "reload")
+        assert reload.returncode == 1, reload.stderr
+        assert f"[trading].sell_price: expected an integer 0..{MAX_PRICE}" in reload.stderr
+        d.config.write_text(text.replace("port = 1", 'port = "abc"'))
         reload = ctl(d.sock, "reload")
         assert reload.returncode == 1 and '[p2p].port: expected an integer 0..65535, got "abc"' in reload.stderr
     finally:
@@ -242,7 +251,7 @@ def test_two_daemons_connect_through_static_peers(community: tuple[Path, str, di
         deadline = time.monotonic() + DEADLINE
         seen: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
-            for d, other in ((alice, "bob"), (bob, "alice")):
+            for d, _other in ((alice, "bob"), (bob, "alice")):
                 st = json.loads(ctl(d.sock, "status", "--json").stdout)
                 seen[d.name] = [s["member_id"] for s in st["sessions"]]
             if seen == {"alice": ["bob"], "bob": ["alice"]}:

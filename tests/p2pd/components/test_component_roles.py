@@ -18,9 +18,9 @@ import trio.testing
 from p2pd_test_helpers import NOW, Community, link, node_identity
 
 from p2pd.clock import TrioWallClock, trio_deadline
-from p2pd.components import sections as components
+from p2pd.components import SECTIONS
 from p2pd.components.broker import BrokerRunner, broker_book, broker_status
-from p2pd.components.client import BrokerTrader, DelegatingClient, make_broker_trader
+from p2pd.components.client import BrokerTrader, DelegatingClient, make_broker_trader, trading_mode
 from p2pd.components.representative import RepresentativeRunner
 from p2pd.config import ConfigError, parse_config
 from p2pd.net.node import Node
@@ -34,7 +34,6 @@ from p2pd.roles.trading import Market, MarketRules
 from protocol.delegation import AgentReceipt
 from store import MemoryRepository
 
-components.unregister()  # other test modules expect SECTION_VALIDATORS without ours
 SLOT, GATE = 900, 300
 FIRST = (int(NOW) // SLOT + 3) * SLOT  # the first slot every runner reaches in time
 
@@ -237,32 +236,32 @@ async def test_s4_orders_go_to_the_broker_and_fall_back_to_s1_when_it_dies(
 
 
 def test_role_sections_name_their_keys() -> None:
-    components.register()
-    try:
-        base: dict[str, Any] = {"community": {"id": "c", "issuers": ["ab" * 32]}}
-        cfg = parse_config(base)
-        assert components.trading_mode(cfg, "prosumer") == "direct"
-        assert components.trading_mode(cfg, "broker") == "broker"
-        assert components.trading_mode(parse_config({**base, "broker": {"member": "b"}}), "prosumer") == "brokered"
-        delegated = parse_config({**base, "delegation": {"representative": "rep", "max_wh_per_slot": 500}})
-        assert components.trading_mode(delegated, "prosumer") == "delegated"
-        with pytest.raises(ConfigError, match=r"^\[delegation\].representative: a representative does not"):
-            components.trading_mode(delegated, "representative")
-        both = parse_config({**base, "delegation": {"representative": "rep"}, "broker": {"member": "b"}})
-        with pytest.raises(ConfigError, match="choose one"):
-            components.trading_mode(both, "prosumer")
-        for section, body, message in (
-            ("broker", {"member": "no spaces"}, "[broker].member: expected a member id"),
-            ("delegation", {"max_wh_per_slot": 0}, "[delegation].max_wh_per_slot: expected an integer"),
-            ("representative", {"ask": -1}, "[representative].ask: expected an integer"),
-            ("replication", {"replicas": 99}, "[replication].replicas: expected an integer 0..16"),
-            ("representative", {"brokr": "x"}, "[representative].brokr: unknown key"),
-        ):
-            with pytest.raises(ConfigError) as info:
-                parse_config({**base, section: body})
-            assert str(info.value).startswith(message), str(info.value)
-    finally:
-        components.unregister()
+    base: dict[str, Any] = {"community": {"id": "c", "issuers": ["ab" * 32]}}
+
+    def parse(data: dict[str, Any]) -> Any:
+        return parse_config(data, sections=SECTIONS)
+
+    cfg = parse(base)
+    assert trading_mode(cfg, "prosumer") == "direct"
+    assert trading_mode(cfg, "broker") == "broker"
+    assert trading_mode(parse({**base, "broker": {"member": "b"}}), "prosumer") == "brokered"
+    delegated = parse({**base, "delegation": {"representative": "rep", "max_wh_per_slot": 500}})
+    assert trading_mode(delegated, "prosumer") == "delegated"
+    with pytest.raises(ConfigError, match=r"^\[delegation\].representative: a representative does not"):
+        trading_mode(delegated, "representative")
+    both = parse({**base, "delegation": {"representative": "rep"}, "broker": {"member": "b"}})
+    with pytest.raises(ConfigError, match="choose one"):
+        trading_mode(both, "prosumer")
+    for section, body, message in (
+        ("broker", {"member": "no spaces"}, "[broker].member: expected a member id"),
+        ("delegation", {"max_wh_per_slot": 0}, "[delegation].max_wh_per_slot: expected an integer"),
+        ("representative", {"ask": -1}, "[representative].ask: expected an integer"),
+        ("replication", {"replicas": 99}, "[replication].replicas: expected an integer 0..16"),
+        ("representative", {"brokr": "x"}, "[representative].brokr: unknown key"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse({**base, section: body})
+        assert str(info.value).startswith(message), str(info.value)
 
 
 # --- under run_daemon ---------------------------------------------------------------------
@@ -307,45 +306,43 @@ driver = "none"
 enabled = false
 {extra}
 """)
-        return load_config(d / "p2pd.toml")
+        return load_config(d / "p2pd.toml", sections=SECTIONS)
 
-    components.register()
-    try:
-        with tempfile.TemporaryDirectory(prefix="p2pdr", dir="/tmp") as tmp:
-            base = Path(tmp)
-            cfgs = [config(base, "broker", "broker"), config(base, "rep", "representative"),
-                    config(base, "s4", "prosumer", '[broker]\nmember = "broker"'),
-                    config(base, "cl", "prosumer", '[delegation]\nrepresentative = "rep"\nmax_wh_per_slot = 500')]
-            async with trio.open_nursery() as nursery:
-                broker, rep, s4, cl = [await nursery.start(run_daemon, c) for c in cfgs]
-                try:
-                    for a, b in ((s4, broker), (cl, rep), (rep, broker)):
-                        port = int(b.listen_addresses[0].rsplit(":", 1)[1])
-                        await a.control.call("peers.connect", {"host": "127.0.0.1", "port": port})
-                    assert "broker" in broker.services and "representative" not in broker.services
-                    assert "representative" in rep.services and "client" not in rep.services
-                    assert s4.services["client"].status()["mode"] == "brokered" and "agent" not in s4.services
-                    assert cl.services["client"].status()["mode"] == "delegated" and "agent" not in cl.services
-                    assert all("replication" in c.services for c in (broker, rep, s4, cl))
-                    # The client's delegation reaches its representative (sent when the session opened).
-                    runner = rep.services["representative"]
-                    with trio.fail_after(10):
-                        while runner.rep.clients != ["cl"]:
-                            await trio.sleep(0.01)
-                    st = await rep.control.call("representative.status")
-                    assert st["scenario"] == "S2" and st["clients"][0]["max_wh_per_slot"] == 500
-                    cs = await cl.control.call("client.status")
-                    assert cs["connected"] and cs["delegation"]["max_wh_per_slot"] == 500
-                    bs = await broker.control.call("broker.status")
-                    assert bs["slots_cleared"] == 0 and bs["open_slots"] == []
-                    with pytest.raises(Exception, match="no orders"):
-                        await broker.control.call("broker.book", {"slot_start": 900})
-                    log = await s4.control.call("receipts.log")
-                    assert log["seq"] == 0 and log["equivocators"] == []
-                    status = await broker.control.call("status")
-                    assert "broker" in status and "replication" in status
-                finally:
-                    for c in (broker, rep, s4, cl):
-                        c.stop()
-    finally:
-        components.unregister()
+    with tempfile.TemporaryDirectory(prefix="p2pdr", dir="/tmp") as tmp:
+        base = Path(tmp)
+        cfgs = [config(base, "broker", "broker"), config(base, "rep", "representative"),
+                config(base, "s4", "prosumer", '[broker]\nmember = "broker"'),
+                config(base, "cl", "prosumer", '[delegation]\nrepresentative = "rep"\nmax_wh_per_slot = 500')]
+        async with trio.open_nursery() as nursery:
+            broker, rep, s4, cl = [await nursery.start(run_daemon, c) for c in cfgs]
+            try:
+                for a, b in ((s4, broker), (cl, rep), (rep, broker)):
+                    port = int(b.listen_addresses[0].rsplit(":", 1)[1])
+                    await a.control.call("peers.connect", {"host": "127.0.0.1", "port": port})
+                assert "broker" in broker.services and "representative" not in broker.services
+                assert "representative" in rep.services and "client" not in rep.services
+                assert s4.services["client"].status()["mode"] == "brokered" and "agent" not in s4.services
+                assert cl.services["client"].status()["mode"] == "delegated" and "agent" not in cl.services
+                assert all("replication" in c.services for c in (broker, rep, s4, cl))
+                # The client's delegation reaches its representative (sent when the session opened).
+                # Nothing announces its arrival: poll, bounded by fail_after (real sockets).
+                runner = rep.services["representative"]
+                with trio.fail_after(10):
+                    while runner.rep.clients != ["cl"]:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                st = await rep.control.call("representative.status")
+                assert st["scenario"] == "S2" and st["clients"][0]["max_wh_per_slot"] == 500
+                cs = await cl.control.call("client.status")
+                assert cs["connected"] and cs["delegation"]["max_wh_per_slot"] == 500
+                bs = await broker.control.call("broker.status")
+                assert bs["slots_cleared"] == 0 and bs["open_slots"] == []
+                with pytest.raises(Exception, match="no orders"):
+                    await broker.control.call("broker.book", {"slot_start": 900})
+                log = await s4.control.call("receipts.log")
+                assert log["seq"] == 0 and log["equivocators"] == []
+                status = await broker.control.call("status")
+                assert "broker" in status and "replication" in status
+            finally:
+                for c in (broker, rep, s4, cl):
+                    c.stop()
+

@@ -6,16 +6,14 @@ import trio
 from p2pd_test_helpers import NOW, Community, node_identity
 
 from p2pd.clock import TrioWallClock
-from p2pd.components import sections as components
-from p2pd.components.settlement import SettlementLoop, aggregate
+from p2pd.components.settlement import SettlementConfig, SettlementLoop, aggregate
 from p2pd.events import EventBus, StatementSigned
 from p2pd.market.settlement import SignedStatement, Tariff, verify_statement
 from store import MemberRecord, MemoryRepository, ReadingRecord, ReceiptRecord
 
-components.unregister()  # other test modules expect SECTION_VALIDATORS without ours
 SLOT = 900
 START = int(NOW) // SLOT * SLOT - 4 * SLOT  # four slots before "now"
-CFG = components.SettlementConfig(delay_seconds=60, backfill_seconds=86400, reading_gap_seconds=600)
+CFG = SettlementConfig(delay_seconds=60, backfill_seconds=86400, reading_gap_seconds=600)
 
 
 def setup() -> tuple[MemoryRepository, object, object]:

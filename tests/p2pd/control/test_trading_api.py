@@ -10,14 +10,14 @@ import pytest
 import trio
 from p2pd_test_helpers import NOW, link
 
-from p2pd.control.server import ControlServer, RpcError
+from p2pd.control.server import INVALID_PARAMS, ControlServer, RpcError
 from p2pd.control.trading import TRADE_REFUSED, register_trading_methods, trade_error
 from p2pd.errors import TradeError
 from p2pd.events import OrderSeen
 from p2pd.net.node import Node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market
-from protocol import Reason
+from protocol import MAX_PRICE, MAX_WH, Reason
 from store import MemoryRepository, ReadingRecord
 
 SLOT = int(NOW) // 900 * 900 + 2 * 900
@@ -62,6 +62,19 @@ async def test_trade_through_the_methods(make_node: Callable[..., Awaitable[Node
     b_repo.add_readings([ReadingRecord(meter, 100 + i, i, 0, None) for i in range(5)])
     got = await b.call("readings.list", {"start": 101, "end": 103})
     assert got["meter_id"] == meter and [r["ts"] for r in got["readings"]] == [101, 102]
+
+
+async def test_order_params_stop_exactly_at_the_wire_bounds(
+        make_node: Callable[..., Awaitable[Node]], nursery: trio.Nursery,
+        autojump_clock: trio.abc.Clock) -> None:
+    server, _ = await api(await make_node("alice"), nursery)
+    order = {"side": "sell", "slot_start": SLOT, "wh": MAX_WH, "price": MAX_PRICE}
+    posted = await server.call("orders.post", order)  # the wire takes the largest order
+    assert (posted["wh"], posted["price"]) == (MAX_WH, MAX_PRICE)
+    for key, value in (("wh", MAX_WH + 1), ("price", MAX_PRICE + 1)):
+        with pytest.raises(RpcError) as err:
+            await server.call("orders.post", {**order, key: value})
+        assert err.value.code == INVALID_PARAMS and key in err.value.message, err.value.message
 
 
 def test_trade_error_carries_the_reason() -> None:
