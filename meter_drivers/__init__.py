@@ -71,7 +71,13 @@ async def open_driver(name: str, options: Mapping[str, Any]) -> AsyncIterator[Me
             await driver.aclose()
 
 
-async def read_once(driver_name: str, options: dict[str, Any], *, timeout: float = 60.0) -> dict[str, Any]:
+async def read_once(
+    driver_name: str,
+    options: dict[str, Any],
+    *,
+    # A CLI helper: the timeout is its interface (it becomes MeterUnavailable).
+    timeout: float = 60.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
     """One reading as a JSON-ready dict, for ``p2pd meter read --json``.
 
     Returns ``{"ts": int, "import_wh": int, "export_wh": int, "power_w": int | None}``.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import trio
 
@@ -40,7 +42,7 @@ async def test_backoff_then_recovery(autojump_clock: trio.abc.Clock) -> None:
     assert meter.health.state is HealthState.STARTING and not meter.healthy
     t0 = trio.current_time()
     assert await meter.read() == Reading(100, 1, 2, None)
-    gaps = [b - a for a, b in zip(flaky.calls, flaky.calls[1:])]
+    gaps = [b - a for a, b in pairwise(flaky.calls)]
     assert gaps == pytest.approx([1, 2, 4, 4, 4])
     assert trio.current_time() - t0 == pytest.approx(15)
     assert meter.healthy and meter.health.attempt == 0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import trio
 from hypothesis import given, settings
@@ -24,7 +26,7 @@ def test_deterministic_and_member_specific() -> None:
 def test_consumer_daily_consumption_is_realistic(member: int) -> None:
     m = SimulatedMeter({"seed": 1, "member": member, "kind": "consumer", "origin": JAN_1})
     days = [m.reading_at(JAN_1 + d * 86400) for d in range(8)]
-    for prev, cur in zip(days, days[1:]):
+    for prev, cur in pairwise(days):
         assert 6_000 <= cur.import_wh - prev.import_wh <= 14_500
         assert cur.export_wh == prev.export_wh == 0
 
@@ -52,7 +54,7 @@ def test_origin_mid_day_starts_at_opening_register() -> None:
 def test_registers_never_decrease(offsets: list[int]) -> None:
     m = SimulatedMeter({"seed": 11, "member": 4, "origin": JUNE_27})
     readings = [m.reading_at(JUNE_27 + o) for o in sorted(offsets)]
-    for prev, cur in zip(readings, readings[1:]):
+    for prev, cur in pairwise(readings):
         assert cur.import_wh >= prev.import_wh and cur.export_wh >= prev.export_wh
 
 
