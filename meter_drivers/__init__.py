@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from meter_drivers.base import DEFAULT_MAX_POWER_W as DEFAULT_MAX_POWER_W
 from meter_drivers.base import BadReading as BadReading
 from meter_drivers.base import DriverConfigError as DriverConfigError
 from meter_drivers.base import DriverError as DriverError

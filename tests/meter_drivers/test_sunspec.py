@@ -121,15 +121,20 @@ def _meter(port: int, **extra: Any) -> SunSpecMeter:
 
 
 async def test_model_203_with_scale_factors(server: ModbusServer) -> None:
-    meter = _meter(server.port)
+    now = [1_750_000_000]
+    meter = _meter(server.port, clock=lambda: now[0])
     r = await meter.read()
     # TotWh_SF = -1: raw 1234567 -> 123456.7 Wh -> 123457 (half up); W_SF = 0.
     assert (r.ts, r.import_wh, r.export_wh, r.power_w) == (1_750_000_000, 123457, 8901, 1520)
     assert meter.info is not None and meter.info.manufacturer == "ACME Meters"
     assert meter.info.serial == "SN-4711" and meter.info.model == 203
-    # Energy grows: the cached layout is reused.
+    # Energy grows: the cached layout is reused. 76.5 kWh cannot arrive in
+    # no time (ReadingGuard), but can in two hours (38 kW).
     model_data = 40000 + 2 + 67 + 2
     await trio.to_thread.run_sync(server.set, model_data + 44, _u32(2_000_000))  # SF -1
+    with pytest.raises(BadReading, match="grew"):
+        await meter.read()
+    now[0] += 7200
     assert (await meter.read()).import_wh == 200000
     await meter.aclose()
 
