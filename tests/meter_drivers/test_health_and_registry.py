@@ -112,6 +112,20 @@ def test_guard_jump_bound() -> None:
     g.check(Reading(1099 + 86400, 100 + 86400, 104))
 
 
+def test_max_power_option_everywhere() -> None:
+    for name, base in (
+        ("dsmr_p1", {"serial_port": "/dev/null"}),
+        ("sunspec", {"host": "x"}),
+        ("csv", {"path": "x.csv"}),
+        ("simulated", {}),
+    ):
+        create_driver(name, {**base, "max_power_w": 100_000})
+        for bad in (0, -1, 10**9, 1.5, True):
+            with pytest.raises(DriverConfigError) as info:
+                create_driver(name, {**base, "max_power_w": bad})
+            assert info.value.key == "max_power_w"
+
+
 def test_registry() -> None:
     assert set(DRIVERS) == {"simulated", "csv", "dsmr_p1", "sunspec"}
     with pytest.raises(DriverConfigError) as info:
