@@ -27,11 +27,11 @@ from meter_drivers.base import Reading as Reading
 from meter_drivers.base import ReadingGuard as ReadingGuard
 from meter_drivers.csv_replay import CsvReplayMeter as CsvReplayMeter
 from meter_drivers.dsmr_p1 import DsmrP1Meter as DsmrP1Meter
-from meter_drivers.dsmr_p1 import P1Decoder as P1Decoder
-from meter_drivers.dsmr_p1 import P1Stats as P1Stats
 from meter_drivers.health import HealthState as HealthState
 from meter_drivers.health import MeterHealth as MeterHealth
 from meter_drivers.health import MonitoredMeter as MonitoredMeter
+from meter_drivers.p1_decoder import P1Decoder as P1Decoder
+from meter_drivers.p1_decoder import P1Stats as P1Stats
 from meter_drivers.simulated import DayProfile as DayProfile
 from meter_drivers.simulated import SimulatedMeter as SimulatedMeter
 from meter_drivers.simulated import day_profile as day_profile

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from meter_drivers import DriverConfigError, DsmrP1Meter, MeterUnavailable, P1Decoder, Reading
-from meter_drivers.dsmr_p1 import _BoundedTelegramBuffer
+from meter_drivers.p1_decoder import _BoundedTelegramBuffer
 
 Telegrams = dict[str, Callable[..., bytes]]
 
