@@ -88,6 +88,8 @@ class DsmrP1Meter:
 
     async def read(self) -> Reading:
         try:
+            stats = self.decoder.stats
+            before = (stats.rejected, stats.crc_errors, stats.parse_errors)
             with trio.fail_after(self._opts["timeout"]):
                 while True:
                     readings = self.decoder.feed(await self._receive())
@@ -95,8 +97,17 @@ class DsmrP1Meter:
                         return readings[-1]
         except trio.TooSlowError as exc:
             await self._disconnect()
+            # Telegrams that arrive but are all refused (a swapped meter, a
+            # bad baseline) look like silence unless the message says so.
+            rejected, crc, unparsable = (
+                now - then
+                for now, then in zip(
+                    (stats.rejected, stats.crc_errors, stats.parse_errors), before, strict=True
+                )
+            )
             raise MeterUnavailable(
-                f"no valid P1 telegram within {self._opts['timeout']} s"
+                f"no valid P1 telegram within {self._opts['timeout']} s (meanwhile"
+                f" {rejected} refused values, {crc} CRC errors, {unparsable} unparsable)"
             ) from exc
         except MeterUnavailable:
             await self._disconnect()
