@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from meter_drivers.base import DEFAULT_MAX_POWER_W as DEFAULT_MAX_POWER_W
 from meter_drivers.base import BadReading as BadReading
 from meter_drivers.base import DriverConfigError as DriverConfigError
 from meter_drivers.base import DriverError as DriverError
@@ -26,11 +27,11 @@ from meter_drivers.base import Reading as Reading
 from meter_drivers.base import ReadingGuard as ReadingGuard
 from meter_drivers.csv_replay import CsvReplayMeter as CsvReplayMeter
 from meter_drivers.dsmr_p1 import DsmrP1Meter as DsmrP1Meter
-from meter_drivers.dsmr_p1 import P1Decoder as P1Decoder
-from meter_drivers.dsmr_p1 import P1Stats as P1Stats
 from meter_drivers.health import HealthState as HealthState
 from meter_drivers.health import MeterHealth as MeterHealth
 from meter_drivers.health import MonitoredMeter as MonitoredMeter
+from meter_drivers.p1_decoder import P1Decoder as P1Decoder
+from meter_drivers.p1_decoder import P1Stats as P1Stats
 from meter_drivers.simulated import DayProfile as DayProfile
 from meter_drivers.simulated import SimulatedMeter as SimulatedMeter
 from meter_drivers.simulated import day_profile as day_profile
@@ -71,7 +72,13 @@ async def open_driver(name: str, options: Mapping[str, Any]) -> AsyncIterator[Me
             await driver.aclose()
 
 
-async def read_once(driver_name: str, options: dict[str, Any], *, timeout: float = 60.0) -> dict[str, Any]:
+async def read_once(
+    driver_name: str,
+    options: dict[str, Any],
+    *,
+    # A CLI helper: the timeout is its interface (it becomes MeterUnavailable).
+    timeout: float = 60.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
     """One reading as a JSON-ready dict, for ``p2pd meter read --json``.
 
     Returns ``{"ts": int, "import_wh": int, "export_wh": int, "power_w": int | None}``.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meter_drivers.base import DriverConfigError
+from meter_drivers.base import DEFAULT_MAX_POWER_W, DriverConfigError
 
 REQUIRED: Any = object()
 
@@ -94,3 +94,11 @@ def in_range(lo: int, hi: int) -> Callable[[Any], str | None]:
         return None if lo <= value <= hi else f"must be between {lo} and {hi}"
 
     return check
+
+
+def max_power_option(default: int | None = DEFAULT_MAX_POWER_W) -> Option:
+    """``max_power_w`` (int W, 1 W to 100 MW): the guard's bound on power and jumps.
+
+    Every driver takes it; see :class:`~meter_drivers.base.ReadingGuard`.
+    """
+    return Option("int", default, in_range(1, 100_000_000))

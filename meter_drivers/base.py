@@ -72,38 +72,106 @@ class MeterUnavailable(DriverError):
 class BadReading(DriverError):
     """Raised when the meter answered but the values fail validation.
 
-    Examples: negative or decreasing cumulative energy, a missing energy
-    register, a SunSpec map without a supported meter model.
+    Examples: negative or decreasing cumulative energy, a value wider than
+    the register, energy that grew faster than the connection allows, a
+    missing energy register, a SunSpec map without a supported meter model.
     """
+
+
+DEFAULT_MAX_POWER_W = 55_200
+"""Default ceiling on power through the connection, W: 3 phases x 80 A x 230 V.
+
+3 x 80 A is the largest small-consumer connection (the connections DSMR
+meters are made for); a meter that claims more, or whose registers grew
+faster, is wrong or lying. Drivers take ``max_power_w`` to change it.
+"""
+
+DEFAULT_MAX_WH = 10**12 - 1
+"""Default register width, Wh (just under 1 TWh).
+
+Wider than any register the drivers read: DSMR shows 2 x 999,999.999 kWh,
+SunSpec acc32 at scale factor 0 shows 4.3 GWh. Drivers with a narrower
+register pass their own ``max_wh``.
+"""
+
+MAX_TS = 253_402_300_799
+"""The last second of the year 9999 (what ``datetime`` can hold)."""
+
+_ROUNDING_REGISTERS = 4
+"""Registers summed into one reading (DSMR: two tariffs each way), each shown
+rounded down to its step, so the sum may run ahead of the energy by this
+many steps."""
+
+
+def _show(n: int) -> str:
+    """``n`` as text, short whatever its size (str() of a 4,300-digit int raises)."""
+    if -(10**18) < n < 10**18:
+        return str(n)
+    return f"{'-' if n < 0 else ''}~2^{n.bit_length() - 1}"
 
 
 class ReadingGuard:
-    """Rejects implausible readings relative to the last accepted one.
+    """Rejects implausible readings, alone and relative to the last accepted one.
 
-    A cumulative register never goes backwards and is never negative; a
-    meter that reports otherwise (bit errors, a swapped meter, a hostile
-    bridge) must not move our energy accounts. Time must not go backwards
-    either. ``rejected`` counts rejections.
+    A reading is refused (:class:`BadReading`, counted in ``rejected``) when
+
+    * an energy register is negative or above ``max_wh`` (the register
+      width: no meter can show more);
+    * its time is negative or past :data:`MAX_TS`;
+    * it reports more than ``max_power_w`` W, either way;
+    * a register went backwards, or time did: cumulative registers never
+      decrease (bit errors, a swapped meter, a hostile bridge);
+    * import plus export grew by more than ``max_power_w`` could carry in the
+      elapsed time (see :meth:`allowance_wh`).
+
+    Every driver checks its readings here, so the rules are the same for all.
+    ``last`` is the last accepted reading; refused readings never replace
+    it, so one bad value does not move the baseline.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, max_wh: int = DEFAULT_MAX_WH, max_power_w: int = DEFAULT_MAX_POWER_W
+    ) -> None:
+        if max_wh <= 0 or max_power_w <= 0:
+            raise ValueError("need max_wh > 0 and max_power_w > 0")
+        self.max_wh = max_wh
+        self.max_power_w = max_power_w
         self.last: Reading | None = None
         self.rejected = 0
 
-    def check(self, reading: Reading) -> Reading:
-        """Return ``reading`` if plausible; raise :class:`BadReading` (and count) if not."""
-        problem = self._problem(reading)
+    def check(self, reading: Reading, *, step_wh: int = 1) -> Reading:
+        """Return ``reading`` if plausible; raise :class:`BadReading` (and count) if not.
+
+        ``step_wh`` is how far the meter's energy registers move at once
+        (1 for DSMR; 1000 for a SunSpec register counted in kWh); it widens
+        the jump allowance so that a coarse register is not refused.
+        """
+        problem = self._problem(reading, step_wh)
         if problem is not None:
             self.rejected += 1
             raise BadReading(problem)
         self.last = reading
         return reading
 
-    def _problem(self, r: Reading) -> str | None:
-        if r.import_wh < 0 or r.export_wh < 0:
-            return f"negative cumulative energy ({r.import_wh}, {r.export_wh})"
-        if r.ts < 0:
-            return f"negative timestamp {r.ts}"
+    def allowance_wh(self, seconds: int, step_wh: int = 1) -> int:
+        """The most import plus export may grow in ``seconds`` (whole-second stamps).
+
+        ``max_power_w`` for ``seconds + 1`` s (two stamps truncated to the
+        second may hide almost a second), rounded up, plus the rounding of
+        each summed register.
+        """
+        return -(-self.max_power_w * (seconds + 1) // 3600) + _ROUNDING_REGISTERS * step_wh
+
+    def _problem(self, r: Reading, step_wh: int) -> str | None:
+        # Invariant: range checks come first, so the relative checks (and
+        # their messages) only ever see values below max_wh and MAX_TS.
+        for name, wh in (("import", r.import_wh), ("export", r.export_wh)):
+            if not 0 <= wh <= self.max_wh:
+                return f"{name} register {_show(wh)} Wh outside 0..{self.max_wh}"
+        if not 0 <= r.ts <= MAX_TS:
+            return f"timestamp {_show(r.ts)} outside 0..{MAX_TS}"
+        if r.power_w is not None and not -self.max_power_w <= r.power_w <= self.max_power_w:
+            return f"power {_show(r.power_w)} W beyond the connection's {self.max_power_w} W"
         last = self.last
         if last is None:
             return None
@@ -114,4 +182,11 @@ class ReadingGuard:
             )
         if r.ts < last.ts:
             return f"meter time went backwards: {last.ts} -> {r.ts}"
+        grown = r.import_wh - last.import_wh + r.export_wh - last.export_wh
+        allowed = self.allowance_wh(r.ts - last.ts, step_wh)
+        if grown > allowed:
+            return (
+                f"energy grew {grown} Wh in {r.ts - last.ts} s; at most {allowed} Wh"
+                f" fit through {self.max_power_w} W"
+            )
         return None

@@ -5,13 +5,16 @@ default false: after the last row ``read()`` raises
 :class:`~meter_drivers.base.MeterUnavailable`; true: start again with time
 and both registers shifted so they keep increasing), ``interval`` (float s,
 default 0: ``read()`` first sleeps this long on the trio clock),
-``max_rows`` (int, default 1,000,000).
+``max_rows`` (int, default 1,000,000), ``max_power_w`` (int W, default
+55,200: see below).
 
 Format: a header row naming ``ts,import_wh,export_wh`` and optionally
 ``power_w`` (any order, extra columns ignored), then one row per reading,
-integers, ``power_w`` may be empty. Rows that do not parse or whose values
-fail :class:`~meter_drivers.base.ReadingGuard` (negative, decreasing) are
-skipped and counted in ``rejected``.
+integers of at most 20 characters, ``power_w`` may be empty. Rows that do
+not parse or whose values fail :class:`~meter_drivers.base.ReadingGuard`
+(negative, decreasing, beyond the register width, more power or faster
+growth than ``max_power_w`` allows) are skipped and counted in
+``rejected``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Any
 
 import trio
 
-from meter_drivers._options import Option, positive, validate
+from meter_drivers._options import Option, max_power_option, positive, validate
 from meter_drivers.base import (
+    DEFAULT_MAX_POWER_W,
     BadReading,
     DriverConfigError,
     MeterUnavailable,
@@ -36,13 +40,28 @@ OPTIONS = {
     "loop": Option("bool", False),
     "interval": Option("float", 0.0, lambda v: None if v >= 0 else "must be >= 0"),
     "max_rows": Option("int", 1_000_000, positive),
+    "max_power_w": max_power_option(),
 }
 
 _MAX_FILE = 256 * 1024 * 1024
+_MAX_FIELD = 20
+"""Characters in one number: 10**19 Wh is far beyond any register, and int()
+of a long digit string costs time (Python refuses past 4,300 digits)."""
 
 
-def parse_csv(text: str, max_rows: int = 1_000_000) -> tuple[list[Reading], int]:
+def _int(field: str) -> int:
+    text = field.strip()
+    if len(text) > _MAX_FIELD:
+        raise ValueError(f"number of {len(text)} characters")
+    return int(text)
+
+
+def parse_csv(
+    text: str, max_rows: int = 1_000_000, max_power_w: int = DEFAULT_MAX_POWER_W
+) -> tuple[list[Reading], int]:
     """Parse CSV text into (valid readings, number of rejected rows).
+
+    Each row passes a :class:`ReadingGuard` bounded by ``max_power_w``.
 
     Raises :class:`BadReading` if the header lacks a required column or
     no row is valid.
@@ -55,7 +74,7 @@ def parse_csv(text: str, max_rows: int = 1_000_000) -> tuple[list[Reading], int]
             cols[name] = header.index(name)
         elif name != "power_w":
             raise BadReading(f"CSV header has no {name!r} column")
-    guard, out = ReadingGuard(), []
+    guard, out = ReadingGuard(max_power_w=max_power_w), []
     for i, row in enumerate(rows):
         if i >= max_rows:
             break
@@ -64,10 +83,10 @@ def parse_csv(text: str, max_rows: int = 1_000_000) -> tuple[list[Reading], int]
         try:
             power = row[cols["power_w"]].strip() if "power_w" in cols else ""
             reading = Reading(
-                ts=int(row[cols["ts"]]),
-                import_wh=int(row[cols["import_wh"]]),
-                export_wh=int(row[cols["export_wh"]]),
-                power_w=int(power) if power else None,
+                ts=_int(row[cols["ts"]]),
+                import_wh=_int(row[cols["import_wh"]]),
+                export_wh=_int(row[cols["export_wh"]]),
+                power_w=_int(power) if power else None,
             )
             out.append(guard.check(reading))
         except (ValueError, IndexError):
@@ -98,7 +117,9 @@ class CsvReplayMeter:
         except (OSError, UnicodeDecodeError) as exc:
             raise DriverConfigError("path", f"cannot read {path}: {exc}") from exc
         try:
-            rows, self.rejected = parse_csv(text, self._opts["max_rows"])
+            rows, self.rejected = parse_csv(
+                text, self._opts["max_rows"], self._opts["max_power_w"]
+            )
         except BadReading as exc:
             raise DriverConfigError("path", f"{path}: {exc}") from exc
         return rows

@@ -14,47 +14,31 @@ Options (``[meter]`` table with ``driver = "dsmr_p1"``):
   complete telegram are trimmed past this size.
 - ``clock`` (callable returning unix seconds): used only for DSMR 2.2, whose
   telegrams carry no timestamp. Defaults to ``time.time``.
+- ``max_power_w`` (int W, default 55,200 = 3 x 80 A x 230 V, the largest
+  connection DSMR serves): readings reporting more power, or whose
+  registers grew faster than this, are refused
+  (:class:`~meter_drivers.base.ReadingGuard`).
 
 Mapping: import = 1-0:1.8.1 + 1-0:1.8.2 (kWh, three decimals, so exact Wh),
 export = 1-0:2.8.1 + 1-0:2.8.2, power = 1-0:1.7.0 - 1-0:2.7.0 (kW), time =
 0-0:1.0.0 (the meter's clock, local time with S/W DST flag, converted to UTC
 by dsmr-parser).
 
-Bad input is never fatal: a telegram with a bad CRC, one that fails to parse,
-one that lacks the energy registers and one whose values fail
-:class:`~meter_drivers.base.ReadingGuard` are each counted in
-:class:`P1Stats` and skipped. Partial telegrams are dropped by the framing.
+Decoding (bytes to readings, no I/O) is :class:`~meter_drivers.p1_decoder.P1Decoder`,
+which also documents what counts as a bad telegram. Bad input is never fatal:
+it is counted in :class:`P1Stats` and skipped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import trio
-from dsmr_parser import telegram_specifications as specs
-from dsmr_parser.clients.telegram_buffer import TelegramBuffer
-from dsmr_parser.exceptions import InvalidChecksumError, ParseError
-from dsmr_parser.parsers import TelegramParser
 
-from meter_drivers._options import Option, in_range, one_of, positive, validate
-from meter_drivers.base import (
-    BadReading,
-    DriverConfigError,
-    MeterUnavailable,
-    Reading,
-    ReadingGuard,
-)
-
-SPECS: dict[str, dict[str, Any]] = {
-    "v2.2": specs.V2_2,
-    "v4": specs.V4,
-    "v5": specs.V5,
-    "belgium": specs.BELGIUM_FLUVIUS,
-}
+from meter_drivers._options import Option, in_range, max_power_option, one_of, positive, validate
+from meter_drivers.base import DriverConfigError, MeterUnavailable, Reading
+from meter_drivers.p1_decoder import SPECS, P1Decoder, P1Stats
 
 OPTIONS = {
     "serial_port": Option("str", None),
@@ -65,136 +49,10 @@ OPTIONS = {
     "timeout": Option("float", 30.0, positive),
     "max_buffer": Option("int", 16384, in_range(1024, 1 << 20)),
     "clock": Option("callable", time.time),
+    "max_power_w": max_power_option(),
 }
 
 _READ_CHUNK = 4096
-
-
-@dataclass
-class P1Stats:
-    """Counters the daemon can report; all only ever increase."""
-
-    telegrams: int = 0
-    """Telegrams that produced a reading."""
-    crc_errors: int = 0
-    parse_errors: int = 0
-    """Telegrams that failed to parse or lacked the energy registers."""
-    rejected: int = 0
-    """Telegrams whose values failed validation (negative, decreasing)."""
-    partial: int = 0
-    """Stretches of discarded input holding a telegram start or end: cut telegrams."""
-    trimmed_bytes: int = 0
-    """Bytes dropped because no telegram ended within ``max_buffer``."""
-
-
-class _BoundedTelegramBuffer(TelegramBuffer):  # type: ignore[misc]
-    # dsmr-parser's buffer grows without limit while no telegram end arrives,
-    # and silently drops what precedes each telegram it finds. It keeps its
-    # text in ``_buffer``; tests/meter_drivers/test_dsmr_p1.py pins this so
-    # an upgrade that renames it fails loudly.
-    _buffer: str
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.partial = 0
-
-    def _remove(self, telegram: str) -> None:
-        text: str = self._buffer
-        dropped = text[: text.index(telegram)]
-        if "/" in dropped or "!" in dropped:
-            self.partial += max(1, dropped.count("/"))
-        super()._remove(telegram)
-
-    def trim(self, limit: int) -> int:
-        """Drop old text beyond ``limit`` characters; returns how many were dropped."""
-        text: str = self._buffer
-        if len(text) <= limit:
-            return 0
-        start = text.rfind("/")
-        kept = text[start:] if start >= 0 and len(text) - start <= limit else ""
-        self._buffer = kept
-        return len(text) - len(kept)
-
-
-class P1Decoder:
-    """Sans-IO: bytes from the P1 port in, readings out.
-
-    ``feed(data)`` returns the readings completed by ``data`` (possibly none,
-    possibly several), oldest first. ``stats`` counts what was skipped.
-    """
-
-    def __init__(
-        self,
-        variant: str = "v5",
-        *,
-        max_buffer: int = 16384,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._spec = SPECS[variant]
-        self._parser = TelegramParser(self._spec)
-        self._buffer = _BoundedTelegramBuffer()
-        self._max_buffer = max_buffer
-        self._clock = clock
-        self.guard = ReadingGuard()
-        self.stats = P1Stats()
-
-    def feed(self, data: bytes) -> list[Reading]:
-        # latin-1 maps every byte to one code point, so garbage cannot raise
-        # and the CRC (computed over code points) sees the original bytes.
-        self._buffer.append(data.decode("latin-1"))
-        out: list[Reading] = []
-        for telegram in self._buffer.get_all():
-            reading = self._decode(telegram)
-            if reading is not None:
-                out.append(reading)
-        self.stats.trimmed_bytes += self._buffer.trim(self._max_buffer)
-        self.stats.partial = self._buffer.partial
-        return out
-
-    def _decode(self, telegram: str) -> Reading | None:
-        try:
-            parsed = self._parser.parse(telegram)
-            reading = self._reading(parsed)
-        except InvalidChecksumError:
-            self.stats.crc_errors += 1
-            return None
-        except (ParseError, ValueError, ArithmeticError, AttributeError, TypeError):
-            self.stats.parse_errors += 1
-            return None
-        try:
-            self.guard.check(reading)
-        except BadReading:
-            self.stats.rejected += 1
-            return None
-        self.stats.telegrams += 1
-        return reading
-
-    def _reading(self, t: Any) -> Reading:
-        def kwh(name: str) -> Decimal:
-            value = getattr(t, name).value
-            if not isinstance(value, Decimal) or not value.is_finite():
-                raise ValueError(f"{name} is not a number")
-            return value
-
-        import_kwh = kwh("ELECTRICITY_USED_TARIFF_1") + kwh("ELECTRICITY_USED_TARIFF_2")
-        export_kwh = kwh("ELECTRICITY_DELIVERED_TARIFF_1") + kwh("ELECTRICITY_DELIVERED_TARIFF_2")
-        power_w: int | None = None
-        if hasattr(t, "CURRENT_ELECTRICITY_USAGE") and hasattr(t, "CURRENT_ELECTRICITY_DELIVERY"):
-            net_kw = kwh("CURRENT_ELECTRICITY_USAGE") - kwh("CURRENT_ELECTRICITY_DELIVERY")
-            power_w = int((net_kw * 1000).to_integral_value())
-        stamp = getattr(t, "P1_MESSAGE_TIMESTAMP", None)
-        if stamp is not None and stamp.value is not None:
-            ts = int(stamp.value.timestamp())
-        elif not self._spec["checksum_support"]:
-            ts = int(self._clock())  # DSMR 2.2: no clock in the telegram
-        else:
-            raise ValueError("telegram has no valid timestamp")
-        return Reading(
-            ts=ts,
-            import_wh=int((import_kwh * 1000).to_integral_value()),
-            export_wh=int((export_kwh * 1000).to_integral_value()),
-            power_w=power_w,
-        )
 
 
 class DsmrP1Meter:
@@ -216,7 +74,10 @@ class DsmrP1Meter:
             raise DriverConfigError("tcp_port", "only applies with host")
         self._opts = opts
         self.decoder = P1Decoder(
-            opts["variant"], max_buffer=opts["max_buffer"], clock=opts["clock"]
+            opts["variant"],
+            max_buffer=opts["max_buffer"],
+            clock=opts["clock"],
+            max_power_w=opts["max_power_w"],
         )
         self._stream: trio.abc.Stream | None = None
         self._serial: Any = None
@@ -227,6 +88,8 @@ class DsmrP1Meter:
 
     async def read(self) -> Reading:
         try:
+            stats = self.decoder.stats
+            before = (stats.rejected, stats.crc_errors, stats.parse_errors)
             with trio.fail_after(self._opts["timeout"]):
                 while True:
                     readings = self.decoder.feed(await self._receive())
@@ -234,8 +97,17 @@ class DsmrP1Meter:
                         return readings[-1]
         except trio.TooSlowError as exc:
             await self._disconnect()
+            # Telegrams that arrive but are all refused (a swapped meter, a
+            # bad baseline) look like silence unless the message says so.
+            rejected, crc, unparsable = (
+                now - then
+                for now, then in zip(
+                    (stats.rejected, stats.crc_errors, stats.parse_errors), before, strict=True
+                )
+            )
             raise MeterUnavailable(
-                f"no valid P1 telegram within {self._opts['timeout']} s"
+                f"no valid P1 telegram within {self._opts['timeout']} s (meanwhile"
+                f" {rejected} refused values, {crc} CRC errors, {unparsable} unparsable)"
             ) from exc
         except MeterUnavailable:
             await self._disconnect()

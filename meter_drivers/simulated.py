@@ -19,6 +19,10 @@ Options (``driver = "simulated"``):
   rejected.
 - ``interval`` (float s, default 0): ``read()`` first sleeps this long (trio clock).
 - ``clock`` (callable returning unix seconds, default ``time.time``).
+- ``max_power_w`` (int W): the :class:`~meter_drivers.base.ReadingGuard`
+  bound that ``read()`` applies. Default: 55,200, or the model's own peak
+  if that can be higher (6,900 W per daily kWh, 800 W per kWp; see below),
+  so that a valid configuration never trips it.
 
 Model, per local minute: load = (base 180 W + Gaussian peaks at 07:30, 12:30,
 18:30 and 21:00 + kettle/oven events) x noise, scaled so the day totals
@@ -27,6 +31,16 @@ sin(solar elevation)^1.2 x cloudiness (a per-day clearness in [0.2, 1] with a
 per-minute random walk). Net power = load - PV; per minute, the positive part
 goes to the import register and the negative part to export, in integer mWh
 (floor), reported in whole Wh (floor). Within a minute energy grows linearly.
+
+Peak bound: a minute's load shape is at most (180 + 2,150 of peaks) x 1.3
++ 5 events x 3,000 = 18,029 W before scaling; the day's shape sums to at
+least 1440 x 180 x 0.7 W-min = 3,024 Wh, and the scale is target / that, with
+target <= 1.15 x ``daily_kwh``. So load <= 6,857 W per daily kWh; PV <= 800 W
+per kWp.
+
+``reading_at(t)`` is a pure function of ``t`` (any order); ``read()`` passes
+each reading through the guard, so the clock going backwards gives
+:class:`~meter_drivers.base.BadReading`.
 """
 
 from __future__ import annotations
@@ -40,8 +54,15 @@ from typing import Any
 
 import trio
 
-from meter_drivers._options import Option, in_range, non_negative, one_of, validate
-from meter_drivers.base import BadReading, Reading
+from meter_drivers._options import (
+    Option,
+    in_range,
+    max_power_option,
+    non_negative,
+    one_of,
+    validate,
+)
+from meter_drivers.base import DEFAULT_MAX_POWER_W, BadReading, Reading, ReadingGuard
 
 MINUTES = 1440
 
@@ -56,7 +77,11 @@ OPTIONS = {
     "origin": Option("int", None, non_negative),
     "interval": Option("float", 0.0, non_negative),
     "clock": Option("callable", time.time),
+    "max_power_w": max_power_option(None),
 }
+
+_LOAD_W_PER_DAILY_KWH = 6_900  # > 6,857: the peak bound in the module docstring
+_PV_W_PER_KWP = 800
 
 
 @dataclass(frozen=True)
@@ -152,6 +177,13 @@ class SimulatedMeter:
         self.opening_import_wh = 5_000_000 + rng.randrange(10_000_000)
         self.opening_export_wh = 1_000_000 + rng.randrange(5_000_000) if self.pv_kwp else 0
         self._day_totals: dict[int, tuple[int, int]] = {}
+        max_power_w = o["max_power_w"]
+        if max_power_w is None:
+            model_peak = max(
+                self.daily_kwh * _LOAD_W_PER_DAILY_KWH, self.pv_kwp * _PV_W_PER_KWP
+            )
+            max_power_w = max(DEFAULT_MAX_POWER_W, math.ceil(model_peak))
+        self.guard = ReadingGuard(max_power_w=max_power_w)
 
     def profile(self, day: int) -> DayProfile:
         return day_profile(self.seed, self.member, day, self.daily_kwh, self.pv_kwp, self.latitude)
@@ -201,7 +233,7 @@ class SimulatedMeter:
             await trio.sleep(self._interval)
         else:
             await trio.lowlevel.checkpoint()
-        return self.reading_at(self._clock())
+        return self.guard.check(self.reading_at(self._clock()))
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -3,7 +3,9 @@
 Options (``driver = "sunspec"``): ``host`` (str, required), ``port`` (int,
 default 502), ``device_id`` (int 1..247, default 1), ``base_address`` (int,
 default 40000, the protocol address of the ``SunS`` marker; some devices use
-0 or 50000), ``timeout`` (float s, default 3).
+0 or 50000), ``timeout`` (float s, default 3), ``max_power_w`` (int W,
+default 55,200: the :class:`~meter_drivers.base.ReadingGuard` bound on
+reported power and on how fast the registers may grow).
 
 Registers read (protocol addresses are 0-based; "base" is ``base_address``):
 
@@ -28,6 +30,11 @@ Not-implemented markers (SF 0x8000, int16 0x8000, float NaN) give
 reading is stamped with ``clock()`` (option, default ``time.time``): SunSpec
 meter models carry no timestamp. Power sign follows SunSpec meters: positive
 while importing from the grid.
+
+Every reading passes :class:`~meter_drivers.base.ReadingGuard` with the
+register's step: 10**SF Wh for a positive energy scale factor, and for
+float32 the spacing of float32 values at that size (2 Wh above 16.7 MWh), so
+a register that moves in coarse steps is not mistaken for a jump.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Any
 
 import trio
 
-from meter_drivers._options import Option, in_range, positive, validate
+from meter_drivers._options import Option, in_range, max_power_option, positive, validate
 from meter_drivers.base import BadReading, MeterUnavailable, Reading, ReadingGuard
 
 OPTIONS = {
@@ -50,6 +57,7 @@ OPTIONS = {
     "base_address": Option("int", 40000, in_range(0, 65535 - 200)),
     "timeout": Option("float", 3.0, positive),
     "clock": Option("callable", time.time),
+    "max_power_w": max_power_option(),
 }
 
 SUNS = (0x5375, 0x6E53)
@@ -116,6 +124,18 @@ def decode_float_model(regs: list[int]) -> tuple[int, int, int | None]:
     return round(imp), round(exp), power
 
 
+def energy_step_wh(model: int, regs: list[int]) -> int:
+    """How many Wh the energy registers of a meter model move at once (>= 1).
+
+    ``regs`` are the model's data registers, already decoded without error.
+    """
+    if model in INT_METERS:
+        return int(10 ** max(_int16(regs[52]), 0))
+    largest = max(abs(_float32(regs[58], regs[59])), abs(_float32(regs[66], regs[67])))
+    # float32 keeps 24 significant bits: at 2**e <= v < 2**(e+1) it steps by 2**(e-23).
+    return 1 << max(math.frexp(largest)[1] - 24, 0)
+
+
 def _scaled(raw: int, sf: int) -> int:
     if not -10 <= sf <= 10:
         raise BadReading(f"scale factor {sf} out of range")
@@ -140,7 +160,7 @@ class SunSpecMeter:
         self._client: Any = None
         self._layout: _Layout | None = None
         self.info: SunSpecInfo | None = None
-        self.guard = ReadingGuard()
+        self.guard = ReadingGuard(max_power_w=self._opts["max_power_w"])
         # A worker thread abandoned on timeout may still be running; it checks
         # the generation before publishing a client or a layout.
         self._generation = 0
@@ -149,7 +169,7 @@ class SunSpecMeter:
         timeout = self._opts["timeout"]
         try:
             with trio.fail_after(timeout * 2):
-                imp, exp, power = await trio.to_thread.run_sync(
+                imp, exp, power, step = await trio.to_thread.run_sync(
                     self._read_blocking, self._generation, abandon_on_cancel=True
                 )
         except trio.TooSlowError as exc:
@@ -159,10 +179,11 @@ class SunSpecMeter:
             self._drop_client()
             raise
         ts = int(self._opts["clock"]())
-        return self.guard.check(Reading(ts=ts, import_wh=imp, export_wh=exp, power_w=power))
+        reading = Reading(ts=ts, import_wh=imp, export_wh=exp, power_w=power)
+        return self.guard.check(reading, step_wh=step)
 
     # Runs in a worker thread: only blocking pymodbus calls and pure decoding.
-    def _read_blocking(self, generation: int) -> tuple[int, int, int | None]:
+    def _read_blocking(self, generation: int) -> tuple[int, int, int | None, int]:
         client = self._connect(generation)
         layout = self._layout
         if layout is None:
@@ -170,9 +191,8 @@ class SunSpecMeter:
             if generation == self._generation:
                 self._layout = layout
         regs = self._registers(client, layout.address, min(layout.length, 68))
-        if layout.model in INT_METERS:
-            return decode_int_model(regs)
-        return decode_float_model(regs)
+        decode = decode_int_model if layout.model in INT_METERS else decode_float_model
+        return (*decode(regs), energy_step_wh(layout.model, regs))
 
     def _connect(self, generation: int) -> Any:
         from pymodbus.client import ModbusTcpClient

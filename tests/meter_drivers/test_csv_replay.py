@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from meter_drivers import CsvReplayMeter, DriverConfigError, MeterUnavailable, Reading
+from meter_drivers.csv_replay import parse_csv
 
 CSV = """ts,import_wh,export_wh,power_w
 1000,500,100,250
@@ -53,3 +54,31 @@ async def test_unusable_file(tmp_path: Path, text: str) -> None:
 async def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DriverConfigError, match="cannot read"):
         await CsvReplayMeter({"path": str(tmp_path / "nope.csv")}).read()
+
+
+async def test_impossible_rows_rejected(tmp_path: Path) -> None:
+    # Same rules as every driver (ReadingGuard): register width, jumps the
+    # connection cannot carry, and numbers too long to be meter registers.
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "ts,import_wh,export_wh\n"
+        "1000,500,100\n"
+        "1060,1000000000000,100\n"  # beyond the register width
+        "1120,2000,100\n"  # 1.5 kWh in 2 minutes: 45 kW, fine
+        "1180,4000,100\n"  # 2 kWh in 1 minute: 120 kW, impossible
+        f"1240,{'9' * 4000},100\n"  # long enough to be slow to convert
+        "1300,4000,100\n"
+    )
+    meter = CsvReplayMeter({"path": str(path)})
+    got = [await meter.read() for _ in range(3)]
+    assert [r.import_wh for r in got] == [500, 2000, 4000]
+    assert meter.rejected == 3
+
+
+async def test_max_power_option(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("ts,import_wh,export_wh\n0,0,0\n60,2000,0\n")
+    assert len(parse_csv(path.read_text())[0]) == 1
+    meter = CsvReplayMeter({"path": str(path), "max_power_w": 200_000})
+    assert [(await meter.read()).import_wh for _ in range(2)] == [0, 2000]
+    assert meter.rejected == 0

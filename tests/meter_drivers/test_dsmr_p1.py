@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from meter_drivers import DriverConfigError, DsmrP1Meter, MeterUnavailable, P1Decoder, Reading
-from meter_drivers.dsmr_p1 import _BoundedTelegramBuffer
+from meter_drivers.p1_decoder import _BoundedTelegramBuffer
 
 Telegrams = dict[str, Callable[..., bytes]]
 
@@ -196,3 +196,26 @@ async def test_serial_missing_port(tmp_path: object) -> None:
     meter = DsmrP1Meter({"serial_port": "/nonexistent/ttyP1", "timeout": 5})
     with pytest.raises(MeterUnavailable, match="ttyP1"):
         await meter.read()
+
+
+async def test_timeout_message_counts_refused_telegrams(
+    telegrams: Telegrams, nursery: trio.Nursery
+) -> None:
+    t = telegrams["v5"]
+    first_read = trio.Event()
+
+    async def bridge(stream: trio.SocketStream) -> None:
+        await stream.send_all(t(t1="000100.000"))
+        await first_read.wait()  # so the refusals fall into the second read
+        await stream.send_all(t(ts="170102192003W", t1="000050.000") + b"/x!0000\r\n")
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, bridge, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    meter = DsmrP1Meter({"host": "127.0.0.1", "tcp_port": port, "timeout": 0.5})
+    await meter.read()
+    first_read.set()
+    with pytest.raises(MeterUnavailable, match="1 refused values, 1 CRC errors, 0 unparsable"):
+        await meter.read()
+    await meter.aclose()
+    nursery.cancel_scope.cancel()

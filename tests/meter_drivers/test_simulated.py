@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meter_drivers import DriverConfigError, SimulatedMeter, open_driver
+from meter_drivers import BadReading, DriverConfigError, SimulatedMeter, open_driver
 
 JUNE_27 = 1751068800 - 86400  # 2025-06-27 00:00 UTC
 JAN_1 = 1735689600  # 2025-01-01 00:00 UTC
@@ -24,7 +26,7 @@ def test_deterministic_and_member_specific() -> None:
 def test_consumer_daily_consumption_is_realistic(member: int) -> None:
     m = SimulatedMeter({"seed": 1, "member": member, "kind": "consumer", "origin": JAN_1})
     days = [m.reading_at(JAN_1 + d * 86400) for d in range(8)]
-    for prev, cur in zip(days, days[1:]):
+    for prev, cur in pairwise(days):
         assert 6_000 <= cur.import_wh - prev.import_wh <= 14_500
         assert cur.export_wh == prev.export_wh == 0
 
@@ -52,7 +54,7 @@ def test_origin_mid_day_starts_at_opening_register() -> None:
 def test_registers_never_decrease(offsets: list[int]) -> None:
     m = SimulatedMeter({"seed": 11, "member": 4, "origin": JUNE_27})
     readings = [m.reading_at(JUNE_27 + o) for o in sorted(offsets)]
-    for prev, cur in zip(readings, readings[1:]):
+    for prev, cur in pairwise(readings):
         assert cur.import_wh >= prev.import_wh and cur.export_wh >= prev.export_wh
 
 
@@ -85,3 +87,25 @@ def test_bad_options(options: dict[str, object], key: str) -> None:
     with pytest.raises(DriverConfigError) as info:
         SimulatedMeter(options)
     assert info.value.key == key
+
+
+async def test_read_passes_the_guard() -> None:
+    now = [float(JUNE_27 + 12 * 3600)]
+    m = SimulatedMeter({"seed": 3, "origin": JUNE_27, "clock": lambda: now[0]})
+    first = await m.read()
+    now[0] -= 60  # the host clock stepped back
+    with pytest.raises(BadReading, match="backwards"):
+        await m.read()
+    assert m.guard.rejected == 1 and m.guard.last == first
+    now[0] += 3600
+    assert (await m.read()).ts == first.ts + 3540
+
+
+def test_guard_bound_covers_the_model() -> None:
+    assert SimulatedMeter({}).guard.max_power_w >= 55_200
+    big = SimulatedMeter({"daily_kwh": 200, "pv_kwp": 100})
+    assert big.guard.max_power_w == 200 * 6_900
+    assert SimulatedMeter({"max_power_w": 9_000}).guard.max_power_w == 9_000
+    # The bound holds for the heaviest household the options allow.
+    worst = max(max(big.profile(day).load_w) for day in range(20_000, 20_010))
+    assert worst <= big.guard.max_power_w

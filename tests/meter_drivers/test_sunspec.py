@@ -12,7 +12,7 @@ import trio
 
 from meter_drivers import BadReading, MeterUnavailable, MonitoredMeter, SunSpecMeter
 from meter_drivers.health import HealthState
-from meter_drivers.sunspec import decode_int_model
+from meter_drivers.sunspec import decode_int_model, energy_step_wh
 
 
 def _text(s: str, regs: int) -> list[int]:
@@ -121,15 +121,20 @@ def _meter(port: int, **extra: Any) -> SunSpecMeter:
 
 
 async def test_model_203_with_scale_factors(server: ModbusServer) -> None:
-    meter = _meter(server.port)
+    now = [1_750_000_000]
+    meter = _meter(server.port, clock=lambda: now[0])
     r = await meter.read()
     # TotWh_SF = -1: raw 1234567 -> 123456.7 Wh -> 123457 (half up); W_SF = 0.
     assert (r.ts, r.import_wh, r.export_wh, r.power_w) == (1_750_000_000, 123457, 8901, 1520)
     assert meter.info is not None and meter.info.manufacturer == "ACME Meters"
     assert meter.info.serial == "SN-4711" and meter.info.model == 203
-    # Energy grows: the cached layout is reused.
+    # Energy grows: the cached layout is reused. 76.5 kWh cannot arrive in
+    # no time (ReadingGuard), but can in two hours (38 kW).
     model_data = 40000 + 2 + 67 + 2
     await trio.to_thread.run_sync(server.set, model_data + 44, _u32(2_000_000))  # SF -1
+    with pytest.raises(BadReading, match="grew"):
+        await meter.read()
+    now[0] += 7200
     assert (await meter.read()).import_wh == 200000
     await meter.aclose()
 
@@ -204,3 +209,42 @@ def test_not_implemented_power_and_sf() -> None:
     d[52] = 0x8000
     with pytest.raises(BadReading):
         decode_int_model(d)
+
+
+async def test_guard_limits_power_and_steps(server: ModbusServer) -> None:
+    model_data = 40000 + 2 + 67 + 2
+    now = [1_750_000_000]
+    meter = _meter(server.port, clock=lambda: now[0], max_power_w=20_000)
+    await meter.read()
+    # 1520 W * 10**2 (W_SF 2) = 152 kW: more than the connection carries.
+    await trio.to_thread.run_sync(server.set, model_data + 20, [2])
+    with pytest.raises(BadReading, match="power"):
+        await meter.read()
+    await trio.to_thread.run_sync(server.set, model_data + 20, [0])
+    # TotWh_SF 3: registers count kWh, so they move 1000 Wh at once. Raw
+    # 1234568 after 1234567 in 10 s is one step, not 360 kW.
+    await trio.to_thread.run_sync(server.set, model_data + 52, [3])
+    await meter.aclose()
+    meter = _meter(server.port, clock=lambda: now[0])
+    first = await meter.read()
+    await trio.to_thread.run_sync(server.set, model_data + 44, _u32(1234568))
+    now[0] += 10
+    assert (await meter.read()).import_wh == first.import_wh + 1000
+    await trio.to_thread.run_sync(server.set, model_data + 44, _u32(1234573))  # 5 steps
+    now[0] += 10
+    with pytest.raises(BadReading, match="grew"):
+        await meter.read()
+    await meter.aclose()
+
+
+def test_energy_step() -> None:
+    d = [0] * 124
+    d[66:68] = _f32(2.0**24)
+    assert energy_step_wh(213, d) == 2
+    d[66:68] = _f32(1000.0)
+    assert energy_step_wh(213, d) == 1
+    i = [0] * 105
+    i[52] = 2
+    assert energy_step_wh(203, i) == 100
+    i[52] = 0xFFFE  # -2
+    assert energy_step_wh(203, i) == 1
