@@ -9,10 +9,9 @@ net energy for that slot and then:
   under its ceiling until the need is covered (partial takes allowed), and
   optionally posts a bid for what is still missing.
 
-Invariant (checked by :class:`AgentConfig`): a seller never sells below the
-supplier's export tariff and a buyer never pays more than the retail tariff,
-so every trade the agent makes leaves both parties at least as well off as
-trading with the supplier.
+Its prices, plans and choice of orders are decided in p2pd/market/autotrade.py
+(:class:`~p2pd.market.autotrade.AgentConfig` keeps every trade at least as
+good as the supplier's tariffs for both parties).
 
 The agent does not offer energy it cannot measure: while the meter reports
 itself unhealthy it posts no sell offers and fills no bids.
@@ -26,7 +25,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -34,8 +32,12 @@ import trio
 from p2pd import log
 from p2pd.clock import Clock, trio_deadline
 from p2pd.errors import P2pdError, TradeError
+from p2pd.market.autotrade import AgentConfig as AgentConfig
+from p2pd.market.autotrade import AgentConfigError as AgentConfigError
+from p2pd.market.autotrade import SlotPlan as SlotPlan
+from p2pd.market.autotrade import candidates, open_slots
 from p2pd.market.forecast import forecast_net, net_by_slot
-from p2pd.market.settlement import DEFAULT_EXPORT_PRICE, DEFAULT_IMPORT_PRICE, CumulativeReading
+from p2pd.market.settlement import CumulativeReading
 from p2pd.roles.trading import BookEntry, Market
 from protocol import Reason
 
@@ -62,81 +64,6 @@ class ProfileMeter(Protocol):
 
 
 Dialer = Callable[[str], Awaitable[Any]]
-
-
-class AgentConfigError(P2pdError, ValueError):
-    """An :class:`AgentConfig` breaks an invariant; the message names the field."""
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """How the agent trades. Prices are money units per kWh (docs/settlement.md).
-
-    ``None`` prices take their defaults: ask = midpoint of the export and
-    retail tariffs, floor = export tariff, ceiling = retail tariff, bid =
-    midpoint. Raises :class:`AgentConfigError` if a price breaks the
-    better-than-the-supplier invariant or a count is out of range.
-    """
-
-    enabled: bool = True
-    lead_slots: int = 2
-    """How many slots ahead of the current one the agent trades."""
-    min_wh: int = 20
-    """Smallest surplus worth offering, or need worth buying."""
-    export_tariff: int = DEFAULT_EXPORT_PRICE
-    retail_tariff: int = DEFAULT_IMPORT_PRICE
-    sell_price: int | None = None
-    sell_floor: int | None = None
-    buy_ceiling: int | None = None
-    post_bids: bool = False
-    bid_price: int | None = None
-    ticks_per_slot: int = 3
-    """Ticks per slot: later ticks buy what earlier offers made available."""
-    max_takes_per_tick: int = 16
-
-    def __post_init__(self) -> None:
-        mid = (self.export_tariff + self.retail_tariff) // 2
-        for name, default in (("sell_price", mid), ("sell_floor", self.export_tariff),
-                              ("buy_ceiling", self.retail_tariff), ("bid_price", mid)):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, default)
-        problems = []
-        if not 0 < self.export_tariff <= self.retail_tariff:
-            problems.append("need 0 < export_tariff <= retail_tariff")
-        if self.floor < self.export_tariff:
-            problems.append(f"sell_floor {self.floor} is below the export tariff {self.export_tariff}")
-        if self.ask < self.floor:
-            problems.append(f"sell_price {self.ask} is below sell_floor {self.floor}")
-        if self.ceiling > self.retail_tariff:
-            problems.append(f"buy_ceiling {self.ceiling} is above the retail tariff {self.retail_tariff}")
-        if self.bid > self.ceiling:
-            problems.append(f"bid_price {self.bid} is above buy_ceiling {self.ceiling}")
-        if self.bid <= 0:
-            problems.append("bid_price must be positive")
-        if self.lead_slots < 1 or self.min_wh < 1 or self.ticks_per_slot < 1 or self.max_takes_per_tick < 1:
-            problems.append("lead_slots, min_wh, ticks_per_slot and max_takes_per_tick must be >= 1")
-        if problems:
-            raise AgentConfigError("agent config: " + "; ".join(problems))
-
-    @property
-    def ask(self) -> int:
-        assert self.sell_price is not None
-        return self.sell_price
-
-    @property
-    def floor(self) -> int:
-        assert self.sell_floor is not None
-        return self.sell_floor
-
-    @property
-    def ceiling(self) -> int:
-        assert self.buy_ceiling is not None
-        return self.buy_ceiling
-
-    @property
-    def bid(self) -> int:
-        assert self.bid_price is not None
-        return self.bid_price
 
 
 # --- forecasters ---------------------------------------------------------------
@@ -194,17 +121,6 @@ class PerfectForesight:
 # --- the agent -------------------------------------------------------------------
 
 
-@dataclass
-class SlotPlan:
-    """What the agent did for one target slot."""
-
-    offer_posted: bool = False
-    bid_posted: bool = False
-    bought_wh: int = 0
-    sold_wh: int = 0
-    dial_tried: set[str] = field(default_factory=set)
-
-
 class Agent:
     """One member's automatic trader over a :class:`Market`.
 
@@ -242,10 +158,7 @@ class Agent:
 
     def open_slots(self, now: int) -> list[int]:
         """Slots from the next one up to ``lead_slots`` ahead that still take orders."""
-        cur = now // self.slot_len * self.slot_len
-        gate = self.market.rules.gate_closure
-        return [cur + k * self.slot_len for k in range(1, self.config.lead_slots + 1)
-                if now < cur + k * self.slot_len - gate]
+        return open_slots(now, self.slot_len, self.market.rules.gate_closure, self.config.lead_slots)
 
     async def tick(self, now: int, *, deadline: float | None = None) -> None:
         """Do this tick's work for every slot still open, up to ``lead_slots`` ahead.
@@ -326,21 +239,9 @@ class Agent:
 
     def _live(self, target: int, side: str, price_ok: Callable[[int], bool], *,
               highest_first: bool) -> list[BookEntry]:
-        now = self.market.now()
-        me = self.market.me
-        found = [
-            e for e in self.market.book.values()
-            if e.order.side == side and e.order.slot_start == target and e.order.member_id != me
-            and e.order.expiry > now and price_ok(e.order.price)
-            and self.remaining_seen.get(e.order.order_id, 1) > 0
-        ]
-        # Best price first; ties in an order of our own so that a community's
-        # buyers do not all queue at the same seller.
-        sign = -1 if highest_first else 1
-        found.sort(key=lambda e: (sign * e.order.price,
-                                  hashlib.blake2b(e.order.order_id, key=self._salt[:16],
-                                                  digest_size=8).digest()))
-        return found
+        return candidates(self.market.book.values(), target=target, side=side, price_ok=price_ok,
+                          me=self.market.me, now=self.market.now(), remaining_seen=self.remaining_seen,
+                          salt=self._salt, highest_first=highest_first)
 
     def _out_of_time(self) -> bool:
         if self._deadline is not None and self.clock.now() >= self._deadline:
