@@ -78,6 +78,11 @@ def _scan(data: bytes) -> None:
         if skip is not None:
             pos += 1 + skip
             continue
+        if head == 0xC4 or head == 0xD9:  # bin8 / str8: keys, signatures, ids
+            if pos + 1 >= size:
+                raise DecodeError("truncated msgpack")
+            pos += 2 + data[pos + 1]
+            continue
         pos += 1
         if 0x90 <= head <= 0x9F:
             count = head & 0x0F
