@@ -23,8 +23,10 @@ from store.records import MemberRecord as MemberRecord
 from store.records import OrderRecord as OrderRecord
 from store.records import Outcome as Outcome
 from store.records import PeerAddressRecord as PeerAddressRecord
+from store.records import PendingTakeRecord as PendingTakeRecord
 from store.records import ReadingRecord as ReadingRecord
 from store.records import ReceiptRecord as ReceiptRecord
+from store.records import ReplicaRecord as ReplicaRecord
 from store.records import RevocationRecord as RevocationRecord
 from store.records import StatementRecord as StatementRecord
 from store.repository import Repository as Repository

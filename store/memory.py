@@ -20,8 +20,10 @@ from store.records import (
     OrderRecord,
     Outcome,
     PeerAddressRecord,
+    PendingTakeRecord,
     ReadingRecord,
     ReceiptRecord,
+    ReplicaRecord,
     RevocationRecord,
     StatementRecord,
     check_receipt,
@@ -48,6 +50,9 @@ class MemoryRepository:
         self._bans: dict[str, BanRecord] = {}
         self._peers: dict[str, PeerAddressRecord] = {}
         self._revocations: dict[tuple[bytes, str, int], RevocationRecord] = {}
+        self._log: list[bytes] = []  # trade ids in log order (seq = index + 1)
+        self._pending: dict[bytes, PendingTakeRecord] = {}
+        self._replicas: dict[tuple[str, int], ReplicaRecord] = {}
 
     # -- members ------------------------------------------------------------
     def put_member(self, rec: MemberRecord) -> None:
@@ -107,7 +112,8 @@ class MemoryRepository:
                 else:
                     self._receipts[rec.trade_id] = rec
                     self._used[rec.order_id] = used + rec.wh
-                    outcomes.append(Committed(rec))
+                    self._log.append(rec.trade_id)
+                    outcomes.append(Committed(rec, len(self._log)))
         return outcomes
 
     def get_receipt(self, trade_id: bytes) -> ReceiptRecord | None:
@@ -130,6 +136,45 @@ class MemoryRepository:
         with self._lock:
             out = [r for r in self._receipts.values() if r.order_id == order_id]
         return sorted(out, key=_receipt_key)
+
+    def log_entries(self, after: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        with self._lock:
+            ids = self._log[after : after + limit]
+            return [(after + i + 1, self._receipts[tid].encoded) for i, tid in enumerate(ids)]
+
+    # -- pending takes ------------------------------------------------------
+    def put_pending_take(self, rec: PendingTakeRecord) -> bool:
+        with self._lock:
+            if rec.trade_id in self._pending:
+                return False
+            self._pending[rec.trade_id] = rec
+            return True
+
+    def pending_takes(self) -> list[PendingTakeRecord]:
+        with self._lock:
+            return sorted(self._pending.values(), key=lambda r: (r.created_at, r.trade_id))
+
+    def delete_pending_take(self, trade_id: bytes) -> bool:
+        with self._lock:
+            return self._pending.pop(trade_id, None) is not None
+
+    # -- replicas -----------------------------------------------------------
+    def put_replica(self, rec: ReplicaRecord) -> bool:
+        with self._lock:
+            if (rec.member, rec.seq) in self._replicas:
+                return False
+            self._replicas[(rec.member, rec.seq)] = rec
+            return True
+
+    def replicas(self, member: str, after: int = 0, limit: int = 1000) -> list[ReplicaRecord]:
+        with self._lock:
+            found = sorted((r for (m, seq), r in self._replicas.items() if m == member and seq > after),
+                           key=lambda r: r.seq)
+        return found[:limit]
+
+    def replica_count(self) -> int:
+        with self._lock:
+            return len(self._replicas)
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:

@@ -26,8 +26,27 @@ Migration = Callable[[Connection], None]
 
 BASE_VERSION = 1
 
+def _v2_receipt_log(conn: Connection) -> None:
+    """Version 2: the receipt log's order in the store, pending takes, held replicas.
+
+    Existing receipts get log seqs in the order they were stored
+    (created_at, then trade id), the order the in-memory log of earlier
+    versions appended them.
+    """
+    conn.exec_driver_sql("ALTER TABLE receipts ADD COLUMN log_seq BIGINT")
+    t = schema.receipts
+    rows = conn.execute(select(t.c.trade_id).order_by(t.c.created_at, t.c.trade_id)).all()
+    for seq, (trade_id,) in enumerate(rows, start=1):
+        conn.execute(update(t).where(t.c.trade_id == trade_id).values(log_seq=seq))
+    for index in t.indexes:
+        if index.name == "receipts_log_seq":
+            index.create(conn)
+    schema.pending_takes.create(conn)
+    schema.replicas.create(conn)
+
+
 # Append new steps here (and update store/schema.py to the result).
-MIGRATIONS: tuple[Migration, ...] = ()
+MIGRATIONS: tuple[Migration, ...] = (_v2_receipt_log,)
 
 CURRENT_VERSION = BASE_VERSION + len(MIGRATIONS)
 

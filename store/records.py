@@ -138,14 +138,49 @@ def check_receipt(rec: ReceiptRecord) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PendingTakeRecord:
+    """A take we sent (or are about to send) and hold no receipt for yet.
+
+    Its terms are fixed once, signed and stored before the take leaves the
+    node, so every retry -- by the user, after a reconnect or a restart -- is
+    the same take (same trade id, same bytes) and the owner's stored receipt
+    answers it.
+    """
+
+    trade_id: bytes
+    owner: str
+    terms: bytes
+    taker_sig: bytes
+    created_at: int
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """Entry ``seq`` of ``member``'s receipt log, held for it, with the head after it."""
+
+    member: str
+    seq: int
+    entry: bytes
+    """The receipt bytes of the entry."""
+    head: bytes
+    """The member's signed LogHead after the entry (encoded)."""
+
+
 # Outcomes of commit_receipts, one per receipt in the batch.
 
 
 @dataclass(frozen=True)
 class Committed:
-    """The receipt is now stored (the transaction holding it has committed)."""
+    """The receipt is now stored (the transaction holding it has committed).
+
+    ``seq`` is its place in this node's receipt log (1, 2, ...): assigned in
+    the same transaction, so a receipt and its log position are durable
+    together and never change (docs/protocol.md section 15, receipt logs).
+    """
 
     receipt: ReceiptRecord
+    seq: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ from store.records import (
     OrderRecord,
     Outcome,
     PeerAddressRecord,
+    PendingTakeRecord,
     ReadingRecord,
     ReceiptRecord,
+    ReplicaRecord,
     RevocationRecord,
     StatementRecord,
 )
@@ -96,6 +98,34 @@ class Repository(Protocol):
 
     def receipts_for_order(self, order_id: bytes) -> list[ReceiptRecord]:
         """Return the order's receipts sorted by (created_at, trade_id)."""
+
+    def log_entries(self, after: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """This node's receipt log: ``(seq, receipt bytes)`` for seq > ``after``, in
+        order, at most ``limit``. Seqs are assigned by ``commit_receipts``
+        (1, 2, ... with no gaps) and never change."""
+
+    # -- pending takes ------------------------------------------------------
+    def put_pending_take(self, rec: PendingTakeRecord) -> bool:
+        """Store a take before it is sent. Return False (and change nothing) if
+        one with this trade id is stored already."""
+
+    def pending_takes(self) -> list[PendingTakeRecord]:
+        """Return the takes still waiting for a receipt, oldest first."""
+
+    def delete_pending_take(self, trade_id: bytes) -> bool:
+        """Forget a take (its receipt is committed, or it was refused). Return
+        True if it was stored."""
+
+    # -- replicas -----------------------------------------------------------
+    def put_replica(self, rec: ReplicaRecord) -> bool:
+        """Hold entry ``rec.seq`` of ``rec.member``'s log. Return False (and
+        change nothing) if that entry is held already."""
+
+    def replicas(self, member: str, after: int = 0, limit: int = 1000) -> list[ReplicaRecord]:
+        """Return held entries of ``member``'s log with seq > ``after``, by seq."""
+
+    def replica_count(self) -> int:
+        """Return how many entries of other members' logs are held."""
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:

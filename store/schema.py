@@ -88,6 +88,9 @@ receipts = Table(
     Column("order_wh", BigInteger, nullable=False),
     Column("encoded", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # This node's receipt log: the receipt's seq (1, 2, ...), assigned in the
+    # transaction that stores it (schema version 2).
+    Column("log_seq", BigInteger, nullable=True),
     # A receipt with wh <= 0 would "give back" energy and defeat the per-order
     # sum check, so the database refuses it too, not only the repository.
     CheckConstraint("wh > 0", name="receipts_wh_positive"),
@@ -97,6 +100,29 @@ receipts = Table(
     Index("receipts_seller", "seller", "created_at"),
     Index("receipts_buyer", "buyer", "created_at"),
     Index("receipts_created", "created_at"),
+    Index("receipts_log_seq", "log_seq", unique=True),
+)
+
+# Takes sent and not yet answered with a receipt (schema version 2).
+pending_takes = Table(
+    "pending_takes",
+    metadata,
+    Column("trade_id", LargeBinary, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("terms", LargeBinary, nullable=False),
+    Column("taker_sig", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("pending_takes_owner", "owner"),
+)
+
+# Other members' log entries held as replicas (schema version 2).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("member", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("entry", LargeBinary, nullable=False),
+    Column("head", LargeBinary, nullable=False),
 )
 
 readings = Table(

@@ -61,8 +61,10 @@ from store.records import (
     OrderRecord,
     Outcome,
     PeerAddressRecord,
+    PendingTakeRecord,
     ReadingRecord,
     ReceiptRecord,
+    ReplicaRecord,
     RevocationRecord,
     StatementRecord,
     check_receipt,
@@ -257,6 +259,7 @@ class SqlRepository:
                 for oid, total in conn.execute(q):
                     used[oid] = int(total)
             new_rows: list[dict[str, Any]] = []
+            seq = int(conn.execute(select(func.coalesce(func.max(t.c.log_seq), 0))).scalar_one())
             for rec in batch:
                 if rec.trade_id in stored:
                     outcomes.append(Duplicate(stored[rec.trade_id]))
@@ -265,8 +268,9 @@ class SqlRepository:
                 else:
                     used[rec.order_id] += rec.wh
                     stored[rec.trade_id] = rec
-                    new_rows.append(vars(rec).copy())
-                    outcomes.append(Committed(rec))
+                    seq += 1
+                    new_rows.append({**vars(rec), "log_seq": seq})
+                    outcomes.append(Committed(rec, seq))
             if new_rows:
                 conn.execute(insert(t), new_rows)
         # Leaving _write committed; only now are the Committed outcomes true.
@@ -295,6 +299,44 @@ class SqlRepository:
         q = select(t).where(t.c.order_id == order_id).order_by(t.c.created_at, t.c.trade_id)
         with self._read() as conn:
             return [receipt_from_row(r) for r in conn.execute(q)]
+
+    def log_entries(self, after: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        t = schema.receipts
+        q = (select(t.c.log_seq, t.c.encoded).where(t.c.log_seq > after)
+             .order_by(t.c.log_seq).limit(limit))
+        with self._read() as conn:
+            return [(int(seq), bytes(enc)) for seq, enc in conn.execute(q)]
+
+    # -- pending takes ------------------------------------------------------
+    def put_pending_take(self, rec: PendingTakeRecord) -> bool:
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.pending_takes, [vars(rec).copy()]) == 1
+
+    def pending_takes(self) -> list[PendingTakeRecord]:
+        t = schema.pending_takes
+        with self._read() as conn:
+            return [PendingTakeRecord(r.trade_id, r.owner, r.terms, r.taker_sig, r.created_at)
+                    for r in conn.execute(select(t).order_by(t.c.created_at, t.c.trade_id))]
+
+    def delete_pending_take(self, trade_id: bytes) -> bool:
+        t = schema.pending_takes
+        with self._write() as conn:
+            return conn.execute(delete(t).where(t.c.trade_id == trade_id)).rowcount == 1
+
+    # -- replicas -----------------------------------------------------------
+    def put_replica(self, rec: ReplicaRecord) -> bool:
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.replicas, [vars(rec).copy()]) == 1
+
+    def replicas(self, member: str, after: int = 0, limit: int = 1000) -> list[ReplicaRecord]:
+        t = schema.replicas
+        q = (select(t).where(t.c.member == member, t.c.seq > after).order_by(t.c.seq).limit(limit))
+        with self._read() as conn:
+            return [ReplicaRecord(r.member, r.seq, r.entry, r.head) for r in conn.execute(q)]
+
+    def replica_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(schema.replicas)).scalar_one())
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:

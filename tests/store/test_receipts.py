@@ -14,7 +14,7 @@ MakeReceipt = Callable[..., ReceiptRecord]
 
 def test_commit_then_read_back(repo: Repository, make_receipt: MakeReceipt) -> None:
     r = make_receipt("t1", wh=600)
-    assert repo.commit_receipts([r]) == [Committed(r)]
+    assert repo.commit_receipts([r]) == [Committed(r, seq=1)]
     assert repo.get_receipt(b"t1") == r
     assert repo.get_receipt(b"nope") is None
     assert repo.receipts_for_order(b"order-1") == [r]
@@ -26,7 +26,7 @@ def test_duplicate_commit_returns_stored_receipt(
     repo: Repository, make_receipt: MakeReceipt
 ) -> None:
     first = make_receipt("t1", wh=600)
-    assert repo.commit_receipts([first]) == [Committed(first)]
+    assert repo.commit_receipts([first]) == [Committed(first, seq=1)]
     # A retry with the same trade_id but different content must not overwrite
     # or double-count: the caller gets back what is stored.
     retry = make_receipt("t1", wh=700, encoded=b"other bytes")
@@ -40,10 +40,10 @@ def test_insufficient_carries_remaining(repo: Repository, make_receipt: MakeRece
     a = make_receipt("a", wh=700, order_wh=1000)
     b = make_receipt("b", wh=301, order_wh=1000)
     c = make_receipt("c", wh=300, order_wh=1000)
-    assert repo.commit_receipts([a]) == [Committed(a)]
+    assert repo.commit_receipts([a]) == [Committed(a, seq=1)]
     assert repo.commit_receipts([b]) == [Insufficient(remaining_wh=300)]
     assert repo.get_receipt(b"b") is None
-    assert repo.commit_receipts([c]) == [Committed(c)]
+    assert repo.commit_receipts([c]) == [Committed(c, seq=2)]
     assert repo.commit_receipts([make_receipt("d", wh=1, order_wh=1000)]) == [
         Insufficient(remaining_wh=0)
     ]
@@ -66,14 +66,14 @@ def test_batch_with_several_orders_and_inner_duplicate(
         b3 := make_receipt("b3", order_id="B", wh=100, order_wh=1000),
     ]
     expected: list[Outcome] = [
-        Committed(a1),
-        Committed(b1),
+        Committed(a1, seq=2),
+        Committed(b1, seq=3),
         Duplicate(a1),
         Insufficient(remaining_wh=100),
-        Committed(a2),
+        Committed(a2, seq=4),
         Duplicate(pre),
         Insufficient(remaining_wh=0),
-        Committed(b3),
+        Committed(b3, seq=5),
     ]
     assert repo.commit_receipts(batch) == expected
     assert sum(r.wh for r in repo.receipts_for_order(b"A")) == 1000
@@ -140,3 +140,33 @@ def test_receipt_queries(repo: Repository, make_receipt: MakeReceipt) -> None:
     assert repo.receipts(member_id="alice", since=150) == [r2]
     assert repo.receipts(member_id="nobody") == []
     assert repo.receipts_for_order(b"o2") == [r2]
+
+
+def test_the_log_order_is_assigned_with_the_commit_and_has_no_gaps(
+        repo: Repository, make_receipt: MakeReceipt) -> None:
+    # Only receipts stored now get a seq: duplicates and refusals never do.
+    a, b = make_receipt("a", wh=600, order_wh=1000), make_receipt("b", wh=600, order_wh=1000)
+    c = make_receipt("c", order_id="other", wh=5)
+    assert [type(o).__name__ for o in repo.commit_receipts([a, b, a])] == [
+        "Committed", "Insufficient", "Duplicate"]
+    assert repo.commit_receipts([c]) == [Committed(c, seq=2)]
+    assert repo.log_entries() == [(1, a.encoded), (2, c.encoded)]
+    assert repo.log_entries(after=1) == [(2, c.encoded)]
+    assert repo.log_entries(after=0, limit=1) == [(1, a.encoded)]
+
+
+def test_pending_takes_and_replicas_round_trip(repo: Repository) -> None:
+    from store import PendingTakeRecord, ReplicaRecord
+
+    t1 = PendingTakeRecord(b"t1", "alice", b"terms", b"sig", 10)
+    t0 = PendingTakeRecord(b"t0", "bob", b"terms0", b"sig0", 5)
+    assert repo.put_pending_take(t1) and repo.put_pending_take(t0)
+    assert not repo.put_pending_take(PendingTakeRecord(b"t1", "x", b"other", b"s", 1))
+    assert repo.pending_takes() == [t0, t1]
+    assert repo.delete_pending_take(b"t0") and not repo.delete_pending_take(b"t0")
+    assert repo.pending_takes() == [t1]
+    r1, r2 = ReplicaRecord("carol", 1, b"e1", b"h1"), ReplicaRecord("carol", 2, b"e2", b"h2")
+    assert repo.put_replica(r2) and repo.put_replica(r1) and not repo.put_replica(r1)
+    assert repo.put_replica(ReplicaRecord("dave", 1, b"d", b"h"))
+    assert repo.replicas("carol") == [r1, r2] and repo.replicas("carol", after=1) == [r2]
+    assert repo.replica_count() == 3

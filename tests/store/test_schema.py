@@ -8,7 +8,11 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Connection
 
+from store.migrations import MIGRATIONS
+
 from store import (
+    CURRENT_VERSION,
+    Committed,
     MemberRecord,
     ReceiptRecord,
     SchemaVersionError,
@@ -32,21 +36,44 @@ def _columns(url: str, table: str) -> list[str]:
 
 
 def _add_note_column(conn: Connection) -> None:
-    """Test-only step 1 -> 2: a new column, back-filled for old rows."""
+    """Test-only step after the real ones: a new column, back-filled for old rows."""
     conn.exec_driver_sql("ALTER TABLE receipts ADD COLUMN note TEXT")
     conn.exec_driver_sql("UPDATE receipts SET note = 'migrated'")
 
 
-def test_fresh_file_is_version_1_in_wal(db_url: str) -> None:
+def test_fresh_file_is_the_current_version_in_wal(db_url: str) -> None:
     r = SqlRepository(db_url)
     try:
-        assert r.schema_version() == 1
+        assert r.schema_version() == CURRENT_VERSION == 2
     finally:
         r.close()
     with sqlite3.connect(_path(db_url)) as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert c.execute("SELECT id, version FROM schema_meta").fetchall() == [(1, 1)]
+        assert c.execute("SELECT id, version FROM schema_meta").fetchall() == [(1, CURRENT_VERSION)]
     c.close()
+
+
+def test_a_version_1_store_gets_its_receipt_log_order_on_upgrade(db_url: str, make_receipt: MakeReceipt) -> None:
+    # A store as the previous release wrote it (schema 1): receipts without log seqs.
+    late, early = make_receipt("late", wh=1, created_at=20), make_receipt("early", wh=1, created_at=10)
+    SqlRepository(db_url).close()
+    with sqlite3.connect(_path(db_url)) as c:
+        c.executescript("DROP INDEX receipts_log_seq; ALTER TABLE receipts DROP COLUMN log_seq;"
+                        "DROP TABLE pending_takes; DROP TABLE replicas; UPDATE schema_meta SET version = 1;")
+        for rec in (late, early):
+            c.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(vars(rec).values()))
+    c.close()
+    assert "log_seq" not in _columns(db_url, "receipts")
+    r = open_repository(db_url)
+    try:
+        assert r.schema_version() == 2
+        # Seqs follow the order the receipts were stored in (created_at).
+        assert r.log_entries() == [(1, early.encoded), (2, late.encoded)]
+        new = make_receipt("new", wh=1)
+        assert r.commit_receipts([new]) == [Committed(new, seq=3)]
+        assert r.pending_takes() == [] and r.replica_count() == 0
+    finally:
+        r.close()
 
 
 def test_migration_path_keeps_data(db_url: str, make_receipt: MakeReceipt) -> None:
@@ -56,14 +83,14 @@ def test_migration_path_keeps_data(db_url: str, make_receipt: MakeReceipt) -> No
     try:
         v1.commit_receipts([rec])
         v1.put_member(member)
-        assert v1.schema_version() == 1
+        assert v1.schema_version() == CURRENT_VERSION
     finally:
         v1.close()
     assert "note" not in _columns(db_url, "receipts")
 
-    v2 = SqlRepository(db_url, migrations=[_add_note_column])
+    v2 = SqlRepository(db_url, migrations=[*MIGRATIONS, _add_note_column])
     try:
-        assert v2.schema_version() == 2
+        assert v2.schema_version() == CURRENT_VERSION + 1
         assert v2.get_receipt(b"t1") == rec
         assert v2.get_member("alice") == member
         assert v2.remaining_wh(b"order-1", 10_000) == 9_400
@@ -79,11 +106,11 @@ def test_migration_path_keeps_data(db_url: str, make_receipt: MakeReceipt) -> No
         ]
     c.close()
 
-    # Reopening at version 2 does not run the step again (it would fail:
+    # Reopening at that version does not run the step again (it would fail:
     # duplicate column).
-    again = SqlRepository(db_url, migrations=[_add_note_column])
+    again = SqlRepository(db_url, migrations=[*MIGRATIONS, _add_note_column])
     try:
-        assert again.schema_version() == 2
+        assert again.schema_version() == CURRENT_VERSION + 1
     finally:
         again.close()
 
@@ -98,25 +125,25 @@ def test_failed_migration_rolls_back(db_url: str, make_receipt: MakeReceipt) -> 
         raise RuntimeError("step failed half way")
 
     with pytest.raises(RuntimeError):
-        SqlRepository(db_url, migrations=[broken])
+        SqlRepository(db_url, migrations=[*MIGRATIONS, broken])
     # SQLite DDL is transactional (we issue BEGIN ourselves): nothing stuck.
     assert "note" not in _columns(db_url, "receipts")
     r = SqlRepository(db_url)
     try:
-        assert r.schema_version() == 1
+        assert r.schema_version() == CURRENT_VERSION
         assert r.get_receipt(b"t1") is not None
     finally:
         r.close()
 
 
 def test_newer_database_is_refused(db_url: str) -> None:
-    newer = SqlRepository(db_url, migrations=[_add_note_column])
+    newer = SqlRepository(db_url, migrations=[*MIGRATIONS, _add_note_column])
     newer.close()
-    with pytest.raises(SchemaVersionError, match=r"version 2.*only up to version 1"):
+    with pytest.raises(SchemaVersionError, match=rf"version {CURRENT_VERSION + 1}.*only up to version {CURRENT_VERSION}"):
         open_repository(db_url)
     # Refusing changed nothing.
     with sqlite3.connect(_path(db_url)) as c:
-        assert c.execute("SELECT version FROM schema_meta").fetchall() == [(2,)]
+        assert c.execute("SELECT version FROM schema_meta").fetchall() == [(CURRENT_VERSION + 1,)]
     c.close()
 
 
