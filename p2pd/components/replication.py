@@ -59,7 +59,8 @@ class ReplicationComponent:
         if not cfg.enabled:
             log.info("replication_off")
             return
-        rep = Replication(ctx.node, replicas=cfg.replicas)
+        rep = Replication(ctx.node, replicas=cfg.replicas, repo=ctx.repo)
+        await rep.load()
         for conn in list(ctx.node.sessions.values()):  # opened before we hooked on_open
             try:
                 await rep._on_open(conn)

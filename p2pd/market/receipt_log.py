@@ -11,6 +11,7 @@ the two heads and the entry are the proof). Pure bookkeeping, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from protocol import (
@@ -25,28 +26,62 @@ from protocol import (
 
 
 class ReceiptLog:
-    """This node's log. ``append`` returns the signed head after the entry."""
+    """This node's log, in the order the store assigned (``Committed.seq``).
+
+    Rule: an entry enters the log only with the seq the store gave it in the
+    transaction that committed the receipt, so the log holds only what was
+    committed, and entry ``seq`` is the same receipt after any restart
+    (:meth:`restore` from the store). Heads are deterministic Ed25519
+    signatures over (member, seq, hash), so re-signing the head of a seq
+    after a crash gives the same bytes: the node never signs two different
+    heads for one seq.
+    """
 
     def __init__(self, key: SigningKey, member: str) -> None:
         self.key = key
         self.member = member
         self.chain = ReceiptChain()
-        self.heads: list[LogHead] = []
-        self.seen: set[bytes] = set()
+        self._head: LogHead | None = None
+        self._waiting: dict[int, bytes] = {}  # committed out of order: until the gap fills
 
-    def append(self, receipt: bytes) -> LogHead | None:
-        """Append ``receipt`` once (None if already logged); returns the new signed head."""
-        if receipt in self.seen:
-            return None
-        self.seen.add(receipt)
-        self.chain.append(receipt)
-        head = self.chain.head(self.key, self.member)
-        self.heads.append(head)
-        return head
+    def restore(self, entries: Iterable[tuple[int, bytes]]) -> None:
+        """Rebuild from the store's entries (``(seq, receipt)`` from seq 1, in order)."""
+        for seq, receipt in entries:
+            self.add(seq, receipt)
+
+    def add(self, seq: int, receipt: bytes) -> list[tuple[bytes, LogHead]]:
+        """Entry ``seq`` was committed. Returns ``(receipt, head)`` for each entry now in
+        the log, in order: this one and any that waited for it; none if ``seq``
+        is known or an earlier one is still missing.
+        """
+        if seq <= self.chain.seq:
+            return []
+        self._waiting[seq] = receipt
+        added = []
+        while self.chain.seq + 1 in self._waiting:
+            entry = self._waiting.pop(self.chain.seq + 1)
+            self.chain.append(entry)
+            added.append(entry)
+        if not added:
+            return []
+        # Each entry's head goes with its replica (p2pd/roles/replication.py).
+        out = []
+        first = self.chain.seq - len(added) + 1
+        for i, entry in enumerate(added):
+            seq_i = first + i
+            out.append((entry, LogHead.create(self.key, self.member, seq_i, self.chain.hashes[seq_i])))
+        self._head = out[-1][1]
+        return out
 
     @property
     def head(self) -> LogHead:
-        return self.heads[-1] if self.heads else self.chain.head(self.key, self.member)
+        if self._head is None:
+            self._head = self.chain.head(self.key, self.member)
+        return self._head
+
+    @property
+    def started(self) -> bool:
+        return self.chain.seq > 0
 
 
 @dataclass

@@ -20,7 +20,7 @@ import hashlib
 from collections import Counter
 from typing import Any
 
-from p2pd import log
+from p2pd import log, storage
 from p2pd.errors import PeerGone
 from p2pd.events import EquivocationSeen, ForkSeen
 from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
@@ -43,7 +43,7 @@ from protocol import (
     SignatureError,
     check_agent_receipt,
 )
-from store import Committed, Duplicate, Outcome, ReceiptRecord
+from store import Committed, Outcome, ReceiptRecord, ReplicaRecord, Repository
 
 HEAD_HOPS = 3
 
@@ -54,10 +54,16 @@ def receipt_kind(encoded: bytes) -> int:
 
 
 class Replication:
-    """Attach to a node: logs, replicates and watches receipt logs."""
+    """Attach to a node: logs, replicates and watches receipt logs.
 
-    def __init__(self, node: Node, *, replicas: int = 3) -> None:
+    With ``repo``, the log is restored from the store (:meth:`load`; its order
+    is the store's, assigned with each commit) and replicas held for others
+    are stored too, so both survive restarts.
+    """
+
+    def __init__(self, node: Node, *, replicas: int = 3, repo: Repository | None = None) -> None:
         self.node = node
+        self.repo = repo
         self.replicas = replicas
         self.log = ReceiptLog(node.identity.keys.signing, node.member_id)
         self.heads = HeadBook()
@@ -70,13 +76,26 @@ class Replication:
         node.handle(EquivocationGossip, self._on_proof)
         node.on_open.append(self._on_open)
 
+    async def load(self) -> None:
+        """Restore our log from the store (after a restart: same entries, same heads)."""
+        if self.repo is None:
+            return
+        after = 0
+        while True:
+            page = await storage.call(self.repo, self.repo.log_entries, after, 1000)
+            if not page:
+                break
+            self.log.restore(page)
+            after = page[-1][0]
+        self.counters["restored"] = self.log.chain.seq
+
     def remember(self, cred: Credential) -> None:
         self.credentials.setdefault(cred.member_id, cred)
 
     async def _on_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
         self.remember(conn.peer)
-        if self.log.heads:
+        if self.log.started:
             try:
                 await conn.send(HeadGossip(self.log.head, self.node.identity.credential, 1))
             except PeerGone:
@@ -89,21 +108,24 @@ class Replication:
             for m in self.node.sessions if m not in exclude)
         return [self.node.sessions[m] for _, m in ranked[: self.replicas] if m in self.node.sessions]
 
-    async def record(self, encoded: bytes, parties: tuple[str, ...] = ()) -> LogHead | None:
-        """Log a receipt we hold, replicate it and gossip the new head."""
-        head = self.log.append(encoded)
-        if head is None:
-            return None
-        self.counters["logged"] += 1
-        kind = receipt_kind(encoded)
-        for conn in self.targets(encoded, set(parties)):
-            try:
-                await conn.send(ReceiptReplica(kind, encoded, head))
-                self.counters["replicas_sent"] += 1
-            except PeerGone:
-                pass
-        await self.node.broadcast(HeadGossip(head, self.node.identity.credential, HEAD_HOPS))
-        return head
+    def committed(self, seq: int, encoded: bytes) -> list[tuple[bytes, LogHead]]:
+        """The store committed ``encoded`` as entry ``seq`` of our log; the entries now logged."""
+        added = self.log.add(seq, encoded)
+        self.counters["logged"] += len(added)
+        return added
+
+    async def spread(self, added: list[tuple[bytes, LogHead]], parties: tuple[str, ...] = ()) -> None:
+        """Send each new entry to ``replicas`` members (not its parties) and gossip the head."""
+        for encoded, head in added:
+            kind = receipt_kind(encoded)
+            for conn in self.targets(encoded, set(parties)):
+                try:
+                    await conn.send(ReceiptReplica(kind, encoded, head))
+                    self.counters["replicas_sent"] += 1
+                except PeerGone:
+                    pass
+        if added:
+            await self.node.broadcast(HeadGossip(added[-1][1], self.node.identity.credential, HEAD_HOPS))
 
     def verify_receipt(self, kind: int, encoded: bytes) -> bool:
         """True if the receipt decodes and every signature verifies with known credentials."""
@@ -141,6 +163,9 @@ class Replication:
             return
         self.held[hashlib.blake2b(msg.receipt, digest_size=32).digest()] = msg.receipt
         self.counters["replicas_held"] += 1
+        if self.repo is not None:
+            rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.receipt, msg.head.encode())
+            await storage.call(self.repo, self.repo.put_replica, rec)
         try:
             found = self.heads.add_entry(msg.receipt, msg.head, conn.peer)
         except SignatureError:
@@ -200,9 +225,12 @@ class LoggingWriter:
 
     async def commit(self, record: ReceiptRecord) -> Outcome:
         outcome = await self.inner.commit(record)
-        if isinstance(outcome, (Committed, Duplicate)):
+        # Only what this commit stored enters the log (a Duplicate was logged
+        # when it was first stored; its bytes may even differ from ``record``).
+        if isinstance(outcome, Committed):
+            added = self.replication.committed(outcome.seq, outcome.receipt.encoded)
             self.replication.node.nursery.start_soon(
-                self.replication.record, record.encoded, (record.seller, record.buyer))
+                self.replication.spread, added, (record.seller, record.buyer))
         return outcome
 
     async def run(self, **kwargs: Any) -> None:

@@ -8,8 +8,6 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Connection
 
-from store.migrations import MIGRATIONS
-
 from store import (
     CURRENT_VERSION,
     Committed,
@@ -20,6 +18,7 @@ from store import (
     StoreError,
     open_repository,
 )
+from store.migrations import MIGRATIONS
 
 MakeReceipt = Callable[..., ReceiptRecord]
 
