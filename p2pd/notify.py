@@ -26,6 +26,7 @@ class Notifier:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.address = env.get("NOTIFY_SOCKET") or None
+        self.dropped = 0  # datagrams not sent: the reader's queue was full, or an error
         self.watchdog_usec = 0
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -37,15 +38,25 @@ class Notifier:
         return self.address is not None
 
     def notify(self, *lines: str) -> bool:
-        """Send one datagram of ``lines``; returns False if not sent."""
+        """Send one datagram of ``lines`` without ever blocking; returns False if not sent.
+
+        The socket is non-blocking: when the reader lags and its queue is
+        full, the datagram is dropped (counted in ``dropped``) instead of
+        freezing the event loop -- a blocked sendto() once stopped the whole
+        daemon, SIGTERM included. Failures are logged once, then every 1000th.
+        """
         if self.address is None:
             return False
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
                 sock.sendto("\n".join(lines).encode("utf-8", "replace"), target)
         except OSError as exc:
-            log.warning("sd_notify_failed", socket=self.address, error=exc.strerror or str(exc))
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("sd_notify_failed", socket=self.address, error=exc.strerror or str(exc),
+                            dropped=self.dropped)
             return False
         return True
 

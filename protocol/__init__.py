@@ -134,3 +134,10 @@ from protocol.trading import TradeAccepted as TradeAccepted
 from protocol.trading import TradeRefused as TradeRefused
 from protocol.trading import TradeTerms as TradeTerms
 from protocol.trading import parties as parties
+from protocol.reconcile import DELIVERY_MAX as DELIVERY_MAX
+from protocol.reconcile import OFFER_MAX as OFFER_MAX
+from protocol.reconcile import REQUEST_MAX as REQUEST_MAX
+from protocol.reconcile import HeldReceipt as HeldReceipt
+from protocol.reconcile import HoldingsOffer as HoldingsOffer
+from protocol.reconcile import ReceiptsDelivery as ReceiptsDelivery
+from protocol.reconcile import ReceiptsRequest as ReceiptsRequest

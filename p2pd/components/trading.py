@@ -31,6 +31,7 @@ from p2pd.control.trading import register_trading_methods
 from p2pd.errors import ConfigError, PeerGone
 from p2pd.roles.agent import AgentConfig, AgentConfigError
 from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.reconcile import Reconciler
 from p2pd.roles.trading import Market, MarketRules
 from protocol import MAX_HOPS, MAX_WH
 
@@ -159,6 +160,7 @@ async def serve_pruning(market: Market, *,
         dropped = market.prune()
         if dropped:
             log.debug("orders_pruned", count=dropped)
+        await market.drop_stale_pending()
 
 
 class TradingComponent:
@@ -181,6 +183,13 @@ class TradingComponent:
                 pass
         ctx.services["writer"] = writer
         ctx.services["market"] = market
+        # The market's writer may be wrapped later (replication): commit through it.
+        reconciler = Reconciler(ctx.node, ctx.repo, lambda rec: market.writer.commit(rec),
+                                credentials=market.credentials, clock=market.clock)
+        for conn in list(ctx.node.sessions.values()):
+            await reconciler._on_open(conn)
+        ctx.services["reconciler"] = reconciler
+        await ctx.nursery.start(reconciler.serve)
         await ctx.nursery.start(serve_pruning, market)
         register_trading_methods(ctx, market)
         extend_status(ctx.control, "market", lambda: market_status(market, writer))

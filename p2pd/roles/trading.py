@@ -81,6 +81,7 @@ from store import (
     MemberRecord,
     OrderRecord,
     Outcome,
+    PendingTakeRecord,
     ReceiptRecord,
     Repository,
 )
@@ -89,6 +90,7 @@ MAX_TAKES_IN_FLIGHT = 64
 # Snapshots accepted per OrdersRequest we sent: 32 x 128 = 4096 live orders.
 MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
+PENDING_TAKE_KEEP = 7 * 86400  # s after its slot ends that an unanswered take is retried
 
 
 @dataclass
@@ -160,6 +162,8 @@ class Market:
         self.trades: TradeLedger[Receipt] = TradeLedger(receipt_parties)
         self._pending: dict[bytes, _PendingTake] = {}
         self._settling: dict[bytes, trio.Event] = {}  # owner side: trades being committed
+        self._pending_takes: dict[bytes, PendingTakeRecord] = {}  # taker side, mirrored in the store
+        self._taking: dict[bytes, trio.Event] = {}  # taker side: a take being sent
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
         self._snapshots_allowed: dict[PeerConnection, int] = {}
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
@@ -196,6 +200,8 @@ class Market:
             order = Order.decode(rec.encoded)
             remaining = await storage.call(self.repo, self.repo.remaining_wh, rec.order_id, rec.wh)
             self.orderbook.add_own(order, self.node.identity.credential, remaining)
+        for pending in await storage.call(self.repo, self.repo.pending_takes):
+            self._pending_takes[pending.trade_id] = pending
 
     # --- validation -------------------------------------------------------------
 
@@ -278,6 +284,8 @@ class Market:
     async def _on_session_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
         self._remember(conn.peer)
+        if any(p.owner == conn.peer.member_id for p in self._pending_takes.values()):
+            self.node.spawn_for(conn, self.retry_pending, conn.peer.member_id)
         if await self.gossip.open_session(conn, trade_only=self._is_trade_dial(conn)):
             self._snapshots_allowed[conn] = MAX_SNAPSHOTS_PER_REQUEST
             await conn.send(OrdersRequest())
@@ -351,17 +359,24 @@ class Market:
     async def take(self, order_id: bytes, wh: int, *, trade_id: bytes | None = None) -> Receipt:
         """Take ``wh`` of someone's order; returns the committed receipt.
 
-        Retries with the same trade id on timeout, so a lost answer never
-        makes a second trade. Raises :class:`TradeRefused` (the rules or the
-        owner said no), :class:`PeerFault` (the owner's answer is invalid),
-        :class:`TradeTimeout` (no answer) or :class:`NotConnected`; every
-        TradeError carries the trade id.
+        The terms are fixed once: signed and stored as a pending take before
+        the take is sent (p2pd/market/trade.py). A retry with the same
+        ``trade_id`` -- by the user, or by this node after a reconnect or a
+        restart (:meth:`retry_pending`) -- sends the same bytes, so the owner
+        answers with the receipt it stored, even after its order sold out or
+        expired. Raises :class:`TradeRefused` (the rules or the owner said
+        no), :class:`PeerFault` (the owner's answer is invalid),
+        :class:`TradeTimeout` (no answer yet: the take stays pending and is
+        retried) or :class:`NotConnected`; every TradeError carries the trade id.
         """
         if trade_id is not None:
             # A retry: if we already hold the receipt, that is the answer.
             rec = await storage.call(self.repo, self.repo.get_receipt, trade_id)
             if rec is not None:
                 return Receipt.decode(rec.encoded)
+            pending = self._pending_takes.get(trade_id)
+            if pending is not None:
+                return await self._take(pending)
         entry = self.orderbook.entry_for_take(order_id, retry=trade_id is not None)
         if entry is None:
             raise TradeRefused("unknown or expired order", Reason.NOT_FOUND, trade_id=trade_id)
@@ -369,23 +384,62 @@ class Market:
             terms = terms_for_take(entry, self.me, trade_id or self.random_bytes(16), wh, self.now())
         except Refusal as exc:
             raise TradeRefused.from_refusal(exc, trade_id=trade_id) from exc
+        record = PendingTakeRecord(terms.trade_id, entry.order.member_id, terms.encode(),
+                                   terms.sign(self.node.identity.keys.signing), self.now())
+        # Durable before it leaves the node: whatever happens next, the same
+        # take can be sent again.
+        await storage.call(self.repo, self.repo.put_pending_take, record)
+        self._pending_takes[terms.trade_id] = record
+        return await self._take(record)
+
+    async def _take(self, pending: PendingTakeRecord) -> Receipt:
+        """Send the pending take and see it through: commit the receipt, or refuse.
+
+        One attempt per trade id at a time: a second caller (the user's retry
+        while a reconnect retries it too) waits for the first and gets its result.
+        """
+        tid = pending.trade_id
+        running = self._taking.get(tid)
+        if running is not None:
+            await running.wait()
+            rec = await storage.call(self.repo, self.repo.get_receipt, tid)
+            if rec is not None:
+                return Receipt.decode(rec.encoded)
+            known = self.trades.get(tid)
+            if known is not None and known.refusal is not None:
+                r = known.refusal
+                raise TradeRefused(f"take refused: {r.message}", r.reason, r.remaining_wh, trade_id=tid)
+            raise TradeTimeout("no answer from the order's owner; the take stays pending", trade_id=tid)
+        done = self._taking[tid] = trio.Event()
+        try:
+            return await self._take_once(pending)
+        finally:
+            del self._taking[tid]
+            done.set()
+
+    async def _take_once(self, pending: PendingTakeRecord) -> Receipt:
+        terms = TradeTerms.decode(pending.terms)
         tid = terms.trade_id
+        owner_cred = self.credentials.get(pending.owner)
         trade = self.trades.get(tid)
         if trade is None or trade.finished:
             self.trades.forget(tid)
             trade = self.trades.open(tid, Side.TAKER, receipt_parties_of_terms(terms), self.now())
-        take = Take(terms, terms.sign(self.node.identity.keys.signing))
-        answer = await self._send_take(entry.order.member_id, take)
+        take = Take(terms, pending.taker_sig)
+        answer = await self._send_take(pending.owner, take)
         if isinstance(answer, TradeRefusedMsg):
             self.counters[f"takes_refused:{answer.reason_code.name}"] += 1
             trade.refuse(Refused(answer.reason_code, answer.message, answer.remaining_wh))
+            await self._forget_pending(tid)
             raise TradeRefused(f"take refused: {answer.message}", answer.reason_code,
                                answer.remaining_wh, trade_id=tid)
         if answer is None:
-            raise TradeTimeout("no answer from the order's owner", trade_id=tid)
+            raise TradeTimeout("no answer from the order's owner; the take stays pending and is "
+                               "retried when a session with the owner opens", trade_id=tid)
+        if owner_cred is None:  # pragma: no cover - a session implies a known credential
+            raise PeerFault("order owner's credential unknown", Reason.NOT_A_MEMBER, trade_id=tid)
         try:
-            check_answer(terms, answer.receipt, take.taker_sig, entry.order.member_id,
-                         entry.credential.sign_pk)
+            check_answer(terms, answer.receipt, take.taker_sig, pending.owner, owner_cred.sign_pk)
         except BadAnswer as exc:
             raise PeerFault(str(exc), exc.reason, trade_id=tid) from exc
         trade.countersigned(answer.receipt)
@@ -393,10 +447,49 @@ class Market:
         if isinstance(decision.answer, Refused):  # pragma: no cover - the owner enforced it already
             log.error("receipt_over_order", trade=tid.hex())
             raise TradeRefused(decision.answer.message, decision.answer.reason, trade_id=tid)
+        await self._forget_pending(tid)
         if decision.fresh:
             self.counters["trades_taken"] += 1
             self.node.events.publish(TradeCommitted(**describe_terms(terms), role="taker"))
         return decision.answer.receipt
+
+    async def _forget_pending(self, trade_id: bytes) -> None:
+        if self._pending_takes.pop(trade_id, None) is not None:
+            await storage.call(self.repo, self.repo.delete_pending_take, trade_id)
+
+    async def drop_stale_pending(self) -> int:
+        """Forget pending takes whose slot ended over :data:`PENDING_TAKE_KEEP` ago.
+
+        By then an answer can no longer change what is delivered; a receipt
+        the owner did commit still reaches us by reconciliation.
+        """
+        now = self.now()
+        stale = [p for p in self._pending_takes.values()
+                 if _slot_end(p) + PENDING_TAKE_KEEP < now]
+        for pending in stale:
+            log.warning("pending_take_dropped", trade=pending.trade_id.hex(), owner=pending.owner)
+            self.counters["pending_takes_dropped"] += 1
+            await self._forget_pending(pending.trade_id)
+        return len(stale)
+
+    async def retry_pending(self, owner: str) -> int:
+        """Send again every pending take of ours with ``owner``; returns how many were settled.
+
+        Run when a session with ``owner`` opens (and after a restart, as
+        sessions open): a take whose answer was lost gets its receipt now.
+        """
+        settled = 0
+        for pending in [p for p in self._pending_takes.values() if p.owner == owner]:
+            try:
+                await self._take(pending)
+            except (TradeTimeout, NotConnected, PeerGone):
+                continue
+            except TradeError:
+                settled += 1  # refused: final, and forgotten
+                continue
+            settled += 1
+            self.counters["takes_recovered"] += 1
+        return settled
 
     async def _send_take(self, owner: str, take: Take) -> TradeAccepted | TradeRefusedMsg | None:
         """Send ``take`` to ``owner`` up to ``take_attempts`` times; its answer or None."""
@@ -535,6 +628,11 @@ class Market:
 
     def orders(self, slot_start: int | None = None) -> list[dict[str, Any]]:
         return self.orderbook.view(self.now(), slot_start)
+
+
+def _slot_end(pending: PendingTakeRecord) -> int:
+    terms = TradeTerms.decode(pending.terms)
+    return terms.slot_start + terms.slot_len
 
 
 def receipt_parties_of_terms(terms: TradeTerms) -> frozenset[str]:

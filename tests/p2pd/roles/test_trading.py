@@ -237,3 +237,75 @@ async def test_sqlite_receipts_survive_reopen(make_trader: Callable[..., Any], t
         assert reopened.integrity_check() == "ok"
     finally:
         reopened.close()
+
+
+async def test_a_take_whose_answer_was_lost_completes_by_itself_on_reconnect(
+        make_trader: Callable[..., Any], autojump_clock: Any) -> None:
+    # Issue 12, finding 1: the seller committed, the buyer never heard; every
+    # retry was rebuilt with fresh terms ("other terms") or failed once the
+    # order sold out ("unknown or expired order"). The take is now fixed and
+    # stored before it is sent, and retried when a session with the owner opens.
+    from p2pd.errors import TradeTimeout
+    from protocol import TradeAccepted
+
+    alice, bob = await make_trader("alice"), await make_trader("bob")
+    conn, _ = await link(bob.node, alice.node)
+    order = await alice.market.post("sell", SLOT_START, 600, 90_000)
+    await wait_for(lambda: order.order_id in bob.market.book)
+    original = bob.node.handlers[TradeAccepted]
+
+    async def lost(c: Any, msg: Any) -> None:  # the answer never arrives
+        return None
+
+    bob.node.handlers[TradeAccepted] = lost
+    with pytest.raises(TradeTimeout) as err:
+        await bob.market.take(order.order_id, 600)
+    tid = err.value.trade_id
+    assert tid is not None and alice.repo.get_receipt(tid) is not None  # one-sided
+    assert bob.repo.get_receipt(tid) is None and [p.trade_id for p in bob.repo.pending_takes()] == [tid]
+    # The order sold out and is withdrawn; the session breaks.
+    await wait_for(lambda: order.order_id not in bob.market.book)
+    bob.node.handlers[TradeAccepted] = original
+    await conn.close()
+    # A new session: bob sends the same take again by itself and gets the stored receipt.
+    await link(bob.node, alice.node)
+    await wait_for(lambda: bob.repo.get_receipt(tid) is not None and not bob.repo.pending_takes())
+    assert bob.repo.get_receipt(tid).encoded == alice.repo.get_receipt(tid).encoded  # type: ignore[union-attr]
+    assert bob.repo.pending_takes() == [] and bob.market.counters["takes_recovered"] == 1
+    # And a user's retry by trade id now answers from the store at once.
+    again = await bob.market.take(order.order_id, 600, trade_id=tid)
+    assert again.encode() == alice.repo.get_receipt(tid).encoded  # type: ignore[union-attr]
+
+
+async def test_a_pending_take_survives_the_takers_restart(
+        make_trader: Callable[..., Any], community: Community, autojump_clock: Any, tmp_path: Any) -> None:
+    from p2pd.errors import TradeTimeout
+    from protocol import TradeAccepted
+
+    ident = community.member("bob")
+    url = f"sqlite:///{tmp_path}/bob.db"
+    alice = await make_trader("alice")
+    bob = await make_trader("bob", repo=open_repository(url), ident=ident)
+    conn, _ = await link(bob.node, alice.node)
+    order = await alice.market.post("sell", SLOT_START, 1000, 90_000)
+    await wait_for(lambda: order.order_id in bob.market.book)
+
+    async def lost(c: Any, msg: Any) -> None:
+        return None
+
+    bob.node.handlers[TradeAccepted] = lost
+    with pytest.raises(TradeTimeout) as err:
+        await bob.market.take(order.order_id, 400)
+    tid = err.value.trade_id
+    assert tid is not None
+    # bob restarts: a new node with the same keys and store, after the order expired.
+    await bob.node.aclose()
+    bob.repo.close()
+    autojump_clock.jump(order.expiry - NOW + 60)
+    reborn = await make_trader("bob", repo=open_repository(url), ident=ident)
+    await reborn.market.load()
+    await link(reborn.node, alice.node)
+    await wait_for(lambda: reborn.repo.get_receipt(tid) is not None and not reborn.repo.pending_takes())
+    assert reborn.repo.get_receipt(tid).encoded == alice.repo.get_receipt(tid).encoded  # type: ignore[union-attr]
+    assert reborn.repo.pending_takes() == []
+    reborn.repo.close()
