@@ -15,7 +15,17 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from protocol import Credential, Reason, SigningKey, encode_message
+from protocol import (
+    RECEIPT_V1,
+    Credential,
+    HeldReceipt,
+    HoldingsOffer,
+    Reason,
+    ReceiptsDelivery,
+    ReceiptsRequest,
+    SigningKey,
+    encode_message,
+)
 from protocol.trading import (
     GOSSIP_NONE,
     Cancel,
@@ -72,6 +82,13 @@ def examples() -> dict[str, bytes]:
         # A forwarder's batch: alice's order and its cancel, one hop on (hops 7).
         "trading-gossip-batch": encode_message(
             GossipBatch((OrderGossip(order, alice_cred, 7),), (CancelGossip(cancel, 7),))),
+        # Reconciliation (section 12.7): alice offers what she holds with bob
+        # since a week before NOW; bob asks for it; alice delivers the receipt.
+        "trading-holdings-offer": encode_message(
+            HoldingsOffer(NOW - 7 * 86400, (terms.trade_id,), True)),
+        "trading-receipts-request": encode_message(ReceiptsRequest((terms.trade_id,))),
+        "trading-receipts-delivery": encode_message(
+            ReceiptsDelivery((HeldReceipt(RECEIPT_V1, receipt.encode()),))),
     }
 
 

@@ -554,15 +554,24 @@ class Market:
         terms = msg.terms
         assert conn.peer is not None
         taker = conn.peer.member_id
-        known = self.trades.get(terms.trade_id)
-        if known is not None:
-            # Rule 1: a known trade id gets that trade's answer, never a new
-            # trade; a retry that overtook the first attempt waits for it.
-            if not known.finished:
-                await self._settling[terms.trade_id].wait()
-            answer = known.answer_for(taker)
-            assert answer is not None
-            return answer
+        # Rule 1 of Take (docs/protocol.md 12.3): a known trade id gets that
+        # trade's answer, never a new trade -- from the ledger while the trade
+        # is recent (a retry that overtook the first attempt waits for it),
+        # else from the store (after a lost answer, a sell-out, expiry or restart).
+        while True:
+            known = self.trades.get(terms.trade_id)
+            if known is not None:
+                if not known.finished:
+                    await self._settling[terms.trade_id].wait()
+                answer = known.answer_for(taker)
+                assert answer is not None
+                return answer
+            rec = await storage.call(self.repo, self.repo.get_receipt, terms.trade_id)
+            if rec is not None:
+                return answer_from_store(Receipt.decode(rec.encoded), taker, receipt_parties,
+                                         missing=Refusal(Reason.NOT_FOUND, "no such trade"))
+            if self.trades.get(terms.trade_id) is None:
+                break  # still unknown after the lookup: this take is the first
         entry = self.book.get(terms.order_id)
         order = entry.order if entry else None
         try:
@@ -570,11 +579,6 @@ class Market:
                 raise Refusal(Reason.NOT_FOUND, "no live order of ours with that id")
             check_take(order, terms, taker, conn.peer.sign_pk, msg.taker_sig, self.now())
         except Refusal as refusal:
-            if refusal.reason in (Reason.NOT_FOUND, Reason.EXPIRED):
-                # A retry after a sell-out, expiry or restart: the store answers.
-                rec = await storage.call(self.repo, self.repo.get_receipt, terms.trade_id)
-                stored = Receipt.decode(rec.encoded) if rec is not None else None
-                return answer_from_store(stored, taker, receipt_parties, missing=refusal)
             return Refused(refusal.reason, refusal.message, refusal.remaining_wh)
         assert entry is not None and order is not None
         trade = self.trades.open(terms.trade_id, Side.OWNER, receipt_parties_of_terms(terms), self.now())

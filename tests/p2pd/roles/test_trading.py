@@ -278,14 +278,16 @@ async def test_a_take_whose_answer_was_lost_completes_by_itself_on_reconnect(
 
 
 async def test_a_pending_take_survives_the_takers_restart(
-        make_trader: Callable[..., Any], community: Community, autojump_clock: Any, tmp_path: Any) -> None:
+        make_trader: Callable[..., Any], community: Community, autojump_clock: Any) -> None:
     from p2pd.errors import TradeTimeout
     from protocol import TradeAccepted
 
+    # The store outlives the node (a MemoryRepository here: with autojump_clock a
+    # store that works in threads would let virtual time run while it writes).
     ident = community.member("bob")
-    url = f"sqlite:///{tmp_path}/bob.db"
+    store = MemoryRepository()
     alice = await make_trader("alice")
-    bob = await make_trader("bob", repo=open_repository(url), ident=ident)
+    bob = await make_trader("bob", repo=store, ident=ident)
     conn, _ = await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 90_000)
     await wait_for(lambda: order.order_id in bob.market.book)
@@ -300,12 +302,10 @@ async def test_a_pending_take_survives_the_takers_restart(
     assert tid is not None
     # bob restarts: a new node with the same keys and store, after the order expired.
     await bob.node.aclose()
-    bob.repo.close()
     autojump_clock.jump(order.expiry - NOW + 60)
-    reborn = await make_trader("bob", repo=open_repository(url), ident=ident)
+    reborn = await make_trader("bob", repo=store, ident=ident)
     await reborn.market.load()
     await link(reborn.node, alice.node)
     await wait_for(lambda: reborn.repo.get_receipt(tid) is not None and not reborn.repo.pending_takes())
     assert reborn.repo.get_receipt(tid).encoded == alice.repo.get_receipt(tid).encoded  # type: ignore[union-attr]
     assert reborn.repo.pending_takes() == []
-    reborn.repo.close()
