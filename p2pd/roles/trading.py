@@ -390,7 +390,11 @@ class Market:
         # take can be sent again.
         await storage.call(self.repo, self.repo.put_pending_take, record)
         self._pending_takes[terms.trade_id] = record
-        return await self._take(record)
+        try:
+            return await self._take(record)
+        except NotConnected:
+            await self._forget_pending(terms.trade_id)  # it never left the node
+            raise
 
     async def _take(self, pending: PendingTakeRecord) -> Receipt:
         """Send the pending take and see it through: commit the receipt, or refuse.
@@ -492,14 +496,21 @@ class Market:
         return settled
 
     async def _send_take(self, owner: str, take: Take) -> TradeAccepted | TradeRefusedMsg | None:
-        """Send ``take`` to ``owner`` up to ``take_attempts`` times; its answer or None."""
+        """Send ``take`` to ``owner`` up to ``take_attempts`` times; its answer or None.
+
+        Raises :class:`NotConnected` only if the take never left this node.
+        """
         pending = self._pending.setdefault(take.terms.trade_id, _PendingTake(take.terms))
+        sent = False
         try:
             for _attempt in range(self.rules.take_attempts):
                 conn = self.node.sessions.get(owner)
                 if conn is None:
-                    raise NotConnected(f"no session with {owner}")
+                    if not sent:
+                        raise NotConnected(f"no session with {owner}")
+                    break
                 try:
+                    sent = True  # a broken send may still have delivered it
                     await conn.send(take)
                 except PeerGone:
                     continue
