@@ -42,6 +42,13 @@ class RpcFailure(Exception):
         self.code, self.message, self.data = code, message, data
 
 
+def _details(data: Any) -> str:
+    """What the daemon added to an error (reason, remaining_wh, trade_id...), for people."""
+    if not isinstance(data, dict) or not data:
+        return ""
+    return " (" + ", ".join(f"{k} {v}" for k, v in data.items()) + ")"
+
+
 class Client:
     """A blocking JSON-RPC client over a Unix stream socket (newline-delimited)."""
 
@@ -339,7 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"p2pctl: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except RpcFailure as exc:
-        print(f"p2pctl: error {exc.code}: {exc.message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            error = {"code": exc.code, "message": exc.message}
+            if exc.data is not None:
+                error["data"] = exc.data
+            print(json.dumps({"error": error}), file=sys.stderr)
+        else:
+            print(f"p2pctl: error {exc.code}: {exc.message}{_details(exc.data)}", file=sys.stderr)
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         return 130

@@ -47,6 +47,9 @@ def trade_error(exc: TradeError) -> RpcError:
     data: dict[str, Any] = {"reason": reason}
     if exc.remaining_wh is not None:
         data["remaining_wh"] = exc.remaining_wh
+    if exc.trade_id is not None:
+        # A take that got no answer stays pending: retry it with this id.
+        data["trade_id"] = exc.trade_id.hex()
     return RpcError(TRADE_REFUSED, str(exc), data)
 
 

@@ -79,3 +79,26 @@ def test_table_rendering() -> None:
     text = ctl.table([{"a": "x", "b": None}, {"a": "longer", "b": True}], [("a", "A"), ("b", "B")])
     assert text.splitlines() == ["A       B", "x       -", "longer  yes"]
     assert ctl.table([], [("a", "A")]) == "(none)"
+
+
+async def test_a_refused_take_shows_the_reason_and_the_trade_id(
+        nursery: trio.Nursery, sock_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 12: p2pctl dropped the error's data, so a timed-out take's trade id
+    # (the one to retry with) and the refusal reason never reached the user.
+    from p2pd.control.trading import trade_error
+    from p2pd.errors import TradeTimeout
+
+    server = make_server()
+
+    def take(order_id: str, wh: int) -> None:
+        raise trade_error(TradeTimeout("no answer from the order's owner", trade_id=b"\xab" * 16))
+
+    server.register("orders.take", take, {"order_id": Param(str), "wh": Param(int)})
+    await nursery.start(serve_control, server, sock_path)
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "400", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR
+    assert "-32007" in err and "reason TIMEOUT" in err and f"trade_id {'ab' * 16}" in err
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "400", "--json", capsys=capsys)
+    error = json.loads(err)["error"]
+    assert code == ctl.EXIT_RPC_ERROR and error["code"] == -32007
+    assert error["data"] == {"reason": "TIMEOUT", "trade_id": "ab" * 16}
