@@ -114,12 +114,13 @@ def test_each_mistake_names_its_key(tmp_path: Path, extra: str, message: str | N
         text = extra + "\n" + text
     else:
         text = text + "\n" + extra + "\n"
+    path = write(tmp_path, text)
     if message is None:
-        load_config(write(tmp_path, text))
+        load_config(path)
         return
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, text))
-    assert str(info.value).startswith(message), str(info.value)
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
 
 
 def test_missing_community_and_bad_toml(tmp_path: Path) -> None:
@@ -154,3 +155,93 @@ def test_extension_sections_use_registered_validators(monkeypatch: pytest.Monkey
     monkeypatch.setitem(SECTION_VALIDATORS, "trading", picky)
     with pytest.raises(ConfigError, match=r"^\[trading\]: floor_price must not exceed"):
         parse_config({**base, "trading": {"floor_price": 2}})
+
+
+# --- issue 17: any file content gives a Config or a ConfigError --------------------------------
+
+
+def bad_file(tmp_path: Path, extra: str, replace: tuple[str, str] | None = None) -> Path:
+    text = MINIMAL if replace is None else MINIMAL.replace(*replace)
+    return write(tmp_path, text + "\n" + extra + "\n")
+
+
+def load_error(path: Path) -> str:
+    """The message of the ConfigError loading ``path`` raises (any other exception fails)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert len(message) - len(str(path)) < 200, message
+    return message
+
+
+@pytest.mark.parametrize("extra, replace, expected", [
+    # Found by outside testers: each raised something other than ConfigError.
+    ("[p2p]\nport = " + "9" * 4301, None, "invalid TOML: a number is too long"),  # ValueError
+    # RecursionError; whether tomllib or our check refuses 490 depends on the stack depth.
+    ("[p2p]\npeers = " + "[" * 490 + "]" * 490, None, "nested"),
+    ("[p2p]\npeers = " + "[" * 1000 + "]" * 1000, None, "invalid TOML: arrays or inline tables nested too "
+     "deeply (deeper than 32 at line 10)"),
+    ("[p2p]\npeers = " + "[" * 100 + "]" * 100, None, "[p2p].peers: nested deeper than 32"),
+    ("", ('state_dir = "state"', 'state_dir = "~("'), '[node].state_dir: cannot expand ~ in "~("'),  # RuntimeError
+    ("[meter]\n[meter.options]\ndaily_kwh = " + "9" * 400, None,
+     "[meter].options.daily_kwh: integer outside the 64-bit range"),  # OverflowError
+    ('[p2p]\nannounce = "h:²"', None, '[p2p].announce: expected "host:port"'),  # ValueError
+    # Found while fixing them.
+    ("[p2p]\nport = 9223372036854775808", None, "[p2p].port: integer outside the 64-bit range"),
+    ('[p2p]\npeers = ["a:٣"]', None, '[p2p].peers[0]: expected "host:port"'),  # Arabic-Indic 3
+    ("[meter]\ninterval = nan", None, "[meter].interval: expected a finite number, got NaN"),  # accepted
+    ("[meter]\ninterval = inf", None, "[meter].interval: expected a finite number, got Infinity"),
+    ("[meter]\n[meter.options]\ndaily_kwh = inf", None, "[meter].options.daily_kwh: expected a finite"),
+    ('[p2p]\nhost = "a\\u0000b"', None, "[p2p].host: expected a host name"),  # getaddrinfo ValueError
+    ("", ('state_dir = "state"', 'state_dir = "a\\u0000b"'), "[node].state_dir: a path cannot contain"),
+    ('[tariffs]\ncurrency = "ÄÖÜ"', None, "[tariffs].currency: expected a 3-letter"),
+])
+def test_hostile_values_are_config_errors(
+    tmp_path: Path, extra: str, replace: tuple[str, str] | None, expected: str
+) -> None:
+    message = load_error(bad_file(tmp_path, extra, replace))
+    assert expected in message
+
+
+def test_messages_quote_little_of_the_file(tmp_path: Path) -> None:
+    long_key = "k" * 3000
+    assert '[p2p]."kkkk' in load_error(bad_file(tmp_path, f'[p2p]\n"{long_key}" = 1'))
+    message = load_error(bad_file(tmp_path, "", ('state_dir = "state"', f'log_level = "{"x" * 5000}"')))
+    assert message.count("x") <= 60
+    assert "unknown key" in load_error(bad_file(tmp_path, '[p2p]\n"a\\nb" = 1'))
+
+
+def test_a_file_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    with path.open("wb") as f:
+        f.truncate(1 << 40)  # sparse: reading it all would need a terabyte
+    assert load_error(path).endswith("larger than 1048576 bytes")
+
+
+def test_a_driver_or_validator_tripping_over_a_value_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meter_drivers
+
+    def overflow(name: str, options: object) -> None:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(meter_drivers, "create_driver", overflow)
+    assert "[meter].options: the simulated driver cannot use them (OverflowError" in load_error(
+        bad_file(tmp_path, "[meter]\n[meter.options]\nseed = 1"))
+    monkeypatch.setitem(SECTION_VALIDATORS, "limits", lambda data: 1 / 0)
+    with pytest.raises(ConfigError, match=r"^\[limits\]: division by zero"):
+        parse_config({"community": {"id": "c", "issuers": [ISSUER]}, "limits": {}, "meter": {"driver": "none"}})
+
+
+def test_describe_is_json_ready_whatever_the_options_hold(tmp_path: Path) -> None:
+    import json
+
+    from p2pd.config import describe
+
+    cfg = load_config(bad_file(tmp_path, '[meter]\ndriver = "none"\n[meter.options]\n'
+                                         "since = 1979-05-27T07:32:00Z\nat = 07:32:00\nlist = [1979-05-27]"))
+    options = json.loads(json.dumps(describe(cfg)))["meter"]["options"]
+    assert options == {"since": "1979-05-27T07:32:00+00:00", "at": "07:32:00", "list": ["1979-05-27"]}
+
