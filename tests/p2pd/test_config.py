@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +247,110 @@ def test_describe_is_json_ready_whatever_the_options_hold(tmp_path: Path) -> Non
     options = json.loads(json.dumps(describe(cfg)))["meter"]["options"]
     assert options == {"since": "1979-05-27T07:32:00+00:00", "at": "07:32:00", "list": ["1979-05-27"]}
 
+
+# --- reload keeps the running configuration ------------------------------------------------------
+
+
+@pytest.fixture
+def p2pd_log() -> Iterator[list[str]]:
+    """The "p2pd" logger's lines, also after an in-process daemon's
+    log.setup() has turned propagation (to pytest's handler) off."""
+    lines: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.getMessage()}")
+
+    logger, handler = logging.getLogger("p2pd"), Handler()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+class _Notifier:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def reloading(self) -> None:
+        self.calls.append("reloading")
+
+    def ready(self, status: str) -> None:
+        self.calls.append("ready")
+
+
+def _context(path: Path) -> Any:
+    from types import SimpleNamespace
+
+    from p2pd.daemon import DaemonContext
+
+    node = SimpleNamespace(sessions={}, limits=None)
+    identity = SimpleNamespace(member_id="alice")
+    return DaemonContext(load_config(path), identity, None, None, node, None, None,  # type: ignore[arg-type]
+                         _Notifier())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", [
+    MINIMAL.replace('state_dir = "state"', 'state_dir = "~("'),  # RuntimeError before issue 17
+    MINIMAL + '\n[p2p]\nannounce = "h:²"\n',  # ValueError
+    MINIMAL + "\n[p2p]\nport = " + "9" * 4301 + "\n",  # ValueError
+    "[p2p\n",
+])
+async def test_reload_keeps_the_old_configuration_on_any_bad_file(
+    tmp_path: Path, text: str, p2pd_log: list[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    ctx = _context(path)
+    old = ctx.config
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: "):
+        await ctx.reload()
+    assert ctx.config is old
+    assert ctx.notifier.calls == ["reloading", "ready"]
+    assert [line.split()[0] for line in p2pd_log if "config_reload_failed" in line] == ["WARNING"]
+
+
+async def test_reload_turns_a_loading_bug_into_a_logged_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p2pd_log: list[str]
+) -> None:
+    import p2pd.daemon
+
+    path = write(tmp_path, MINIMAL)
+    ctx = _context(path)
+    old = ctx.config
+
+    def buggy(path: Path) -> None:
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(p2pd.daemon, "load_config", buggy)
+    with pytest.raises(ConfigError, match=r"cannot be loaded \(ZeroDivisionError\); keeping"):
+        await ctx.reload()
+    assert ctx.config is old
+    (line,) = [line for line in p2pd_log if "config_reload_failed" in line]
+    assert "traceback=" in line and "ZeroDivisionError: injected" in line and "\n" not in line
+
+
+async def test_sighup_survives_a_failing_reload(p2pd_log: list[str]) -> None:
+    import signal
+
+    from p2pd.daemon import _handle_signals
+
+    stopped: list[bool] = []
+
+    class Ctx:
+        async def reload(self) -> None:
+            raise KeyError("a reload hook's bug")
+
+        def stop(self) -> None:
+            stopped.append(True)
+
+    async def signals() -> Any:
+        yield signal.SIGHUP
+        yield signal.SIGHUP
+        yield signal.SIGTERM
+
+    await _handle_signals(Ctx(), signals())  # type: ignore[arg-type]
+    assert stopped == [True]
+    assert sum("config_reload_failed" in line for line in p2pd_log) == 2
