@@ -317,9 +317,11 @@ async def run_daemon(
                                 max_handshakes=config.p2p.max_handshakes)
             async with open_node(identity, policy, limits=limits) as node:
                 async with trio.open_nursery() as nursery:
-                    ctx = DaemonContext(config, identity, policy, repo, node,
-                                        control or ControlServer(), nursery, notifier,
-                                        revocations=revocations)
+                    # The control server counts its internal errors with the
+                    # node's counters, so `p2pctl status` shows them.
+                    control = control or ControlServer(counters=node.counters)
+                    ctx = DaemonContext(config, identity, policy, repo, node, control, nursery,
+                                        notifier, revocations=revocations)
                     nursery.start_soon(_handle_signals, ctx, signals)
                     try:
                         listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)
