@@ -101,11 +101,18 @@ def _key(key: object) -> str:
 
 
 def _where(path: tuple[object, ...]) -> str:
-    """``("meter", "options", "seed")`` -> ``[meter].options.seed``; list indexes as ``[i]``."""
+    """``("meter", "options", "seed")`` -> ``[meter].options.seed``; list indexes as ``[i]``.
+
+    A path of over 4 parts keeps its first 2 and last 2 (``[a].b...y.z``),
+    so the text stays short however deep the key is.
+    """
     if not path:
         return "(top level)"
     text = f"[{_key(path[0])}]"
-    for part in path[1:]:
+    for i, part in enumerate(path[1:], 1):
+        if 2 <= i < len(path) - 2:
+            text += ".." if i == 2 else ""
+            continue
         text += f"[{part}]" if isinstance(part, int) else f".{_key(part)}"
     return text
 

@@ -212,6 +212,9 @@ def test_messages_quote_little_of_the_file(tmp_path: Path) -> None:
     message = load_error(bad_file(tmp_path, "", ('state_dir = "state"', f'log_level = "{"x" * 5000}"')))
     assert message.count("x") <= 60
     assert "unknown key" in load_error(bad_file(tmp_path, '[p2p]\n"a\\nb" = 1'))
+    deep = ".".join(f'"{i}{"k" * 50}"' for i in range(30))  # 30 long keys, then a huge integer
+    message = load_error(bad_file(tmp_path, f"[meter.options.{deep}]\nx = {10**30}"))
+    assert message.endswith('[meter].options..."29' + "k" * 50 + '".x: integer outside the 64-bit range')
 
 
 def test_a_file_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
