@@ -406,6 +406,10 @@ def _meter(t: Table) -> MeterConfig:
     options = t.table("options")
     interval = t.number("interval", 10.0, 0.1, 3600.0)
     t.finish()
+    for name, value in options.items():
+        # Driver options are numbers of seconds, kWh, degrees: none means nan or inf.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"[meter].options.{_key(name)}: expected a finite number, got {_show(value)}")
     if driver is not None:
         _check_meter(driver, options)
     return MeterConfig(driver, MappingProxyType(dict(options)), interval)
@@ -413,10 +417,6 @@ def _meter(t: Table) -> MeterConfig:
 
 def _check_meter(driver: str, options: dict[str, Any]) -> None:
     """Let the driver check its options; any failure becomes a ConfigError."""
-    for name, value in options.items():
-        # Driver options are numbers of seconds, kWh, degrees: none means nan or inf.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"[meter].options.{_key(name)}: expected a finite number, got {_show(value)}")
     try:
         import meter_drivers
     except ImportError:  # pragma: no cover - the package ships with p2pd

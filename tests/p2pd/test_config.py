@@ -195,6 +195,7 @@ def load_error(path: Path) -> str:
     ("[meter]\ninterval = nan", None, "[meter].interval: expected a finite number, got NaN"),  # accepted
     ("[meter]\ninterval = inf", None, "[meter].interval: expected a finite number, got Infinity"),
     ("[meter]\n[meter.options]\ndaily_kwh = inf", None, "[meter].options.daily_kwh: expected a finite"),
+    ('[meter]\ndriver = "none"\n[meter.options]\nx = nan', None, "[meter].options.x: expected a finite"),
     ('[p2p]\nhost = "a\\u0000b"', None, "[p2p].host: expected a host name"),  # getaddrinfo ValueError
     ("", ('state_dir = "state"', 'state_dir = "a\\u0000b"'), "[node].state_dir: a path cannot contain"),
     ('[tariffs]\ncurrency = "ÄÖÜ"', None, "[tariffs].currency: expected a 3-letter"),
