@@ -331,7 +331,16 @@ def parse_peer(text: str, where: str) -> PeerAddress:
 
 
 def _host_ok(host: str) -> bool:
-    """No spaces or control characters (NUL would only fail later, in getaddrinfo)."""
+    """No spaces or control characters, and labels getaddrinfo can encode.
+
+    Both would only fail later, when the daemon listens or dials: a NUL with
+    ValueError, a label over 63 characters or an empty one with UnicodeError
+    from the "idna" codec that socket and trio use.
+    """
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
     return all(c.isprintable() and not c.isspace() for c in host)
 
 

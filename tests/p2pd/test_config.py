@@ -197,6 +197,8 @@ def load_error(path: Path) -> str:
     ("[meter]\n[meter.options]\ndaily_kwh = inf", None, "[meter].options.daily_kwh: expected a finite"),
     ('[meter]\ndriver = "none"\n[meter.options]\nx = nan', None, "[meter].options.x: expected a finite"),
     ('[p2p]\nhost = "a\\u0000b"', None, "[p2p].host: expected a host name"),  # getaddrinfo ValueError
+    (f'[p2p]\nhost = "{"a" * 64}.example"', None, "[p2p].host: expected a host name"),  # UnicodeError
+    ('[p2p]\npeers = ["a..b:7400"]', None, '[p2p].peers[0]: expected "host:port"'),
     ("", ('state_dir = "state"', 'state_dir = "a\\u0000b"'), "[node].state_dir: a path cannot contain"),
     ('[tariffs]\ncurrency = "ÄÖÜ"', None, "[tariffs].currency: expected a 3-letter"),
 ])
