@@ -2,8 +2,16 @@
 
 Every problem raises :class:`~p2pd.errors.ConfigError` whose message names
 the key and says what is wrong, e.g. ``[p2p].port: expected an integer
-0..65535, got "abc"``. Unknown sections and keys are errors (a typo must not
-silently fall back to a default). docs/configuration.md describes each key.
+0..65535, got "abc"`` (and :func:`load_config` puts the file name in front).
+Unknown sections and keys are errors (a typo must not silently fall back to a
+default). docs/configuration.md describes each key.
+
+Invariant (issue 17): whatever the file holds, :func:`load_config` returns a
+:class:`Config` or raises :class:`ConfigError`, never another exception. The
+file is read only up to :data:`MAX_CONFIG_BYTES`; :func:`parse_config` first
+checks the whole document's shape (:data:`MAX_DEPTH`, 64-bit integers), so
+the validators below and the extension validators only see bounded values.
+Messages quote at most :data:`SHOW_CHARS` characters of what the file says.
 
 Component sections: this module validates the core sections (``[node]``,
 ``[community]``, ``[p2p]``, ``[store]``, ``[meter]``, ``[tariffs]``). Every
@@ -27,9 +35,12 @@ the value.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,14 +63,68 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DAY = 86400
 DEFAULT_PORT = 7400
 MAX_CONFIG_BYTES = 1 << 20
+# Tables and arrays inside each other. Real files use 3 ([meter.options] and a
+# value); the bound keeps every later step (validators, ``describe``, JSON)
+# far from Python's recursion limit, which tomllib itself reaches near 490.
+MAX_DEPTH = 32
+# TOML integers are 64-bit; a parser must reject the rest (TOML 1.0, "Integer").
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+# At most this many characters of the file's text go into a message.
+SHOW_CHARS = 60
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_PORT = re.compile(r"[0-9]{1,5}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def _show(value: Any) -> str:
-    """A value as the user wrote it in TOML terms: strings in double quotes."""
+    """A value as the user wrote it in TOML terms (strings in double quotes), cut short."""
     try:
-        return json.dumps(value, default=str)[:80]
-    except (TypeError, ValueError):
-        return repr(value)[:80]
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
+
+
+def _key(key: object) -> str:
+    """A key as TOML would write it: bare if it can be, else quoted and cut short."""
+    if isinstance(key, str) and _BARE_KEY.fullmatch(key):
+        return key
+    return _show(str(key)) if isinstance(key, str) else f"[{key}]"
+
+
+def _where(path: tuple[object, ...]) -> str:
+    """``("meter", "options", "seed")`` -> ``[meter].options.seed``; list indexes as ``[i]``.
+
+    A path of over 4 parts keeps its first 2 and last 2 (``[a].b...y.z``),
+    so the text stays short however deep the key is.
+    """
+    if not path:
+        return "(top level)"
+    text = f"[{_key(path[0])}]"
+    for i, part in enumerate(path[1:], 1):
+        if 2 <= i < len(path) - 2:
+            text += ".." if i == 2 else ""
+            continue
+        text += f"[{part}]" if isinstance(part, int) else f".{_key(part)}"
+    return text
+
+
+def check_shape(data: Any) -> None:
+    """Raise :class:`ConfigError` naming the first value nested deeper than
+    :data:`MAX_DEPTH` or the first integer outside TOML's 64-bit range.
+
+    Iterative, so it works on any depth tomllib can return.
+    """
+    stack: list[tuple[Any, tuple[object, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, (dict, list)):
+            if len(path) > MAX_DEPTH:
+                raise ConfigError(f"{_where(path[:2])}: nested deeper than {MAX_DEPTH} tables or arrays")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, (*path, k)) for k, v in items)
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+            raise ConfigError(f"{_where(path)}: integer outside the 64-bit range")
 
 
 class Table:
@@ -76,7 +141,7 @@ class Table:
         self._data = dict(data)
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"[{self.section}].{key}: {message}")
+        return ConfigError(f"[{self.section}].{_key(key)}: {message}")
 
     def has(self, key: str) -> bool:
         return key in self._data
@@ -108,8 +173,10 @@ class Table:
             return None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise self.error(key, f"expected a number, got {_show(value)}")
+        if not math.isfinite(value):  # TOML has nan and inf; comparisons pass NaN
+            raise self.error(key, f"expected a finite number, got {_show(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.error(key, f"expected a number in {lo}..{hi}, got {value}")
+            raise self.error(key, f"expected a number in {lo}..{hi}, got {_show(value)}")
         return float(value)
 
     def boolean(self, key: str, default: bool | None = None, *, required: bool = False) -> Any:
@@ -162,10 +229,16 @@ class Table:
         return value
 
     def path(self, key: str, default: Path | None, base: Path) -> Any:
+        """A file system path; ``~`` and ``~user`` expand, relative ones join ``base``."""
         text = self.string(key, None)
         if text is None:
             return default
-        p = Path(text).expanduser()
+        if "\0" in text:
+            raise self.error(key, "a path cannot contain a NUL character")
+        try:
+            p = Path(text).expanduser()
+        except (RuntimeError, KeyError) as exc:  # no such user, or no home directory
+            raise self.error(key, f"cannot expand ~ in {_show(text)}: unknown user or no home") from exc
         return p if p.is_absolute() else (base / p)
 
     def finish(self) -> None:
@@ -181,8 +254,8 @@ class Section(Generic[T]):
     ``parse`` reads its keys from a :class:`Table` (whose errors name the
     section and key) and returns the section's value, typically a frozen
     dataclass; keys it leaves unread are reported as unknown afterwards. It
-    raises :class:`ConfigError`, or ``ValueError``/``TypeError`` (reported as
-    ``[name]: message``).
+    raises :class:`ConfigError`, or ``ValueError``/``TypeError``/``ArithmeticError``
+    (reported as ``[name]: message``, cut short).
     """
 
     name: str
@@ -195,8 +268,8 @@ class Section(Generic[T]):
             value = self.parse(t)
         except ConfigError:
             raise
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"[{self.name}]: {exc}") from exc
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise ConfigError(f"[{self.name}]: {_cut(str(exc))}") from exc
         t.finish()
         return value
 
@@ -291,11 +364,24 @@ def parse_peer(text: str, where: str) -> PeerAddress:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 or any(
-        c.isspace() for c in host
-    ):
+    # A regex, not isdigit(): "²".isdigit() is true but int("²") raises.
+    if not sep or not host or not _PORT.fullmatch(port) or not 0 < int(port) <= 65535 or not _host_ok(host):
         raise ConfigError(f"{where}: expected \"host:port\" with a port 1..65535, got {_show(text)}")
     return PeerAddress(host, int(port))
+
+
+def _host_ok(host: str) -> bool:
+    """No spaces or control characters, and labels getaddrinfo can encode.
+
+    Both would only fail later, when the daemon listens or dials: a NUL with
+    ValueError, a label over 63 characters or an empty one with UnicodeError
+    from the "idna" codec that socket and trio use.
+    """
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return all(c.isprintable() and not c.isspace() for c in host)
 
 
 def _hex_key(text: str, where: str) -> bytes:
@@ -343,6 +429,8 @@ def _community(t: Table) -> CommunityConfig:
 
 def _p2p(t: Table) -> P2PConfig:
     host = t.string("host", "0.0.0.0", max_len=253)
+    if not _host_ok(host):
+        raise t.error("host", f"expected a host name or address, got {_show(host)}")
     port = t.integer("port", DEFAULT_PORT, 0, 65535)
     peers = tuple(parse_peer(p, f"[p2p].peers[{i}]") for i, p in enumerate(t.strings("peers", max_items=256)))
     max_conn = t.integer("max_connections", 128, 1, 100_000)
@@ -367,12 +455,17 @@ def _meter(t: Table) -> MeterConfig:
     options = t.table("options")
     interval = t.number("interval", 10.0, 0.1, 3600.0)
     t.finish()
+    for name, value in options.items():
+        # Driver options are numbers of seconds, kWh, degrees: none means nan or inf.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"[meter].options.{_key(name)}: expected a finite number, got {_show(value)}")
     if driver is not None:
         _check_meter(driver, options)
     return MeterConfig(driver, MappingProxyType(dict(options)), interval)
 
 
 def _check_meter(driver: str, options: dict[str, Any]) -> None:
+    """Let the driver check its options; any failure becomes a ConfigError."""
     try:
         import meter_drivers
     except ImportError:  # pragma: no cover - the package ships with p2pd
@@ -380,13 +473,23 @@ def _check_meter(driver: str, options: dict[str, Any]) -> None:
     try:
         meter_drivers.create_driver(driver, options)
     except meter_drivers.DriverConfigError as exc:
-        key = "driver" if exc.key == "driver" else f"options.{exc.key}"
-        raise ConfigError(f"[meter].{key}: {str(exc).split(': ', 1)[-1]}") from exc
+        key = "driver" if exc.key == "driver" else f"options.{_key(exc.key)}"
+        raise ConfigError(f"[meter].{key}: {_cut(str(exc).split(': ', 1)[-1])}") from exc
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        # A driver that trips over a value it should have refused (issue 17:
+        # float() of a 400-digit integer): still the file's fault, named as such.
+        raise ConfigError(f"[meter].options: the {_key(driver)} driver cannot use them "
+                          f"({type(exc).__name__}: {_cut(str(exc))})") from exc
+
+
+def _cut(text: str, limit: int = 2 * SHOW_CHARS) -> str:
+    """A message from elsewhere that may quote the file: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tariffs(t: Table) -> TariffsConfig:
     currency = t.string("currency", "GBP", max_len=3)
-    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+    if not _CURRENCY.fullmatch(currency):
         raise t.error("currency", f"expected a 3-letter ISO 4217 code like \"GBP\", got {_show(currency)}")
     imp = t.price("import_price", DEFAULT_IMPORT_PRICE)
     exp = t.price("export_price", DEFAULT_EXPORT_PRICE)
@@ -398,9 +501,13 @@ def parse_config(data: dict[str, Any], *, sections: Sequence[Section[Any]], base
                  path: Path | None = None) -> Config:
     """Validate an already-parsed TOML document with the core and the given ``sections``.
 
-    Raises :class:`ConfigError`, e.g. for a section neither core nor in
-    ``sections``; ``ValueError`` if ``sections`` repeats or shadows a name.
+    Raises :class:`ConfigError` naming the key (not the file: :func:`load_config`
+    adds that), e.g. for a section neither core nor in ``sections``; a
+    section parser's ``ValueError``, ``TypeError`` or ``ArithmeticError`` is
+    reported as one too. ``ValueError`` if ``sections`` repeats or shadows a
+    name (the caller's bug).
     """
+    check_shape(data)
     by_name = {s.name: s for s in sections}
     if len(by_name) != len(sections) or set(by_name) & set(CORE_SECTIONS):
         raise ValueError(f"sections must have distinct, non-core names: {[s.name for s in sections]}")
@@ -410,8 +517,8 @@ def parse_config(data: dict[str, Any], *, sections: Sequence[Section[Any]], base
         parts[name] = top._get(name, {}, name == "community")
     extra = {name: top._get(name, {}, False) for name in sorted(by_name)}
     for key in top._data:
-        raise ConfigError(f"[{key}]: unknown section" if isinstance(top._data[key], dict)
-                          else f"{key}: unknown top-level key (keys belong in a [section])")
+        raise ConfigError(f"[{_key(key)}]: unknown section" if isinstance(top._data[key], dict)
+                          else f"{_key(key)}: unknown top-level key (keys belong in a [section])")
     node = _node(Table("node", parts["node"]), base)
     community = _community(Table("community", parts["community"]))
     p2p = _p2p(Table("p2p", parts["p2p"]))
@@ -419,34 +526,123 @@ def parse_config(data: dict[str, Any], *, sections: Sequence[Section[Any]], base
     meter = _meter(Table("meter", parts["meter"]))
     tariffs = _tariffs(Table("tariffs", parts["tariffs"]))
     # A section the file leaves out is validated as {}: its parser's defaults.
-    values = {name: by_name[name].load(raw) for name, raw in extra.items()}
+    values: dict[str, object] = {}
+    for name, raw in extra.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{name}]: expected a table, got {_show(raw)}")
+        values[name] = by_name[name].load(raw)
     return Config(node, community, p2p, store, meter, tariffs, MappingProxyType(values), path)
 
 
 def load_config(path: Path, *, sections: Sequence[Section[Any]]) -> Config:
-    """Read and validate the TOML file at ``path``. Raises :class:`ConfigError`.
+    """Read and validate the TOML file at ``path``.
 
     ``sections`` are the component sections the file may have besides the
     core ones (the daemon's: :data:`p2pd.components.SECTIONS`). Relative
     paths in the file are taken relative to the file's directory.
+    Raises :class:`ConfigError`, whose message starts with ``path``, for any
+    content, for a file over :data:`MAX_CONFIG_BYTES` (checked before it is
+    read: at most one byte more is) and for a file that cannot be read.
     """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+            # Not a regular file (a pipe, /dev/zero) or one that grows: read one byte past the limit.
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        base = path.resolve().parent
+    except (OSError, RuntimeError):  # a symlink loop: the file was read, so keep going
+        base = path.absolute().parent
+    return config_from_bytes(raw, sections=sections, base=base, path=path)
+
+
+def config_from_bytes(raw: bytes, *, sections: Sequence[Section[Any]], base: Path = Path("."),
+                      path: Path | None = None) -> Config:
+    """Parse and validate the bytes of a TOML file (``load_config`` without the reading).
+
+    Raises :class:`ConfigError` for anything wrong with them; its message
+    starts with ``path`` when one is given.
+    """
+    where = f"{path}: " if path is not None else ""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return parse_config(data, sections=sections, base=path.resolve().parent, path=path)
+        raise ConfigError(f"{where}not UTF-8 text (byte {exc.start})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # its text is a fixed phrase plus line and column
+        raise ConfigError(f"{where}invalid TOML: {_cut(str(exc))}") from exc
+    except ValueError as exc:  # int() of over 4,300 digits (sys.get_int_max_str_digits)
+        raise ConfigError(f"{where}invalid TOML: a number is too long") from exc
+    except RecursionError as exc:  # tomllib recurses per nested array or inline table
+        line = _deep_line(text)
+        raise ConfigError(f"{where}invalid TOML: arrays or inline tables nested too deeply "
+                          f"(deeper than {MAX_DEPTH} at line {line})") from exc
+    try:
+        return parse_config(data, sections=sections, base=base, path=path)
+    except ConfigError as exc:
+        if not where:
+            raise
+        raise ConfigError(f"{where}{exc}") from exc
+
+
+def _deep_line(text: str) -> int:
+    """The line where ``[``/``{`` first nest deeper than MAX_DEPTH, for a message.
+
+    Skips strings and comments well enough for a hint; only called once
+    tomllib has failed, so it can never reject a valid file.
+    """
+    depth, line, i, quote = 0, 1, 0, ""
+    while i < len(text):
+        c = text[i]
+        if c == "\n":
+            line += 1
+            quote = quote if len(quote) == 3 else ""
+        elif quote:
+            if c == "\\" and quote[0] == '"':
+                i += 1
+            elif text.startswith(quote, i):
+                i, quote = i + len(quote) - 1, ""
+        elif c == "#":
+            end = text.find("\n", i)
+            i = (end if end >= 0 else len(text)) - 1
+        elif c in "\"'":
+            quote = text[i : i + 3] if text.startswith(c * 3, i) else c
+            i += len(quote) - 1
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return line
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with TOML dates and times as ISO 8601 strings, so json.dumps takes it."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
+        return value.isoformat()
+    return value
 
 
 def describe(config: Config) -> dict[str, Any]:
-    """A JSON-ready summary of ``config`` (for ``p2pd config check --json``)."""
+    """A JSON-ready summary of ``config`` (for ``p2pd config check --json``).
+
+    Never raises for a Config that :func:`parse_config` returned.
+    """
     return {
         "node": {k: str(v) for k, v in vars(config.node).items()},
         "community": {"id": config.community.id,
@@ -460,7 +656,7 @@ def describe(config: Config) -> dict[str, Any]:
                 "announce": str(config.p2p.announce) if config.p2p.announce else None,
                 "exchange": config.p2p.exchange},
         "store": {"url": config.store.url},
-        "meter": {"driver": config.meter.driver, "options": dict(config.meter.options),
+        "meter": {"driver": config.meter.driver, "options": _plain(config.meter.options),
                   "interval": config.meter.interval},
         "tariffs": vars(config.tariffs).copy(),
         "sections": sorted(config.sections),

@@ -94,8 +94,10 @@ class DaemonContext:
         """Re-read the configuration file; apply what can change at run time.
 
         Returns ``{"applied": [...], "restart_required": [...]}`` (dotted key
-        names). Raises :class:`ConfigError` (nothing changes) if the new file
-        is invalid.
+        names). Raises :class:`ConfigError` (nothing changes, the error is
+        logged) if the new file cannot be loaded for any reason: a bug in
+        loading, which load_config should never show, is logged with its
+        traceback and reported as a ConfigError too.
         """
         path = self.config.path
         if path is None:
@@ -107,6 +109,11 @@ class DaemonContext:
             log.warning("config_reload_failed", error=str(exc))
             self.notifier.ready(self.status_line())
             raise
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the daemon
+            log.exception("config_reload_failed", exc)
+            self.notifier.ready(self.status_line())
+            raise ConfigError(f"{path}: cannot be loaded ({type(exc).__name__}); "
+                              "keeping the running configuration") from exc
         changed = _diff(self.config, new)
         applied = [k for k in changed if k in self.reloadable or k.split(".")[0] + ".*" in self.reloadable]
         restart = [k for k in changed if k not in applied]

@@ -113,6 +113,8 @@ async def _handle_signals(ctx: DaemonContext, receiver: Any) -> None:
                 await ctx.reload()
             except ConfigError:
                 pass  # logged by reload(); keep running on the old configuration
+            except Exception as exc:  # noqa: BLE001 - e.g. a reload hook's bug: keep running
+                log.exception("config_reload_failed", exc)
         else:
             log.info("signal", name=signal.Signals(signum).name, action="stop")
             ctx.stop()
@@ -158,8 +160,11 @@ async def run_daemon(
                                 max_handshakes=config.p2p.max_handshakes)
             async with open_node(identity, policy, limits=limits) as node:
                 async with trio.open_nursery() as nursery:
+                    # The control server counts its internal errors with the
+                    # node's counters, so `p2pctl status` shows them.
+                    control = control or ControlServer(counters=node.counters)
                     ctx = DaemonContext(config, identity, policy, repo, node,
-                                        control or ControlServer(), nursery, notifier,
+                                        control, nursery, notifier,
                                         revocations=revocations, sections=sections_of(components))
                     nursery.start_soon(_handle_signals, ctx, signals)
                     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any
 
 _logger = logging.getLogger("p2pd")
@@ -15,8 +16,9 @@ _logger = logging.getLogger("p2pd")
 
 def _quote(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' ="\n\t'):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(c in text for c in ' ="\n\r\t'):
+        text = '"' + (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                      .replace("\r", "\\r")) + '"'
     return text
 
 
@@ -45,12 +47,19 @@ def error(event: str, **fields: Any) -> None:
 
 
 def exception(event: str, exc: BaseException, **fields: Any) -> None:
-    """Log ``exc`` with its traceback as one line (newlines escaped) at level ERROR."""
-    import traceback
+    """Log ``event`` at error level with ``exc`` and its traceback, as one line.
 
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    _logger.error(format_event(event, {**fields, "error": f"{type(exc).__name__}: {exc}"[:200],
-                                       "traceback": text[-4000:]}))
+    Adds ``error="Type: message"`` (message cut to 200 characters) and
+    ``traceback="..."`` (newlines escaped, so journald keeps one entry) to
+    ``fields``. For bugs caught at a boundary that must go on (a control
+    request, a reload); never raises.
+    """
+    try:
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the traceback
+        error = type(exc).__name__
+    text = "".join(traceback.format_exception(exc)).rstrip()  # copes with a broken __str__ itself
+    _logger.error(format_event(event, {**fields, "error": error, "traceback": text[-4000:]}))
 
 
 def setup(level: str = "info") -> None:

@@ -18,6 +18,15 @@ buffered, each client has at most ``max_inflight`` requests running (reading
 pauses beyond that), idle clients are dropped, and clients whose uid
 ``uid_allowed`` rejects (checked with SO_PEERCRED) get one error and are
 disconnected. None of this affects other clients.
+
+Containment (issue 17): an unexpected exception while handling a request --
+a handler's bug, a result that cannot be encoded, a bug here -- answers that
+request with -32603 (the exception's type name, never its traceback), is
+logged once with its traceback (``control_method_failed``) and counted in
+``ControlServer.counters["control_internal_errors"]``; the client's other
+requests, the other clients and the daemon go on. Requests are strict JSON:
+``NaN``, ``Infinity`` and numbers that overflow a float are parse errors, and
+no reply ever holds them.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ import dataclasses
 import enum
 import inspect
 import json
+import math
 import os
 import socket
 import stat
 import struct
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +78,14 @@ MAX_REQUEST = 1 << 20
 MAX_BATCH = 100
 MAX_SUBSCRIPTIONS = 4
 READ_CHUNK = 65536
+# Arrays and objects inside each other in one request. json.loads stops near
+# Python's recursion limit, but encoding the same value back (an echoed
+# param, an error's data) runs deeper in a handler's task and could fail.
+MAX_DEPTH = 64
+# Characters of the client's text (a method or parameter name) quoted in a reply or log line.
+SHOW_CHARS = 60
+INTERNAL_ERRORS = "control_internal_errors"
+"""Key of :attr:`ControlServer.counters` counting -32603 answers (bugs)."""
 
 
 class RpcError(Exception):
@@ -190,8 +209,51 @@ def _default(value: Any) -> Any:
 
 
 def encode(obj: Any) -> bytes:
-    """One JSON line (with the trailing newline)."""
-    return (json.dumps(obj, default=_default, separators=(",", ":")) + "\n").encode("utf-8")
+    """One JSON line (with the trailing newline).
+
+    Raises TypeError for a value it cannot convert, ValueError for NaN or
+    infinity (not JSON) and RecursionError for a value nested too deeply.
+    """
+    return (json.dumps(obj, default=_default, separators=(",", ":"), allow_nan=False)
+            + "\n").encode("utf-8")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError("number out of range")
+    return value
+
+
+def decode(line: bytes) -> Any:
+    """Parse one request line as strict JSON.
+
+    Raises :class:`RpcError`: PARSE_ERROR for anything that is not JSON
+    (including ``NaN``, ``Infinity``, a number out of a float's range and
+    integers of over 4,300 digits), INVALID_REQUEST for a value nested deeper
+    than :data:`MAX_DEPTH`.
+    """
+    try:
+        value = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RpcError(PARSE_ERROR, "parse error: invalid JSON") from exc
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth >= MAX_DEPTH:
+                raise RpcError(INVALID_REQUEST, f"invalid request: nested deeper than {MAX_DEPTH}")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def _cut(text: str) -> str:
+    """Client-supplied text for a message: at most SHOW_CHARS characters, as a repr."""
+    return repr(text) if len(text) <= SHOW_CHARS else repr(text[:SHOW_CHARS]) + "..."
 
 
 def default_uid_allowed(uid: int) -> bool:
@@ -211,8 +273,13 @@ class ControlServer:
         idle_timeout: float = 300.0,
         send_timeout: float = 10.0,
         uid_allowed: Callable[[int], bool] = default_uid_allowed,
+        counters: Counter[str] | None = None,
     ) -> None:
+        """``counters``: where to count :data:`INTERNAL_ERRORS` (the daemon
+        passes the node's, so ``p2pctl status`` shows them); a new Counter
+        if None."""
         self.methods: dict[str, Method] = {}
+        self.counters: Counter[str] = Counter() if counters is None else counters
         self.max_request = max_request
         self.max_clients = max_clients
         self.max_inflight = max_inflight
@@ -242,6 +309,12 @@ class ControlServer:
         self.methods[name] = Method(name, func, dict(params or {}), streaming,
                                     summary or (inspect.getdoc(func) or "").split("\n")[0])
 
+    def internal_error(self, exc: BaseException, **fields: Any) -> RpcError:
+        """Log ``exc`` with its traceback, count it; returns the -32603 error to answer with."""
+        self.counters[INTERNAL_ERRORS] += 1
+        log.exception("control_method_failed", exc, **fields)
+        return RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+
     def _list_methods(self) -> list[dict[str, Any]]:
         return [
             {"name": m.name, "summary": m.summary, "streaming": m.streaming,
@@ -258,12 +331,12 @@ class ControlServer:
         if isinstance(params, list):
             if len(params) > len(method.params):
                 raise RpcError(INVALID_PARAMS, f"invalid params: {method.name} takes at most {len(method.params)}")
-            params = dict(zip(method.params, params))
+            params = dict(zip(method.params, params, strict=False))  # fewer is fine: defaults
         if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, "invalid params: params must be an object or an array")
         for key in params:
             if key not in method.params:
-                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {key!r} for {method.name}")
+                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {_cut(key)} for {method.name}")
         bound: dict[str, Any] = {}
         for name, spec in method.params.items():
             if name in params:
@@ -300,7 +373,7 @@ class ControlServer:
             try:
                 await client.run()
             except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the server
-                log.error("control_client_failed", error=repr(exc))
+                self.internal_error(exc, where="client")
             finally:
                 self.clients -= 1
         finally:
@@ -316,13 +389,14 @@ async def _invoke(func: Handler, kwargs: dict[str, Any], *args: Any) -> Any:
     return result
 
 
-def _error_for(exc: Exception) -> RpcError:
+def _error_for(exc: Exception) -> RpcError | None:
+    """The error a handler meant to answer with; None for a bug (internal error)."""
     if isinstance(exc, RpcError):
-        return exc
+        return None if exc.code == INTERNAL_ERROR else exc
     for cls, code in ERROR_CODES:
         if isinstance(exc, cls):
             return RpcError(code, str(exc))
-    return RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+    return None
 
 
 class _Client:
@@ -399,16 +473,22 @@ class _Client:
     async def _handle_line(self, line: bytes, slot: _Slot) -> None:
         try:
             try:
-                request = json.loads(line)
-            except (ValueError, RecursionError):
-                await self.send_error(None, RpcError(PARSE_ERROR, "parse error: invalid JSON"))
+                request = decode(line)
+            except RpcError as err:
+                await self.send_error(None, err)
                 return
-            if isinstance(request, list):
-                await self._handle_batch(request)
-                return
-            response = await self._handle_one(request, slot)
-            if response is not None:
-                await self.send(response)
+            try:
+                if isinstance(request, list):
+                    await self._handle_batch(request)
+                    return
+                response = await self._handle_one(request, slot)
+                if response is not None:
+                    await self.send(response)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end the connection
+                # _handle_one answers its own failures; this is one outside it
+                # (e.g. an error whose data cannot be encoded). The id may be
+                # unknown: answer with null, as for an unreadable request.
+                await self.send_error(None, self.server.internal_error(exc, where="request"))
         finally:
             self.busy -= 1
             slot.release()
@@ -449,7 +529,7 @@ class _Client:
         method = self.server.methods.get(name)
         try:
             if method is None:
-                raise RpcError(METHOD_NOT_FOUND, f"method not found: {name[:100]}")
+                raise RpcError(METHOD_NOT_FOUND, f"method not found: {name[:SHOW_CHARS]}")
             kwargs = self.server.bind_params(method, request.get("params"))
             if method.streaming:
                 if slot is None or is_notification:
@@ -464,8 +544,8 @@ class _Client:
                     encode(result)
                     await sub.respond(result)
                 except Exception as exc:  # noqa: BLE001
-                    if sub.responded:
-                        log.error("control_stream_failed", method=name, error=repr(exc))
+                    if sub.responded:  # too late for an error response: log, count, end the stream
+                        self.server.internal_error(exc, method=name, where="stream")
                         return None
                     raise
                 finally:
@@ -475,8 +555,13 @@ class _Client:
             encode(result)  # a result we cannot serialise is our bug: report it as one
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error response
             err = _error_for(exc)
-            if err.code == INTERNAL_ERROR:
-                log.error("control_method_failed", method=name, error=repr(exc))
+            if err is None:
+                err = self.server.internal_error(exc, method=name)
+            else:
+                try:
+                    encode(err.to_json())
+                except (TypeError, ValueError, RecursionError) as bad:
+                    err = self.server.internal_error(bad, method=name, where="error data")
             return None if is_notification else _err(request_id, err)
         if is_notification:
             return None
@@ -549,6 +634,29 @@ async def serve_control(
     Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
     Removes the socket file on exit.
     """
+    raw, inode = _bind_socket(path)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+    log.info("control_listening", socket=str(path))
+    try:
+        task_status.started(path)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await server.serve_client(stream, peer_uid(stream.socket))
+
+        await trio.serve_listeners(handler, [listener])
+    finally:
+        _remove_socket(path, inode)
+
+
+# The two helpers below make a few quick system calls on a local directory;
+# they stay synchronous so that the cleanup also runs when cancelled.
+
+
+def _bind_socket(path: Path) -> tuple[socket.socket, int]:
+    """A listening Unix socket at ``path`` (mode 0660) and the inode it made.
+
+    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
+    """
     _prepare_path(path)
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The umask makes the socket owner/group-only from the moment it exists;
@@ -562,20 +670,15 @@ async def serve_control(
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
-    inode = path.stat().st_ino
+    inode = os.stat(path).st_ino
     raw.listen(64)
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-    log.info("control_listening", socket=str(path))
+    return raw, inode
+
+
+def _remove_socket(path: Path, inode: int) -> None:
+    """Unlink ``path`` if it is still our socket (not a successor's)."""
     try:
-        task_status.started(path)
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await server.serve_client(stream, peer_uid(stream.socket))
-
-        await trio.serve_listeners(handler, [listener])
-    finally:
-        try:
-            if path.stat().st_ino == inode:
-                path.unlink()
-        except OSError:
-            pass
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass

@@ -153,7 +153,9 @@ async def test_two_daemons_trade_by_hand(home: Path, capsys: pytest.CaptureFixtu
         with trio.fail_after(WAIT), pytest.raises(ctl.RpcFailure) as refused:
             await wire(bob, "orders.take", {"order_id": order["order_id"], "wh": 700})
         assert refused.value.code == -32007
-        assert refused.value.data == {"reason": "INSUFFICIENT", "remaining_wh": 600}
+        data = refused.value.data
+        assert data == {"reason": "INSUFFICIENT", "remaining_wh": 600, "trade_id": data["trade_id"]}
+        assert len(data["trade_id"]) == 32
         with pytest.raises(ctl.RpcFailure) as unknown:
             await wire(bob, "orders.cancel", {"order_id": order["order_id"]})
         assert unknown.value.code == -32007 and unknown.value.data == {"reason": "NOT_FOUND"}

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,9 @@ import trio
 import trio.testing
 
 from p2pd.control.server import (
+    APP_ERROR,
+    INTERNAL_ERROR,
+    INTERNAL_ERRORS,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -129,6 +136,12 @@ async def test_call_and_positional_params(nursery: trio.Nursery) -> None:
     (b'{"jsonrpc": "2.0", "id": 1, "method": "missing", "params": ["bob"]}\n', NOT_CONNECTED_CODE),
     (b'{"jsonrpc": "2.0", "id": 1, "method": "broken"}\n', -32603),
     (b"[" * 100_000 + b"\n", PARSE_ERROR),
+    # Not JSON, though Python's json module reads them (issue 17).
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": [NaN]}\n', PARSE_ERROR),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": [-Infinity]}\n', PARSE_ERROR),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "a", "times": 1e400}}\n', PARSE_ERROR),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": ' + b"[" * 300 + b"]" * 300 + b"}\n",
+     INVALID_REQUEST),
 ])
 async def test_bad_requests_get_the_right_error_and_the_connection_survives(
     nursery: trio.Nursery, line: bytes, code: int
@@ -218,9 +231,8 @@ async def test_subscription_ends_when_client_disconnects(nursery: trio.Nursery) 
     await c.call("stream")
     assert len(bus._subscribers) == 1
     await c.stream.aclose()
-    with trio.fail_after(5):
-        while bus._subscribers or server.clients:
-            await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not bus._subscribers and not server.clients
 
 
 async def test_half_closed_client_still_gets_its_answer(nursery: trio.Nursery) -> None:
@@ -243,7 +255,7 @@ def test_register_rejects_duplicates_and_call_works() -> None:
 
 
 @pytest.fixture
-def short_dir() -> AsyncIterator[Path]:
+def short_dir() -> Iterator[Path]:
     # Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer.
     with tempfile.TemporaryDirectory(prefix="p2pd", dir="/tmp") as d:
         yield Path(d)
@@ -254,10 +266,15 @@ async def test_unix_socket_is_group_only_checks_peer_uid_and_cleans_up(
 ) -> None:
     path = short_dir / "control.sock"
     seen: list[int] = []
-    server, _ = make_server(uid_allowed=lambda uid: seen.append(uid) or uid != os.getuid())
+
+    def uid_allowed(uid: int) -> bool:
+        seen.append(uid)
+        return uid != os.getuid()
+
+    server, _ = make_server(uid_allowed=uid_allowed)
     scope = trio.CancelScope()
 
-    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         with scope:
             await serve_control(server, path, task_status=task_status)
 
@@ -269,9 +286,8 @@ async def test_unix_socket_is_group_only_checks_peer_uid_and_cleans_up(
     assert reply["error"]["code"] == PERMISSION_DENIED  # ... which this server was told to refuse
     await stream.aclose()
     scope.cancel()
-    with trio.fail_after(5):
-        while path.exists():
-            await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not path.exists()
 
 
 async def test_stale_socket_is_replaced_but_a_live_one_is_not(nursery: trio.Nursery, short_dir: Path) -> None:
@@ -288,3 +304,152 @@ async def test_stale_socket_is_replaced_but_a_live_one_is_not(nursery: trio.Nurs
     (short_dir / "file").write_text("x")
     with pytest.raises(P2pdError, match="not a socket"):
         await serve_control(server, short_dir / "file")
+
+
+# --- issue 17: an unexpected exception answers -32603, is logged and counted, and nothing else stops
+
+
+@pytest.fixture
+def p2pd_log() -> Iterator[list[str]]:
+    """The "p2pd" logger's lines, also after an in-process daemon's
+    log.setup() has turned propagation (to pytest's handler) off."""
+    lines: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.getMessage()}")
+
+    logger, handler = logging.getLogger("p2pd"), Handler()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def faulty_server(counters: Counter[str] | None = None) -> ControlServer:
+    server, _ = make_server(counters=counters)
+
+    def divide() -> float:
+        return 1 / 0
+
+    def bad_data() -> None:
+        raise RpcError(APP_ERROR, "has data JSON cannot hold", data=object())
+
+    server.register("divide", divide)
+    server.register("nan", lambda: float("nan"))
+    server.register("bad_data", bad_data)
+    return server
+
+
+async def test_injected_fault_answers_internal_error_and_everyone_goes_on(
+    nursery: trio.Nursery, p2pd_log: list[str]
+) -> None:
+    counters: Counter[str] = Counter()
+    server = faulty_server(counters)
+    c = await connect(nursery, server)
+    other = await connect(nursery, server)
+    reply = await c.call("divide")
+    assert reply == {"jsonrpc": "2.0", "id": 1,
+                     "error": {"code": INTERNAL_ERROR, "message": "internal error: ZeroDivisionError"}}
+    assert counters[INTERNAL_ERRORS] == 1 and server.counters is counters
+    (line,) = [ln for ln in p2pd_log if "control_method_failed" in ln]
+    assert line.startswith("ERROR ") and "method=divide" in line and "\n" not in line
+    assert "traceback=" in line and "1 / 0" in line  # the traceback, in the log only
+    # The same client and another one go on.
+    assert (await c.call("echo", {"text": "same"}))["result"] == {"text": "same"}
+    assert (await other.call("echo", {"text": "other"}))["result"] == {"text": "other"}
+    # A notification gets no answer, but the bug is still logged and counted.
+    await c.send_line('{"jsonrpc": "2.0", "method": "divide"}\n')
+    assert (await c.call("echo", {"text": "after"}))["result"] == {"text": "after"}
+    assert counters[INTERNAL_ERRORS] == 2
+
+
+@pytest.mark.parametrize("method", ["nan", "bad_data"])
+async def test_a_reply_json_cannot_hold_is_an_internal_error(nursery: trio.Nursery, method: str) -> None:
+    # Before issue 17, "nan" was answered with a bare NaN (not JSON) and
+    # "bad_data" broke the connection: its error could not be encoded.
+    server = faulty_server()
+    c = await connect(nursery, server)
+    reply = await c.call(method)
+    assert reply["error"]["code"] == INTERNAL_ERROR and server.counters[INTERNAL_ERRORS] == 1
+    assert (await c.call("echo", {"text": "ok"}))["result"] == {"text": "ok"}
+
+
+async def test_a_stream_failing_after_its_response_is_logged_and_counted(
+    nursery: trio.Nursery, p2pd_log: list[str]
+) -> None:
+    server, _ = make_server()
+
+    async def flaky(sub: Subscription) -> None:
+        await sub.respond({"subscribed": True})
+        raise KeyError("bug")
+
+    server.register("flaky", flaky, streaming=True)
+    c = await connect(nursery, server)
+    assert (await c.call("flaky"))["result"] == {"subscribed": True}
+    assert (await c.call("echo", {"text": "ok"}))["result"] == {"text": "ok"}
+    assert server.counters[INTERNAL_ERRORS] == 1
+    assert any("control_method_failed" in ln and "where=stream" in ln for ln in p2pd_log)
+
+
+async def test_error_messages_quote_little_of_the_request(nursery: trio.Nursery) -> None:
+    server, _ = make_server()
+    c = await connect(nursery, server)
+    for params in ({"text": "a", "x" * 5000: 1}, None):
+        method = "echo" if params else "m" * 5000
+        reply = await c.call(method, params)
+        assert len(reply["error"]["message"]) < 200, reply
+
+
+async def test_status_counts_internal_errors_in_a_running_daemon(
+    p2pd_log: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pd.cli import ctl
+    from p2pd.config import load_config
+    from p2pd.daemon import run_daemon
+    from p2pd.net.identity import write_credential, write_node_keys
+    from protocol import Credential, SigningKey
+
+    issuer = SigningKey.generate()
+    with tempfile.TemporaryDirectory(prefix="p2pdc", dir="/tmp") as tmp:
+        home = Path(tmp)
+        keys = write_node_keys(home / "state" / "keys")
+        now = int(time.time())
+        write_credential(home / "state" / "keys" / "credential", Credential.issue(
+            issuer, community="c", member_id="alice", role="prosumer", metering_point="EAN1",
+            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600,
+            valid_until=now + 86400))
+        (home / "p2pd.toml").write_text(f"""
+[node]
+state_dir = "state"
+runtime_dir = "run"
+log_level = "warning"
+[community]
+id = "c"
+issuers = ["{issuer.public.hex()}"]
+[p2p]
+host = "127.0.0.1"
+port = 0
+[store]
+url = "memory://"
+[meter]
+driver = "none"
+""")
+        async with trio.open_nursery() as nursery:
+            config = load_config(home / "p2pd.toml", sections=())
+            ctx = await nursery.start(partial(run_daemon, components=[]), config)
+            ctx.control.register("test.divide", lambda: 1 / 0)
+            sock = str(ctx.config.node.control_socket)
+
+            def over_the_socket() -> tuple[int, int]:
+                with ctl.Client(sock, timeout=30) as client:
+                    with pytest.raises(ctl.RpcFailure) as info:
+                        client.call("test.divide")
+                    return info.value.code, ctl.main(["--socket", sock, "status"])
+
+            error_code, exit_code = await trio.to_thread.run_sync(over_the_socket)
+            ctx.stop()
+    assert error_code == INTERNAL_ERROR and exit_code == 0
+    assert f"{INTERNAL_ERRORS}=1" in capsys.readouterr().out
