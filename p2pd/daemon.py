@@ -90,11 +90,12 @@ async def _open_meter(ctx: DaemonContext) -> None:
                     # Containment: a reading the driver failed to refuse, or a
                     # store that cannot write, costs this reading, not the node.
                     ctx.node.counters["meter_faults"] += 1
-                    if ctx.node.counters["meter_faults"] == 1:
+                    # The first with its traceback, then one line per 100.
+                    total = ctx.node.counters["meter_faults"]
+                    if total == 1:
                         log.exception("meter_fault", exc)
-                    else:
-                        log.warning("meter_fault", error=f"{type(exc).__name__}: {exc}"[:200],
-                                    total=ctx.node.counters["meter_faults"])
+                    elif total % 100 == 0:
+                        log.warning("meter_fault", error=f"{type(exc).__name__}: {exc}"[:200], total=total)
                 else:
                     ctx.node.events.publish(MeterReading(r.ts, r.import_wh, r.export_wh, r.power_w))
                 await trio.sleep(cfg.interval)

@@ -453,3 +453,66 @@ driver = "none"
             ctx.stop()
     assert error_code == INTERNAL_ERROR and exit_code == 0
     assert f"{INTERNAL_ERRORS}=1" in capsys.readouterr().out
+
+
+async def test_a_meter_reading_that_raises_is_counted_and_the_daemon_goes_on(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 17, containment: an exception a driver failed to turn into BadReading
+    # ended the poll task in the daemon's nursery, so a bad telegram stopped the node.
+    import meter_drivers
+    from p2pd.config import load_config
+    from p2pd.daemon import run_daemon
+    from p2pd.net.identity import write_credential, write_node_keys
+    from protocol import Credential, SigningKey
+
+    class Broken:
+        reads = 0
+
+        async def read(self) -> Any:
+            Broken.reads += 1
+            await trio.lowlevel.checkpoint()
+            raise ZeroDivisionError("a driver bug")
+
+        async def aclose(self) -> None:
+            return None
+
+    monkeypatch.setattr(meter_drivers, "create_driver", lambda name, options: Broken())
+    issuer = SigningKey.generate()
+    with tempfile.TemporaryDirectory(prefix="p2pdm", dir="/tmp") as tmp:
+        home = Path(tmp)
+        keys = write_node_keys(home / "state" / "keys")
+        now = int(time.time())
+        write_credential(home / "state" / "keys" / "credential", Credential.issue(
+            issuer, community="c", member_id="alice", role="prosumer", metering_point="EAN1",
+            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600,
+            valid_until=now + 86400))
+        (home / "p2pd.toml").write_text(f"""
+[node]
+state_dir = "state"
+runtime_dir = "run"
+log_level = "warning"
+[community]
+id = "c"
+issuers = ["{issuer.public.hex()}"]
+[p2p]
+host = "127.0.0.1"
+port = 0
+[store]
+url = "memory://"
+[meter]
+driver = "simulated"
+interval = 0.1
+""")
+        async with trio.open_nursery() as nursery:
+            config = load_config(home / "p2pd.toml", sections=())
+            ctx = await nursery.start(partial(run_daemon, components=[]), config)
+            with trio.fail_after(10):
+                while ctx.node.counters["meter_faults"] < 3:
+                    await trio.sleep(0.01)
+            assert (await ctx.control.call("status"))["member_id"] == "alice"  # still serving
+            ctx.stop()
+    assert Broken.reads >= 3
+    # The first fault is logged with its traceback; the next ones only every 100th (counted).
+    faults = [line for line in capfd.readouterr().err.splitlines() if "event=meter_fault" in line]
+    assert len(faults) == 1 and "traceback=" in faults[0] and "ZeroDivisionError" in faults[0]
