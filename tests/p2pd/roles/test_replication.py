@@ -1,4 +1,4 @@
-"""Receipt replication and equivocation detection between real nodes."""
+"""Receipt logs on real nodes (p2pd/roles/replication.py): replication, equivocation, restarts."""
 
 from __future__ import annotations
 
