@@ -35,8 +35,9 @@ class TradeError(P2pdError):
 
     Split by who is at fault: :class:`TradeRefused` (the market's rules, ours
     or the counterparty's, said no), :class:`PeerFault` (the counterparty
-    broke the protocol), :class:`TradeTimeout` (no answer in time). A take
-    that failed carries its ``trade_id``: retrying with it is the same take.
+    broke the protocol), :class:`TradeTimeout` (no answer in time),
+    :class:`TradeNotStored` (our own store cannot write). A take that failed
+    carries its ``trade_id``: retrying with it is the same take.
     """
 
     def __init__(self, message: str, reason: Reason, remaining_wh: int | None = None, *,
@@ -64,4 +65,16 @@ class TradeTimeout(TradeError):
 
     def __init__(self, message: str, reason: Reason = Reason.TIMEOUT, remaining_wh: int | None = None,
                  *, trade_id: bytes | None = None) -> None:
+        super().__init__(message, reason, remaining_wh, trade_id=trade_id)
+
+
+class TradeNotStored(TradeError):
+    """Raised when our own store cannot write (disk full, I/O error, read-only;
+    ``store.StorageUnavailable`` in ``__cause__``): the order was not posted
+    or cancelled, or a take's receipt, which the owner has committed, is not
+    recorded here yet. ``reason`` is STORAGE_UNAVAILABLE; the same call (a
+    take with the same ``trade_id``) succeeds once the store writes again."""
+
+    def __init__(self, message: str, reason: Reason = Reason.STORAGE_UNAVAILABLE,
+                 remaining_wh: int | None = None, *, trade_id: bytes | None = None) -> None:
         super().__init__(message, reason, remaining_wh, trade_id=trade_id)

@@ -7,8 +7,9 @@ request and response for each.
 
 A refused trade action (:class:`~p2pd.errors.TradeError`) answers with
 :data:`TRADE_REFUSED` and ``data = {"reason": "<protocol Reason name>"}``
-(plus ``remaining_wh`` when the owner said how much is left), so scripts can
-branch on the reason without parsing messages.
+(plus ``remaining_wh`` when the owner said how much is left, and the
+``trade_id`` to retry with when a store could not commit: STORAGE_UNAVAILABLE),
+so scripts can branch on the reason without parsing messages.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def trade_error(exc: TradeError) -> RpcError:
     data: dict[str, Any] = {"reason": reason}
     if exc.remaining_wh is not None:
         data["remaining_wh"] = exc.remaining_wh
+    if exc.reason is Reason.STORAGE_UNAVAILABLE and exc.trade_id is not None:
+        data["trade_id"] = exc.trade_id.hex()  # retrying with it is the same take
     return RpcError(TRADE_REFUSED, str(exc), data)
 
 

@@ -15,7 +15,22 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pd import storage
-from store import Outcome, ReceiptRecord, Repository
+from p2pd.market.trade import Refused
+from protocol import Reason
+from store import Outcome, ReceiptRecord, Repository, StorageUnavailable
+
+COMMIT_REFUSALS = (StorageUnavailable,)
+"""What :meth:`ReceiptWriter.commit` raises when the receipt was not committed
+for a reason that is nobody's fault in the trade: an owner answers the take
+with :func:`commit_refusal` and keeps the session."""
+
+
+def commit_refusal(exc: BaseException) -> Refused:
+    """The refusal for a take whose receipt could not be committed (one of
+    :data:`COMMIT_REFUSALS`): STORAGE_UNAVAILABLE. The taker may retry with
+    the same trade id; it gets the receipt if the commit did happen."""
+    return Refused(Reason.STORAGE_UNAVAILABLE, "the owner's store cannot commit receipts now "
+                   "(disk full or I/O error); retry later with the same trade id")
 
 
 @dataclass(eq=False)
@@ -73,6 +88,6 @@ class ReceiptWriter:
                 continue
             self.transactions += 1
             self.receipts += len(batch)
-            for p, outcome in zip(batch, outcomes):
+            for p, outcome in zip(batch, outcomes, strict=True):
                 p.outcome = outcome
                 p.done.set()
