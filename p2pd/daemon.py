@@ -13,6 +13,7 @@ SIGHUP re-reads the configuration (:meth:`DaemonContext.reload`).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from p2pd import log
 from p2pd.components import COMPONENTS, sections_of
 from p2pd.config import Config
 from p2pd.context import Component, DaemonContext, announce_address
-from p2pd.control.methods import register_builtin_methods
+from p2pd.control.methods import TEST_HOOKS_ENV, register_builtin_methods, register_test_hooks
 from p2pd.control.server import ControlServer, serve_control
 from p2pd.errors import ConfigError, KeyFileError, P2pdError
 from p2pd.events import MeterReading
@@ -67,7 +68,7 @@ def load_identity(config: Config, registry: RevocationRegistry | None = None,
 async def _open_meter(ctx: DaemonContext) -> None:
     """Create the configured meter and keep reading it into the store."""
     import meter_drivers
-    from store import ReadingRecord
+    from store import ReadingRecord, StorageUnavailable
 
     cfg = ctx.config.meter
     if cfg.driver is None:
@@ -86,6 +87,10 @@ async def _open_meter(ctx: DaemonContext) -> None:
                     r = await ctx.meter.read()
                     rec = ReadingRecord(meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
                     await trio.to_thread.run_sync(ctx.repo.add_readings, [rec])
+                except StorageUnavailable:
+                    # A full disk: the store's health logs it once; count
+                    # what it costs instead of logging every reading.
+                    ctx.node.counters["readings_unstored"] += 1
                 except Exception as exc:
                     # Containment: a reading the driver failed to refuse, or a
                     # store that cannot write, costs this reading, not the node.
@@ -103,6 +108,24 @@ async def _open_meter(ctx: DaemonContext) -> None:
                 await ctx.meter.aclose()
 
     ctx.nursery.start_soon(poll)
+
+
+def _watch_store(ctx: DaemonContext) -> None:
+    """Feed the SQL store's write outcomes to ``ctx.store_health``; a change wakes the STATUS= reporter."""
+    import store
+
+    if not isinstance(ctx.repo, store.SqlRepository):
+        return  # the in-memory store cannot run out of disk
+    token = trio.lowlevel.current_trio_token()
+
+    def changed() -> None:  # any thread: the store calls on_write where it ran
+        try:
+            token.run_sync_soon(lambda: ctx.status_changed.set())
+        except trio.RunFinishedError:
+            pass
+
+    ctx.store_health.on_change = changed
+    ctx.repo.on_write = ctx.store_health.observe
 
 
 async def _handle_signals(ctx: DaemonContext, receiver: Any) -> None:
@@ -162,6 +185,7 @@ async def run_daemon(
                                         control or ControlServer(), nursery, notifier,
                                         revocations=revocations, sections=sections_of(components))
                     nursery.start_soon(_handle_signals, ctx, signals)
+                    _watch_store(ctx)
                     try:
                         listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)
                     except OSError as exc:
@@ -176,6 +200,9 @@ async def run_daemon(
                     await nursery.start(ctx.discovery.run)
                     await _open_meter(ctx)
                     register_builtin_methods(ctx.control, ctx)
+                    if os.environ.get(TEST_HOOKS_ENV) == "1":
+                        register_test_hooks(ctx.control, ctx)
+                        log.warning("test_hooks_enabled", env=TEST_HOOKS_ENV)
                     for component in components:
                         await component.start(ctx)
                         log.info("component_started", name=component.name)
@@ -200,11 +227,17 @@ async def run_daemon(
 
 
 async def _report_status(ctx: DaemonContext) -> None:
-    """Keep systemd's STATUS= line current (shown by systemctl status)."""
+    """Keep systemd's STATUS= line current (shown by systemctl status).
+
+    Checked every 5 s, and at once when ``ctx.status_changed`` is set (the
+    store starts or stops failing).
+    """
     last = ""
     while True:
         line = ctx.status_line()
         if line != last:
             ctx.notifier.status(line)
             last = line
-        await trio.sleep(5)
+        with trio.move_on_after(5):
+            await ctx.status_changed.wait()
+        ctx.status_changed = trio.Event()

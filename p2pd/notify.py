@@ -26,6 +26,8 @@ class Notifier:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.address = env.get("NOTIFY_SOCKET") or None
+        self.dropped = 0
+        """Notifications dropped in a row because the manager's queue was full."""
         self.watchdog_usec = 0
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -37,16 +39,28 @@ class Notifier:
         return self.address is not None
 
     def notify(self, *lines: str) -> bool:
-        """Send one datagram of ``lines``; returns False if not sent."""
+        """Send one datagram of ``lines``; returns False if not sent.
+
+        Never blocks: it is called from the event loop, and a manager that
+        does not read (its queue full) would otherwise stall the daemon,
+        shutdown included. Such a notification is dropped (logged once per
+        run of drops); WATCHDOG and STATUS are sent again anyway.
+        """
         if self.address is None:
             return False
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(lines).encode("utf-8", "replace"), target)
+                sock.sendto("\n".join(lines).encode("utf-8", "replace"), socket.MSG_DONTWAIT, target)
+        except BlockingIOError:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("sd_notify_dropped", socket=self.address, reason="queue full")
+            return False
         except OSError as exc:
             log.warning("sd_notify_failed", socket=self.address, error=exc.strerror or str(exc))
             return False
+        self.dropped = 0
         return True
 
     def ready(self, status: str = "") -> bool:

@@ -36,15 +36,19 @@ class StoreHealth:
     Fed by the SQL store's ``on_write`` hook (from any thread; the calls take
     a lock): a write the storage refused (``store.StorageUnavailable``: disk
     full, I/O error, read-only) makes the store *failing* from that moment;
-    the next write that commits a change makes it *ok* again, so it recovers
-    by itself once space returns. Each change of state is logged once
-    (``store_failing`` at error level, ``store_recovered`` at info), never
-    each refused write. ``on_change`` is called (in the observing thread)
-    after each change. ``clock`` gives wall-clock seconds.
+    it is *ok* again at the first write that commits a change ``quiet_s``
+    seconds or more after the last refused one, so it recovers by itself once
+    space returns. (On a nearly full disk small writes still fit while larger
+    ones fail; the quiet time keeps that from flapping.) Each change of state
+    is logged once (``store_failing`` at error level, ``store_recovered`` at
+    info), never each refused write. ``on_change`` is called (in the
+    observing thread) after each change. ``clock`` gives wall-clock seconds.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, quiet_s: float = 5.0) -> None:
         self._clock = clock
+        self.quiet_s = quiet_s
+        self._last_refused = 0.0
         self._lock = threading.Lock()
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -65,13 +69,14 @@ class StoreHealth:
             if error is not None:
                 self.last_error = str(error)[:200]
                 self.refused += 1
+                self._last_refused = now
                 if self.failing_since is not None:
                     return
                 self.failing_since = now
                 self.episodes += 1
                 log.error("store_failing", error=self.last_error)
             else:
-                if self.failing_since is None:
+                if self.failing_since is None or now - self._last_refused < self.quiet_s:
                     return
                 log.info("store_recovered", failing_s=round(now - self.failing_since, 1),
                          refused=self.refused, error=self.last_error)

@@ -51,11 +51,11 @@ class Daemon:
     def log(self) -> str:
         return (self.dir / "stderr.log").read_text()
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.dir / "notify"))
         env = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify"), "WATCHDOG_USEC": "400000",
-               "PYTHONFAULTHANDLER": "1"}
+               "PYTHONFAULTHANDLER": "1", **extra_env}
         env.pop("WATCHDOG_PID", None)
         with open(self.dir / "stderr.log", "wb") as err:
             self.proc = subprocess.Popen([PY, "-m", "p2pd", "run", "--config", str(self.config)],
@@ -348,3 +348,98 @@ def test_nested_message_from_a_member_closes_its_session_only(
     finally:
         codes = [d.stop() for d in (alice, bob) if d is not None]
     assert codes == [0] * len(codes), alice.log
+
+
+def rpc(sock: Path, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One JSON-RPC call over the control socket (faster than a p2pctl process per call)."""
+    request = {"jsonrpc": "2.0", "id": 1, "method": method, **({"params": params} if params else {})}
+    reply: dict[str, Any] = raw(sock, json.dumps(request).encode() + b"\n")[0]
+    return reply
+
+
+def wait_until(what: str, check: Any) -> Any:
+    """Poll ``check()`` (a few times a second) until it returns something true, for DEADLINE seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_seller_disk_fills_mid_trading_refuses_takes_and_resumes(
+        community: tuple[Path, str, dict[str, Path]]) -> None:
+    # Issue 12, point 4: on a full disk a peer's Take ended the daemon (exit 1).
+    # SQLite's page cap (the test hook test.store_max_pages) answers SQLITE_FULL
+    # exactly as a full disk does.
+    import store
+
+    _, issuer, members = community
+    alice = make_daemon("alice", members["alice"], issuer)
+    (members["alice"] / "state" / "p2pd.db").unlink(missing_ok=True)
+    # A slow watchdog: the test reads STATUS= late, and the socket holds 10 datagrams.
+    alice.start(P2PD_TEST_HOOKS="1", WATCHDOG_USEC="30000000")
+    bob: Daemon | None = None
+    acknowledged: set[str] = set()
+    try:
+        alice.messages("READY=1")
+        bob = make_daemon("bob", members["bob"], issuer, peers=[f"127.0.0.1:{alice.port()}"])
+        bob.start()
+        bob.messages("READY=1")
+        slot = (int(time.time()) // 900 + 2) * 900
+        posted = ctl(alice.sock, "post", "sell", str(slot), "1000000", "90000", "--json")
+        assert posted.returncode == 0, posted.stderr
+        order = json.loads(posted.stdout)["order_id"]
+        wait_until("the order at bob", lambda: any(
+            o["order_id"] == order for o in rpc(bob.sock, "orders.list")["result"]["orders"]))
+        first = ctl(bob.sock, "take", order, "10", "--json")
+        assert first.returncode == 0, first.stderr
+        acknowledged.add(json.loads(first.stdout)["trade_id"])
+        since = {s["member_id"]: s["since"] for s in rpc(alice.sock, "status")["result"]["sessions"]}
+
+        assert rpc(alice.sock, "test.store_max_pages", {"pages": 0})["result"] == {"max_pages": 0}
+        refused = None
+        for _ in range(500):  # bounded: a few pages of receipts at most
+            reply = rpc(bob.sock, "orders.take", {"order_id": order, "wh": 10})
+            if "error" in reply:
+                refused = reply["error"]
+                break
+            acknowledged.add(reply["result"]["trade_id"])
+        assert refused is not None and refused["code"] == -32007, refused
+        assert refused["data"]["reason"] == "STORAGE_UNAVAILABLE" and len(refused["data"]["trade_id"]) == 32
+
+        # The seller lives on, says why, and keeps its sessions.
+        assert alice.proc is not None and alice.proc.poll() is None
+        take = ctl(bob.sock, "take", order, "10")
+        assert take.returncode == 1 and "STORAGE_UNAVAILABLE" in take.stderr and "store" in take.stderr
+        status = json.loads(ctl(alice.sock, "status", "--json").stdout)
+        assert status["store"]["state"] == "failing" and "full" in status["store"]["last_error"]
+        assert {s["member_id"]: s["since"] for s in status["sessions"]} == since
+        assert "store      failing since" in ctl(alice.sock, "status").stdout
+        assert any("STATUS=member alice" in m and "store failing since" in m
+                   for m in alice.messages("store failing since"))
+        assert alice.log.count("event=store_failing") == 1
+        assert "event=internal_error" not in alice.log and "Traceback" not in alice.log
+
+        # Space returns (the cap is lifted): trading resumes by itself.
+        assert rpc(alice.sock, "test.store_max_pages")["result"] == {"max_pages": None}
+        again = ctl(bob.sock, "take", order, "10", "--trade-id", refused["data"]["trade_id"], "--json")
+        assert again.returncode == 0, again.stderr
+        acknowledged.add(json.loads(again.stdout)["trade_id"])
+        status = wait_until("store ok", lambda: (s := rpc(alice.sock, "status")["result"])["store"]["state"]
+                            == "ok" and s)
+        assert status["store"]["episodes"] == 1
+        alice.wait_log("event=store_recovered")
+        assert alice.log.count("event=store_recovered") == 1
+    finally:
+        codes = [d.stop() for d in (alice, bob) if d is not None]
+    assert codes == [0] * len(codes), alice.log
+    # Every receipt bob was given is in alice's store.
+    repo = store.open_repository(f"sqlite:///{members['alice'] / 'state' / 'p2pd.db'}")
+    try:
+        stored = {r.trade_id.hex() for r in repo.receipts()}
+        assert acknowledged <= stored and len(acknowledged) >= 2
+        assert repo.integrity_check() == "ok"
+    finally:
+        repo.close()

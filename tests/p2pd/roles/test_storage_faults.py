@@ -13,18 +13,21 @@ wait is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, Community, link
+from p2pd_test_helpers import NOW, Community, link, node_identity
 
+from p2pd.clock import TrioWallClock
 from p2pd.errors import TradeNotStored, TradeRefused
+from p2pd.events import OrderSeen
 from p2pd.net.node import Node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from p2pd.storage import StoreHealth
-from protocol import Reason
+from protocol import Order, Reason
 from store import MemoryRepository, Repository, SqlRepository, StorageUnavailable, open_repository
 
 SLOT = 900
@@ -33,26 +36,30 @@ TAKE_WH = 10
 
 
 async def trader(name: str, repo: Repository, nursery: trio.Nursery, community: Community) -> Market:
-    from p2pd.clock import TrioWallClock
-    from p2pd_test_helpers import node_identity
-
     node = Node(node_identity(community.member(name)), community.policy(), nursery, clock=TrioWallClock(NOW))
     writer = ReceiptWriter(repo)
     await nursery.start(writer.run)
     return Market(node, repo, writer, rules=MarketRules(take_timeout=5.0, take_attempts=1))
 
 
-async def wait_for_order(market: Market, order_id: bytes) -> None:
-    with trio.fail_after(5):
-        while order_id not in market.book:
-            await trio.sleep(0.001)
+async def post_seen_by(owner: Market, takers: list[Market]) -> Order:
+    """``owner`` posts a sell order; returns once every taker has it in its book."""
+    async with AsyncExitStack() as stack:
+        feeds = [await stack.enter_async_context(t.node.events.subscribe()) for t in takers]
+        order = await owner.post("sell", SLOT_START, 1_000_000, 90_000)
+        for feed in feeds:
+            with trio.fail_after(5):
+                async for event in feed:
+                    if isinstance(event, OrderSeen) and event.order_id == order.order_id.hex():
+                        break
+    return order
 
 
 async def test_full_disk_refuses_takes_keeps_sessions_and_resumes(
         tmp_path: Path, nursery: trio.Nursery, community: Community) -> None:
     repo = open_repository(f"sqlite:///{tmp_path / 'alice.db'}")
     assert isinstance(repo, SqlRepository)
-    health = StoreHealth()
+    health = StoreHealth(quiet_s=0.0)
     repo.on_write = health.observe
     try:
         alice = await trader("alice", repo, nursery, community)
@@ -60,9 +67,7 @@ async def test_full_disk_refuses_takes_keeps_sessions_and_resumes(
         carol = await trader("carol", MemoryRepository(), nursery, community)
         to_bob, _ = await link(bob.node, alice.node)
         to_carol, _ = await link(carol.node, alice.node)
-        order = await alice.post("sell", SLOT_START, 1_000_000, 90_000)
-        await wait_for_order(bob, order.order_id)
-        await wait_for_order(carol, order.order_id)
+        order = await post_seen_by(alice, [bob, carol])
         acknowledged = {(await bob.take(order.order_id, TAKE_WH)).terms.trade_id}
 
         repo.limit_pages_for_tests(0)  # the disk is full from now on
@@ -115,8 +120,7 @@ async def test_buyers_full_disk_is_a_trade_error_with_the_trade_id(
         alice = await trader("alice", MemoryRepository(), nursery, community)
         bob = await trader("bob", repo, nursery, community)
         await link(bob.node, alice.node)
-        order = await alice.post("sell", SLOT_START, 1_000_000, 90_000)
-        await wait_for_order(bob, order.order_id)
+        order = await post_seen_by(alice, [bob])
         repo.limit_pages_for_tests(0)
         failure: TradeNotStored | None = None
         with trio.fail_after(30):
