@@ -22,6 +22,12 @@ class KeyFileError(P2pdError):
     """A key or credential file is missing, unreadable, malformed or unsafe."""
 
 
+class ShuttingDown(P2pdError):
+    """Raised to a caller of a service that has stopped because the daemon is
+    shutting down (e.g. a receipt commit queued after the receipt writer
+    stopped): nothing was done for it, and it may be retried after a restart."""
+
+
 class PeerGone(P2pdError):
     """The peer's connection ended (closed, broken or timed out)."""
 
