@@ -4,17 +4,29 @@ control socket, meter, systemd notification and signals.
 The components it runs are the explicit list :data:`p2pd.components.COMPONENTS`
 (see that package for what a component may do).
 
-Shutdown (SIGTERM, SIGINT or :meth:`DaemonContext.stop`): STOPPING=1, the
-control socket, listener, discovery and components stop, then every session
-closes with SHUTDOWN and the store is closed. Store calls made through
-``trio.to_thread.run_sync`` finish first (threads are not abandoned).
-SIGHUP re-reads the configuration (:meth:`DaemonContext.reload`).
+Shutdown (SIGTERM, SIGINT or :meth:`DaemonContext.stop`), in order:
+STOPPING=1 and ``stopping``; every session closes with SHUTDOWN (all at
+once, at most a second each); the control socket, listener, discovery,
+components and the receipt writer stop: the batch of receipts on its way to
+disk finishes, every take still waiting for the writer is refused
+(``ShuttingDown``: nothing acknowledged is lost, nothing refused was
+stored); the node's tasks end; the store is closed; ``stopped``. Store calls
+made through ``trio.to_thread.run_sync`` finish first (threads are not
+abandoned). With ``stop_timeout`` (``p2pd run``: :data:`STOP_TIMEOUT_S`,
+under the unit's ``TimeoutStopSec=30s``) a stop that has not finished in
+time (a store thread stuck in I/O on a failing disk) logs ``stop_timeout``
+with every thread's stack and exits with status 1 rather than wait for
+systemd's SIGKILL. SIGHUP re-reads the configuration
+(:meth:`DaemonContext.reload`).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -35,6 +47,33 @@ from p2pd.net.node import NodeLimits, open_node
 from p2pd.net.revocations import RevocationRegistry
 from p2pd.notify import Notifier
 from protocol import CredentialError, TrustPolicy
+
+STOP_TIMEOUT_S = 25.0
+"""How long ``p2pd run`` lets a stop take before it exits anyway (status 1,
+``stop_timeout`` logged): a little under ``TimeoutStopSec=30s`` in
+systemd/p2pd.service, so the log says why instead of systemd's SIGKILL."""
+
+
+class _StopDeadline:
+    """A thread that ends the process if the shutdown overruns; trio-independent, so a
+    wedged event loop or a store thread stuck in I/O cannot hold it up."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer = threading.Timer(seconds, self._overrun)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _overrun(self) -> None:  # pragma: no cover - ends the process
+        log.error("stop_timeout", after_s=self.seconds, action="exit")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def load_components() -> list[Component]:
@@ -147,6 +186,7 @@ async def run_daemon(
     components: list[Component] | None = None,
     notifier: Notifier | None = None,
     control: ControlServer | None = None,
+    stop_timeout: float | None = None,
     task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT or ``ctx.stop()``; returns after a clean shutdown.
@@ -155,7 +195,9 @@ async def run_daemon(
     before READY if the daemon cannot start. ``config`` comes from
     ``load_config(path, sections=...)`` with the sections of ``components``
     (:data:`p2pd.components.SECTIONS` for the default list); reload validates
-    the file with the same sections.
+    the file with the same sections. ``stop_timeout``: seconds a stop may
+    take before the process exits anyway (``p2pd run`` passes
+    :data:`STOP_TIMEOUT_S`; None, for callers in-process, never exits).
     """
     log.setup(config.node.log_level)
     notifier = notifier or Notifier()
@@ -175,6 +217,7 @@ async def run_daemon(
         raise P2pdError(f"cannot open store {config.store.url}: {exc}") from exc
     log.info("starting", member=identity.member_id, community=policy.community,
              store=config.store.url.split("://")[0])
+    deadline = _StopDeadline(stop_timeout) if stop_timeout is not None else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
             limits = NodeLimits(max_connections=config.p2p.max_connections,
@@ -214,6 +257,8 @@ async def run_daemon(
                     task_status.started(ctx)
                     nursery.start_soon(_report_status, ctx)
                     await ctx._stop.wait()
+                    if deadline is not None:
+                        deadline.start()
                     notifier.stopping()
                     log.info("stopping", sessions=len(node.sessions))
                     # Close sessions first: inbound ones run in the listener's
@@ -224,6 +269,8 @@ async def run_daemon(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(repo.close)
     log.info("stopped")
+    if deadline is not None:
+        deadline.cancel()
 
 
 async def _report_status(ctx: DaemonContext) -> None:
