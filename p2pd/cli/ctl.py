@@ -353,7 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(result) if args.json else render(result))
+    try:
+        print(json.dumps(result) if args.json else render(result))
+    except OSError as exc:  # e.g. receipts export --out FILE: a directory we cannot write
+        print(f"p2pctl: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RPC_ERROR
     return EXIT_OK
 
 
