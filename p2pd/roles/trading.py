@@ -352,7 +352,7 @@ class Market:
         except Exception as exc:  # LocalProtocolError / ValueError: bad fields
             raise TradeRefused(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
         self.check_order(order, self.node.identity.credential, now)
-        await self._write(self.repo.put_order, order_record(order))
+        await self._write_local(self.repo.put_order, order_record(order))
         self.orderbook.add_own(order, self.node.identity.credential, wh)
         self.counters["orders_posted"] += 1
         self.node.events.publish(OrderSeen(**describe_order(order)))
@@ -365,11 +365,11 @@ class Market:
             raise TradeRefused("no live order of ours with that id", Reason.NOT_FOUND)
         cancel = Cancel.create(self.node.identity.keys.signing, order_id=order_id,
                                member_id=self.me, issued_at=self.now())
-        await self._write(self.repo.cancel_order, order_id)
+        await self._write_local(self.repo.cancel_order, order_id)
         self._apply_cancel(cancel)
         self.gossip.push(CancelGossip(cancel, self.rules.hops))
 
-    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _write_local(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store write for a local action; TradeNotStored if the storage refuses it."""
         try:
             return await storage.call(self.repo, fn, *args)

@@ -400,6 +400,7 @@ def test_seller_disk_fills_mid_trading_refuses_takes_and_resumes(
         since = {s["member_id"]: s["since"] for s in rpc(alice.sock, "status")["result"]["sessions"]}
 
         assert rpc(alice.sock, "test.store_max_pages", {"pages": 0})["result"] == {"max_pages": 0}
+        before_full = len(acknowledged)
         refused = None
         for _ in range(500):  # bounded: a few pages of receipts at most
             reply = rpc(bob.sock, "orders.take", {"order_id": order, "wh": 10})
@@ -433,6 +434,11 @@ def test_seller_disk_fills_mid_trading_refuses_takes_and_resumes(
         assert status["store"]["episodes"] == 1
         alice.wait_log("event=store_recovered")
         assert alice.log.count("event=store_recovered") == 1
+        market = status["market"]["counters"]
+        print(f"full disk: {before_full} takes accepted, cap set, {len(acknowledged) - before_full - 1} more "
+              f"accepted until the pages ran out, {market.get('takes_refused:STORAGE_UNAVAILABLE')} refused "
+              f"with STORAGE_UNAVAILABLE, then the refused trade id accepted once lifted; store "
+              f"{status['store']}; readings dropped {status['counters'].get('readings_unstored', 0)}")
     finally:
         codes = [d.stop() for d in (alice, bob) if d is not None]
     assert codes == [0] * len(codes), alice.log

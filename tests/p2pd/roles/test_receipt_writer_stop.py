@@ -72,12 +72,15 @@ def test_stopping_the_writer_answers_every_queued_commit() -> None:
         repo = GatedRepository()
         writer = ReceiptWriter(repo)
         answers: dict[int, Any] = {}
+        all_answered = trio.Event()
 
         async def take(n: int) -> None:
             try:
                 answers[n] = await writer.commit(record(n))
             except ShuttingDown as exc:
                 answers[n] = exc
+            if len(answers) == 4:
+                all_answered.set()
 
         async with trio.open_nursery() as node_nursery:  # as open_node's
             async with trio.open_nursery() as daemon_nursery:  # as run_daemon's
@@ -91,12 +94,10 @@ def test_stopping_the_writer_answers_every_queued_commit() -> None:
                 repo.gate.set()
             # The batch on disk finished; the commits behind it were refused.
             with trio.fail_after(5):
-                while len(answers) < 4:
-                    await trio.sleep(0.01)
+                await all_answered.wait()
             node_nursery.cancel_scope.cancel()
-            after = writer.commit(record(5))
-            try:
-                await after
+            try:  # and a commit after the stop is refused at once
+                await writer.commit(record(5))
             except ShuttingDown as exc:
                 answers[5] = exc
         return answers
