@@ -24,6 +24,7 @@ from p2pd.net.identity import NodeIdentity
 from p2pd.net.node import Node
 from p2pd.net.revocations import RevocationRegistry
 from p2pd.notify import Notifier
+from p2pd.storage import StoreHealth
 from protocol import TrustPolicy
 
 # Config keys applied at run time by the daemon itself; components add theirs
@@ -72,6 +73,10 @@ class DaemonContext:
     reloadable: set[str] = field(default_factory=lambda: set(RELOADABLE))
     sections: tuple[Section[Any], ...] = ()
     """The components' configuration sections: :meth:`reload` validates the file with them."""
+    store_health: StoreHealth = field(default_factory=StoreHealth)
+    """Whether the store can write (fed by the SQL store's ``on_write``); in ``status``."""
+    status_changed: trio.Event = field(default_factory=trio.Event)
+    """Set when :meth:`status_line` may have changed between its periodic checks."""
     _stop: trio.Event = field(default_factory=trio.Event)
 
     def stop(self) -> None:
@@ -88,7 +93,9 @@ class DaemonContext:
                 "last_reading": dataclasses.asdict(last) if last else None}
 
     def status_line(self) -> str:
-        return f"member {self.identity.member_id}: {len(self.node.sessions)} sessions"
+        line = f"member {self.identity.member_id}: {len(self.node.sessions)} sessions"
+        store = self.store_health.summary()
+        return line if store is None else f"{line}; {store}"
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration file; apply what can change at run time.

@@ -4,16 +4,29 @@ control socket, meter, systemd notification and signals.
 The components it runs are the explicit list :data:`p2pd.components.COMPONENTS`
 (see that package for what a component may do).
 
-Shutdown (SIGTERM, SIGINT or :meth:`DaemonContext.stop`): STOPPING=1, the
-control socket, listener, discovery and components stop, then every session
-closes with SHUTDOWN and the store is closed. Store calls made through
-``trio.to_thread.run_sync`` finish first (threads are not abandoned).
-SIGHUP re-reads the configuration (:meth:`DaemonContext.reload`).
+Shutdown (SIGTERM, SIGINT or :meth:`DaemonContext.stop`), in order:
+STOPPING=1 and ``stopping``; every session closes with SHUTDOWN (all at
+once, at most a second each); the control socket, listener, discovery,
+components and the receipt writer stop: the batch of receipts on its way to
+disk finishes, every take still waiting for the writer is refused
+(``ShuttingDown``: nothing acknowledged is lost, nothing refused was
+stored); the node's tasks end; the store is closed; ``stopped``. Store calls
+made through ``trio.to_thread.run_sync`` finish first (threads are not
+abandoned). With ``stop_timeout`` (``p2pd run``: :data:`STOP_TIMEOUT_S`,
+under the unit's ``TimeoutStopSec=30s``) a stop that has not finished in
+time (a store thread stuck in I/O on a failing disk) logs ``stop_timeout``
+with every thread's stack and exits with status 1 rather than wait for
+systemd's SIGKILL. SIGHUP re-reads the configuration
+(:meth:`DaemonContext.reload`).
 """
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -23,7 +36,7 @@ from p2pd import log
 from p2pd.components import COMPONENTS, sections_of
 from p2pd.config import Config
 from p2pd.context import Component, DaemonContext, announce_address
-from p2pd.control.methods import register_builtin_methods
+from p2pd.control.methods import TEST_HOOKS_ENV, register_builtin_methods, register_test_hooks
 from p2pd.control.server import ControlServer, serve_control
 from p2pd.errors import ConfigError, KeyFileError, P2pdError
 from p2pd.events import MeterReading
@@ -34,6 +47,33 @@ from p2pd.net.node import NodeLimits, open_node
 from p2pd.net.revocations import RevocationRegistry
 from p2pd.notify import Notifier
 from protocol import CredentialError, TrustPolicy
+
+STOP_TIMEOUT_S = 25.0
+"""How long ``p2pd run`` lets a stop take before it exits anyway (status 1,
+``stop_timeout`` logged): a little under ``TimeoutStopSec=30s`` in
+systemd/p2pd.service, so the log says why instead of systemd's SIGKILL."""
+
+
+class _StopDeadline:
+    """A thread that ends the process if the shutdown overruns; trio-independent, so a
+    wedged event loop or a store thread stuck in I/O cannot hold it up."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer = threading.Timer(seconds, self._overrun)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _overrun(self) -> None:  # pragma: no cover - ends the process
+        log.error("stop_timeout", after_s=self.seconds, action="exit")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def load_components() -> list[Component]:
@@ -67,7 +107,7 @@ def load_identity(config: Config, registry: RevocationRegistry | None = None,
 async def _open_meter(ctx: DaemonContext) -> None:
     """Create the configured meter and keep reading it into the store."""
     import meter_drivers
-    from store import ReadingRecord
+    from store import ReadingRecord, StorageUnavailable
 
     cfg = ctx.config.meter
     if cfg.driver is None:
@@ -86,6 +126,10 @@ async def _open_meter(ctx: DaemonContext) -> None:
                     r = await ctx.meter.read()
                     rec = ReadingRecord(meter_id, r.ts, r.import_wh, r.export_wh, r.power_w)
                     await trio.to_thread.run_sync(ctx.repo.add_readings, [rec])
+                except StorageUnavailable:
+                    # A full disk: the store's health logs it once; count
+                    # what it costs instead of logging every reading.
+                    ctx.node.counters["readings_unstored"] += 1
                 except Exception as exc:
                     # Containment: a reading the driver failed to refuse, or a
                     # store that cannot write, costs this reading, not the node.
@@ -104,6 +148,24 @@ async def _open_meter(ctx: DaemonContext) -> None:
                 await ctx.meter.aclose()
 
     ctx.nursery.start_soon(poll)
+
+
+def _watch_store(ctx: DaemonContext) -> None:
+    """Feed the SQL store's write outcomes to ``ctx.store_health``; a change wakes the STATUS= reporter."""
+    import store
+
+    if not isinstance(ctx.repo, store.SqlRepository):
+        return  # the in-memory store cannot run out of disk
+    token = trio.lowlevel.current_trio_token()
+
+    def changed() -> None:  # any thread: the store calls on_write where it ran
+        try:
+            token.run_sync_soon(lambda: ctx.status_changed.set())
+        except trio.RunFinishedError:
+            pass
+
+    ctx.store_health.on_change = changed
+    ctx.repo.on_write = ctx.store_health.observe
 
 
 async def _handle_signals(ctx: DaemonContext, receiver: Any) -> None:
@@ -127,6 +189,7 @@ async def run_daemon(
     components: list[Component] | None = None,
     notifier: Notifier | None = None,
     control: ControlServer | None = None,
+    stop_timeout: float | None = None,
     task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT or ``ctx.stop()``; returns after a clean shutdown.
@@ -135,7 +198,9 @@ async def run_daemon(
     before READY if the daemon cannot start. ``config`` comes from
     ``load_config(path, sections=...)`` with the sections of ``components``
     (:data:`p2pd.components.SECTIONS` for the default list); reload validates
-    the file with the same sections.
+    the file with the same sections. ``stop_timeout``: seconds a stop may
+    take before the process exits anyway (``p2pd run`` passes
+    :data:`STOP_TIMEOUT_S`; None, for callers in-process, never exits).
     """
     log.setup(config.node.log_level)
     notifier = notifier or Notifier()
@@ -155,6 +220,7 @@ async def run_daemon(
         raise P2pdError(f"cannot open store {config.store.url}: {exc}") from exc
     log.info("starting", member=identity.member_id, community=policy.community,
              store=config.store.url.split("://")[0])
+    deadline = _StopDeadline(stop_timeout) if stop_timeout is not None else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
             limits = NodeLimits(max_connections=config.p2p.max_connections,
@@ -168,6 +234,7 @@ async def run_daemon(
                                         control, nursery, notifier,
                                         revocations=revocations, sections=sections_of(components))
                     nursery.start_soon(_handle_signals, ctx, signals)
+                    _watch_store(ctx)
                     try:
                         listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)
                     except OSError as exc:
@@ -182,6 +249,9 @@ async def run_daemon(
                     await nursery.start(ctx.discovery.run)
                     await _open_meter(ctx)
                     register_builtin_methods(ctx.control, ctx)
+                    if os.environ.get(TEST_HOOKS_ENV) == "1":
+                        register_test_hooks(ctx.control, ctx)
+                        log.warning("test_hooks_enabled", env=TEST_HOOKS_ENV)
                     for component in components:
                         await component.start(ctx)
                         log.info("component_started", name=component.name)
@@ -193,6 +263,8 @@ async def run_daemon(
                     task_status.started(ctx)
                     nursery.start_soon(_report_status, ctx)
                     await ctx._stop.wait()
+                    if deadline is not None:
+                        deadline.start()
                     notifier.stopping()
                     log.info("stopping", sessions=len(node.sessions))
                     # Close sessions first: inbound ones run in the listener's
@@ -203,14 +275,22 @@ async def run_daemon(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(repo.close)
     log.info("stopped")
+    if deadline is not None:
+        deadline.cancel()
 
 
 async def _report_status(ctx: DaemonContext) -> None:
-    """Keep systemd's STATUS= line current (shown by systemctl status)."""
+    """Keep systemd's STATUS= line current (shown by systemctl status).
+
+    Checked every 5 s, and at once when ``ctx.status_changed`` is set (the
+    store starts or stops failing).
+    """
     last = ""
     while True:
         line = ctx.status_line()
         if line != last:
             ctx.notifier.status(line)
             last = line
-        await trio.sleep(5)
+        with trio.move_on_after(5):
+            await ctx.status_changed.wait()
+        ctx.status_changed = trio.Event()

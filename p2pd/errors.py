@@ -22,6 +22,12 @@ class KeyFileError(P2pdError):
     """A key or credential file is missing, unreadable, malformed or unsafe."""
 
 
+class ShuttingDown(P2pdError):
+    """Raised to a caller of a service that has stopped because the daemon is
+    shutting down (e.g. a receipt commit queued after the receipt writer
+    stopped): nothing was done for it, and it may be retried after a restart."""
+
+
 class PeerGone(P2pdError):
     """The peer's connection ended (closed, broken or timed out)."""
 
@@ -35,8 +41,9 @@ class TradeError(P2pdError):
 
     Split by who is at fault: :class:`TradeRefused` (the market's rules, ours
     or the counterparty's, said no), :class:`PeerFault` (the counterparty
-    broke the protocol), :class:`TradeTimeout` (no answer in time). A take
-    that failed carries its ``trade_id``: retrying with it is the same take.
+    broke the protocol), :class:`TradeTimeout` (no answer in time),
+    :class:`TradeNotStored` (our own store cannot write). A take that failed
+    carries its ``trade_id``: retrying with it is the same take.
     """
 
     def __init__(self, message: str, reason: Reason, remaining_wh: int | None = None, *,
@@ -64,4 +71,16 @@ class TradeTimeout(TradeError):
 
     def __init__(self, message: str, reason: Reason = Reason.TIMEOUT, remaining_wh: int | None = None,
                  *, trade_id: bytes | None = None) -> None:
+        super().__init__(message, reason, remaining_wh, trade_id=trade_id)
+
+
+class TradeNotStored(TradeError):
+    """Raised when our own store cannot write (disk full, I/O error, read-only;
+    ``store.StorageUnavailable`` in ``__cause__``): the order was not posted
+    or cancelled, or a take's receipt, which the owner has committed, is not
+    recorded here yet. ``reason`` is STORAGE_UNAVAILABLE; the same call (a
+    take with the same ``trade_id``) succeeds once the store writes again."""
+
+    def __init__(self, message: str, reason: Reason = Reason.STORAGE_UNAVAILABLE,
+                 remaining_wh: int | None = None, *, trade_id: bytes | None = None) -> None:
         super().__init__(message, reason, remaining_wh, trade_id=trade_id)

@@ -26,7 +26,8 @@ class Notifier:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.address = env.get("NOTIFY_SOCKET") or None
-        self.dropped = 0  # datagrams not sent: the reader's queue was full, or an error
+        self.dropped = 0
+        """Notifications dropped in a row (the manager's queue full, or an error)."""
         self.watchdog_usec = 0
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -43,7 +44,8 @@ class Notifier:
         The socket is non-blocking: when the reader lags and its queue is
         full, the datagram is dropped (counted in ``dropped``) instead of
         freezing the event loop -- a blocked sendto() once stopped the whole
-        daemon, SIGTERM included. Failures are logged once, then every 1000th.
+        daemon, SIGTERM included. Logged once per run of drops; WATCHDOG and
+        STATUS are sent again anyway.
         """
         if self.address is None:
             return False
@@ -54,10 +56,10 @@ class Notifier:
                 sock.sendto("\n".join(lines).encode("utf-8", "replace"), target)
         except OSError as exc:
             self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("sd_notify_failed", socket=self.address, error=exc.strerror or str(exc),
-                            dropped=self.dropped)
+            if self.dropped == 1:
+                log.warning("sd_notify_failed", socket=self.address, error=exc.strerror or str(exc))
             return False
+        self.dropped = 0
         return True
 
     def ready(self, status: str = "") -> bool:

@@ -39,3 +39,4 @@ class Reason(enum.IntEnum):
     BAD_ROLE = 26
     OUT_OF_BOUNDS = 27
     INTERNAL_ERROR = 28
+    STORAGE_UNAVAILABLE = 29

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from store.errors import IntegrityFailure as IntegrityFailure
 from store.errors import SchemaVersionError as SchemaVersionError
+from store.errors import StorageUnavailable as StorageUnavailable
 from store.errors import StoreError as StoreError
 from store.memory import MemoryRepository as MemoryRepository
 from store.migrations import CURRENT_VERSION as CURRENT_VERSION

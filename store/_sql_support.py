@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, event, exc
 
-from store.errors import IntegrityFailure, StoreError
+from store.errors import IntegrityFailure, StorageUnavailable, StoreError
 from store.records import MemberRecord, OrderRecord, ReceiptRecord, StatementRecord
 
 # Execution option read by the SQLite "begin" hook to pick the BEGIN mode.
@@ -47,12 +47,39 @@ def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, on_disk: bool) ->
         conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED"))
 
 
+# The storage refused the write (store.errors.StorageUnavailable): SQLite
+# primary result codes (the extended code's low byte), PostgreSQL SQLSTATEs,
+# and SQLite's messages for drivers that give no code.
+SQLITE_STORAGE_CODES = {8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN"}
+PG_STORAGE_STATES = {"53100": "disk_full", "58030": "io_error", "25006": "read_only_sql_transaction"}
+SQLITE_STORAGE_MESSAGES = ("database or disk is full", "disk i/o error", "readonly database",
+                           "unable to open database file")
+
+
+def storage_failure(orig: BaseException | None) -> bool:
+    """Whether the driver exception ``orig`` says the storage refused a write."""
+    if orig is None:
+        return False
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in SQLITE_STORAGE_CODES
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str):
+        return state in PG_STORAGE_STATES
+    text = str(orig).lower()
+    return any(m in text for m in SQLITE_STORAGE_MESSAGES)
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     try:
         yield
     except exc.IntegrityError as e:
         raise IntegrityFailure(str(e.orig)) from e
+    except exc.DBAPIError as e:
+        if storage_failure(e.orig):
+            raise StorageUnavailable(str(e.orig)) from e
+        raise StoreError(str(e)) from e
     except exc.SQLAlchemyError as e:
         raise StoreError(str(e)) from e
 

@@ -16,7 +16,7 @@ fsync per batch instead of per receipt.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     create_engine,
     delete,
+    event,
     func,
     insert,
     or_,
@@ -50,7 +51,7 @@ from store._sql_support import (
     statement_from_row,
     translate_errors,
 )
-from store.errors import StoreError
+from store.errors import StorageUnavailable, StoreError
 from store.migrations import MIGRATIONS, Migration, migrate, read_version
 from store.records import (
     BanRecord,
@@ -93,6 +94,11 @@ class SqlRepository:
     ) -> None:
         u = make_url(url)
         self._dialect = u.get_backend_name()
+        self.on_write: Callable[[StorageUnavailable | None], None] | None = None
+        """Told after each write transaction (in the calling thread): ``None``
+        when it committed a change, the error when the storage refused it."""
+        self._test_max_pages: int | None = None
+        self._test_hook_installed = False
         kwargs: dict[str, Any] = {}
         self._lock: threading.RLock | None = None
         if self._dialect == "sqlite":
@@ -122,21 +128,38 @@ class SqlRepository:
     @contextmanager
     def _write(self, lock_tables: Sequence[Table] = ()) -> Iterator[Connection]:
         """Yield a connection in a transaction holding the write lock; commit
-        on normal exit (durable when this returns), roll back on error."""
-        with self._lock or nullcontext(), translate_errors():
-            conn = self._engine.connect()
-            try:
-                if self._dialect == "sqlite":
-                    conn = conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
-                with conn.begin():
-                    if self._dialect == "postgresql":
-                        for t in lock_tables:
-                            # SHARE ROW EXCLUSIVE conflicts with itself but not
-                            # with readers: writers of t queue, reads go on.
-                            conn.exec_driver_sql(f"LOCK TABLE {t.name} IN SHARE ROW EXCLUSIVE MODE")
-                    yield conn
-            finally:
-                conn.close()
+        on normal exit (durable when this returns), roll back on error.
+        Reports the outcome to :attr:`on_write` (a refused write, or one that
+        changed something; a transaction that changed nothing says nothing
+        about the storage)."""
+        changed = True
+        dbapi: Any = None
+        before: int | None = None
+        try:
+            with self._lock or nullcontext(), translate_errors():
+                conn = self._engine.connect()
+                try:
+                    if self._dialect == "sqlite":
+                        conn = conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+                        dbapi = conn.connection.dbapi_connection
+                        before = getattr(dbapi, "total_changes", None)
+                    with conn.begin():
+                        if self._dialect == "postgresql":
+                            for t in lock_tables:
+                                # SHARE ROW EXCLUSIVE conflicts with itself but not
+                                # with readers: writers of t queue, reads go on.
+                                conn.exec_driver_sql(f"LOCK TABLE {t.name} IN SHARE ROW EXCLUSIVE MODE")
+                        yield conn
+                    if self._dialect == "sqlite" and before is not None:
+                        changed = getattr(dbapi, "total_changes", before) != before
+                finally:
+                    conn.close()
+        except StorageUnavailable as exc:
+            if self.on_write is not None:
+                self.on_write(exc)
+            raise
+        if changed and self.on_write is not None:
+            self.on_write(None)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -447,3 +470,31 @@ class SqlRepository:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    # -- test hook ----------------------------------------------------------
+    def limit_pages_for_tests(self, pages: int | None) -> None:
+        """TEST HOOK, never called by p2pd outside tests: cap a SQLite
+        database at ``pages`` pages (``PRAGMA max_page_count``, set on every
+        connection as it is checked out). SQLite then answers a write that
+        needs a new page with SQLITE_FULL, exactly as on a full disk, so
+        :class:`StorageUnavailable` is raised. SQLite never caps below the
+        current size: ``0`` means "full at the current size". ``None`` lifts
+        the cap. Raises StoreError on another backend."""
+        if self._dialect != "sqlite":
+            raise StoreError("limit_pages_for_tests needs SQLite")
+        self._test_max_pages = pages
+        if not self._test_hook_installed:
+            self._test_hook_installed = True
+
+            def _cap(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+                limit = self._test_max_pages
+                cur = dbapi_conn.cursor()
+                try:
+                    # 4294967294: SQLite's own ceiling (it clamps to it); it
+                    # ignores 0 and raises anything below the current size to it.
+                    cap = 4294967294 if limit is None else max(1, int(limit))
+                    cur.execute(f"PRAGMA max_page_count = {cap}")
+                finally:
+                    cur.close()
+
+            event.listen(self._engine.pool, "checkout", _cap)

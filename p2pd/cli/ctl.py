@@ -136,8 +136,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
         return "(none)"
     cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
 
@@ -158,6 +158,10 @@ def _ago(ts: float | None) -> str | None:
     return f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
 
 
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
 SESSION_COLUMNS = [("member_id", "MEMBER"), ("role", "ROLE"), ("address", "ADDRESS"),
                    ("dir", "DIR"), ("up", "UP"), ("messages_in", "IN"), ("messages_out", "OUT")]
 
@@ -169,12 +173,16 @@ def _sessions(rows: list[dict[str, Any]]) -> str:
 
 def render_status(r: dict[str, Any]) -> str:
     meter = r.get("meter") or {}
+    store = r.get("store") or {}
     lines = [
         f"member     {r.get('member_id')} ({r.get('role')}) in community {r.get('community')}",
         f"uptime     {_cell(r.get('uptime_s'))} s   pid {r.get('pid')}   version {r.get('version')}",
         f"listening  {', '.join(r.get('listen') or []) or '-'}",
         f"meter      {meter.get('driver', '-')}: {meter.get('state', 'none')}"
         + (f" ({meter['last_error']})" if meter.get("last_error") and not meter.get("healthy") else ""),
+        f"store      {store.get('state', '-')}"
+        + (f" since {_utc(store['since'])} ({store.get('last_error')}), {store.get('refused')} writes refused"
+           if store.get("state") == "failing" else ""),
         f"sessions   {len(r.get('sessions') or [])}",
     ]
     if r.get("sessions"):
@@ -356,7 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(result) if args.json else render(result))
+    try:
+        print(json.dumps(result) if args.json else render(result))
+    except OSError as exc:  # e.g. receipts export --out FILE: a directory we cannot write
+        print(f"p2pctl: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RPC_ERROR
     return EXIT_OK
 
 

@@ -9,8 +9,10 @@ in UTC. Money is shown in currency units (the API's integers / 1,000,000).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -123,8 +125,42 @@ def render_book(r: dict[str, Any]) -> str:
     return text + "\n" + (render_clearing(r["summary"]) if r["closed"] else "gate still open")
 
 
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing (mode 0600).
+
+    The text goes to a temporary file in the same directory, which is
+    fsynced and then renamed over ``path`` (atomic on POSIX); the directory
+    is fsynced so the rename survives a crash. A process killed part way
+    leaves ``path`` as it was (absent, or the old file, whole) and at most a
+    ``.NAME.*.tmp`` file beside it. Raises OSError; the temporary file is
+    removed then.
+    """
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class ReceiptsExport:
-    """``receipts export [--out FILE]``: the bundle to a file (mode 0600) or stdout."""
+    """``receipts export [--out FILE]``: the bundle to a file (mode 0600) or stdout.
+
+    The file is written all or nothing (:func:`write_atomically`): an
+    existing FILE is replaced only by a complete bundle, never truncated.
+    """
 
     def __init__(self) -> None:
         self.out: str | None = None
@@ -137,9 +173,7 @@ class ReceiptsExport:
         text = json.dumps(bundle, indent=1)
         if self.out is None or self.out == "-":
             return text
-        fd = os.open(self.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        write_atomically(self.out, text + "\n")
         return (f"wrote {len(bundle['receipts'])} receipts and {len(bundle['credentials'])} "
                 f"credentials to {self.out}; check it with: p2pd receipts verify {self.out} --issuer KEY")
 

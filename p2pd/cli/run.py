@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from p2pd.daemon import run_daemon
+    from p2pd.daemon import STOP_TIMEOUT_S, run_daemon
 
     config = _load(args.config)
-    trio.run(run_daemon, config)
+    trio.run(functools.partial(run_daemon, config, stop_timeout=STOP_TIMEOUT_S))
     return 0

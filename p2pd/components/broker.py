@@ -32,6 +32,7 @@ from p2pd.roles.broker import Broker, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.slot_phases import serve_slot_phases
 from protocol import MAX_TIME, ClearingSummary
+from store import StorageUnavailable
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -98,7 +99,12 @@ class BrokerRunner:
         self.counters["slots_cleared"] += 1
         if self.writer is not None:
             for r in self.broker.slots[slot_start].receipts:
-                await self.writer.commit(agent_receipt_record(r, int(self.clock.now())))
+                try:
+                    await self.writer.commit(agent_receipt_record(r, int(self.clock.now())))
+                except StorageUnavailable:
+                    # The broker's copy only: the parties hold theirs. A full
+                    # disk is logged once by the store's health.
+                    self.counters["receipts_unstored"] += 1
         log.info("slot_cleared", slot=slot_start, orders=summary.orders, price=summary.price,
                  volume_wh=summary.volume_wh)
         return summary

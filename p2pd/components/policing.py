@@ -24,7 +24,7 @@ from p2pd.config import Config, Section, Table
 from p2pd.control.server import Param
 from p2pd.events import Banned, Unbanned
 from p2pd.net.policing import Policer, PolicingConfig, attach_policer
-from store import BanRecord
+from store import BanRecord, StorageUnavailable
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -83,16 +83,23 @@ async def restore_bans(ctx: DaemonContext, policer: Policer) -> None:
 
 
 async def keep_bans(ctx: DaemonContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Write every new ban to the store, and forget cleared ones."""
+    """Write every new ban to the store, and forget cleared ones.
+
+    A ban the store cannot write (a full disk) holds in memory until the
+    daemon restarts (counter ``bans_unstored``); the store's health logs the disk.
+    """
     async with ctx.node.events.subscribe() as events:
         task_status.started()
         async for event in events:
-            match event:
-                case Banned(member=member, until=until, count=count):
-                    rec = BanRecord(member, int(until) + 1, count, "RATE_LIMITED")
-                    await storage.call(ctx.repo, ctx.repo.put_ban, rec)
-                case Unbanned(member=member):
-                    await storage.call(ctx.repo, ctx.repo.clear_ban, member)
+            try:
+                match event:
+                    case Banned(member=member, until=until, count=count):
+                        rec = BanRecord(member, int(until) + 1, count, "RATE_LIMITED")
+                        await storage.call(ctx.repo, ctx.repo.put_ban, rec)
+                    case Unbanned(member=member):
+                        await storage.call(ctx.repo, ctx.repo.clear_ban, member)
+            except StorageUnavailable:
+                ctx.node.counters["bans_unstored"] += 1
 
 
 class PolicingComponent:

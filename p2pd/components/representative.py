@@ -45,6 +45,7 @@ from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.roles.representative import HOPS, Representative, split_fill
 from p2pd.roles.slot_phases import serve_slot_phases
 from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms, Reason
+from store import StorageUnavailable
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -144,7 +145,9 @@ class RepresentativeRunner:
         agent of both sides, so the clients are billed like any other trade
         and the bounds stay provable. The price is our ask, clamped into the
         seller's ``min_sell_price`` and the buyer's ``max_buy_price``; a pair
-        whose bounds do not overlap is skipped.
+        whose bounds do not overlap is skipped. If the store cannot commit (a
+        full disk), netting stops for this slot (counter ``netting_unstored``)
+        and the clients trade outside instead.
         """
         rep = self.rep
         wanted = rep.wanted(slot_start)
@@ -171,7 +174,12 @@ class RepresentativeRunner:
                     continue
                 sig = terms.sign(key)
                 receipt = AgentReceipt(terms, ds, db, sig, sig, b"")
-                await rep.writer.commit(agent_receipt_record(receipt, rep.now()))
+                try:
+                    await rep.writer.commit(agent_receipt_record(receipt, rep.now()))
+                except StorageUnavailable:
+                    self.counters["netting_unstored"] += 1
+                    self.counters["netted_wh"] += traded
+                    return traded
                 rep.used[(seller, "sell", slot_start)] += wh
                 rep.used[(buyer, "buy", slot_start)] += wh
                 rep.receipts[terms.trade_id] = receipt

@@ -36,7 +36,7 @@ from p2pd.errors import ConfigError
 from p2pd.events import RevocationInstalled
 from p2pd.net.revocations import RevocationGossip, RevocationRegistry, attach_revocations
 from protocol import DecodeError, Reason, RevocationList, SignatureError
-from store import RevocationRecord
+from store import RevocationRecord, StorageUnavailable
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -99,6 +99,7 @@ class RevocationKeeper:
         self.registry = registry
         self.gossip = gossip
         self.events = ctx.node.events
+        self.counters = ctx.node.counters
 
     async def restore(self) -> int:
         """Offer every stored list to the registry; returns how many were taken."""
@@ -132,7 +133,12 @@ class RevocationKeeper:
                     continue
                 rl = self.registry.lists.get(bytes.fromhex(event.issuer))
                 if rl is not None and rl.serial == event.serial:
-                    await self.save(rl)
+                    try:
+                        await self.save(rl)
+                    except StorageUnavailable:
+                        # A full disk: the list holds in memory and peers
+                        # bring it again; the store's health logs the disk.
+                        self.counters["revocations_unstored"] += 1
 
 
 class RevocationsComponent:

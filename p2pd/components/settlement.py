@@ -28,7 +28,10 @@ statement is limited by its meter. Comparing the two lines of a trade
 
 A slot whose readings do not cover both ends is retried until
 ``reading_gap_seconds`` after its end, then skipped with a warning
-(counter ``slots_skipped``).
+(counter ``slots_skipped``). A statement the store cannot write (a full
+disk: ``store.StorageUnavailable``, reported by the daemon's store health)
+is retried at the next wake-up, never skipped (counter
+``statements_unstored``).
 
 Owns ``[settlement]`` (:data:`SETTLEMENT`).
 """
@@ -64,7 +67,7 @@ from p2pd.market.settlement import (
 )
 from p2pd.net.identity import NodeIdentity
 from protocol import MAX_TIME
-from store import ReceiptRecord, Repository, StatementRecord
+from store import ReceiptRecord, Repository, StatementRecord, StorageUnavailable
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -218,7 +221,8 @@ class SettlementLoop:
     async def settle_due(self, now: int) -> list[int]:
         """Settle every slot that is due by ``now``; returns their starts.
 
-        Stops at a slot still waiting for readings (it is retried later).
+        Stops at a slot still waiting for readings, or whose statement the
+        store cannot write now (a full disk); it is retried later.
         """
         if self.next_slot is None:
             await self.restore(now)
@@ -229,6 +233,9 @@ class SettlementLoop:
             try:
                 await self.settle(slot)
                 done.append(slot)
+            except StorageUnavailable:
+                self.counters["statements_unstored"] += 1
+                break
             except SettlementError as exc:
                 if now < slot + self.slot_len + max(self.config.reading_gap_seconds,
                                                     self.config.delay_seconds):

@@ -13,22 +13,40 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from p2pd.control.server import PEER_UNREACHABLE, ControlServer, Param, RpcError, Subscription
-from p2pd.errors import NotConnected, PeerGone
+from p2pd.control.server import (
+    ERROR_CODES,
+    PEER_UNREACHABLE,
+    ControlServer,
+    Param,
+    RpcError,
+    Subscription,
+)
+from p2pd.errors import NotConnected, P2pdError, PeerGone
 from p2pd.net.listener import dial
 from protocol import Reason
+from store import SqlRepository, StorageUnavailable
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
 
 VERSION = "0.1.0"
+STORAGE_UNAVAILABLE = -32009  # docs/control-api.md, "Errors"
+
+if not any(cls is StorageUnavailable for cls, _ in ERROR_CODES):
+    # Any method whose store write the disk refused (full, I/O error, read-only).
+    ERROR_CODES.insert(0, (StorageUnavailable, STORAGE_UNAVAILABLE))
+
+TEST_HOOKS_ENV = "P2PD_TEST_HOOKS"
+"""TEST HOOK switch: with ``P2PD_TEST_HOOKS=1`` in its environment the daemon
+also serves the ``test.*`` methods of :func:`register_test_hooks`. Tests set
+it; never set it in production (the systemd unit does not)."""
 
 
 def register_builtin_methods(server: ControlServer, ctx: DaemonContext) -> None:
     node = ctx.node
 
     def status() -> dict[str, Any]:
-        """the node: member id, role, community, uptime, sessions, meter health, counters"""
+        """the node: member id, role, community, uptime, sessions, meter and store health, counters"""
         out = node.status()
         out.update(
             version=VERSION,
@@ -36,6 +54,7 @@ def register_builtin_methods(server: ControlServer, ctx: DaemonContext) -> None:
             listen=ctx.listen_addresses,
             control_socket=str(ctx.config.node.control_socket),
             meter=ctx.meter_status(),
+            store=ctx.store_health.status(),
             discovery=ctx.discovery.status() if ctx.discovery else None,
         )
         return out
@@ -93,3 +112,23 @@ def register_builtin_methods(server: ControlServer, ctx: DaemonContext) -> None:
     server.register("events.subscribe", events_subscribe, {
         "events": Param(list, required=False, max_len=64, help="event names to receive (default: all)"),
     }, streaming=True)
+
+
+def register_test_hooks(server: ControlServer, ctx: DaemonContext) -> None:
+    """TEST HOOKS, registered only with ``P2PD_TEST_HOOKS=1`` (see :data:`TEST_HOOKS_ENV`).
+
+    ``test.store_max_pages {pages?: int}`` caps the SQLite store at ``pages``
+    pages (0: its current size; absent lifts the cap), so that store writes
+    fail exactly as on a full disk (``SqlRepository.limit_pages_for_tests``).
+    """
+
+    async def store_max_pages(pages: int | None) -> dict[str, Any]:
+        """TEST HOOK: make the SQLite store full at pages (0: now), or lift the cap"""
+        repo = ctx.repo
+        if not isinstance(repo, SqlRepository):
+            raise P2pdError("test.store_max_pages needs a SQL store")
+        await trio.to_thread.run_sync(repo.limit_pages_for_tests, pages)
+        return {"max_pages": pages}
+
+    server.register("test.store_max_pages", store_max_pages, {
+        "pages": Param(int, required=False, lo=0, hi=1 << 32, help="absent: lift the cap")})

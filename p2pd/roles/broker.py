@@ -39,6 +39,7 @@ from p2pd.market.errors import Refusal
 from p2pd.market.trade import Side, TradeLedger
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.receipt_writer import COMMIT_REFUSALS
 from p2pd.roles.refusals import refusals_of
 from protocol import (
     BOOK_CHUNK_MAX,
@@ -384,6 +385,14 @@ class BrokerClient:
         if self.commit is not None:
             try:
                 await self.commit(receipt)
+            except COMMIT_REFUSALS as exc:
+                # Our store cannot commit (disk full): the match stays pending,
+                # to be finished by a later MatchFinal or MatchSign; the
+                # session with the broker stays open.
+                self.pending[t.trade_id] = claimed
+                self.counters["finals_not_stored"] += 1
+                log.warning("final_not_stored", trade=t.trade_id.hex(), error=str(exc)[:200])
+                return False
             except BaseException:
                 self.pending[t.trade_id] = claimed
                 raise

@@ -30,7 +30,7 @@ import trio
 
 from p2pd import log
 from p2pd.clock import Clock
-from p2pd.errors import PeerFault, PeerGone, TradeRefused, TradeTimeout
+from p2pd.errors import PeerFault, PeerGone, TradeError, TradeNotStored, TradeRefused, TradeTimeout
 from p2pd.market.agents import (
     Used,
     agent_receipt_parties,
@@ -46,7 +46,7 @@ from p2pd.market.trade import Accepted, Refused, Side, Trade, TradeLedger
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.broker import agent_receipt_record
-from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.receipt_writer import COMMIT_REFUSALS, ReceiptWriter, commit_refusal
 from p2pd.roles.refusals import refusals_of
 from protocol import (
     AgentAccepted,
@@ -67,7 +67,7 @@ from protocol import (
     SignatureError,
     check_agent_receipt,
 )
-from store import Committed, Duplicate, Insufficient, Outcome
+from store import Committed, Duplicate, Insufficient, Outcome, StorageUnavailable
 
 HOPS = 4
 
@@ -290,7 +290,7 @@ class Representative:
                     continue
                 try:
                     r = await self.take(g, principal, min(need, avail))
-                except (TradeRefused, TradeTimeout, PeerFault) as exc:
+                except TradeError as exc:
                     self.counters[f"takes_failed:{exc.reason.name}"] += 1
                     continue
                 need -= r.terms.wh
@@ -309,7 +309,8 @@ class Representative:
 
         Sends the same signed terms up to ``take_attempts`` times (a lost
         answer never makes a second trade). Raises :class:`TradeRefused`,
-        :class:`PeerFault` or :class:`TradeTimeout`, with the trade id.
+        :class:`PeerFault`, :class:`TradeTimeout` or :class:`TradeNotStored`
+        (the other agent committed, our store cannot), with the trade id.
         """
         o = g.order
         d = self.delegation_of(principal)
@@ -346,7 +347,13 @@ class Representative:
         except (BoundsError, SignatureError) as exc:
             raise PeerFault(f"receipt does not verify: {exc}", Reason.BAD_SIGNATURE, trade_id=tid) from exc
         trade.countersigned(receipt)
-        decision = self._committed(trade, await self.writer.commit(agent_receipt_record(receipt, self.now())))
+        try:
+            outcome = await self.writer.commit(agent_receipt_record(receipt, self.now()))
+        except StorageUnavailable as exc:
+            self.trades.forget(tid)  # not recorded here: a retry starts afresh
+            raise TradeNotStored(f"the other agent committed the trade but our store cannot record it: "
+                                 f"{exc}", trade_id=tid) from exc
+        decision = self._committed(trade, outcome)
         if isinstance(decision, Refused):  # pragma: no cover - the order's agent enforced it
             raise TradeRefused(decision.message, decision.reason, trade_id=tid)
         self.used[(principal, "buy", o.slot_start)] += wh
@@ -415,6 +422,9 @@ class Representative:
         rec = dataclasses.replace(agent_receipt_record(receipt, self.now()), order_id=o.order_id, order_wh=o.wh)
         try:
             outcome = await self.writer.commit(rec)
+        except COMMIT_REFUSALS as exc:
+            self.trades.forget(t.trade_id)  # our disk refused it: so do we; a retry starts afresh
+            return trade.refuse(commit_refusal(exc))
         except BaseException:
             self.trades.forget(t.trade_id)  # not decided: a retry starts afresh
             raise

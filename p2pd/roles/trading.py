@@ -25,7 +25,15 @@ import trio
 
 from p2pd import log, storage
 from p2pd.clock import Clock
-from p2pd.errors import NotConnected, PeerFault, PeerGone, TradeError, TradeRefused, TradeTimeout
+from p2pd.errors import (
+    NotConnected,
+    PeerFault,
+    PeerGone,
+    TradeError,
+    TradeNotStored,
+    TradeRefused,
+    TradeTimeout,
+)
 from p2pd.events import OrderCancelled, OrderSeen, TradeCommitted
 from p2pd.market.book import BookEntry as BookEntry
 from p2pd.market.book import OrderBook
@@ -54,7 +62,7 @@ from p2pd.market.trade import (
 from p2pd.net.gossip import GossipRouter
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
-from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.receipt_writer import COMMIT_REFUSALS, ReceiptWriter, commit_refusal
 from protocol import (
     MAX_HOPS,
     SNAPSHOT_MAX,
@@ -84,6 +92,8 @@ from store import (
     PendingTakeRecord,
     ReceiptRecord,
     Repository,
+    StorageUnavailable,
+    StoreError,
 )
 
 MAX_TAKES_IN_FLIGHT = 64
@@ -167,6 +177,7 @@ class Market:
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
         self._snapshots_allowed: dict[PeerConnection, int] = {}
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
+        self._members_unstored: set[str] = set()  # credentials the store refused (disk full)
         self.counters = node.counters
         self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
         node.handle(OrderGossip, self._on_order_gossip)
@@ -255,12 +266,22 @@ class Market:
     def _remember(self, cred: Credential) -> None:
         """Keep a member's credential (in memory, and in the store for disputes)."""
         known = self.credentials.get(cred.member_id)
-        if known == cred:
+        if known == cred and cred.member_id not in self._members_unstored:
             return
         self.credentials[cred.member_id] = cred
         record = MemberRecord(cred.member_id, cred.role, cred.metering_point, cred.sign_pk,
                               cred.noise_pk, cred.encode(), cred.valid_until)
-        self.node.nursery.start_soon(storage.call, self.repo, self.repo.put_member, record)
+        self.node.nursery.start_soon(self._store_member, record)
+
+    async def _store_member(self, record: MemberRecord) -> None:
+        # A full disk must not end the node; the member is stored again the
+        # next time we meet its credential (disputes need it in the store).
+        try:
+            await storage.call(self.repo, self.repo.put_member, record)
+        except StorageUnavailable:
+            self._members_unstored.add(record.member_id)
+        else:
+            self._members_unstored.discard(record.member_id)
 
     async def dial_for_trade(self, member_id: str, dial: Callable[[str], Awaitable[Any]]) -> Any:
         """Run ``dial(member_id)`` for a trade: the session it opens carries no gossip.
@@ -339,7 +360,7 @@ class Market:
         except Exception as exc:  # LocalProtocolError / ValueError: bad fields
             raise TradeRefused(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
         self.check_order(order, self.node.identity.credential, now)
-        await storage.call(self.repo, self.repo.put_order, order_record(order))
+        await self._write_local(self.repo.put_order, order_record(order))
         self.orderbook.add_own(order, self.node.identity.credential, wh)
         self.counters["orders_posted"] += 1
         self.node.events.publish(OrderSeen(**describe_order(order)))
@@ -352,9 +373,16 @@ class Market:
             raise TradeRefused("no live order of ours with that id", Reason.NOT_FOUND)
         cancel = Cancel.create(self.node.identity.keys.signing, order_id=order_id,
                                member_id=self.me, issued_at=self.now())
-        await storage.call(self.repo, self.repo.cancel_order, order_id)
+        await self._write_local(self.repo.cancel_order, order_id)
         self._apply_cancel(cancel)
         self.gossip.push(CancelGossip(cancel, self.rules.hops))
+
+    async def _write_local(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A store write for a local action; TradeNotStored if the storage refuses it."""
+        try:
+            return await storage.call(self.repo, fn, *args)
+        except StorageUnavailable as exc:
+            raise TradeNotStored(f"our store cannot write: {exc}") from exc
 
     async def take(self, order_id: bytes, wh: int, *, trade_id: bytes | None = None) -> Receipt:
         """Take ``wh`` of someone's order; returns the committed receipt.
@@ -367,7 +395,9 @@ class Market:
         expired. Raises :class:`TradeRefused` (the rules or the owner said
         no), :class:`PeerFault` (the owner's answer is invalid),
         :class:`TradeTimeout` (no answer yet: the take stays pending and is
-        retried) or :class:`NotConnected`; every TradeError carries the trade id.
+        retried), :class:`TradeNotStored` (the owner committed, our store
+        cannot: the take stays pending) or :class:`NotConnected`; every
+        TradeError carries the trade id.
         """
         if trade_id is not None:
             # A retry: if we already hold the receipt, that is the answer.
@@ -388,7 +418,7 @@ class Market:
                                    terms.sign(self.node.identity.keys.signing), self.now())
         # Durable before it leaves the node: whatever happens next, the same
         # take can be sent again.
-        await storage.call(self.repo, self.repo.put_pending_take, record)
+        await self._write_local(self.repo.put_pending_take, record)
         self._pending_takes[terms.trade_id] = record
         try:
             return await self._take(record)
@@ -447,7 +477,13 @@ class Market:
         except BadAnswer as exc:
             raise PeerFault(str(exc), exc.reason, trade_id=tid) from exc
         trade.countersigned(answer.receipt)
-        decision = commit_outcome(trade, await self.writer.commit(receipt_record(answer.receipt, self.now())))
+        try:
+            outcome = await self.writer.commit(receipt_record(answer.receipt, self.now()))
+        except StorageUnavailable as exc:
+            self.trades.forget(tid)  # not recorded here: a retry with the trade id starts afresh
+            raise TradeNotStored(f"the owner committed the trade but our store cannot record it: {exc}; "
+                                 f"retry with trade id {tid.hex()}", trade_id=tid) from exc
+        decision = commit_outcome(trade, outcome)
         if isinstance(decision.answer, Refused):  # pragma: no cover - the owner enforced it already
             log.error("receipt_over_order", trade=tid.hex())
             raise TradeRefused(decision.answer.message, decision.answer.reason, trade_id=tid)
@@ -592,12 +628,18 @@ class Market:
         except Refusal as refusal:
             return Refused(refusal.reason, refusal.message, refusal.remaining_wh)
         assert entry is not None and order is not None
+        self._remember(conn.peer)  # stores the taker's credential again if a full disk refused it
         trade = self.trades.open(terms.trade_id, Side.OWNER, receipt_parties_of_terms(terms), self.now())
         settled = self._settling[terms.trade_id] = trio.Event()
         try:
             receipt = countersign(terms, self.node.identity.keys.signing, self.me, msg.taker_sig)
             trade.countersigned(receipt)
             decision = commit_outcome(trade, await self.writer.commit(receipt_record(receipt, self.now())))
+        except COMMIT_REFUSALS as exc:
+            # Our store cannot commit (disk full): refuse this take and keep
+            # the session; a retry with the trade id starts afresh.
+            self.trades.forget(terms.trade_id)
+            return trade.refuse(commit_refusal(exc))
         except BaseException:
             # The commit failed (the store raised): the trade is not decided;
             # forget it so a retry starts afresh (the store refuses a double).
@@ -625,7 +667,7 @@ class Market:
         """A fully traded order is withdrawn so others stop trying to take it."""
         try:
             await self.cancel(order_id)
-        except TradeError:
+        except (TradeError, StoreError):
             pass
 
     def export(self, member_id: str | None = None, since: int | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from p2pd.cli import ctl
-from p2pd.control.server import ControlServer, Param, serve_control
+from p2pd.control.server import ControlServer, Param, RpcError, serve_control
 from p2pd.errors import NotConnected
 
 
@@ -34,6 +34,12 @@ def make_server() -> ControlServer:
         raise NotConnected(f"no session with {member_id}")
 
     server.register("peers.disconnect", disconnect, {"member_id": Param(str)})
+
+    def take(order_id: str, wh: int) -> None:
+        raise RpcError(-32007, "take refused: the owner's store cannot commit receipts now",
+                       {"reason": "STORAGE_UNAVAILABLE", "trade_id": "ab" * 16})
+
+    server.register("orders.take", take, {"order_id": Param(str), "wh": Param(int)})
     server.register("echo", lambda **kw: kw, {"x": Param(int, required=False)})
     return server
 
@@ -61,6 +67,11 @@ async def test_exit_codes_and_output(nursery: trio.Nursery, sock_path: Path,
     assert code == ctl.EXIT_USAGE
     code, _, _ = await run_ctl(sock_path, "no-such-command", capsys=capsys)
     assert code == ctl.EXIT_USAGE
+    # The protocol reason of a refusal (and the rest of data) is printed after the message.
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "5", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR
+    assert err.strip().startswith("p2pctl: error -32007: take refused: the owner's store cannot commit "
+                                  "receipts now (reason STORAGE_UNAVAILABLE")
 
 
 async def test_commands_are_data(nursery: trio.Nursery, sock_path: Path, capsys: pytest.CaptureFixture[str],
@@ -88,7 +99,7 @@ async def test_a_refused_take_shows_the_reason_and_the_trade_id(
     from p2pd.control.trading import trade_error
     from p2pd.errors import TradeTimeout
 
-    server = make_server()
+    server = ControlServer()
 
     def take(order_id: str, wh: int) -> None:
         raise trade_error(TradeTimeout("no answer from the order's owner", trade_id=b"\xab" * 16))

@@ -346,3 +346,26 @@ enabled = false
                 for c in (broker, rep, s4, cl):
                     c.stop()
 
+
+
+async def test_a_representative_whose_disk_is_full_keeps_running_and_nets_again_later(
+        world: World, autojump_clock: Any) -> None:
+    """Issue 12: a netting receipt the store refuses stops netting for that slot, not the runner."""
+    from store import StorageUnavailable
+
+    runners, _clients = await s2_world(world)
+    repo = world.repos["repA"]
+    commit = repo.commit_receipts
+
+    def full(batch: Any) -> Any:
+        raise StorageUnavailable("database or disk is full")
+
+    repo.commit_receipts = full  # type: ignore[method-assign]
+    await world.until(FIRST - GATE)
+    assert runners["repA"].counters["netting_unstored"] >= 1
+    assert not [r for r in world.agent_receipts("repA") if r.terms.slot_start == FIRST]
+    repo.commit_receipts = commit  # type: ignore[method-assign]
+    await world.until(FIRST + SLOT - GATE)
+    netted = [r for r in world.agent_receipts("repA")
+              if r.terms.slot_start == FIRST + SLOT and r.terms.seller_agent == r.terms.buyer_agent == "repA"]
+    assert sum(r.terms.wh for r in netted) == 600

@@ -91,3 +91,23 @@ def test_day_and_month_totals() -> None:
     assert months[0]["month"] == days[0]["day"][:7] and months[0]["saving"] == days[0]["saving"]
     slots = aggregate(records, "slot")
     assert [s["slot_start"] for s in slots] == [START, START + SLOT] and "statement" in slots[0]
+
+
+async def test_a_statement_the_store_cannot_write_is_retried_not_skipped() -> None:
+    """Issue 12: a full disk costs the loop a retry, neither the slot nor the daemon."""
+    from store import StorageUnavailable
+
+    repo, ident, _ = setup()
+    loop = SettlementLoop(repo, ident, TrioWallClock(START), slot_len=SLOT, tariff=Tariff(), config=CFG,
+                          max_ahead=86400)
+    put = repo.put_statement
+
+    def full(rec: object) -> None:
+        raise StorageUnavailable("database or disk is full")
+
+    repo.put_statement = full  # type: ignore[method-assign]
+    assert await loop.settle_due(START + 2 * SLOT + 60) == []
+    assert loop.next_slot == START and loop.counters["statements_unstored"] == 1
+    assert loop.counters["slots_skipped"] == 0
+    repo.put_statement = put  # type: ignore[method-assign]
+    assert await loop.settle_due(START + 2 * SLOT + 60) == [START, START + SLOT]

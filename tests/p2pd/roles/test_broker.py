@@ -222,3 +222,32 @@ async def test_broker_crash_after_delivering_to_one_side_still_ends_with_both_re
     assert b.client.receipts[r.terms.trade_id].encode() == r.encode()
     assert b.repo.get_receipt(r.terms.trade_id) is not None
     assert s.client.counters["signatures_resent"] == 1
+
+
+async def test_a_party_whose_disk_is_full_keeps_the_match_pending_and_its_sessions(
+        make_node: Any, make_party: Any, community: Community) -> None:
+    """Issue 12: MatchFinal that cannot be committed leaves the match pending, sessions open."""
+    from store import StorageUnavailable
+
+    broker, (s, b) = await community_with_broker(make_node, make_party, community, n=2)
+    await link(s.node, b.node)
+    await s.client.submit("broker", s.client.make_order("sell", SLOT_START, SLOT, 1000, 50_000))
+    await b.client.submit("broker", b.client.make_order("buy", SLOT_START, SLOT, 1000, 90_000))
+    commit = b.repo.commit_receipts
+
+    def full(batch: Any) -> Any:
+        raise StorageUnavailable("database or disk is full")
+
+    b.repo.commit_receipts = full  # type: ignore[method-assign]
+    to_broker = b.node.sessions["broker"]
+    await broker.close_slot(SLOT_START)
+    await wait_for(lambda: bool(s.client.receipts) and b.client.counters["finals_not_stored"] == 1)
+    assert not b.client.receipts and len(b.client.pending) == 1
+    assert b.node.sessions.get("broker") is to_broker and not to_broker.finished.is_set()
+    assert b.node.counters["internal_errors"] == 0
+    # Space returns: the match is finished with the seller's signature.
+    b.repo.commit_receipts = commit  # type: ignore[method-assign]
+    assert await b.client.finish_directly() == 1
+    await wait_for(lambda: bool(b.client.receipts))
+    (r,) = s.client.receipts.values()
+    assert b.repo.get_receipt(r.terms.trade_id) is not None

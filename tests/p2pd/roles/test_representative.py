@@ -216,3 +216,30 @@ async def test_a_stranger_asking_for_a_trade_by_its_id_gets_a_refusal_not_the_re
     assert a.counters["takes_refused:REPLAY"] == 1
     # The honest parties still hold the one receipt.
     assert a.receipts[tid] == receipt and b.receipts[tid] == receipt
+
+
+async def test_full_disk_at_the_orders_agent_refuses_agent_takes_and_resumes(
+        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    """Issue 12: a store that cannot commit answers AgentRefused(STORAGE_UNAVAILABLE), keeps the session."""
+    from store import StorageUnavailable
+
+    reps, _clients, repos = await s2(make_node, nursery, community)
+    a, b = reps["repA"], reps["repB"]
+    await a.offer_for_clients(SLOT_START)
+    await wait_for(lambda: len(b.book) == 2)  # c0's and c1's surplus
+    link_ab = a.node.sessions["repB"]
+    commit = repos["repA"].commit_receipts
+
+    def full(batch: Any) -> Any:
+        raise StorageUnavailable("database or disk is full")
+
+    repos["repA"].commit_receipts = full  # type: ignore[method-assign]
+    assert await b.buy_for_clients(SLOT_START) == []
+    assert b.counters["takes_failed:STORAGE_UNAVAILABLE"] >= 1
+    assert a.counters["takes_refused:STORAGE_UNAVAILABLE"] == b.counters["takes_failed:STORAGE_UNAVAILABLE"]
+    assert a.node.sessions.get("repB") is link_ab and not link_ab.finished.is_set()
+    assert a.node.counters["internal_errors"] == 0 and not a.receipts
+    repos["repA"].commit_receipts = commit  # type: ignore[method-assign]
+    got = await b.buy_for_clients(SLOT_START)
+    assert sum(r.terms.wh for r in got) == 2000
+    assert {r.terms.trade_id for r in got} == set(a.receipts)
