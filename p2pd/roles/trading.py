@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from p2pd import log, storage
+from p2pd import storage
 from p2pd.clock import Clock
 from p2pd.errors import (
-    NotConnected,
-    PeerFault,
     PeerGone,
     TradeError,
-    TradeNotStored,
     TradeRefused,
-    TradeTimeout,
 )
 from p2pd.events import OrderCancelled, OrderSeen, TradeCommitted
 from p2pd.market.book import BookEntry as BookEntry
@@ -43,19 +38,14 @@ from p2pd.market.disputes import export_bundle
 from p2pd.market.errors import Refusal
 from p2pd.market.rules import MarketRules as MarketRules
 from p2pd.market.take import (
-    BadAnswer,
-    check_answer,
     check_take,
     countersign,
     receipt_parties,
-    terms_for_take,
 )
 from p2pd.market.trade import (
     Accepted,
-    CommitDecision,
     Refused,
     Side,
-    Trade,
     TradeLedger,
     answer_from_store,
 )
@@ -63,6 +53,11 @@ from p2pd.net.gossip import GossipRouter
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.receipt_writer import COMMIT_REFUSALS, ReceiptWriter, commit_refusal
+from p2pd.roles.receipts import commit_outcome as commit_outcome
+from p2pd.roles.receipts import order_record as order_record
+from p2pd.roles.receipts import receipt_parties_of_terms as receipt_parties_of_terms
+from p2pd.roles.receipts import receipt_record as receipt_record
+from p2pd.roles.taking import Taking
 from protocol import (
     MAX_HOPS,
     SNAPSHOT_MAX,
@@ -78,19 +73,12 @@ from protocol import (
     Receipt,
     Take,
     TradeAccepted,
-    TradeTerms,
 )
 from protocol import (
     TradeRefused as TradeRefusedMsg,
 )
 from store import (
-    Duplicate,
-    Insufficient,
     MemberRecord,
-    OrderRecord,
-    Outcome,
-    PendingTakeRecord,
-    ReceiptRecord,
     Repository,
     StorageUnavailable,
     StoreError,
@@ -100,46 +88,9 @@ MAX_TAKES_IN_FLIGHT = 64
 # Snapshots accepted per OrdersRequest we sent: 32 x 128 = 4096 live orders.
 MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
-PENDING_TAKE_KEEP = 7 * 86400  # s after its slot ends that an unanswered take is retried
 
 
-@dataclass
-class _PendingTake:
-    terms: TradeTerms
-    done: trio.Event = field(default_factory=trio.Event)
-    answer: TradeAccepted | TradeRefusedMsg | None = None
-
-
-def receipt_record(receipt: Receipt, created_at: int) -> ReceiptRecord:
-    t = receipt.terms
-    return ReceiptRecord(
-        trade_id=t.trade_id, order_id=t.order_id, seller=t.seller, buyer=t.buyer,
-        slot_start=t.slot_start, slot_len=t.slot_len, wh=t.wh, price=t.price,
-        order_wh=t.order_wh, encoded=receipt.encode(), created_at=created_at,
-    )
-
-
-def order_record(order: Order, cancelled: bool = False) -> OrderRecord:
-    return OrderRecord(
-        order_id=order.order_id, member_id=order.member_id, side=order.side,
-        slot_start=order.slot_start, slot_len=order.slot_len, wh=order.wh,
-        price=order.price, expiry=order.expiry, encoded=order.encode(), cancelled=cancelled,
-    )
-
-
-def commit_outcome(trade: Trade[Receipt], outcome: Outcome) -> CommitDecision[Receipt]:
-    """Feed the store's answer to ``trade`` (p2pd/market/trade.py, Rule 2)."""
-    if isinstance(outcome, Insufficient):
-        refused = trade.refuse(Refusal(Reason.INSUFFICIENT, f"only {outcome.remaining_wh} Wh remain",
-                                       outcome.remaining_wh))
-        return CommitDecision(refused, False)
-    if isinstance(outcome, Duplicate):
-        return trade.committed(Receipt.decode(outcome.receipt.encoded), fresh=False)
-    assert trade.receipt is not None
-    return trade.committed(trade.receipt, fresh=True)
-
-
-class Market:
+class Market(Taking):
     """One node's view of the community market, and its trading actions.
 
     The rules live in p2pd.market (the book, the take checks, the trade
@@ -170,10 +121,8 @@ class Market:
         self.withdrawn = self.orderbook.withdrawn
         self.credentials = self.orderbook.credentials
         self.trades: TradeLedger[Receipt] = TradeLedger(receipt_parties)
-        self._pending: dict[bytes, _PendingTake] = {}
+        self._init_taking()
         self._settling: dict[bytes, trio.Event] = {}  # owner side: trades being committed
-        self._pending_takes: dict[bytes, PendingTakeRecord] = {}  # taker side, mirrored in the store
-        self._taking: dict[bytes, trio.Event] = {}  # taker side: a take being sent
         self._take_limiters: dict[PeerConnection, trio.CapacityLimiter] = {}
         self._snapshots_allowed: dict[PeerConnection, int] = {}
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
@@ -377,197 +326,6 @@ class Market:
         self._apply_cancel(cancel)
         self.gossip.push(CancelGossip(cancel, self.rules.hops))
 
-    async def _write_local(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A store write for a local action; TradeNotStored if the storage refuses it."""
-        try:
-            return await storage.call(self.repo, fn, *args)
-        except StorageUnavailable as exc:
-            raise TradeNotStored(f"our store cannot write: {exc}") from exc
-
-    async def take(self, order_id: bytes, wh: int, *, trade_id: bytes | None = None) -> Receipt:
-        """Take ``wh`` of someone's order; returns the committed receipt.
-
-        The terms are fixed once: signed and stored as a pending take before
-        the take is sent (p2pd/market/trade.py). A retry with the same
-        ``trade_id`` -- by the user, or by this node after a reconnect or a
-        restart (:meth:`retry_pending`) -- sends the same bytes, so the owner
-        answers with the receipt it stored, even after its order sold out or
-        expired. Raises :class:`TradeRefused` (the rules or the owner said
-        no), :class:`PeerFault` (the owner's answer is invalid),
-        :class:`TradeTimeout` (no answer yet: the take stays pending and is
-        retried), :class:`TradeNotStored` (the owner committed, our store
-        cannot: the take stays pending) or :class:`NotConnected`; every
-        TradeError carries the trade id.
-        """
-        if trade_id is not None:
-            # A retry: if we already hold the receipt, that is the answer.
-            rec = await storage.call(self.repo, self.repo.get_receipt, trade_id)
-            if rec is not None:
-                return Receipt.decode(rec.encoded)
-            pending = self._pending_takes.get(trade_id)
-            if pending is not None:
-                return await self._take(pending)
-        entry = self.orderbook.entry_for_take(order_id, retry=trade_id is not None)
-        if entry is None:
-            raise TradeRefused("unknown or expired order", Reason.NOT_FOUND, trade_id=trade_id)
-        try:
-            terms = terms_for_take(entry, self.me, trade_id or self.random_bytes(16), wh, self.now())
-        except Refusal as exc:
-            raise TradeRefused.from_refusal(exc, trade_id=trade_id) from exc
-        record = PendingTakeRecord(terms.trade_id, entry.order.member_id, terms.encode(),
-                                   terms.sign(self.node.identity.keys.signing), self.now())
-        # Durable before it leaves the node: whatever happens next, the same
-        # take can be sent again.
-        await self._write_local(self.repo.put_pending_take, record)
-        self._pending_takes[terms.trade_id] = record
-        try:
-            return await self._take(record)
-        except NotConnected:
-            await self._forget_pending(terms.trade_id)  # it never left the node
-            raise
-
-    async def _take(self, pending: PendingTakeRecord) -> Receipt:
-        """Send the pending take and see it through: commit the receipt, or refuse.
-
-        One attempt per trade id at a time: a second caller (the user's retry
-        while a reconnect retries it too) waits for the first and gets its result.
-        """
-        tid = pending.trade_id
-        running = self._taking.get(tid)
-        if running is not None:
-            await running.wait()
-            rec = await storage.call(self.repo, self.repo.get_receipt, tid)
-            if rec is not None:
-                return Receipt.decode(rec.encoded)
-            known = self.trades.get(tid)
-            if known is not None and known.refusal is not None:
-                r = known.refusal
-                raise TradeRefused(f"take refused: {r.message}", r.reason, r.remaining_wh, trade_id=tid)
-            raise TradeTimeout("no answer from the order's owner; the take stays pending", trade_id=tid)
-        done = self._taking[tid] = trio.Event()
-        try:
-            return await self._take_once(pending)
-        finally:
-            del self._taking[tid]
-            done.set()
-
-    async def _take_once(self, pending: PendingTakeRecord) -> Receipt:
-        terms = TradeTerms.decode(pending.terms)
-        tid = terms.trade_id
-        owner_cred = self.credentials.get(pending.owner)
-        trade = self.trades.get(tid)
-        if trade is None or trade.finished:
-            self.trades.forget(tid)
-            trade = self.trades.open(tid, Side.TAKER, receipt_parties_of_terms(terms), self.now())
-        take = Take(terms, pending.taker_sig)
-        answer = await self._send_take(pending.owner, take)
-        if isinstance(answer, TradeRefusedMsg):
-            self.counters[f"takes_refused:{answer.reason_code.name}"] += 1
-            trade.refuse(Refused(answer.reason_code, answer.message, answer.remaining_wh))
-            await self._forget_pending(tid)
-            raise TradeRefused(f"take refused: {answer.message}", answer.reason_code,
-                               answer.remaining_wh, trade_id=tid)
-        if answer is None:
-            raise TradeTimeout("no answer from the order's owner; the take stays pending and is "
-                               "retried when a session with the owner opens", trade_id=tid)
-        if owner_cred is None:  # pragma: no cover - a session implies a known credential
-            raise PeerFault("order owner's credential unknown", Reason.NOT_A_MEMBER, trade_id=tid)
-        try:
-            check_answer(terms, answer.receipt, take.taker_sig, pending.owner, owner_cred.sign_pk)
-        except BadAnswer as exc:
-            raise PeerFault(str(exc), exc.reason, trade_id=tid) from exc
-        trade.countersigned(answer.receipt)
-        try:
-            outcome = await self.writer.commit(receipt_record(answer.receipt, self.now()))
-        except StorageUnavailable as exc:
-            self.trades.forget(tid)  # not recorded here: a retry with the trade id starts afresh
-            raise TradeNotStored(f"the owner committed the trade but our store cannot record it: {exc}; "
-                                 f"retry with trade id {tid.hex()}", trade_id=tid) from exc
-        decision = commit_outcome(trade, outcome)
-        if isinstance(decision.answer, Refused):  # pragma: no cover - the owner enforced it already
-            log.error("receipt_over_order", trade=tid.hex())
-            raise TradeRefused(decision.answer.message, decision.answer.reason, trade_id=tid)
-        await self._forget_pending(tid)
-        if decision.fresh:
-            self.counters["trades_taken"] += 1
-            self.node.events.publish(TradeCommitted(**describe_terms(terms), role="taker"))
-        return decision.answer.receipt
-
-    async def _forget_pending(self, trade_id: bytes) -> None:
-        if self._pending_takes.pop(trade_id, None) is not None:
-            await storage.call(self.repo, self.repo.delete_pending_take, trade_id)
-
-    async def drop_stale_pending(self) -> int:
-        """Forget pending takes whose slot ended over :data:`PENDING_TAKE_KEEP` ago.
-
-        By then an answer can no longer change what is delivered; a receipt
-        the owner did commit still reaches us by reconciliation.
-        """
-        now = self.now()
-        stale = [p for p in self._pending_takes.values()
-                 if _slot_end(p) + PENDING_TAKE_KEEP < now]
-        for pending in stale:
-            log.warning("pending_take_dropped", trade=pending.trade_id.hex(), owner=pending.owner)
-            self.counters["pending_takes_dropped"] += 1
-            await self._forget_pending(pending.trade_id)
-        return len(stale)
-
-    async def retry_pending(self, owner: str) -> int:
-        """Send again every pending take of ours with ``owner``; returns how many were settled.
-
-        Run when a session with ``owner`` opens (and after a restart, as
-        sessions open): a take whose answer was lost gets its receipt now.
-        """
-        settled = 0
-        for pending in [p for p in self._pending_takes.values() if p.owner == owner]:
-            try:
-                await self._take(pending)
-            except (TradeTimeout, NotConnected, PeerGone):
-                continue
-            except TradeError:
-                settled += 1  # refused: final, and forgotten
-                continue
-            settled += 1
-            self.counters["takes_recovered"] += 1
-        return settled
-
-    async def _send_take(self, owner: str, take: Take) -> TradeAccepted | TradeRefusedMsg | None:
-        """Send ``take`` to ``owner`` up to ``take_attempts`` times; its answer or None.
-
-        Raises :class:`NotConnected` only if the take never left this node.
-        """
-        pending = self._pending.setdefault(take.terms.trade_id, _PendingTake(take.terms))
-        sent = False
-        try:
-            for _attempt in range(self.rules.take_attempts):
-                conn = self.node.sessions.get(owner)
-                if conn is None:
-                    if not sent:
-                        raise NotConnected(f"no session with {owner}")
-                    break
-                try:
-                    sent = True  # a broken send may still have delivered it
-                    await conn.send(take)
-                except PeerGone:
-                    continue
-                with trio.move_on_after(self.rules.take_timeout):
-                    await pending.done.wait()
-                if pending.answer is not None:
-                    break
-                self.counters["take_retries"] += 1
-        finally:
-            self._pending.pop(take.terms.trade_id, None)
-        return pending.answer
-
-    async def _on_answer(self, conn: PeerConnection, msg: TradeAccepted | TradeRefusedMsg) -> None:
-        trade_id = msg.receipt.terms.trade_id if isinstance(msg, TradeAccepted) else msg.trade_id
-        pending = self._pending.get(trade_id)
-        if pending is None or pending.done.is_set():
-            self.counters["answers_unexpected"] += 1
-            return
-        pending.answer = msg
-        pending.done.set()
-
     # --- owner side -----------------------------------------------------------------
 
     async def _on_take(self, conn: PeerConnection, msg: Take) -> None:
@@ -685,12 +443,3 @@ class Market:
 
     def orders(self, slot_start: int | None = None) -> list[dict[str, Any]]:
         return self.orderbook.view(self.now(), slot_start)
-
-
-def _slot_end(pending: PendingTakeRecord) -> int:
-    terms = TradeTerms.decode(pending.terms)
-    return terms.slot_start + terms.slot_len
-
-
-def receipt_parties_of_terms(terms: TradeTerms) -> frozenset[str]:
-    return frozenset((terms.seller, terms.buyer))
