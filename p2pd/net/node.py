@@ -23,9 +23,23 @@ from p2pd.errors import NotConnected, PeerGone
 from p2pd.events import EventBus, SessionClosed, SessionOpened
 from p2pd.net.identity import NodeIdentity
 from p2pd.net.peer import ConnStats, PeerConnection, contained, pump_session
-from protocol import Event, HandshakeComplete, Message, Reason, Session, Timeouts, TrustPolicy
+from protocol import (
+    Close,
+    Event,
+    HandshakeComplete,
+    Message,
+    Ping,
+    Pong,
+    Reason,
+    Rekey,
+    Session,
+    Timeouts,
+    TrustPolicy,
+)
 
 MessageHandler = Callable[[PeerConnection, Any], Awaitable[None]]
+# Received messages the session acted on itself before surfacing them.
+_SESSION_ACTED = (Pong, Rekey, Close)
 
 
 class InboundPolicy(Protocol):
@@ -202,9 +216,22 @@ class Node:
             await self._on_established(conn)
             return
         assert isinstance(event, Message)
+        # Every received message is policed, the session's own included: the
+        # session surfaces Ping, Pong, Rekey and Close instead of acting on
+        # them unseen (docs/protocol.md §13.1).
         if not await self.inbound.admit_message(conn, event, self.clock.now()):
             self.counters["messages_policed"] += 1
             return
+        if isinstance(event, Ping):
+            # Answered only once admitted: a Ping flood is dropped, fed back
+            # and banned like any other excess.
+            try:
+                await conn.send(Pong(event.seq))
+            except PeerGone:
+                pass
+            return
+        if isinstance(event, _SESSION_ACTED):
+            return  # the session applied them already; admission only counts them
         handler = self.handlers.get(type(event))
         if handler is None:
             self.counters["unhandled_message"] += 1

@@ -19,6 +19,7 @@ from p2pd.clock import Clock, trio_deadline
 from p2pd.errors import PeerGone
 from protocol import (
     NEED_DATA,
+    Close,
     ConnectionClosed,
     Credential,
     Event,
@@ -169,6 +170,10 @@ async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
                     conn.close_reason = event.reason
                     log.info("peer_closed", peer=conn.member_id, addr=conn.address,
                              reason=event.reason.name, message=event.message)
+                    if session.close_received and conn.peer is not None:
+                        # The policer sees the Close too (it has taken effect).
+                        conn.stats.messages_in += 1
+                        await on_event(conn, Close(int(event.reason), event.message))
                     return
                 if isinstance(event, HandshakeComplete):
                     conn.peer = event.peer
