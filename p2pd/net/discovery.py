@@ -295,16 +295,18 @@ class Discovery:
             ann.verify(cred.sign_pk)
         except SignatureError:
             self.node.counters["announcement_bad_signature"] += 1
-            log.warning("announcement_bad_signature", member=ann.member_id,
-                        via=sender.member_id if sender else None)
+            via = sender.member_id if sender else None
+            self.node.logs.warning(self.node.clock.now(), "announcement_bad_signature",
+                                   f"{ann.member_id}:{via}", member=ann.member_id, via=via)
             return False
         known = self.addresses.get(ann.member_id)
         if known is not None and known.issued_at >= ann.issued_at:
             return False
         self.addresses[ann.member_id] = ann
         self.node.counters["announcements_accepted"] += 1
-        log.info("peer_address", member=ann.member_id, host=ann.host, port=ann.port,
-                 via=sender.member_id if sender else None)
+        self.node.logs.info(self.node.clock.now(), "peer_address", ann.member_id,
+                            member=ann.member_id, host=ann.host, port=ann.port,
+                            via=sender.member_id if sender else None)
         self.node.events.publish(PeerAddress(ann.member_id, ann.host, ann.port))
         self._target_for(ann, hint=False)
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import trio
@@ -52,7 +53,8 @@ async def _accept_loop(node: Node, listener: trio.SocketListener) -> None:
             except OSError as exc:
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                log.error("accept_failed", error=os.strerror(exc.errno))
+                node.logs.emit(logging.ERROR, node.clock.now(), "accept_failed", str(exc.errno),
+                               {"error": os.strerror(exc.errno)})
                 await trio.sleep(0.1)
                 continue
             address = _peer_address(stream)

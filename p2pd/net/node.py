@@ -86,6 +86,8 @@ class NodeLimits:
     max_handshakes: int = 16
     send_timeout: float = 10.0
     timeouts: Timeouts = field(default_factory=Timeouts)
+    log_interval: float = 60.0
+    """Seconds between two log lines of one cause that peers can trigger (p2pd.log.Sampler)."""
 
 
 class Node:
@@ -116,6 +118,10 @@ class Node:
         self.events = EventBus()
         self.inbound: InboundPolicy = OpenPolicy()
         self.counters: Counter[str] = Counter()
+        # Every line a stranger or a member can trigger at will goes through
+        # this sampler (per cause: the first, then a summary per interval);
+        # the counters above still count each occurrence.
+        self.logs = log.Sampler(self.limits.log_interval)
         self.started_at = self.clock.now()
 
     @property
@@ -182,7 +188,7 @@ class Node:
             timeouts=self.limits.timeouts,
         )
         conn = PeerConnection(stream, session, address, self.clock, self.limits.send_timeout,
-                              stats=ConnStats(now), counters=self.counters)
+                              stats=ConnStats(now), counters=self.counters, logs=self.logs)
         self.connections.add(conn)
         return conn
 
@@ -200,7 +206,9 @@ class Node:
             reason = conn.close_reason or conn.session.close_reason or Reason.NORMAL
             if conn.peer is None:
                 self.counters[f"handshake_failed:{reason.name}"] += 1
-                log.info("handshake_failed", addr=conn.address, reason=reason.name)
+                self.logs.info(self.clock.now(), "handshake_failed", reason.name,
+                               addr=conn.address, reason=reason.name,
+                               error=conn.close_detail or None)
             conn.finished.set()
             conn.settled.set()
             with trio.CancelScope(shield=True):
@@ -235,7 +243,8 @@ class Node:
         handler = self.handlers.get(type(event))
         if handler is None:
             self.counters["unhandled_message"] += 1
-            log.debug("unhandled_message", peer=conn.member_id, type=type(event).__name__)
+            self.logs.debug(self.clock.now(), "unhandled_message", type(event).__name__,
+                            peer=conn.member_id, type=type(event).__name__)
             return
         await handler(conn, event)
 
@@ -251,7 +260,8 @@ class Node:
         refusal = self.inbound.admit_session(conn, self.clock.now())
         if refusal is not None:
             self.counters[f"session_refused:{refusal.name}"] += 1
-            log.warning("session_refused", peer=member, reason=refusal.name)
+            self.logs.warning(self.clock.now(), "session_refused", f"{refusal.name}:{member}",
+                              peer=member, reason=refusal.name)
             await conn.close(refusal, "refused by policy")
             return
         old = self.sessions.get(member)
@@ -262,7 +272,8 @@ class Node:
                 else True
             )
             loser = old if keep_new else conn
-            log.info("duplicate_session", peer=member, kept="new" if keep_new else "old")
+            self.logs.info(self.clock.now(), "duplicate_session", member, peer=member,
+                           kept="new" if keep_new else "old")
             if not keep_new:
                 await conn.close(Reason.DUPLICATE_SESSION, "a session with this member exists")
                 conn.settled.set()
@@ -273,8 +284,8 @@ class Node:
         conn.established.set()
         conn.settled.set()
         self.counters["sessions_established"] += 1
-        log.info("session_established", peer=member, role=conn.peer.role, addr=conn.address,
-                 initiator=conn.initiator)
+        self.logs.info(self.clock.now(), "session_established", member, peer=member,
+                       role=conn.peer.role, addr=conn.address, initiator=conn.initiator)
         self.events.publish(SessionOpened(member, conn.peer.role, conn.address))
         for hook in self.on_open:
             await hook(conn)
@@ -289,11 +300,8 @@ class Node:
         if refusal is not None:
             key = f"refused:{refusal.name}"
             self.counters[key] += 1
-            # One log line per refusal would let a stranger flood the log:
-            # log the first, then every 1000th.
-            if self.counters[key] % 1000 == 1:
-                log.warning("connection_refused", addr=address, reason=refusal.name,
-                            total=self.counters[key])
+            self.logs.warning(self.clock.now(), "connection_refused", refusal.name, addr=address,
+                              reason=refusal.name, total=self.counters[key])
         return refusal
 
     async def accept(self, stream: trio.abc.Stream, address: str) -> None:
@@ -368,6 +376,7 @@ class Node:
             ],
             "handshakes_in_progress": self.handshakes_in_progress,
             "counters": dict(self.counters),
+            "log": self.logs.status(),
         }
 
     async def aclose(self) -> None:

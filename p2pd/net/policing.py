@@ -373,8 +373,9 @@ class Policer:
                         why: str) -> None:
         fb = self.stamper.issue(conn.member_id, category, rate, now, self.config.feedback_hold)
         self.node.counters["feedback_sent"] += 1
-        log.info("congestion_feedback", peer=conn.member_id, category=category,
-                 rate=fb.rate, hold_s=self.config.feedback_hold, why=why, serial=fb.serial)
+        self.node.logs.info(now, "congestion_feedback", f"{conn.member_id}:{category}:{why}",
+                            peer=conn.member_id, category=category, rate=fb.rate,
+                            hold_s=self.config.feedback_hold, why=why, serial=fb.serial)
         self.node.events.publish(FeedbackSent(conn.member_id, category, fb.rate, fb.expires_ms / 1000, why))
         await self._send(conn, fb)
 
@@ -423,7 +424,8 @@ class Policer:
             self.stamper.check_echo(conn.member_id, echo, now)
         except StampError as exc:
             self.node.counters[f"stamp_rejected:{exc.kind}"] += 1
-            log.warning("stamp_rejected", peer=conn.member_id, kind=exc.kind, serial=echo.serial)
+            self.node.logs.warning(now, "stamp_rejected", f"{conn.member_id}:{exc.kind}",
+                                   peer=conn.member_id, kind=exc.kind, serial=echo.serial)
             return
         self.node.counters["feedback_acked"] += 1
         ep = state.episodes.get(echo.category)
@@ -442,8 +444,8 @@ class Policer:
         state.episodes.clear()
         self.node.counters["rate_limited_closes"] += 1
         self.node.counters["bans"] += 1
-        log.warning("ban", peer=member_id, category=category, duration_s=duration, count=count,
-                    reason=Reason.RATE_LIMITED.name)
+        self.node.logs.warning(now, "ban", member_id, peer=member_id, category=category,
+                               duration_s=duration, count=count, reason=Reason.RATE_LIMITED.name)
         self.node.events.publish(Banned(member_id, now + duration, duration, count, category))
         await conn.close(Reason.RATE_LIMITED, f"ignored congestion feedback ({category})")
 
