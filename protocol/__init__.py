@@ -61,6 +61,7 @@ from protocol.discovery import AddressAnnouncement as AddressAnnouncement
 from protocol.errors import CredentialError as CredentialError
 from protocol.errors import DecodeError as DecodeError
 from protocol.errors import LocalProtocolError as LocalProtocolError
+from protocol.errors import PeerRefused as PeerRefused
 from protocol.errors import ProtocolError as ProtocolError
 from protocol.errors import RemoteProtocolError as RemoteProtocolError
 from protocol.errors import SignatureError as SignatureError
@@ -96,6 +97,9 @@ from protocol.receipt_log import LogHead as LogHead
 from protocol.receipt_log import ReceiptChain as ReceiptChain
 from protocol.receipt_log import ReceiptReplica as ReceiptReplica
 from protocol.receipt_log import entry_hash as entry_hash
+from protocol.refusal import REFUSAL_REASONS as REFUSAL_REASONS
+from protocol.refusal import Refusal as Refusal
+from protocol.refusal import refusal_frame as refusal_frame
 from protocol.revocation import REVOCATION_DOMAIN as REVOCATION_DOMAIN
 from protocol.revocation import RevocationAnnounce as RevocationAnnounce
 from protocol.revocation import RevocationList as RevocationList

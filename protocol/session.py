@@ -21,7 +21,13 @@ from protocol import framing
 from protocol._states import HANDSHAKE_STATES, TRANSITIONS, State
 from protocol.canonical import truncate_utf8
 from protocol.credentials import Credential, TrustPolicy
-from protocol.errors import DecodeError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.errors import (
+    DecodeError,
+    LocalProtocolError,
+    PeerRefused,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from protocol.events import NEED_DATA, ConnectionClosed, Event, HandshakeComplete
 from protocol.handshake import DH_LEN, NoiseHandshake, NoiseTransport
 from protocol.messages import (
@@ -35,6 +41,7 @@ from protocol.messages import (
     encode_message,
 )
 from protocol.reasons import Reason
+from protocol.refusal import Refusal
 from protocol.schema import U32
 
 
@@ -77,6 +84,8 @@ class Session:
         self.close_reason: Reason | None = None
         # True once the peer ended the session with a Close frame (not EOF).
         self.close_received = False
+        # The responder's refusal notice, if it refused us (initiator only).
+        self.refusal: Refusal | None = None
         self._hs = NoiseHandshake(
             initiator=initiator, static_private=static_private,
             community=policy.community, ephemeral_private=ephemeral_private,
@@ -178,6 +187,13 @@ class Session:
             self._stage_deadline = self._now + self.timeouts.handshake_stage
             self._set_state(State.AWAIT_MSG3)
         elif self._state is State.AWAIT_MSG2:
+            refusal = Refusal.parse(body)
+            if refusal is not None:
+                # The responder refused us before any handshake work (§13.7).
+                self.refusal = refusal
+                raise PeerRefused(
+                    f"refused before the handshake: {refusal.reason.name}, "
+                    f"retry after {refusal.retry_after:g} s", refusal.reason, refusal.retry_after)
             payload = self._hs.read_message(body)
             peer = self._accept_hello(payload)
             # Only send our credential once theirs checked out: a node that is

@@ -174,6 +174,7 @@ class Discovery:
     async def _keep(self, target: Target) -> None:
         with target.scope:
             attempt = 0
+            retry_after = 0.0
             while True:
                 member = target.member
                 conn = self.node.sessions.get(member) if member else None
@@ -181,7 +182,8 @@ class Discovery:
                     await self._wait_closed(conn, target)
                     continue
                 if attempt:
-                    delay = self.backoff.delay(attempt, self.rand)
+                    # A responder that refused us said when to come back.
+                    delay = max(self.backoff.delay(attempt, self.rand), retry_after)
                     target.next_attempt = self.node.clock.now() + delay
                     await trio.sleep(delay)
                     target.next_attempt = None
@@ -194,9 +196,14 @@ class Discovery:
                     attempt += 1
                     target.failures += 1
                     target.last_error = str(exc) or type(exc).__name__
+                    reason = exc.reason if isinstance(exc, PeerGone) else None
+                    retry_after = min(self.backoff.maximum, getattr(exc, "retry_after", None) or 0.0)
                     self.node.counters["dial_failed"] += 1
+                    if reason is not None:
+                        self.node.counters[f"dial_failed:{reason.name}"] += 1
                     log.info("dial_failed", addr=target.address, member=target.member,
-                             attempt=attempt, error=target.last_error)
+                             attempt=attempt, reason=reason.name if reason else None,
+                             error=target.last_error)
                     if target.max_failures is not None and target.failures >= target.max_failures:
                         self._drop(target, "unreachable")
                         return
@@ -209,6 +216,7 @@ class Discovery:
                         return
                 target.member = conn.member_id
                 target.last_error = None
+                retry_after = 0.0
                 attempt = 0 if await self._wait_closed(conn, target) else max(attempt, 1)
 
     async def _wait_closed(self, conn: PeerConnection, target: Target) -> bool:

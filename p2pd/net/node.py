@@ -35,6 +35,7 @@ from protocol import (
     Session,
     Timeouts,
     TrustPolicy,
+    refusal_frame,
 )
 
 MessageHandler = Callable[[PeerConnection, Any], Awaitable[None]]
@@ -46,13 +47,17 @@ class InboundPolicy(Protocol):
     """Where rate limits and bans plug in (p2pd/net/policing.py implements it).
 
     ``admit_connection`` runs before any handshake work for a new inbound
-    connection and returns a refusal reason or None. ``admit_session`` runs
+    connection and returns a refusal reason or None; ``retry_after`` says
+    how long a refused initiator should wait (it goes into the refusal
+    notice, docs/protocol.md §13.7). ``admit_session`` runs
     once the peer is authenticated (bans apply here). ``admit_message`` runs
     for every application message before its handler and returns True to
     deliver it; it may send feedback or close ``conn`` itself.
     """
 
     def admit_connection(self, address: str, now: float) -> Reason | None: ...
+
+    def retry_after(self, reason: Reason) -> float: ...
 
     def admit_session(self, conn: PeerConnection, now: float) -> Reason | None: ...
 
@@ -66,6 +71,9 @@ class OpenPolicy:
 
     def admit_connection(self, address: str, now: float) -> Reason | None:
         return None
+
+    def retry_after(self, reason: Reason) -> float:
+        return 1.0
 
     def admit_session(self, conn: PeerConnection, now: float) -> Reason | None:
         return None
@@ -122,6 +130,7 @@ class Node:
         # this sampler (per cause: the first, then a summary per interval);
         # the counters above still count each occurrence.
         self.logs = log.Sampler(self.limits.log_interval)
+        self._notices: dict[tuple[Reason, int], bytes] = {}
         self.started_at = self.clock.now()
 
     @property
@@ -304,10 +313,26 @@ class Node:
                               reason=refusal.name, total=self.counters[key])
         return refusal
 
+    def refusal_notice(self, reason: Reason) -> bytes:
+        """The refusal notice frame for ``reason`` (docs/protocol.md §13.7), cached."""
+        retry = self.inbound.retry_after(reason)
+        key = (reason, round(retry * 1000))
+        notice = self._notices.get(key)
+        if notice is None:
+            if len(self._notices) > 16:  # limits were reloaded many times
+                self._notices.clear()
+            notice = self._notices[key] = refusal_frame(reason, retry)
+        return notice
+
     async def accept(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve an inbound stream (in-memory tests; the listener screens itself)."""
-        if self.screen(address) is not None:
+        refusal = self.screen(address)
+        if refusal is not None:
             with trio.move_on_after(1.0):
+                try:
+                    await stream.send_all(self.refusal_notice(refusal))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
                 await stream.aclose()
             return
         conn = self.new_connection(stream, initiator=False, address=address)
@@ -327,8 +352,12 @@ class Node:
             # Either ours, or an existing session that won the tie-break.
             return self.sessions[conn.peer.member_id]
         reason = conn.close_reason or conn.session.close_reason or Reason.HANDSHAKE_FAILED
-        raise PeerGone(f"session with {address} not established: {reason.name}")
-        return conn
+        refusal = conn.session.refusal
+        if refusal is not None:
+            raise PeerGone(f"session with {address} not established: {reason.name} (refused "
+                           f"before the handshake; retry after {refusal.retry_after:g} s)",
+                           reason=reason, retry_after=refusal.retry_after)
+        raise PeerGone(f"session with {address} not established: {reason.name}", reason=reason)
 
     # --- sending -------------------------------------------------------------
 

@@ -271,6 +271,11 @@ class Policer:
             return Reason.RATE_LIMITED
         return None
 
+    def retry_after(self, reason: Reason) -> float:
+        if reason is Reason.RATE_LIMITED:
+            return 1.0 / self.config.conn_rate_per_host  # one new token
+        return 1.0
+
     def admit_session(self, conn: PeerConnection, now: float) -> Reason | None:
         ban = self.bans.get(conn.member_id)
         if ban is not None and now < ban.until:

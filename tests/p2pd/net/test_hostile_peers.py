@@ -4,19 +4,29 @@ does not lock known members out, and logs do not amplify attacks."""
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from p2pd_test_helpers import link
+from p2pd_test_helpers import Community, link, node_identity
 
 from p2pd.errors import PeerGone
+from p2pd.net.discovery import Backoff, Discovery
+from p2pd.net.listener import dial
 from p2pd.net.node import Node, NodeLimits
+from p2pd.net.peer import PeerConnection
 from p2pd.net.policing import PolicingConfig, attach_policer
 from protocol import Ping, Pong, Reason, Timeouts
+
+HERE = Path(__file__).resolve().parent
 
 # --- 1. Ping, Pong, Rekey and Close are policed -------------------------------------
 
@@ -74,6 +84,40 @@ async def test_pong_rekey_and_close_are_charged_to_control(
     assert policer.members["mallory"].buckets["control"].tokens < 20 - 6
 
 
+# --- 3. A refused dialler learns why, and when to come back -------------------------
+
+
+async def test_the_dialler_reports_the_refusal_and_waits_as_told(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    hub: Node = await make_node("hub")
+    attach_policer(hub, PolicingConfig(conn_rate_per_host=1 / 30, conn_burst_per_host=1))
+    alice: Node = await make_node("alice")
+    attempts: list[float] = []
+
+    async def connect(host: str, port: int) -> PeerConnection:
+        attempts.append(trio.current_time())
+        client, server = trio.testing.memory_stream_pair()
+        hub.nursery.start_soon(hub.accept, server, f"{host}:{port}")
+        return await alice.connect_stream(client, f"{host}:{port}")
+
+    # The first session uses alice's burst; after it ends, the hub refuses
+    # her for 30 s. The back-off alone would retry after 1 s, 2 s, 4 s ...
+    disc = Discovery(alice, static_peers=[("10.0.0.7", 7400)], connect=connect,
+                     backoff=Backoff(initial=1.0, maximum=300.0, jitter=0.0, stable_after=600))
+    await nursery.start(disc.run)
+    await trio.sleep(1)
+    assert "hub" in alice.sessions
+    await alice.sessions["hub"].close()
+    await trio.sleep(5)
+    target = disc.status()["targets"][0]
+    assert "RATE_LIMITED" in target["last_error"]  # what p2pctl peers shows
+    assert alice.counters["dial_failed:RATE_LIMITED"] == 1
+    assert target["retry_in_s"] > 20  # the notice said 30 s, not the back-off's 1 s
+    await trio.sleep(30)
+    assert len(attempts) == 3 and "hub" in alice.sessions
+
+
 # --- 4. Logs do not amplify attacks ---------------------------------------------------
 
 
@@ -105,3 +149,88 @@ async def test_ten_thousand_failed_handshakes_log_a_bounded_number_of_lines(
     assert 2 <= len(lines) <= 2 * (1 + 140 // 60), lines
     assert any("repeats=" in line for line in lines)
     assert hub.status()["log"]["suppressed"] >= 10_000 - len(lines)
+
+
+# --- between processes: a hub in its own process, real loopback TCP ---------------------
+
+
+class HubProcess:
+    """A policed node in a subprocess (peer_processes.py hub), on 127.0.0.1."""
+
+    def __init__(self, community: Community, policing: dict[str, Any],
+                 limits: dict[str, Any] | None = None) -> None:
+        now = int(time.time())
+        ident = community.member("hub", valid_from=now - 3600, valid_until=now + 86400)
+        cfg = {"community": community.name, "issuer": community.issuer.public.hex(),
+               "identity": [ident.signing.seed().hex(), ident.noise_private.hex(),
+                            ident.credential.encode().hex()],
+               "policing": policing, "limits": limits or {}}
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "peer_processes.py"), "hub"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cfg) + "\n")
+        self.proc.stdin.flush()
+        self.port = int(json.loads(self.proc.stdout.readline())["port"])
+
+    def status(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("status\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+def real_member(community: Community, name: str, nursery: trio.Nursery) -> Node:
+    """A node on the system clock (the hub's credentials check real time)."""
+    now = int(time.time())
+    ident = community.member(name, valid_from=now - 3600, valid_until=now + 86400)
+    return Node(node_identity(ident), community.policy(), nursery)
+
+
+async def open_from(source: str, port: int) -> trio.SocketStream:
+    """A TCP connection to 127.0.0.1:``port`` from the local address ``source``."""
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+@pytest.mark.slow
+async def test_a_refused_dialler_learns_the_reason_between_processes(nursery: trio.Nursery) -> None:
+    # Issue 13: a member refused by the per-host connection rate saw
+    # PROTOCOL_ERROR, nothing it could act on.
+    community = Community()
+    rated, capped = await trio.to_thread.run_sync(lambda: (
+        HubProcess(community, {"conn_rate_per_host": 0.1, "conn_burst_per_host": 1}),
+        HubProcess(community, {}, {"max_connections": 2})))
+    try:
+        alice = real_member(community, "alice", nursery)
+        first = await dial(alice, "127.0.0.1", rated.port)  # the burst of 1 ...
+        with pytest.raises(PeerGone) as refused:
+            await dial(alice, "127.0.0.1", rated.port)  # ... is spent: RATE_LIMITED
+        assert "RATE_LIMITED" in str(refused.value)  # what p2pctl and the log show
+        assert refused.value.reason is Reason.RATE_LIMITED
+        assert refused.value.retry_after == pytest.approx(10.0)  # one token at 0.1/s
+        await first.close()
+        # The connection cap: two strangers hold it (accepted in order), then alice knocks.
+        strangers = [await open_from(f"127.0.0.{20 + k}", capped.port) for k in range(2)]
+        with pytest.raises(PeerGone) as full:
+            await alice.connect_stream(await open_from("127.0.0.30", capped.port), "capped")
+        assert full.value.reason is Reason.TOO_MANY_CONNECTIONS
+        assert full.value.retry_after == pytest.approx(1.0)
+        for s in strangers:
+            await s.aclose()
+        counts = await trio.to_thread.run_sync(lambda: (rated.status(), capped.status()))
+        assert counts[0]["counters"]["refused:RATE_LIMITED"] == 1
+        assert counts[1]["counters"]["refused:TOO_MANY_CONNECTIONS"] == 1
+    finally:
+        await trio.to_thread.run_sync(lambda: (rated.close(), capped.close()))
