@@ -135,6 +135,8 @@ class Discovery:
         """Replace the static peer list (on reload): drop removed, start new ones."""
         wanted = {Target(h, p, static=True).address: (h, p) for h, p in peers}
         self._static_wanted = list(wanted.values())
+        for host, _ in self._static_wanted:
+            self.node.note_known_host(host)  # the operator vouches for it
         if self._nursery is None:
             return
         for key in list(self.static):
@@ -311,6 +313,7 @@ class Discovery:
         if known is not None and known.issued_at >= ann.issued_at:
             return False
         self.addresses[ann.member_id] = ann
+        self.node.note_known_host(ann.host)  # signed by the member: connections come first
         self.node.counters["announcements_accepted"] += 1
         self.node.logs.info(self.node.clock.now(), "peer_address", ann.member_id,
                             member=ann.member_id, host=ann.host, port=ann.port,

@@ -21,6 +21,7 @@ from p2pd import log
 from p2pd.clock import Clock, SystemClock
 from p2pd.errors import NotConnected, PeerGone
 from p2pd.events import EventBus, SessionClosed, SessionOpened
+from p2pd.net.admission import KnownHosts, host_of
 from p2pd.net.identity import NodeIdentity
 from p2pd.net.peer import ConnStats, PeerConnection, contained, pump_session
 from protocol import (
@@ -47,7 +48,8 @@ class InboundPolicy(Protocol):
     """Where rate limits and bans plug in (p2pd/net/policing.py implements it).
 
     ``admit_connection`` runs before any handshake work for a new inbound
-    connection and returns a refusal reason or None; ``retry_after`` says
+    connection (``known`` if it comes from a host where members were seen)
+    and returns a refusal reason or None; ``retry_after`` says
     how long a refused initiator should wait (it goes into the refusal
     notice, docs/protocol.md §13.7). ``admit_session`` runs
     once the peer is authenticated (bans apply here). ``admit_message`` runs
@@ -55,7 +57,7 @@ class InboundPolicy(Protocol):
     deliver it; it may send feedback or close ``conn`` itself.
     """
 
-    def admit_connection(self, address: str, now: float) -> Reason | None: ...
+    def admit_connection(self, address: str, now: float, known: bool) -> Reason | None: ...
 
     def retry_after(self, reason: Reason) -> float: ...
 
@@ -69,7 +71,7 @@ class InboundPolicy(Protocol):
 class OpenPolicy:
     """Admits everything (used when no policing is configured)."""
 
-    def admit_connection(self, address: str, now: float) -> Reason | None:
+    def admit_connection(self, address: str, now: float, known: bool) -> Reason | None:
         return None
 
     def retry_after(self, reason: Reason) -> float:
@@ -96,6 +98,8 @@ class NodeLimits:
     timeouts: Timeouts = field(default_factory=Timeouts)
     log_interval: float = 60.0
     """Seconds between two log lines of one cause that peers can trigger (p2pd.log.Sampler)."""
+    max_known_hosts: int = 1024
+    """Hosts where members were seen, remembered for admission priority (p2pd.net.admission)."""
 
 
 class Node:
@@ -130,6 +134,8 @@ class Node:
         # this sampler (per cause: the first, then a summary per interval);
         # the counters above still count each occurrence.
         self.logs = log.Sampler(self.limits.log_interval)
+        # Where members were seen: their connections get in first under load.
+        self.known_hosts = KnownHosts(self.limits.max_known_hosts)
         self._notices: dict[tuple[Reason, int], bytes] = {}
         self.started_at = self.clock.now()
 
@@ -161,30 +167,47 @@ class Node:
 
     # --- connections -------------------------------------------------------
 
+    def note_known_host(self, host: str) -> None:
+        """Give connections from ``host`` a member's priority (p2pd.net.admission)."""
+        self.known_hosts.note(host, self.clock.now())
+
     def admit(self, address: str = "?") -> Reason | None:
-        """Pre-authentication admission: None if a new connection may start."""
-        refusal = self.inbound.admit_connection(address, self.clock.now())
+        """Pre-authentication admission: None if a new connection may start.
+
+        Connections from known hosts (where members were seen) come first:
+        they skip the strangers' handshake budget, and a full node makes room
+        for them by evicting a stranger's unfinished handshake.
+        """
+        known = host_of(address) in self.known_hosts
+        refusal = self.inbound.admit_connection(address, self.clock.now(), known)
         if refusal is not None:
             return refusal
         if len(self.connections) >= self.limits.max_connections:
-            return Reason.TOO_MANY_CONNECTIONS
+            if not (known and self._evict_handshake(strangers_only=True)):
+                return Reason.TOO_MANY_CONNECTIONS
         if self.handshakes_in_progress >= self.limits.max_handshakes:
             # Evict the oldest unfinished handshake instead of refusing the
             # newcomer: a stranger who stalls handshakes must then open
             # connections faster than honest handshakes finish (a round trip)
-            # to keep anyone out, instead of just holding all the slots.
-            self._evict_oldest_handshake()
+            # to keep anyone out, instead of just holding all the slots. A
+            # stranger never evicts a known host's handshake.
+            if not self._evict_handshake(strangers_only=not known) and not known:
+                return Reason.TOO_MANY_CONNECTIONS
         return None
 
-    def _evict_oldest_handshake(self) -> None:
+    def _evict_handshake(self, *, strangers_only: bool) -> bool:
+        """Close the oldest unfinished inbound handshake, a stranger's first."""
         pending = [c for c in self.connections if c.peer is None and not c.initiator]
-        if not pending:
-            return
-        oldest = min(pending, key=lambda c: c.stats.started_at)
+        strangers = [c for c in pending if not c.known]
+        candidates = strangers or ([] if strangers_only else pending)
+        if not candidates:
+            return False
+        oldest = min(candidates, key=lambda c: c.stats.started_at)
         self.counters["handshakes_evicted"] += 1
         oldest.close_reason = Reason.TOO_MANY_CONNECTIONS
         self.connections.discard(oldest)  # counted out now; its task ends soon
         oldest._cancel.cancel()
+        return True
 
     def new_connection(self, stream: trio.abc.Stream, *, initiator: bool, address: str) -> PeerConnection:
         now = self.clock.now()
@@ -197,7 +220,8 @@ class Node:
             timeouts=self.limits.timeouts,
         )
         conn = PeerConnection(stream, session, address, self.clock, self.limits.send_timeout,
-                              stats=ConnStats(now), counters=self.counters, logs=self.logs)
+                              stats=ConnStats(now), counters=self.counters, logs=self.logs,
+                              known=host_of(address) in self.known_hosts)
         self.connections.add(conn)
         return conn
 
@@ -293,6 +317,8 @@ class Node:
         conn.established.set()
         conn.settled.set()
         self.counters["sessions_established"] += 1
+        for host in _peer_hosts(conn):
+            self.note_known_host(host)
         self.logs.info(self.clock.now(), "session_established", member, peer=member,
                        role=conn.peer.role, addr=conn.address, initiator=conn.initiator)
         self.events.publish(SessionOpened(member, conn.peer.role, conn.address))
@@ -404,6 +430,7 @@ class Node:
                 for conn in self.sessions.values()
             ],
             "handshakes_in_progress": self.handshakes_in_progress,
+            "known_hosts": len(self.known_hosts),
             "counters": dict(self.counters),
             "log": self.logs.status(),
         }
@@ -413,6 +440,17 @@ class Node:
         with trio.CancelScope(shield=True):
             for conn in list(self.connections):
                 await conn.close(Reason.SHUTDOWN, "node shutting down")
+
+
+def _peer_hosts(conn: PeerConnection) -> list[str]:
+    """The hosts a session's peer was seen at: its address, and the socket's peer IP."""
+    hosts = [host_of(conn.address)]
+    if isinstance(conn.stream, trio.SocketStream):
+        try:
+            hosts.append(str(conn.stream.socket.getpeername()[0]))
+        except OSError:
+            pass
+    return hosts
 
 
 @asynccontextmanager

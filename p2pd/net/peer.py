@@ -62,6 +62,8 @@ class PeerConnection:
     settled: trio.Event = field(default_factory=trio.Event)
     close_reason: Reason | None = None
     close_detail: str = ""
+    # Inbound from a host where members were seen (p2pd.net.admission).
+    known: bool = False
     # The node's counters (shared), so faults contained to this connection
     # show in ``p2pctl status``.
     counters: Counter[str] = field(default_factory=Counter)
@@ -87,13 +89,14 @@ class PeerConnection:
         self.stats.messages_out += 1
         await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, *, end_on_break: bool = True) -> None:
         """Write queued bytes. Raises PeerGone if the stream broke or stalled.
 
         The write is shielded from the caller's cancellation: stopping half
         way through a frame would corrupt the stream (the peer would fail to
         decrypt everything after it). Only the send deadline interrupts a
-        write, and then the whole connection is closed.
+        write, and then the whole connection is closed; a broken stream ends
+        it too unless ``end_on_break`` is False (then only PeerGone).
         """
         if not self.session.has_data_to_send:
             return  # the common case: no lock, no cancel scope
@@ -110,7 +113,8 @@ class PeerConnection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     broke = exc
             if broke is not None:
-                self._cancel.cancel()
+                if end_on_break:
+                    self._cancel.cancel()
                 raise PeerGone(f"connection to {self.member_id} broke") from broke
             if scope.cancelled_caught:
                 self.close_reason = Reason.TIMEOUT
@@ -147,7 +151,14 @@ async def pump_session(conn: PeerConnection, on_event: EventHandler) -> None:
     """
     with conn._cancel:
         try:
-            await conn.flush()
+            try:
+                await conn.flush(end_on_break=False)
+            except PeerGone:
+                if not conn.initiator:
+                    raise
+                # A responder that refused us may have closed before our
+                # message 1 went out: its refusal notice (docs/protocol.md
+                # §13.7) can still be waiting to be read.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_run_timers, conn)
                 await _receive_loop(conn, on_event)

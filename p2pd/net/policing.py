@@ -24,7 +24,12 @@ reconnect does not refill anything):
    feedback with its fair share.
 
 Before authentication: new connections per source host are rate limited
-(RATE_LIMITED); totals and handshakes are capped by ``NodeLimits``.
+(RATE_LIMITED); connections from hosts where no member was seen (strangers)
+also share a node-wide handshake budget (``stranger_rate``, burst
+``stranger_burst``): once it runs out the node is *under load* and refuses
+further strangers with TOO_MANY_CONNECTIONS before any handshake work, while
+members' known hosts (p2pd.net.admission) still get in. Totals and
+handshakes are capped by ``NodeLimits``.
 
 Outbound, :class:`OutboundPacer` keeps an :class:`protocol.AimdPacer` per
 (peer, category): ``await policer.pace(conn, category)`` before sending.
@@ -42,6 +47,7 @@ import trio
 from p2pd import log
 from p2pd.errors import PeerGone
 from p2pd.events import Banned, FeedbackSent, Unbanned
+from p2pd.net.admission import host_of as host_of
 from p2pd.net.peer import PeerConnection
 from protocol import (
     AimdPacer,
@@ -56,6 +62,9 @@ from protocol import (
 
 if TYPE_CHECKING:
     from p2pd.net.node import Node
+
+# Seconds "under load" lasts after the strangers' budget last ran out.
+UNDER_LOAD_HOLD = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class PolicingConfig:
     ban_memory: float = 86400.0
     conn_rate_per_host: float = 2.0
     conn_burst_per_host: float = 10.0
+    stranger_rate: float = 20.0
+    stranger_burst: float = 40.0
     max_tracked_hosts: int = 4096
     pacer_increase_fraction: float = 0.1
 
@@ -115,15 +126,6 @@ class _Member:
     accepted: int = 0
     dropped: int = 0
     last_seen: float = 0.0
-
-
-def host_of(address: str) -> str:
-    """``"10.0.0.1:5"`` -> ``"10.0.0.1"``, ``"[::1]:5"`` -> ``"::1"``, else unchanged."""
-    if address.startswith("["):
-        return address[1:].split("]", 1)[0]
-    if address.count(":") == 1:
-        return address.rsplit(":", 1)[0]
-    return address
 
 
 class FairScheduler:
@@ -251,10 +253,13 @@ class Policer:
         self.members: dict[str, _Member] = {}
         self.bans: dict[str, _Ban] = {}
         self._hosts: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._strangers = TokenBucket.full(self.config.stranger_rate, self.config.stranger_burst,
+                                           node.clock.now())
+        self.under_load_until = 0.0
 
     # --- InboundPolicy ---------------------------------------------------------
 
-    def admit_connection(self, address: str, now: float) -> Reason | None:
+    def admit_connection(self, address: str, now: float, known: bool) -> Reason | None:
         host = host_of(address)
         cfg = self.config
         bucket = self._hosts.get(host)
@@ -269,7 +274,19 @@ class Policer:
         if not bucket.take(now):
             self.node.counters["connection_rate_limited"] += 1
             return Reason.RATE_LIMITED
+        if not known:
+            # Under load: strangers' handshakes share one node-wide budget,
+            # however many addresses they come from (docs/protocol.md §13.7).
+            self._strangers.set_rate(cfg.stranger_rate, cfg.stranger_burst, now)
+            if not self._strangers.take(now):
+                self.node.counters["stranger_budget_refused"] += 1
+                self.under_load_until = now + UNDER_LOAD_HOLD
+                return Reason.TOO_MANY_CONNECTIONS
         return None
+
+    def under_load(self, now: float) -> bool:
+        """True while the strangers' handshake budget ran out in the last few seconds."""
+        return now < self.under_load_until
 
     def retry_after(self, reason: Reason) -> float:
         if reason is Reason.RATE_LIMITED:
@@ -331,9 +348,11 @@ class Policer:
             },
             "pacer": self.pacer.rates(),
             "scheduler_waiting": self.scheduler.waiting,
+            "under_load": self.under_load(now),
             "counters": {k: v for k, v in self.node.counters.items()
                          if k.startswith(("policed:", "ban", "feedback", "stamp",
-                                          "connection_rate", "rate_limited", "messages_policed"))},
+                                          "connection_rate", "rate_limited", "messages_policed",
+                                          "stranger_budget", "refused:", "handshakes_evicted"))},
         }
 
     def restore_ban(self, member_id: str, until: float, count: int, now: float) -> None:

@@ -51,7 +51,7 @@ def hub(cfg: dict[str, Any]) -> None:
                     nursery.cancel_scope.cancel()
                     return
                 st = node.status()
-                print(json.dumps({"counters": st["counters"], "log": st["log"],
+                print(json.dumps({"counters": st["counters"], "log": st.get("log"),
                                   "sessions": sorted(node.sessions)}), flush=True)
 
     trio.run(main)

@@ -24,7 +24,7 @@ from p2pd.net.listener import dial
 from p2pd.net.node import Node, NodeLimits
 from p2pd.net.peer import PeerConnection
 from p2pd.net.policing import PolicingConfig, attach_policer
-from protocol import Ping, Pong, Reason, Timeouts
+from protocol import NoiseHandshake, Ping, Pong, Reason, Timeouts, frame
 
 HERE = Path(__file__).resolve().parent
 
@@ -82,6 +82,50 @@ async def test_pong_rekey_and_close_are_charged_to_control(
     # 3 Pongs, 3 Rekeys and the Close: all seen, all charged to control.
     assert policer.snapshot()["members"]["mallory"]["accepted"] == 7
     assert policer.members["mallory"].buckets["control"].tokens < 20 - 6
+
+
+# --- 2. A handshake flood does not lock known members out ------------------------------
+
+
+async def test_known_hosts_get_in_while_strangers_hold_every_handshake_slot(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    hub: Node = await make_node("hub", limits=NodeLimits(max_connections=64, max_handshakes=4))
+    policer = attach_policer(hub, PolicingConfig(conn_burst_per_host=100, stranger_rate=2,
+                                                 stranger_burst=6))
+    hub.note_known_host("10.1.1.1")  # e.g. a member's announced address
+    stalled = []
+    for k in range(6):  # strangers spend the whole budget; four hold the slots
+        client, server = trio.testing.memory_stream_pair()
+        stalled.append(client)
+        hub.nursery.start_soon(hub.accept, server, f"10.66.0.{k}:1")
+    await trio.testing.wait_all_tasks_blocked()
+    assert hub.handshakes_in_progress == 4 and hub.counters["handshakes_evicted"] == 2
+    # A known member's handshake in progress: strangers cannot evict it ...
+    hs = NoiseHandshake(initiator=True, static_private=bytes(range(32)), community=hub.policy.community)
+    member_client, server = trio.testing.memory_stream_pair()
+    hub.nursery.start_soon(hub.accept, server, "10.1.1.1:5")
+    await member_client.send_all(frame(hs.write_message(b"")))
+    await trio.testing.wait_all_tasks_blocked()
+    known = [c for c in hub.connections if c.known]
+    assert len(known) == 1
+    # ... however many arrive: over the budget they are refused before any
+    # handshake work (under load), within it they evict each other only.
+    for k in range(20):
+        client, server = trio.testing.memory_stream_pair()
+        hub.nursery.start_soon(hub.accept, server, f"10.67.0.{k}:1")
+        await trio.sleep(0.1)
+    assert known[0] in hub.connections and not known[0].finished.is_set()
+    assert hub.counters["stranger_budget_refused"] > 0 and policer.snapshot()["under_load"]
+    assert hub.handshakes_in_progress <= 4
+    # A known host from a completed session also gets in under load.
+    alice: Node = await make_node("alice")
+    await link(alice, hub)  # from "memory"
+    assert "alice" in hub.sessions and "memory" in hub.known_hosts
+    client, server = trio.testing.memory_stream_pair()
+    hub.nursery.start_soon(hub.accept, server, "memory")
+    await trio.testing.wait_all_tasks_blocked()
+    assert hub.counters["refused:TOO_MANY_CONNECTIONS"] == hub.counters["stranger_budget_refused"]
 
 
 # --- 3. A refused dialler learns why, and when to come back -------------------------
@@ -142,11 +186,13 @@ async def test_ten_thousand_failed_handshakes_log_a_bounded_number_of_lines(
     failed = sum(v for k, v in hub.counters.items() if k.startswith("handshake_failed:"))
     refused = sum(v for k, v in hub.counters.items() if k.startswith("refused:"))
     assert failed + refused == 10_000  # the counters see every one
-    assert refused == 5_000 - 10
+    assert hub.counters["refused:RATE_LIMITED"] == 5_000 - 10
+    assert hub.counters["refused:TOO_MANY_CONNECTIONS"] > 0  # strangers' budget (§13.7)
     lines = [r.getMessage() for r in caplog.records if r.name == "p2pd"]
-    # Two causes (handshake_failed, connection_refused) over 140 s: the
-    # first line of each, then at most one summary per cause and 60 s.
-    assert 2 <= len(lines) <= 2 * (1 + 140 // 60), lines
+    # Three causes (handshake_failed, connection_refused for each reason)
+    # over 140 s: the first line of each, then at most one summary per cause
+    # and 60 s.
+    assert 3 <= len(lines) <= 3 * (1 + 140 // 60), lines
     assert any("repeats=" in line for line in lines)
     assert hub.status()["log"]["suppressed"] >= 10_000 - len(lines)
 
@@ -234,3 +280,78 @@ async def test_a_refused_dialler_learns_the_reason_between_processes(nursery: tr
         assert counts[1]["counters"]["refused:TOO_MANY_CONNECTIONS"] == 1
     finally:
         await trio.to_thread.run_sync(lambda: (rated.close(), capped.close()))
+
+
+class AttackerProcess:
+    """Connections from ``hosts`` at ``rate``/s for ``seconds``, each a valid
+    message 1 and then nothing (peer_processes.py attacker)."""
+
+    def __init__(self, community: str, port: int, hosts: list[str], rate: float,
+                 seconds: float) -> None:
+        cfg = {"community": community, "port": port, "hosts": hosts, "rate": rate,
+               "seconds": seconds, "hold": 2000}
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "peer_processes.py"), "attacker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cfg) + "\n")
+        self.proc.stdin.close()
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the end of the flood (it is bounded by ``seconds``)."""
+        assert self.proc.stdout is not None
+        try:
+            out = self.proc.stdout.read()
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self.proc.stdout.close()
+        return dict(json.loads(out))
+
+
+@pytest.mark.slow
+async def test_a_known_member_gets_in_during_a_handshake_flood(nursery: trio.Nursery) -> None:
+    # Issue 13: under a flood of valid message 1s from many addresses, an
+    # honest member's new connections failed: the flood's admitted
+    # handshakes evicted its handshake, or its connection waited behind
+    # thousands in the accept queue. The hub's per-host limit is generous
+    # here, so only the strangers' budget and the known-host priority stand
+    # between the flood and the handshake slots.
+    community = Community()
+    hub = await trio.to_thread.run_sync(
+        HubProcess, community, {"conn_burst_per_host": 10_000, "conn_rate_per_host": 1000},
+        {"max_handshakes": 4})
+    attacker: AttackerProcess | None = None
+    try:
+        alice = real_member(community, "alice", nursery)
+        conn = await dial(alice, "127.0.0.1", hub.port)  # now 127.0.0.1 is a known host
+        await conn.close()
+        hosts = [f"127.0.0.{k}" for k in range(2, 51)]
+        attacker = AttackerProcess(community.name, hub.port, hosts, rate=1500, seconds=6)
+        await trio.sleep(1.0)  # the flood is on
+        took = []
+        for _ in range(12):
+            start = trio.current_time()
+            with trio.move_on_after(5):
+                try:
+                    conn = await dial(alice, "127.0.0.1", hub.port, connect_timeout=5)
+                    took.append(trio.current_time() - start)
+                    await conn.close()
+                except PeerGone:
+                    pass
+            await trio.sleep(0.3)
+        flood = await trio.to_thread.run_sync(attacker.result)
+        attacker = None
+        counters = (await trio.to_thread.run_sync(hub.status))["counters"]
+        assert flood["attempts"] > 2000  # the flood really ran
+        # At most one slow or failed session of twelve (goal: 95 % within 2 s).
+        # The hub counts too: an initiator believes it is established once it
+        # sent message 3, which the hub may never process (an evicted handshake).
+        assert sum(1 for t in took if t <= 2.0) >= 11, (took, counters)
+        assert counters["sessions_established"] >= 1 + 11, (took, counters)
+        assert counters["stranger_budget_refused"] > 1000
+    finally:
+        if attacker is not None:
+            await trio.to_thread.run_sync(attacker.result)
+        await trio.to_thread.run_sync(hub.close)
