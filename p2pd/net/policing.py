@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 
 # Seconds "under load" lasts after the strangers' budget last ran out.
 UNDER_LOAD_HOLD = 10.0
+# How long after its retry time a refused stranger still counts as coming back.
+RETRY_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,14 @@ class _Ban:
     until: float
     count: int
     last: float
+
+
+@dataclass
+class _Host:
+    """A source host: its connection bucket, and when a load refusal told it to come back."""
+
+    bucket: TokenBucket
+    retry_at: float = 0.0
 
 
 @dataclass
@@ -252,8 +262,10 @@ class Policer:
         self.pacer = OutboundPacer(self.config)
         self.members: dict[str, _Member] = {}
         self.bans: dict[str, _Ban] = {}
-        self._hosts: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._hosts: OrderedDict[str, _Host] = OrderedDict()
         self._strangers = TokenBucket.full(self.config.stranger_rate, self.config.stranger_burst,
+                                           node.clock.now())
+        self._returning = TokenBucket.full(self.config.stranger_rate, self.config.stranger_burst,
                                            node.clock.now())
         self.under_load_until = 0.0
 
@@ -262,27 +274,37 @@ class Policer:
     def admit_connection(self, address: str, now: float, known: bool) -> Reason | None:
         host = host_of(address)
         cfg = self.config
-        bucket = self._hosts.get(host)
-        if bucket is None:
-            bucket = TokenBucket.full(cfg.conn_rate_per_host, cfg.conn_burst_per_host, now)
-            self._hosts[host] = bucket
+        state = self._hosts.get(host)
+        if state is None:
+            state = _Host(TokenBucket.full(cfg.conn_rate_per_host, cfg.conn_burst_per_host, now))
+            self._hosts[host] = state
             while len(self._hosts) > cfg.max_tracked_hosts:
                 # Evict the least recently seen host: its bucket has refilled
                 # the longest, so forgetting it gives away the least.
                 self._hosts.popitem(last=False)
         self._hosts.move_to_end(host)
-        if not bucket.take(now):
+        if not state.bucket.take(now):
             self.node.counters["connection_rate_limited"] += 1
             return Reason.RATE_LIMITED
-        if not known:
-            # Under load: strangers' handshakes share one node-wide budget,
-            # however many addresses they come from (docs/protocol.md §13.7).
-            self._strangers.set_rate(cfg.stranger_rate, cfg.stranger_burst, now)
-            if not self._strangers.take(now):
-                self.node.counters["stranger_budget_refused"] += 1
-                self.under_load_until = now + UNDER_LOAD_HOLD
-                return Reason.TOO_MANY_CONNECTIONS
-        return None
+        if known:
+            return None
+        # Strangers' handshakes share a node-wide budget, however many
+        # addresses they come from (docs/protocol.md §13.7, "Under load").
+        # The retry step: a host we refused for load that waited as long as
+        # its notice said before coming back spends a second budget of the
+        # same size, which a flood that ignores the notices never reaches.
+        returning = bool(state.retry_at) and state.retry_at <= now <= state.retry_at + RETRY_WINDOW
+        budget = self._returning if returning else self._strangers
+        budget.set_rate(cfg.stranger_rate, cfg.stranger_burst, now)
+        if budget.take(now):
+            state.retry_at = 0.0
+            if returning:
+                self.node.counters["stranger_retry_admitted"] += 1
+            return None
+        self.node.counters["stranger_budget_refused"] += 1
+        self.under_load_until = now + UNDER_LOAD_HOLD
+        state.retry_at = now + self.retry_after(Reason.TOO_MANY_CONNECTIONS)
+        return Reason.TOO_MANY_CONNECTIONS
 
     def under_load(self, now: float) -> bool:
         """True while the strangers' handshake budget ran out in the last few seconds."""
@@ -352,7 +374,7 @@ class Policer:
             "counters": {k: v for k, v in self.node.counters.items()
                          if k.startswith(("policed:", "ban", "feedback", "stamp",
                                           "connection_rate", "rate_limited", "messages_policed",
-                                          "stranger_budget", "refused:", "handshakes_evicted"))},
+                                          "stranger_", "refused:", "handshakes_evicted"))},
         }
 
     def restore_ban(self, member_id: str, until: float, count: int, now: float) -> None:

@@ -24,7 +24,7 @@ from p2pd.net.listener import dial
 from p2pd.net.node import Node, NodeLimits
 from p2pd.net.peer import PeerConnection
 from p2pd.net.policing import PolicingConfig, attach_policer
-from protocol import NoiseHandshake, Ping, Pong, Reason, Timeouts, frame
+from protocol import NoiseHandshake, Ping, Pong, Reason, Timeouts, frame, refusal_frame
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,6 +126,40 @@ async def test_known_hosts_get_in_while_strangers_hold_every_handshake_slot(
     hub.nursery.start_soon(hub.accept, server, "memory")
     await trio.testing.wait_all_tasks_blocked()
     assert hub.counters["refused:TOO_MANY_CONNECTIONS"] == hub.counters["stranger_budget_refused"]
+
+
+async def test_a_stranger_that_waits_as_told_gets_in_during_a_blind_flood(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    # The retry step: under load a stranger is refused with "retry after
+    # 1 s"; coming back no earlier than that, it spends a budget of its own,
+    # which a flood that ignores the notices never reaches.
+    hub: Node = await make_node("hub", limits=NodeLimits(max_connections=10_000, max_handshakes=8))
+    attach_policer(hub, PolicingConfig(stranger_rate=5, stranger_burst=5))
+
+    async def blind_flood() -> None:
+        for k in range(4000):  # 200/s for 20 s, from 50 hosts, never waiting
+            _, server = trio.testing.memory_stream_pair()
+            hub.nursery.start_soon(hub.accept, server, f"10.66.0.{k % 50}:{k}")
+            await trio.sleep(0.005)
+
+    async def knock(address: str) -> bytes:
+        client, server = trio.testing.memory_stream_pair()
+        hub.nursery.start_soon(hub.accept, server, address)
+        with trio.move_on_after(0.5):
+            return bytes(await client.receive_some(64))
+        return b""  # admitted: the hub waits for our message 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(blind_flood)
+        await trio.sleep(2.0)
+        refused = refusal_frame(Reason.TOO_MANY_CONNECTIONS, 1.0)
+        assert await knock("10.7.7.7:1") == refused  # the budget is the flood's
+        assert await knock("10.7.7.7:2") == refused  # too early: 0.5 s after
+        await trio.sleep(1.0)
+        assert await knock("10.7.7.7:3") == b""  # as told: in
+        nursery.cancel_scope.cancel()
+    assert hub.counters["stranger_retry_admitted"] == 1  # the flood never came back as told
 
 
 # --- 3. A refused dialler learns why, and when to come back -------------------------
