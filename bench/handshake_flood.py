@@ -426,7 +426,8 @@ def main() -> None:
         "hub_counters": {k: v for k, v in sorted(counters.items())
                          if k.split(":")[0] in ("refused", "handshake_failed", "handshakes_evicted",
                                                 "sessions_established", "under_load",
-                                                "connection_rate_limited", "log_suppressed")},
+                                                "connection_rate_limited", "stranger_budget_refused",
+                                                "stranger_retry_admitted")},
     }
     print("handshake flood benchmark (loopback TCP, default limits, 3 processes)")
     print(f"  baseline         {b['established']}/{b['tries']} sessions, p50 {b['p50_s'] * 1e3:.1f} ms, "
