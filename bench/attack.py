@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.serialization import (  # noqa: E402
 )
 
 from p2pd.errors import PeerGone  # noqa: E402
+from p2pd.events import Banned  # noqa: E402
 from p2pd.net.identity import NodeIdentity, NodeKeys  # noqa: E402
 from p2pd.net.listener import dial, serve_p2p  # noqa: E402
 from p2pd.net.node import Node, NodeLimits  # noqa: E402
@@ -61,15 +62,17 @@ from p2pd.net.peer import PeerConnection  # noqa: E402
 from p2pd.net.policing import PolicingConfig, attach_policer  # noqa: E402
 from protocol import (  # noqa: E402
     MESSAGE_TYPES,
+    U32,
     Credential,
+    Int,
     Message,
     NoiseHandshake,
     SigningKey,
     TrustPolicy,
+    f,
     frame,
     register,
 )
-from protocol import U32, Int, f  # noqa: E402
 
 COMMUNITY = "benchcommunity"
 CONFIG = PolicingConfig()
@@ -241,7 +244,7 @@ async def stalled_handshake_memory(ident: NodeIdentity, policy: TrustPolicy, n: 
         for _ in range(10_000):
             if sum(1 for c in node.connections if c.session.state.value == "await_msg3") == n:
                 break
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         await trio.testing.wait_all_tasks_blocked()
         stats = tracemalloc.take_snapshot().compare_to(base, "filename")
         tracemalloc.stop()
@@ -285,8 +288,8 @@ async def hub_main(quick: bool) -> dict[str, Any]:
         async def watch_bans() -> None:
             async with hub.events.subscribe() as events:
                 async for event in events:
-                    if event["event"] == "ban":
-                        bans.append((time.time(), event["member"]))
+                    if isinstance(event, Banned):
+                        bans.append((time.time(), event.member))
 
         nursery.start_soon(watch_bans)
         listeners = await nursery.start(serve_p2p, hub, "127.0.0.1", 0)

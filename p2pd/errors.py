@@ -29,7 +29,18 @@ class ShuttingDown(P2pdError):
 
 
 class PeerGone(P2pdError):
-    """The peer's connection ended (closed, broken or timed out)."""
+    """The peer's connection ended (closed, broken or timed out).
+
+    ``reason`` is the protocol reason when one is known (e.g. RATE_LIMITED or
+    TOO_MANY_CONNECTIONS from a responder's refusal notice) and
+    ``retry_after`` the seconds that responder suggested waiting.
+    """
+
+    def __init__(self, message: str, *, reason: Reason | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class NotConnected(P2pdError):

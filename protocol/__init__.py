@@ -44,6 +44,7 @@ from protocol.delegation import AgentAccepted as AgentAccepted
 from protocol.delegation import AgentOrder as AgentOrder
 from protocol.delegation import AgentOrderGossip as AgentOrderGossip
 from protocol.delegation import AgentReceipt as AgentReceipt
+from protocol.delegation import AgentRefused as AgentRefused
 from protocol.delegation import AgentTake as AgentTake
 from protocol.delegation import AgentTerms as AgentTerms
 from protocol.delegation import BoundsError as BoundsError
@@ -53,7 +54,6 @@ from protocol.delegation import DelegationRevoke as DelegationRevoke
 from protocol.delegation import DelegationRevokeGossip as DelegationRevokeGossip
 from protocol.delegation import MeterReport as MeterReport
 from protocol.delegation import MeterReportMsg as MeterReportMsg
-from protocol.delegation import AgentRefused as AgentRefused
 from protocol.delegation import check_agent_receipt as check_agent_receipt
 from protocol.delegation import check_delegation_bounds as check_delegation_bounds
 from protocol.discovery import ADDRESS_DOMAIN as ADDRESS_DOMAIN
@@ -61,6 +61,7 @@ from protocol.discovery import AddressAnnouncement as AddressAnnouncement
 from protocol.errors import CredentialError as CredentialError
 from protocol.errors import DecodeError as DecodeError
 from protocol.errors import LocalProtocolError as LocalProtocolError
+from protocol.errors import PeerRefused as PeerRefused
 from protocol.errors import ProtocolError as ProtocolError
 from protocol.errors import RemoteProtocolError as RemoteProtocolError
 from protocol.errors import SignatureError as SignatureError
@@ -96,6 +97,16 @@ from protocol.receipt_log import LogHead as LogHead
 from protocol.receipt_log import ReceiptChain as ReceiptChain
 from protocol.receipt_log import ReceiptReplica as ReceiptReplica
 from protocol.receipt_log import entry_hash as entry_hash
+from protocol.reconcile import DELIVERY_MAX as DELIVERY_MAX
+from protocol.reconcile import OFFER_MAX as OFFER_MAX
+from protocol.reconcile import REQUEST_MAX as REQUEST_MAX
+from protocol.reconcile import HeldReceipt as HeldReceipt
+from protocol.reconcile import HoldingsOffer as HoldingsOffer
+from protocol.reconcile import ReceiptsDelivery as ReceiptsDelivery
+from protocol.reconcile import ReceiptsRequest as ReceiptsRequest
+from protocol.refusal import REFUSAL_REASONS as REFUSAL_REASONS
+from protocol.refusal import Refusal as Refusal
+from protocol.refusal import refusal_frame as refusal_frame
 from protocol.revocation import REVOCATION_DOMAIN as REVOCATION_DOMAIN
 from protocol.revocation import RevocationAnnounce as RevocationAnnounce
 from protocol.revocation import RevocationList as RevocationList
@@ -134,10 +145,3 @@ from protocol.trading import TradeAccepted as TradeAccepted
 from protocol.trading import TradeRefused as TradeRefused
 from protocol.trading import TradeTerms as TradeTerms
 from protocol.trading import parties as parties
-from protocol.reconcile import DELIVERY_MAX as DELIVERY_MAX
-from protocol.reconcile import OFFER_MAX as OFFER_MAX
-from protocol.reconcile import REQUEST_MAX as REQUEST_MAX
-from protocol.reconcile import HeldReceipt as HeldReceipt
-from protocol.reconcile import HoldingsOffer as HoldingsOffer
-from protocol.reconcile import ReceiptsDelivery as ReceiptsDelivery
-from protocol.reconcile import ReceiptsRequest as ReceiptsRequest

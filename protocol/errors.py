@@ -61,3 +61,19 @@ class CredentialError(RemoteProtocolError):
     ``reason`` says which check failed (untrusted issuer, expired, not yet
     valid, other community, key mismatch, revoked).
     """
+
+
+class PeerRefused(RemoteProtocolError):
+    """Raised by an initiator's session that received a refusal notice
+    (docs/protocol.md §13.7) instead of handshake message 2.
+
+    ``reason`` is the notice's (``RATE_LIMITED``, ``TOO_MANY_CONNECTIONS`` or
+    ``SHUTDOWN``; anything else is reported as ``PROTOCOL_ERROR``);
+    ``retry_after`` the seconds the responder suggested waiting. The notice
+    is not authenticated: it is advice for the user and the back-off, never
+    a reason to distrust the responder.
+    """
+
+    def __init__(self, message: str, reason: Reason, retry_after: float) -> None:
+        super().__init__(message, reason)
+        self.retry_after = retry_after

@@ -4,6 +4,11 @@ Bytes in (``receive_data``), events out (``next_event``); messages in
 (``send``), bytes out (``data_to_send``). Time is always an argument: the
 caller asks ``get_timer()`` for the next deadline and calls
 ``handle_timer(now)`` when it passes. No I/O, no clock reads.
+
+Every received message comes out of ``next_event``, the session's own
+(Ping, Pong, Rekey) included, so that a caller can police all of them before
+they cost it anything. The session never answers a Ping by itself: the
+caller answers the ones it admits with ``send(Pong(ping.seq))``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from protocol import framing
 from protocol._states import HANDSHAKE_STATES, TRANSITIONS, State
 from protocol.canonical import truncate_utf8
 from protocol.credentials import Credential, TrustPolicy
-from protocol.errors import DecodeError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.errors import (
+    DecodeError,
+    LocalProtocolError,
+    PeerRefused,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from protocol.events import NEED_DATA, ConnectionClosed, Event, HandshakeComplete
 from protocol.handshake import DH_LEN, NoiseHandshake, NoiseTransport
 from protocol.messages import (
@@ -30,6 +41,7 @@ from protocol.messages import (
     encode_message,
 )
 from protocol.reasons import Reason
+from protocol.refusal import Refusal
 from protocol.schema import U32
 
 
@@ -70,6 +82,10 @@ class Session:
         self.timeouts = timeouts
         self.peer: Credential | None = None
         self.close_reason: Reason | None = None
+        # True once the peer ended the session with a Close frame (not EOF).
+        self.close_received = False
+        # The responder's refusal notice, if it refused us (initiator only).
+        self.refusal: Refusal | None = None
         self._hs = NoiseHandshake(
             initiator=initiator, static_private=static_private,
             community=policy.community, ephemeral_private=ephemeral_private,
@@ -171,6 +187,13 @@ class Session:
             self._stage_deadline = self._now + self.timeouts.handshake_stage
             self._set_state(State.AWAIT_MSG3)
         elif self._state is State.AWAIT_MSG2:
+            refusal = Refusal.parse(body)
+            if refusal is not None:
+                # The responder refused us before any handshake work (§13.7).
+                self.refusal = refusal
+                raise PeerRefused(
+                    f"refused before the handshake: {refusal.reason.name}, "
+                    f"retry after {refusal.retry_after:g} s", refusal.reason, refusal.retry_after)
             payload = self._hs.read_message(body)
             peer = self._accept_hello(payload)
             # Only send our credential once theirs checked out: a node that is
@@ -216,19 +239,27 @@ class Session:
     def _on_transport_frame(self, body: bytes) -> None:
         assert self._transport is not None
         msg = decode_message(self._transport.decrypt(body))
+        # Invariant: every received message is surfaced, session-internal ones
+        # included, so the caller can police them (docs/protocol.md §13.1).
+        # A Ping is not answered here: the caller answers one it admits with
+        # send(Pong(seq)). Pong and Rekey take effect at once (the next frame
+        # may already be under the new key) and are surfaced afterwards.
         match msg:
-            case Ping(seq=seq):
-                self._queue(Pong(seq))
+            case Ping():
+                self._events.append(msg)
             case Pong():
                 self._ping_outstanding = False
+                self._events.append(msg)
             case Rekey():
                 self._transport.rekey_inbound()
+                self._events.append(msg)
             case Close(reason=code, message=text):
                 try:
                     reason = Reason(code)
                 except ValueError:
                     reason = Reason.PROTOCOL_ERROR
                 self._close_state(reason)
+                self.close_received = True
                 self._events.append(ConnectionClosed(reason, text, True))
             case Hello():
                 raise RemoteProtocolError("Hello after handshake", Reason.UNEXPECTED_MESSAGE)

@@ -106,6 +106,7 @@ def run(params: dict[str, str | int], keys: dict[str, bytes]) -> dict[str, bytes
     )
     ini.send(Ping(seq))
     out["ping-frame"], _ = deliver(ini, res)
+    res.send(Pong(seq))  # the application answers a Ping it admits (section 13.1)
     out["pong-frame"], _ = deliver(res, ini)
     ini.close(Reason(int(params["close_reason"])), str(params["close_message"]))
     out["close-frame"], events = deliver(ini, res)

@@ -102,6 +102,8 @@ def render_bans(r: dict[str, Any]) -> str:
 
 def render_limits(r: dict[str, Any]) -> str:
     lines = [f"{k:24} {v:g}" for k, v in r["limits"].items()]
+    if r.get("under_load"):
+        lines += ["", "under load: strangers' handshakes are being refused"]
     members = [{"member": m, "accepted": s["accepted"], "dropped": s["dropped"],
                 "allowance": ", ".join(f"{c}={v:g}/s" for c, v in s["allowance"].items())}
                for m, s in r.get("members", {}).items()]

@@ -72,7 +72,7 @@ def limits_show(policer: Policer) -> dict[str, Any]:
     snap = policer.snapshot()
     return {"limits": dataclasses.asdict(policer.config), "members": snap["members"],
             "pacer": snap["pacer"], "scheduler_waiting": snap["scheduler_waiting"],
-            "counters": snap["counters"]}
+            "under_load": snap["under_load"], "counters": snap["counters"]}
 
 
 async def restore_bans(ctx: DaemonContext, policer: Policer) -> None:
@@ -134,7 +134,7 @@ class PolicingComponent:
         def status() -> dict[str, Any]:
             snap = policer.snapshot()
             return {"bans": len(snap["bans"]), "scheduler_waiting": snap["scheduler_waiting"],
-                    "counters": snap["counters"]}
+                    "under_load": snap["under_load"], "counters": snap["counters"]}
 
         extend_status(ctx.control, "policing", status)
 

@@ -135,6 +135,8 @@ class Discovery:
         """Replace the static peer list (on reload): drop removed, start new ones."""
         wanted = {Target(h, p, static=True).address: (h, p) for h, p in peers}
         self._static_wanted = list(wanted.values())
+        for host, _ in self._static_wanted:
+            self.node.note_known_host(host)  # the operator vouches for it
         if self._nursery is None:
             return
         for key in list(self.static):
@@ -174,6 +176,7 @@ class Discovery:
     async def _keep(self, target: Target) -> None:
         with target.scope:
             attempt = 0
+            retry_after = 0.0
             while True:
                 member = target.member
                 conn = self.node.sessions.get(member) if member else None
@@ -181,7 +184,8 @@ class Discovery:
                     await self._wait_closed(conn, target)
                     continue
                 if attempt:
-                    delay = self.backoff.delay(attempt, self.rand)
+                    # A responder that refused us said when to come back.
+                    delay = max(self.backoff.delay(attempt, self.rand), retry_after)
                     target.next_attempt = self.node.clock.now() + delay
                     await trio.sleep(delay)
                     target.next_attempt = None
@@ -194,9 +198,14 @@ class Discovery:
                     attempt += 1
                     target.failures += 1
                     target.last_error = str(exc) or type(exc).__name__
+                    reason = exc.reason if isinstance(exc, PeerGone) else None
+                    retry_after = min(self.backoff.maximum, getattr(exc, "retry_after", None) or 0.0)
                     self.node.counters["dial_failed"] += 1
+                    if reason is not None:
+                        self.node.counters[f"dial_failed:{reason.name}"] += 1
                     log.info("dial_failed", addr=target.address, member=target.member,
-                             attempt=attempt, error=target.last_error)
+                             attempt=attempt, reason=reason.name if reason else None,
+                             error=target.last_error)
                     if target.max_failures is not None and target.failures >= target.max_failures:
                         self._drop(target, "unreachable")
                         return
@@ -209,6 +218,7 @@ class Discovery:
                         return
                 target.member = conn.member_id
                 target.last_error = None
+                retry_after = 0.0
                 attempt = 0 if await self._wait_closed(conn, target) else max(attempt, 1)
 
     async def _wait_closed(self, conn: PeerConnection, target: Target) -> bool:
@@ -295,16 +305,19 @@ class Discovery:
             ann.verify(cred.sign_pk)
         except SignatureError:
             self.node.counters["announcement_bad_signature"] += 1
-            log.warning("announcement_bad_signature", member=ann.member_id,
-                        via=sender.member_id if sender else None)
+            via = sender.member_id if sender else None
+            self.node.logs.warning(self.node.clock.now(), "announcement_bad_signature",
+                                   f"{ann.member_id}:{via}", member=ann.member_id, via=via)
             return False
         known = self.addresses.get(ann.member_id)
         if known is not None and known.issued_at >= ann.issued_at:
             return False
         self.addresses[ann.member_id] = ann
+        self.node.note_known_host(ann.host)  # signed by the member: connections come first
         self.node.counters["announcements_accepted"] += 1
-        log.info("peer_address", member=ann.member_id, host=ann.host, port=ann.port,
-                 via=sender.member_id if sender else None)
+        self.node.logs.info(self.node.clock.now(), "peer_address", ann.member_id,
+                            member=ann.member_id, host=ann.host, port=ann.port,
+                            via=sender.member_id if sender else None)
         self.node.events.publish(PeerAddress(ann.member_id, ann.host, ann.port))
         self._target_for(ann, hint=False)
         return True

@@ -21,24 +21,45 @@ from p2pd import log
 from p2pd.clock import Clock, SystemClock
 from p2pd.errors import NotConnected, PeerGone
 from p2pd.events import EventBus, SessionClosed, SessionOpened
+from p2pd.net.admission import KnownHosts, host_of
 from p2pd.net.identity import NodeIdentity
 from p2pd.net.peer import ConnStats, PeerConnection, contained, pump_session
-from protocol import Event, HandshakeComplete, Message, Reason, Session, Timeouts, TrustPolicy
+from protocol import (
+    Close,
+    Event,
+    HandshakeComplete,
+    Message,
+    Ping,
+    Pong,
+    Reason,
+    Rekey,
+    Session,
+    Timeouts,
+    TrustPolicy,
+    refusal_frame,
+)
 
 MessageHandler = Callable[[PeerConnection, Any], Awaitable[None]]
+# Received messages the session acted on itself before surfacing them.
+_SESSION_ACTED = (Pong, Rekey, Close)
 
 
 class InboundPolicy(Protocol):
     """Where rate limits and bans plug in (p2pd/net/policing.py implements it).
 
     ``admit_connection`` runs before any handshake work for a new inbound
-    connection and returns a refusal reason or None. ``admit_session`` runs
+    connection (``known`` if it comes from a host where members were seen)
+    and returns a refusal reason or None; ``retry_after`` says
+    how long a refused initiator should wait (it goes into the refusal
+    notice, docs/protocol.md §13.7). ``admit_session`` runs
     once the peer is authenticated (bans apply here). ``admit_message`` runs
     for every application message before its handler and returns True to
     deliver it; it may send feedback or close ``conn`` itself.
     """
 
-    def admit_connection(self, address: str, now: float) -> Reason | None: ...
+    def admit_connection(self, address: str, now: float, known: bool) -> Reason | None: ...
+
+    def retry_after(self, reason: Reason) -> float: ...
 
     def admit_session(self, conn: PeerConnection, now: float) -> Reason | None: ...
 
@@ -50,8 +71,11 @@ class InboundPolicy(Protocol):
 class OpenPolicy:
     """Admits everything (used when no policing is configured)."""
 
-    def admit_connection(self, address: str, now: float) -> Reason | None:
+    def admit_connection(self, address: str, now: float, known: bool) -> Reason | None:
         return None
+
+    def retry_after(self, reason: Reason) -> float:
+        return 1.0
 
     def admit_session(self, conn: PeerConnection, now: float) -> Reason | None:
         return None
@@ -72,6 +96,10 @@ class NodeLimits:
     max_handshakes: int = 16
     send_timeout: float = 10.0
     timeouts: Timeouts = field(default_factory=Timeouts)
+    log_interval: float = 60.0
+    """Seconds between two log lines of one cause that peers can trigger (p2pd.log.Sampler)."""
+    max_known_hosts: int = 1024
+    """Hosts where members were seen, remembered for admission priority (p2pd.net.admission)."""
 
 
 class Node:
@@ -102,6 +130,13 @@ class Node:
         self.events = EventBus()
         self.inbound: InboundPolicy = OpenPolicy()
         self.counters: Counter[str] = Counter()
+        # Every line a stranger or a member can trigger at will goes through
+        # this sampler (per cause: the first, then a summary per interval);
+        # the counters above still count each occurrence.
+        self.logs = log.Sampler(self.limits.log_interval)
+        # Where members were seen: their connections get in first under load.
+        self.known_hosts = KnownHosts(self.limits.max_known_hosts)
+        self._notices: dict[tuple[Reason, int], bytes] = {}
         self.started_at = self.clock.now()
 
     @property
@@ -132,30 +167,47 @@ class Node:
 
     # --- connections -------------------------------------------------------
 
+    def note_known_host(self, host: str) -> None:
+        """Give connections from ``host`` a member's priority (p2pd.net.admission)."""
+        self.known_hosts.note(host, self.clock.now())
+
     def admit(self, address: str = "?") -> Reason | None:
-        """Pre-authentication admission: None if a new connection may start."""
-        refusal = self.inbound.admit_connection(address, self.clock.now())
+        """Pre-authentication admission: None if a new connection may start.
+
+        Connections from known hosts (where members were seen) come first:
+        they skip the strangers' handshake budget, and a full node makes room
+        for them by evicting a stranger's unfinished handshake.
+        """
+        known = host_of(address) in self.known_hosts
+        refusal = self.inbound.admit_connection(address, self.clock.now(), known)
         if refusal is not None:
             return refusal
         if len(self.connections) >= self.limits.max_connections:
-            return Reason.TOO_MANY_CONNECTIONS
+            if not (known and self._evict_handshake(strangers_only=True)):
+                return Reason.TOO_MANY_CONNECTIONS
         if self.handshakes_in_progress >= self.limits.max_handshakes:
             # Evict the oldest unfinished handshake instead of refusing the
             # newcomer: a stranger who stalls handshakes must then open
             # connections faster than honest handshakes finish (a round trip)
-            # to keep anyone out, instead of just holding all the slots.
-            self._evict_oldest_handshake()
+            # to keep anyone out, instead of just holding all the slots. A
+            # stranger never evicts a known host's handshake.
+            if not self._evict_handshake(strangers_only=not known) and not known:
+                return Reason.TOO_MANY_CONNECTIONS
         return None
 
-    def _evict_oldest_handshake(self) -> None:
+    def _evict_handshake(self, *, strangers_only: bool) -> bool:
+        """Close the oldest unfinished inbound handshake, a stranger's first."""
         pending = [c for c in self.connections if c.peer is None and not c.initiator]
-        if not pending:
-            return
-        oldest = min(pending, key=lambda c: c.stats.started_at)
+        strangers = [c for c in pending if not c.known]
+        candidates = strangers or ([] if strangers_only else pending)
+        if not candidates:
+            return False
+        oldest = min(candidates, key=lambda c: c.stats.started_at)
         self.counters["handshakes_evicted"] += 1
         oldest.close_reason = Reason.TOO_MANY_CONNECTIONS
         self.connections.discard(oldest)  # counted out now; its task ends soon
         oldest._cancel.cancel()
+        return True
 
     def new_connection(self, stream: trio.abc.Stream, *, initiator: bool, address: str) -> PeerConnection:
         now = self.clock.now()
@@ -168,7 +220,8 @@ class Node:
             timeouts=self.limits.timeouts,
         )
         conn = PeerConnection(stream, session, address, self.clock, self.limits.send_timeout,
-                              stats=ConnStats(now), counters=self.counters)
+                              stats=ConnStats(now), counters=self.counters, logs=self.logs,
+                              known=host_of(address) in self.known_hosts)
         self.connections.add(conn)
         return conn
 
@@ -186,7 +239,9 @@ class Node:
             reason = conn.close_reason or conn.session.close_reason or Reason.NORMAL
             if conn.peer is None:
                 self.counters[f"handshake_failed:{reason.name}"] += 1
-                log.info("handshake_failed", addr=conn.address, reason=reason.name)
+                self.logs.info(self.clock.now(), "handshake_failed", reason.name,
+                               addr=conn.address, reason=reason.name,
+                               error=conn.close_detail or None)
             conn.finished.set()
             conn.settled.set()
             with trio.CancelScope(shield=True):
@@ -202,13 +257,27 @@ class Node:
             await self._on_established(conn)
             return
         assert isinstance(event, Message)
+        # Every received message is policed, the session's own included: the
+        # session surfaces Ping, Pong, Rekey and Close instead of acting on
+        # them unseen (docs/protocol.md §13.1).
         if not await self.inbound.admit_message(conn, event, self.clock.now()):
             self.counters["messages_policed"] += 1
             return
+        if isinstance(event, Ping):
+            # Answered only once admitted: a Ping flood is dropped, fed back
+            # and banned like any other excess.
+            try:
+                await conn.send(Pong(event.seq))
+            except PeerGone:
+                pass
+            return
+        if isinstance(event, _SESSION_ACTED):
+            return  # the session applied them already; admission only counts them
         handler = self.handlers.get(type(event))
         if handler is None:
             self.counters["unhandled_message"] += 1
-            log.debug("unhandled_message", peer=conn.member_id, type=type(event).__name__)
+            self.logs.debug(self.clock.now(), "unhandled_message", type(event).__name__,
+                            peer=conn.member_id, type=type(event).__name__)
             return
         await handler(conn, event)
 
@@ -224,7 +293,8 @@ class Node:
         refusal = self.inbound.admit_session(conn, self.clock.now())
         if refusal is not None:
             self.counters[f"session_refused:{refusal.name}"] += 1
-            log.warning("session_refused", peer=member, reason=refusal.name)
+            self.logs.warning(self.clock.now(), "session_refused", f"{refusal.name}:{member}",
+                              peer=member, reason=refusal.name)
             await conn.close(refusal, "refused by policy")
             return
         old = self.sessions.get(member)
@@ -235,7 +305,8 @@ class Node:
                 else True
             )
             loser = old if keep_new else conn
-            log.info("duplicate_session", peer=member, kept="new" if keep_new else "old")
+            self.logs.info(self.clock.now(), "duplicate_session", member, peer=member,
+                           kept="new" if keep_new else "old")
             if not keep_new:
                 await conn.close(Reason.DUPLICATE_SESSION, "a session with this member exists")
                 conn.settled.set()
@@ -246,8 +317,10 @@ class Node:
         conn.established.set()
         conn.settled.set()
         self.counters["sessions_established"] += 1
-        log.info("session_established", peer=member, role=conn.peer.role, addr=conn.address,
-                 initiator=conn.initiator)
+        for host in _peer_hosts(conn):
+            self.note_known_host(host)
+        self.logs.info(self.clock.now(), "session_established", member, peer=member,
+                       role=conn.peer.role, addr=conn.address, initiator=conn.initiator)
         self.events.publish(SessionOpened(member, conn.peer.role, conn.address))
         for hook in self.on_open:
             await hook(conn)
@@ -262,17 +335,30 @@ class Node:
         if refusal is not None:
             key = f"refused:{refusal.name}"
             self.counters[key] += 1
-            # One log line per refusal would let a stranger flood the log:
-            # log the first, then every 1000th.
-            if self.counters[key] % 1000 == 1:
-                log.warning("connection_refused", addr=address, reason=refusal.name,
-                            total=self.counters[key])
+            self.logs.warning(self.clock.now(), "connection_refused", refusal.name, addr=address,
+                              reason=refusal.name, total=self.counters[key])
         return refusal
+
+    def refusal_notice(self, reason: Reason) -> bytes:
+        """The refusal notice frame for ``reason`` (docs/protocol.md §13.7), cached."""
+        retry = self.inbound.retry_after(reason)
+        key = (reason, round(retry * 1000))
+        notice = self._notices.get(key)
+        if notice is None:
+            if len(self._notices) > 16:  # limits were reloaded many times
+                self._notices.clear()
+            notice = self._notices[key] = refusal_frame(reason, retry)
+        return notice
 
     async def accept(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve an inbound stream (in-memory tests; the listener screens itself)."""
-        if self.screen(address) is not None:
+        refusal = self.screen(address)
+        if refusal is not None:
             with trio.move_on_after(1.0):
+                try:
+                    await stream.send_all(self.refusal_notice(refusal))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
                 await stream.aclose()
             return
         conn = self.new_connection(stream, initiator=False, address=address)
@@ -292,8 +378,12 @@ class Node:
             # Either ours, or an existing session that won the tie-break.
             return self.sessions[conn.peer.member_id]
         reason = conn.close_reason or conn.session.close_reason or Reason.HANDSHAKE_FAILED
-        raise PeerGone(f"session with {address} not established: {reason.name}")
-        return conn
+        refusal = conn.session.refusal
+        if refusal is not None:
+            raise PeerGone(f"session with {address} not established: {reason.name} (refused "
+                           f"before the handshake; retry after {refusal.retry_after:g} s)",
+                           reason=reason, retry_after=refusal.retry_after)
+        raise PeerGone(f"session with {address} not established: {reason.name}", reason=reason)
 
     # --- sending -------------------------------------------------------------
 
@@ -340,7 +430,9 @@ class Node:
                 for conn in self.sessions.values()
             ],
             "handshakes_in_progress": self.handshakes_in_progress,
+            "known_hosts": len(self.known_hosts),
             "counters": dict(self.counters),
+            "log": self.logs.status(),
         }
 
     async def aclose(self) -> None:
@@ -354,6 +446,17 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for conn in list(self.connections):
                     nursery.start_soon(conn.close, Reason.SHUTDOWN, "node shutting down")
+
+
+def _peer_hosts(conn: PeerConnection) -> list[str]:
+    """The hosts a session's peer was seen at: its address, and the socket's peer IP."""
+    hosts = [host_of(conn.address)]
+    if isinstance(conn.stream, trio.SocketStream):
+        try:
+            hosts.append(str(conn.stream.socket.getpeername()[0]))
+        except OSError:
+            pass
+    return hosts
 
 
 @asynccontextmanager

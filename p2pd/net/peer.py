@@ -19,6 +19,7 @@ from p2pd.clock import Clock, trio_deadline
 from p2pd.errors import PeerGone
 from protocol import (
     NEED_DATA,
+    Close,
     ConnectionClosed,
     Credential,
     Event,
@@ -60,9 +61,14 @@ class PeerConnection:
     # or over: what a dialler waits for.
     settled: trio.Event = field(default_factory=trio.Event)
     close_reason: Reason | None = None
+    close_detail: str = ""
+    # Inbound from a host where members were seen (p2pd.net.admission).
+    known: bool = False
     # The node's counters (shared), so faults contained to this connection
     # show in ``p2pctl status``.
     counters: Counter[str] = field(default_factory=Counter)
+    # The node's log sampler (shared): lines a peer can trigger at will.
+    logs: log.Sampler = field(default_factory=log.Sampler)
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -83,13 +89,14 @@ class PeerConnection:
         self.stats.messages_out += 1
         await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, *, end_on_break: bool = True) -> None:
         """Write queued bytes. Raises PeerGone if the stream broke or stalled.
 
         The write is shielded from the caller's cancellation: stopping half
         way through a frame would corrupt the stream (the peer would fail to
         decrypt everything after it). Only the send deadline interrupts a
-        write, and then the whole connection is closed.
+        write, and then the whole connection is closed; a broken stream ends
+        it too unless ``end_on_break`` is False (then only PeerGone).
         """
         if not self.session.has_data_to_send:
             return  # the common case: no lock, no cancel scope
@@ -106,7 +113,8 @@ class PeerConnection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     broke = exc
             if broke is not None:
-                self._cancel.cancel()
+                if end_on_break:
+                    self._cancel.cancel()
                 raise PeerGone(f"connection to {self.member_id} broke") from broke
             if scope.cancelled_caught:
                 self.close_reason = Reason.TIMEOUT
@@ -143,13 +151,20 @@ async def pump_session(conn: PeerConnection, on_event: EventHandler) -> None:
     """
     with conn._cancel:
         try:
-            await conn.flush()
+            try:
+                await conn.flush(end_on_break=False)
+            except PeerGone:
+                if not conn.initiator:
+                    raise
+                # A responder that refused us may have closed before our
+                # message 1 went out: its refusal notice (docs/protocol.md
+                # §13.7) can still be waiting to be read.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_run_timers, conn)
                 await _receive_loop(conn, on_event)
                 nursery.cancel_scope.cancel()
         except PeerGone as exc:
-            log.info("peer_gone", peer=conn.member_id, addr=conn.address, error=str(exc))
+            _gone(conn, str(exc))
 
 
 async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
@@ -167,8 +182,13 @@ async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
                 assert isinstance(event, Event)
                 if isinstance(event, ConnectionClosed):
                     conn.close_reason = event.reason
-                    log.info("peer_closed", peer=conn.member_id, addr=conn.address,
-                             reason=event.reason.name, message=event.message)
+                    conn.logs.info(now, "peer_closed", f"{event.reason.name}:{conn.member_id}",
+                                   peer=conn.member_id, addr=conn.address,
+                                   reason=event.reason.name, message=event.message)
+                    if session.close_received and conn.peer is not None:
+                        # The policer sees the Close too (it has taken effect).
+                        conn.stats.messages_in += 1
+                        await on_event(conn, Close(int(event.reason), event.message))
                     return
                 if isinstance(event, HandshakeComplete):
                     conn.peer = event.peer
@@ -183,10 +203,10 @@ async def _receive_loop(conn: PeerConnection, on_event: EventHandler) -> None:
     except ProtocolError as exc:
         await _fail(conn, exc)
     except PeerGone as exc:
-        log.info("peer_gone", peer=conn.member_id, addr=conn.address, error=str(exc))
+        _gone(conn, str(exc))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         conn.close_reason = conn.close_reason or Reason.PROTOCOL_ERROR
-        log.info("peer_gone", peer=conn.member_id, addr=conn.address, error="connection broke")
+        _gone(conn, "connection broke")
     except Exception as exc:  # containment: our fault on one peer's input
         await internal_error(conn, exc)
 
@@ -210,6 +230,12 @@ async def _run_timers(conn: PeerConnection) -> None:
         await internal_error(conn, exc)
 
 
+def _gone(conn: PeerConnection, error: str) -> None:
+    # Keyed on the member (authenticated, so finitely many), never the address.
+    conn.logs.info(conn.clock.now(), "peer_gone", conn.member_id, peer=conn.member_id,
+                   addr=conn.address, error=error)
+
+
 async def internal_error(conn: PeerConnection, exc: Exception) -> None:
     """Contain a fault of ours triggered by ``conn``'s input to that connection.
 
@@ -220,7 +246,9 @@ async def internal_error(conn: PeerConnection, exc: Exception) -> None:
     INTERNAL_ERROR. The daemon and every other session go on.
     """
     conn.counters["internal_errors"] += 1
-    log.exception("internal_error", exc, peer=conn.member_id, addr=conn.address)
+    conn.logs.exception(conn.clock.now(), "internal_error", exc,
+                        f"{type(exc).__name__}:{conn.member_id}",
+                        peer=conn.member_id, addr=conn.address)
     await conn.close(Reason.INTERNAL_ERROR, "internal error")
 
 
@@ -235,8 +263,11 @@ async def contained(conn: PeerConnection, func: Callable[..., Awaitable[Any]], *
 async def _fail(conn: PeerConnection, exc: ProtocolError) -> None:
     """Log a session failure and send what the session queued (e.g. Close)."""
     conn.close_reason = exc.reason
-    log.warning("session_failed", peer=conn.member_id, addr=conn.address,
-                reason=exc.reason.name, error=str(exc))
+    conn.close_detail = str(exc)
+    if conn.peer is not None:  # before authentication the node logs handshake_failed
+        conn.logs.warning(conn.clock.now(), "session_failed", f"{exc.reason.name}:{conn.member_id}",
+                          peer=conn.member_id, addr=conn.address, reason=exc.reason.name,
+                          error=conn.close_detail)
     with trio.move_on_after(1.0):
         try:
             await conn.flush()

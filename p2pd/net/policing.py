@@ -24,7 +24,12 @@ reconnect does not refill anything):
    feedback with its fair share.
 
 Before authentication: new connections per source host are rate limited
-(RATE_LIMITED); totals and handshakes are capped by ``NodeLimits``.
+(RATE_LIMITED); connections from hosts where no member was seen (strangers)
+also share a node-wide handshake budget (``stranger_rate``, burst
+``stranger_burst``): once it runs out the node is *under load* and refuses
+further strangers with TOO_MANY_CONNECTIONS before any handshake work, while
+members' known hosts (p2pd.net.admission) still get in. Totals and
+handshakes are capped by ``NodeLimits``.
 
 Outbound, :class:`OutboundPacer` keeps an :class:`protocol.AimdPacer` per
 (peer, category): ``await policer.pace(conn, category)`` before sending.
@@ -42,6 +47,7 @@ import trio
 from p2pd import log
 from p2pd.errors import PeerGone
 from p2pd.events import Banned, FeedbackSent, Unbanned
+from p2pd.net.admission import host_of as host_of
 from p2pd.net.peer import PeerConnection
 from protocol import (
     AimdPacer,
@@ -56,6 +62,11 @@ from protocol import (
 
 if TYPE_CHECKING:
     from p2pd.net.node import Node
+
+# Seconds "under load" lasts after the strangers' budget last ran out.
+UNDER_LOAD_HOLD = 10.0
+# How long after its retry time a refused stranger still counts as coming back.
+RETRY_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,8 @@ class PolicingConfig:
     ban_memory: float = 86400.0
     conn_rate_per_host: float = 2.0
     conn_burst_per_host: float = 10.0
+    stranger_rate: float = 20.0
+    stranger_burst: float = 40.0
     max_tracked_hosts: int = 4096
     pacer_increase_fraction: float = 0.1
 
@@ -108,6 +121,14 @@ class _Ban:
 
 
 @dataclass
+class _Host:
+    """A source host: its connection bucket, and when a load refusal told it to come back."""
+
+    bucket: TokenBucket
+    retry_at: float = 0.0
+
+
+@dataclass
 class _Member:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     episodes: dict[str, _Episode] = field(default_factory=dict)
@@ -115,15 +136,6 @@ class _Member:
     accepted: int = 0
     dropped: int = 0
     last_seen: float = 0.0
-
-
-def host_of(address: str) -> str:
-    """``"10.0.0.1:5"`` -> ``"10.0.0.1"``, ``"[::1]:5"`` -> ``"::1"``, else unchanged."""
-    if address.startswith("["):
-        return address[1:].split("]", 1)[0]
-    if address.count(":") == 1:
-        return address.rsplit(":", 1)[0]
-    return address
 
 
 class FairScheduler:
@@ -250,26 +262,58 @@ class Policer:
         self.pacer = OutboundPacer(self.config)
         self.members: dict[str, _Member] = {}
         self.bans: dict[str, _Ban] = {}
-        self._hosts: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._hosts: OrderedDict[str, _Host] = OrderedDict()
+        self._strangers = TokenBucket.full(self.config.stranger_rate, self.config.stranger_burst,
+                                           node.clock.now())
+        self._returning = TokenBucket.full(self.config.stranger_rate, self.config.stranger_burst,
+                                           node.clock.now())
+        self.under_load_until = 0.0
 
     # --- InboundPolicy ---------------------------------------------------------
 
-    def admit_connection(self, address: str, now: float) -> Reason | None:
+    def admit_connection(self, address: str, now: float, known: bool) -> Reason | None:
         host = host_of(address)
         cfg = self.config
-        bucket = self._hosts.get(host)
-        if bucket is None:
-            bucket = TokenBucket.full(cfg.conn_rate_per_host, cfg.conn_burst_per_host, now)
-            self._hosts[host] = bucket
+        state = self._hosts.get(host)
+        if state is None:
+            state = _Host(TokenBucket.full(cfg.conn_rate_per_host, cfg.conn_burst_per_host, now))
+            self._hosts[host] = state
             while len(self._hosts) > cfg.max_tracked_hosts:
                 # Evict the least recently seen host: its bucket has refilled
                 # the longest, so forgetting it gives away the least.
                 self._hosts.popitem(last=False)
         self._hosts.move_to_end(host)
-        if not bucket.take(now):
+        if not state.bucket.take(now):
             self.node.counters["connection_rate_limited"] += 1
             return Reason.RATE_LIMITED
-        return None
+        if known:
+            return None
+        # Strangers' handshakes share a node-wide budget, however many
+        # addresses they come from (docs/protocol.md §13.7, "Under load").
+        # The retry step: a host we refused for load that waited as long as
+        # its notice said before coming back spends a second budget of the
+        # same size, which a flood that ignores the notices never reaches.
+        returning = bool(state.retry_at) and state.retry_at <= now <= state.retry_at + RETRY_WINDOW
+        budget = self._returning if returning else self._strangers
+        budget.set_rate(cfg.stranger_rate, cfg.stranger_burst, now)
+        if budget.take(now):
+            state.retry_at = 0.0
+            if returning:
+                self.node.counters["stranger_retry_admitted"] += 1
+            return None
+        self.node.counters["stranger_budget_refused"] += 1
+        self.under_load_until = now + UNDER_LOAD_HOLD
+        state.retry_at = now + self.retry_after(Reason.TOO_MANY_CONNECTIONS)
+        return Reason.TOO_MANY_CONNECTIONS
+
+    def under_load(self, now: float) -> bool:
+        """True while the strangers' handshake budget ran out in the last few seconds."""
+        return now < self.under_load_until
+
+    def retry_after(self, reason: Reason) -> float:
+        if reason is Reason.RATE_LIMITED:
+            return 1.0 / self.config.conn_rate_per_host  # one new token
+        return 1.0
 
     def admit_session(self, conn: PeerConnection, now: float) -> Reason | None:
         ban = self.bans.get(conn.member_id)
@@ -326,9 +370,11 @@ class Policer:
             },
             "pacer": self.pacer.rates(),
             "scheduler_waiting": self.scheduler.waiting,
+            "under_load": self.under_load(now),
             "counters": {k: v for k, v in self.node.counters.items()
                          if k.startswith(("policed:", "ban", "feedback", "stamp",
-                                          "connection_rate", "rate_limited", "messages_policed"))},
+                                          "connection_rate", "rate_limited", "messages_policed",
+                                          "stranger_", "refused:", "handshakes_evicted"))},
         }
 
     def restore_ban(self, member_id: str, until: float, count: int, now: float) -> None:
@@ -373,8 +419,9 @@ class Policer:
                         why: str) -> None:
         fb = self.stamper.issue(conn.member_id, category, rate, now, self.config.feedback_hold)
         self.node.counters["feedback_sent"] += 1
-        log.info("congestion_feedback", peer=conn.member_id, category=category,
-                 rate=fb.rate, hold_s=self.config.feedback_hold, why=why, serial=fb.serial)
+        self.node.logs.info(now, "congestion_feedback", f"{conn.member_id}:{category}:{why}",
+                            peer=conn.member_id, category=category, rate=fb.rate,
+                            hold_s=self.config.feedback_hold, why=why, serial=fb.serial)
         self.node.events.publish(FeedbackSent(conn.member_id, category, fb.rate, fb.expires_ms / 1000, why))
         await self._send(conn, fb)
 
@@ -423,7 +470,8 @@ class Policer:
             self.stamper.check_echo(conn.member_id, echo, now)
         except StampError as exc:
             self.node.counters[f"stamp_rejected:{exc.kind}"] += 1
-            log.warning("stamp_rejected", peer=conn.member_id, kind=exc.kind, serial=echo.serial)
+            self.node.logs.warning(now, "stamp_rejected", f"{conn.member_id}:{exc.kind}",
+                                   peer=conn.member_id, kind=exc.kind, serial=echo.serial)
             return
         self.node.counters["feedback_acked"] += 1
         ep = state.episodes.get(echo.category)
@@ -442,8 +490,8 @@ class Policer:
         state.episodes.clear()
         self.node.counters["rate_limited_closes"] += 1
         self.node.counters["bans"] += 1
-        log.warning("ban", peer=member_id, category=category, duration_s=duration, count=count,
-                    reason=Reason.RATE_LIMITED.name)
+        self.node.logs.warning(now, "ban", member_id, peer=member_id, category=category,
+                               duration_s=duration, count=count, reason=Reason.RATE_LIMITED.name)
         self.node.events.publish(Banned(member_id, now + duration, duration, count, category))
         await conn.close(Reason.RATE_LIMITED, f"ignored congestion feedback ({category})")
 

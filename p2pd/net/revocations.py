@@ -109,7 +109,8 @@ class RevocationGossip:
             await self.install(msg.revocation_list, source=conn)
         except SignatureError:
             self.node.counters["revocation_bad_signature"] += 1
-            log.warning("revocation_rejected", peer=conn.member_id, reason="BAD_SIGNATURE")
+            self.node.logs.warning(self.node.clock.now(), "revocation_rejected", conn.member_id,
+                                   peer=conn.member_id, reason="BAD_SIGNATURE")
 
     async def on_open(self, conn: PeerConnection) -> None:
         for rl in list(self.registry.lists.values()):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import trio
 
-from p2pd.errors import P2pdError
+from p2pd.errors import P2pdError, PeerGone
 from p2pd.net.identity import NodeIdentity
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.sim.community import SimCommunity, SimNode
@@ -23,9 +23,15 @@ def far_slot(com: SimCommunity) -> int:
     return (int(horizon) // slot + 8) * slot
 
 
-async def session_at_target(com: SimCommunity, attacker: SimNode, target: SimNode) -> bool:
-    """Try to open a session; True if the *target* registered it (the attack's success)."""
-    label = f"mem:{attacker.member_id}:{os.urandom(3).hex()}"
+async def session_at_target(com: SimCommunity, attacker: SimNode, target: SimNode,
+                            refusal: list[PeerGone] | None = None, *, host: str | None = None) -> bool:
+    """Try to open a session; True if the *target* registered it (the attack's success).
+
+    The in-memory address is a new host per call unless ``host`` is given
+    (then ``host:random``, one host for every call). A refusal (PeerGone,
+    with its reason and retry_after) is appended to ``refusal``.
+    """
+    label = f"{host}:{os.urandom(3).hex()}" if host else f"mem:{attacker.member_id}:{os.urandom(3).hex()}"
     try:
         with trio.fail_after(PROBE_TIMEOUT):
             stream = await com.open_stream(target, label)
@@ -35,6 +41,9 @@ async def session_at_target(com: SimCommunity, attacker: SimNode, target: SimNod
             # In XX the initiator finishes first; give the responder its say.
             with trio.move_on_after(0.5):
                 await conn.finished.wait()
+    except PeerGone as exc:
+        if refusal is not None:
+            refusal.append(exc)
     except (P2pdError, OSError, trio.TooSlowError):
         pass
     return any(c.address == label and c.peer is not None for c in target.node.sessions.values())

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from p2pd.errors import P2pdError
+from p2pd.errors import P2pdError, PeerGone
 from p2pd.sim.attack_kit import add_attacker, connect, far_slot, session_at_target, wait
 from p2pd.sim.community import SimCommunity
 from protocol import OrderGossip
@@ -49,11 +49,15 @@ async def handshake_flood(com: SimCommunity) -> dict[str, Any]:
         with trio.move_on_after(duration):
             while True:
                 probes += 1
-                if not await session_at_target(com, probe, target):
+                # A new member, from one address, that waits as a refusal
+                # notice tells it to (as p2pd.net.discovery does).
+                refusal: list[PeerGone] = []
+                if not await session_at_target(com, probe, target, refusal, host="mem-x-probe"):
                     denied += 1
                 for conn in list(probe.node.sessions.values()):
                     await conn.close()
-                await trio.sleep(0.2)
+                wait = refusal[0].retry_after if refusal and refusal[0].retry_after else 0.0
+                await trio.sleep(max(0.2, wait))
         nursery.cancel_scope.cancel()
     trades_after = sum(s.node.counters["trades_sold"] + s.node.counters["trades_bought"] for s in com.nodes)
     return {"attempts": opened, "successes": denied, "honest_dials": probes,

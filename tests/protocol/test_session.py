@@ -86,7 +86,7 @@ def test_replayed_frame() -> None:
     p = established()
     data = one_frame(p)
     p.server.receive_data(data, NOW)
-    assert drain(p.server) == []
+    assert drain(p.server) == [Ping(7)]
     fails_with(p.server, data, Reason.DECRYPT_FAILED)
 
 
@@ -250,8 +250,10 @@ def test_ping_sent_after_interval_and_answered() -> None:
     p.now = NOW + 30
     p.client.handle_timer(p.now)
     assert p.client.get_timer() == NOW + 90  # ping outstanding: next is the idle timeout
-    assert p.transfer(p.client, p.server) == []  # Ping consumed by the session
-    assert p.transfer(p.server, p.client) == []  # Pong consumed too
+    assert p.transfer(p.client, p.server) == [Ping(1)]  # surfaced, not answered ...
+    assert p.server.data_to_send() == b""
+    p.server.send(Pong(1))  # ... until the caller admits it and answers
+    assert p.transfer(p.server, p.client) == [Pong(1)]  # surfaced too, after taking effect
     assert p.client.get_timer() == NOW + 60  # reset by the received Pong
 
 
@@ -292,7 +294,9 @@ def test_rekey_after_message_count_both_directions() -> None:
         p.client.send(Ping(i))
         p.server.send(Ping(1000 + i))
         cev, sev = p.pump()
-        assert cev == [] and sev == []
+        # Every received message is surfaced, the Rekeys included.
+        assert [e for e in cev if not isinstance(e, Rekey)] == [Ping(1000 + i)]
+        assert [e for e in sev if not isinstance(e, Rekey)] == [Ping(i)]
     assert p.client.established and p.server.established
     assert p.client._sent_since_rekey < 3 and p.server._sent_since_rekey < 3
 
@@ -304,10 +308,10 @@ def test_rekey_frame_then_new_key() -> None:
     # Ping frame, then the Rekey frame (encrypted under the old key).
     assert len(data) == (2 + 4 + 16) + (2 + 3 + 16)
     p.server.receive_data(data, NOW)
-    assert drain(p.server) == []
+    assert drain(p.server) == [Ping(1), Rekey()]  # applied, then surfaced
     p.client.send(Ping(2))
     p.server.receive_data(p.client.data_to_send(), NOW)
-    assert drain(p.server) == []
+    assert drain(p.server) == [Ping(2), Rekey()]
     assert p.server.established
 
 
@@ -319,7 +323,7 @@ def test_rekey_on_interval() -> None:
     p.now = NOW + 100
     p.pump()
     p.client.send(Ping(3))
-    assert p.transfer(p.client, p.server) == []
+    assert p.transfer(p.client, p.server) == [Ping(3)]
     assert p.server.established
 
 
@@ -329,7 +333,7 @@ def test_missing_rekey_breaks_decryption() -> None:
     data = p.client.data_to_send()
     assert len(data) == 22 + 21
     p.server.receive_data(data[:22], NOW)  # only the Ping; the Rekey frame is dropped
-    assert drain(p.server) == []
+    assert drain(p.server) == [Ping(1)]
     p.client.send(Ping(2))
     fails_with(p.server, p.client.data_to_send(), Reason.DECRYPT_FAILED)
 
@@ -429,8 +433,8 @@ def test_send_invalid_message_is_local_error() -> None:
 
 def test_application_message_passes_through() -> None:
     p = established()
-    p.client.send(Pong(5))  # an unsolicited Pong is consumed, not surfaced
-    assert p.transfer(p.client, p.server) == []
+    p.client.send(Pong(5))  # an unsolicited Pong is surfaced like any message
+    assert p.transfer(p.client, p.server) == [Pong(5)]
 
 
 def test_hostile_hello_payload_costs_little_memory() -> None:

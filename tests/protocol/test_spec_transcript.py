@@ -122,9 +122,10 @@ def derive(params: dict[str, str], keys: dict[str, bytes]) -> dict[str, bytes]:
     out["close-plaintext"] = encode_message(close)
     ini.send(Ping(seq))
     out["ping-frame"], ev = deliver(ini, res)
-    assert ev == []  # answered by the session itself
+    assert ev == [Ping(seq)]  # surfaced; the application answers it (section 13.1)
+    res.send(Pong(seq))
     out["pong-frame"], ev = deliver(res, ini)
-    assert ev == []
+    assert ev == [Pong(seq)]
     ini.close(Reason(close.reason), close.message)
     out["close-frame"], ev = deliver(ini, res)
     assert ev == [ConnectionClosed(Reason(close.reason), close.message, True)]

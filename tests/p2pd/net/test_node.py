@@ -11,7 +11,7 @@ from p2pd_test_helpers import Community, link
 from p2pd.errors import PeerGone
 from p2pd.net.listener import dial, serve_p2p
 from p2pd.net.node import Node, NodeLimits
-from protocol import Reason, Timeouts
+from protocol import Reason, Timeouts, refusal_frame
 
 
 async def test_two_nodes_establish_and_see_each_other(make_node: Callable[..., Any]) -> None:
@@ -127,6 +127,8 @@ async def test_connection_cap_refuses_extra_strangers(make_node: Callable[..., A
     client, server = trio.testing.memory_stream_pair()
     await bob.accept(server, "one-too-many")
     assert bob.counters["refused:TOO_MANY_CONNECTIONS"] == 1
+    # The refusal notice (docs/protocol.md §13.7), then EOF.
+    assert await client.receive_some(64) == refusal_frame(Reason.TOO_MANY_CONNECTIONS, 1.0)
     assert await client.receive_some(10) == b""
 
 

@@ -26,6 +26,7 @@ from protocol import (
     Reason,
     Timeouts,
     frame,
+    refusal_frame,
     register,
 )
 from protocol.schema import U32, Int, f
@@ -312,6 +313,7 @@ async def test_new_connections_per_host_are_rate_limited(
     client, server = trio.testing.memory_stream_pair()
     await hub.accept(server, "10.0.0.1:9")  # another port does not help
     assert hub.counters["refused:RATE_LIMITED"] == 1
+    assert await client.receive_some(64) == refusal_frame(Reason.RATE_LIMITED, 1.0)  # §13.7
     assert await client.receive_some(10) == b""
     client, server = trio.testing.memory_stream_pair()
     hub.nursery.start_soon(hub.accept, server, "10.0.0.2:9")  # other hosts still get in
