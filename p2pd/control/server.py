@@ -13,11 +13,16 @@ be sync or async; its return value (JSON-ready, or bytes/Path/dataclass/enum,
 converted here) is the result. Raise :class:`RpcError` for a specific error
 code, or any :class:`~p2pd.errors.P2pdError` (mapped in :data:`ERROR_CODES`).
 
-Hostile clients: lines over ``max_request`` bytes are refused before more is
-buffered, each client has at most ``max_inflight`` requests running (reading
-pauses beyond that), idle clients are dropped, and clients whose uid
+Hostile clients: a line over ``max_request`` bytes gets one error and is
+skipped up to its newline without being buffered (complete or not, the
+connection goes on), each client has at most ``max_inflight`` requests running
+(reading pauses beyond that), idle clients are dropped, and clients whose uid
 ``uid_allowed`` rejects (checked with SO_PEERCRED) get one error and are
-disconnected. None of this affects other clients.
+disconnected. When all ``max_clients`` slots are taken, a newcomer evicts the
+client idle for longest (nothing running, nothing subscribed), so clients that
+connect and sit idle cannot lock the operator out; at most
+``max_subscribers`` connections may hold subscriptions, so that some slots
+always stay evictable. None of this affects other clients.
 
 Containment (issue 17): an unexpected exception while handling a request --
 a handler's bug, a result that cannot be encoded, a bug here -- answers that
@@ -269,6 +274,7 @@ class ControlServer:
         *,
         max_request: int = MAX_REQUEST,
         max_clients: int = 32,
+        max_subscribers: int = 24,
         max_inflight: int = 8,
         idle_timeout: float = 300.0,
         send_timeout: float = 10.0,
@@ -282,11 +288,12 @@ class ControlServer:
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.max_request = max_request
         self.max_clients = max_clients
+        self.max_subscribers = max_subscribers
         self.max_inflight = max_inflight
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.uid_allowed = uid_allowed
-        self.clients = 0
+        self._clients: set[_Client] = set()
         self.register("rpc.methods", self._list_methods, summary="list the methods and their params")
 
     def register(
@@ -308,6 +315,28 @@ class ControlServer:
             raise ValueError(f"control method {name!r} registered twice")
         self.methods[name] = Method(name, func, dict(params or {}), streaming,
                                     summary or (inspect.getdoc(func) or "").split("\n")[0])
+
+    @property
+    def clients(self) -> int:
+        """Connections being served (evicted ones still closing included)."""
+        return len(self._clients)
+
+    def subscribers(self) -> int:
+        """Connections holding at least one subscription."""
+        return sum(1 for c in self._clients if c.subscriptions)
+
+    def _make_room(self) -> bool:
+        """True if a newcomer may be served: a slot is free, or the client
+        idle for longest (nothing running or subscribed) was evicted for it."""
+        live = [c for c in self._clients if not c.evicted]
+        if len(live) < self.max_clients:
+            return True
+        idle = [c for c in live if c.busy == 0]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        victim.evict()
+        return True
 
     def internal_error(self, exc: BaseException, **fields: Any) -> RpcError:
         """Log ``exc`` with its traceback, count it; returns the -32603 error to answer with."""
@@ -366,16 +395,16 @@ class ControlServer:
                 log.warning("control_refused", uid=uid, reason="uid")
                 await client.send_error(None, RpcError(PERMISSION_DENIED, f"permission denied: uid {uid} may not use this socket"))
                 return
-            if self.clients >= self.max_clients:
-                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients})"))
+            if not self._make_room():
+                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients}), all busy"))
                 return
-            self.clients += 1
+            self._clients.add(client)
             try:
                 await client.run()
             except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the server
                 self.internal_error(exc, where="client")
             finally:
-                self.clients -= 1
+                self._clients.discard(client)
         finally:
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
@@ -410,7 +439,15 @@ class _Client:
         self._cancel = trio.CancelScope()
         self.subscriptions = 0
         self.busy = 0
+        self.evicted = False
+        self.last_active = trio.current_time()
         self._finished = trio.lowlevel.ParkingLot()
+
+    def evict(self) -> None:
+        """Close this (idle) connection to make room for a newcomer."""
+        self.evicted = True
+        log.info("control_client_evicted", reason="slots full, idle longest")
+        self._cancel.cancel()  # works before run() entered the scope too
 
     async def send(self, obj: Any) -> None:
         data = encode(obj)
@@ -430,6 +467,9 @@ class _Client:
     async def run(self) -> None:
         limit = self.server.max_request
         buf = bytearray()
+        # Skipping the rest of an oversized line: its bytes are dropped, not
+        # buffered, until its newline; then the connection goes on.
+        skipping = False
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -452,8 +492,25 @@ class _Client:
                             while self.busy > self.subscriptions:
                                 await self._finished.park()
                         break
+                    self.last_active = trio.current_time()
                     buf += chunk
-                    while (end := buf.find(b"\n")) >= 0:
+                    # Bounded: each pass removes a line or ends the loop.
+                    while True:
+                        end = buf.find(b"\n")
+                        if skipping:
+                            if end < 0:
+                                buf.clear()
+                                break
+                            del buf[: end + 1]
+                            skipping = False
+                            continue
+                        if end < 0:
+                            if len(buf) > limit:
+                                # Answer now, without waiting for (or keeping) the rest.
+                                await self.send_error(None, _too_large(limit))
+                                buf.clear()
+                                skipping = True
+                            break
                         line = bytes(buf[:end])
                         del buf[: end + 1]
                         if len(line) > limit:
@@ -463,11 +520,6 @@ class _Client:
                             await self._slots.acquire()  # backpressure: stop reading when full
                             self.busy += 1
                             nursery.start_soon(self._handle_line, line, _Slot(self._slots))
-                    if len(buf) > limit:
-                        # We cannot find the end of this request without
-                        # buffering without bound: answer and hang up.
-                        await self.send_error(None, _too_large(limit))
-                        break
                 nursery.cancel_scope.cancel()
 
     async def _handle_line(self, line: bytes, slot: _Slot) -> None:
@@ -491,6 +543,7 @@ class _Client:
                 await self.send_error(None, self.server.internal_error(exc, where="request"))
         finally:
             self.busy -= 1
+            self.last_active = trio.current_time()
             slot.release()
             self._finished.unpark_all()
 
@@ -514,7 +567,8 @@ class _Client:
         where streaming is not allowed).
         """
         request_id = request.get("id") if isinstance(request, dict) else None
-        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+        # JSON-RPC 2.0: a string, a number (1.5 too; decode() refused NaN) or null.
+        if not isinstance(request_id, (str, int, float, type(None))) or isinstance(request_id, bool):
             return _err(None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, number or null"))
         if (
             not isinstance(request, dict)
@@ -536,6 +590,9 @@ class _Client:
                     raise RpcError(INVALID_REQUEST, f"invalid request: {name} streams; call it alone and with an id")
                 if self.subscriptions >= MAX_SUBSCRIPTIONS:
                     raise RpcError(TOO_BUSY, f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS})")
+                if not self.subscriptions and self.server.subscribers() >= self.server.max_subscribers:
+                    # The other slots stay evictable, so an operator always gets in.
+                    raise RpcError(TOO_BUSY, f"too many subscribing connections (limit {self.server.max_subscribers})")
                 slot.release()  # a long-lived stream must not block ordinary requests
                 sub = Subscription(self, request_id)
                 self.subscriptions += 1
