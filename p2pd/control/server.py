@@ -16,13 +16,19 @@ code, or any :class:`~p2pd.errors.P2pdError` (mapped in :data:`ERROR_CODES`).
 Hostile clients: a line over ``max_request`` bytes gets one error and is
 skipped up to its newline without being buffered (complete or not, the
 connection goes on), each client has at most ``max_inflight`` requests running
-(reading pauses beyond that), idle clients are dropped, and clients whose uid
-``uid_allowed`` rejects (checked with SO_PEERCRED) get one error and are
-disconnected. When all ``max_clients`` slots are taken, a newcomer evicts the
+(reading pauses beyond that), idle clients are dropped, and clients that
+``peer_allowed`` rejects get one error and are disconnected. When all ``max_clients`` slots are taken, a newcomer evicts the
 client idle for longest (nothing running, nothing subscribed), so clients that
 connect and sit idle cannot lock the operator out; at most
 ``max_subscribers`` connections may hold subscriptions, so that some slots
 always stay evictable. None of this affects other clients.
+
+Access (issue 13): the socket is mode 0660, so only its owner, its group and
+root can connect; the daemon then checks the connecting process with
+SO_PEERCRED (:func:`default_peer_allowed`): its own uid, root, and members of
+the socket's group (the daemon's group, ``p2pd`` under systemd) in the
+system's group database. A process that still holds the group after its user
+left it can open the socket but is refused.
 
 Containment (issue 17): an unexpected exception while handling a request --
 a handler's bug, a result that cannot be encoded, a bug here -- answers that
@@ -38,10 +44,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import grp
 import inspect
 import json
 import math
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -261,9 +269,48 @@ def _cut(text: str) -> str:
     return repr(text) if len(text) <= SHOW_CHARS else repr(text[:SHOW_CHARS]) + "..."
 
 
-def default_uid_allowed(uid: int) -> bool:
-    """Same user as the daemon, or root."""
-    return uid == os.getuid() or uid == 0
+@dataclass(frozen=True)
+class PeerCred:
+    """The connecting process, as the kernel reports it (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+    """Its effective group id at connect time (not its supplementary groups)."""
+
+
+def in_group(uid: int, gid: int, group: int) -> bool:
+    """True if ``gid`` is ``group``, or the user ``uid`` belongs to ``group``
+    in the system's user and group database (``os.getgrouplist``).
+
+    Blocking: it may ask NSS (LDAP, sssd); call it in a thread.
+    """
+    if gid == group:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:  # a uid with no user name has no groups to look up
+        return False
+    try:
+        return group in os.getgrouplist(user.pw_name, user.pw_gid)
+    except OSError:
+        return False
+
+
+def default_peer_allowed(peer: PeerCred, group: int | None) -> bool:
+    """The daemon's own uid, root, or a member of ``group`` (the socket's group;
+    None when unknown, e.g. a memory stream): see :func:`in_group`. Blocking."""
+    if peer.uid in (os.getuid(), 0):
+        return True
+    return group is not None and in_group(peer.uid, peer.gid, group)
+
+
+def group_name(gid: int) -> str:
+    """``gid``'s name, or the number if it has none. Blocking (NSS)."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 class ControlServer:
@@ -278,12 +325,13 @@ class ControlServer:
         max_inflight: int = 8,
         idle_timeout: float = 300.0,
         send_timeout: float = 10.0,
-        uid_allowed: Callable[[int], bool] = default_uid_allowed,
+        peer_allowed: Callable[[PeerCred, int | None], bool] = default_peer_allowed,
         counters: Counter[str] | None = None,
     ) -> None:
         """``counters``: where to count :data:`INTERNAL_ERRORS` (the daemon
         passes the node's, so ``p2pctl status`` shows them); a new Counter
-        if None."""
+        if None. ``peer_allowed(peer, socket_group)`` decides who may use the
+        socket; it runs in a worker thread (group look-ups may block)."""
         self.methods: dict[str, Method] = {}
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.max_request = max_request
@@ -292,7 +340,7 @@ class ControlServer:
         self.max_inflight = max_inflight
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
-        self.uid_allowed = uid_allowed
+        self.peer_allowed = peer_allowed
         self._clients: set[_Client] = set()
         self.register("rpc.methods", self._list_methods, summary="list the methods and their params")
 
@@ -383,17 +431,24 @@ class ControlServer:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {method_name}")
         return await _invoke(method.func, self.bind_params(method, params))
 
-    async def serve_client(self, stream: trio.abc.Stream, uid: int | None = None) -> None:
+    async def serve_client(self, stream: trio.abc.Stream, peer: PeerCred | None = None,
+                           group: int | None = None) -> None:
         """Serve one client until it disconnects, idles out or misbehaves.
 
-        ``uid`` is the peer's uid (None if unknown, e.g. a memory stream).
-        Never raises for the client's behaviour; closes ``stream``.
+        ``peer`` is the connecting process (None if unknown, e.g. a memory
+        stream: then no check); ``group`` the socket's group id. Never raises
+        for the client's behaviour; closes ``stream``.
         """
         client = _Client(self, stream)
         try:
-            if uid is not None and not self.uid_allowed(uid):
-                log.warning("control_refused", uid=uid, reason="uid")
-                await client.send_error(None, RpcError(PERMISSION_DENIED, f"permission denied: uid {uid} may not use this socket"))
+            if peer is not None and not await trio.to_thread.run_sync(self.peer_allowed, peer, group):
+                log.warning("control_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, group=group,
+                            reason="not the daemon's user, root or a member of the socket's group")
+                who = "" if group is None else (f" (add the user to group "
+                                                 f"{await trio.to_thread.run_sync(group_name, group)} "
+                                                 f"and log in again)")
+                await client.send_error(None, RpcError(
+                    PERMISSION_DENIED, f"permission denied: uid {peer.uid} may not use this socket{who}"))
                 return
             if not self._make_room():
                 await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients}), all busy"))
@@ -651,8 +706,8 @@ def _too_large(limit: int) -> RpcError:
 SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
 
 
-def peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The connecting process's uid (Linux SO_PEERCRED), or None if unavailable."""
+def peer_credentials(sock: trio.socket.SocketType) -> PeerCred | None:
+    """The connecting process (Linux SO_PEERCRED), or None if unavailable."""
     opt = getattr(socket, "SO_PEERCRED", None)
     if opt is None:  # pragma: no cover - not Linux
         return None
@@ -660,7 +715,8 @@ def peer_uid(sock: trio.socket.SocketType) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize(SO_PEERCRED_FORMAT))
     except OSError:
         return None
-    return int(struct.unpack(SO_PEERCRED_FORMAT, raw)[1])
+    pid, uid, gid = struct.unpack(SO_PEERCRED_FORMAT, raw)
+    return PeerCred(int(pid), int(uid), int(gid))
 
 
 def _prepare_path(path: Path) -> None:
@@ -693,12 +749,15 @@ async def serve_control(
     """
     raw, inode = _bind_socket(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-    log.info("control_listening", socket=str(path))
+    # Members of the socket's group may use it (mode 0660): the daemon's group,
+    # or the directory's if it is set-group-id.
+    group = os.stat(path).st_gid
+    log.info("control_listening", socket=str(path), group=group_name(group))
     try:
         task_status.started(path)
 
         async def handler(stream: trio.SocketStream) -> None:
-            await server.serve_client(stream, peer_uid(stream.socket))
+            await server.serve_client(stream, peer_credentials(stream.socket), group)
 
         await trio.serve_listeners(handler, [listener])
     finally:
