@@ -5,6 +5,11 @@ Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -140,3 +145,35 @@ async def link(a, b):  # type: ignore[no-untyped-def]
                 and not conn.finished.is_set():
             await trio.sleep(0.001)
     return conn, b.sessions.get(a.member_id)
+
+
+# --- throwaway accounts (tests that need a second uid; they run as root) -----------------
+
+TEST_GROUP = "p2pdtest"
+TEST_OPERATOR = "p2pdtest-op"  # a member of TEST_GROUP
+TEST_OUTSIDER = "p2pdtest-out"  # not a member
+
+
+def ensure_test_accounts() -> tuple[int, pwd.struct_passwd, pwd.struct_passwd] | str:
+    """Group :data:`TEST_GROUP` and users :data:`TEST_OPERATOR` (in it) and
+    :data:`TEST_OUTSIDER` (not), created if absent. Returns the group id and
+    both users, or why they cannot be had (not root, no useradd): a skip reason.
+    """
+    if os.geteuid() != 0:
+        return "needs root to create throwaway users and to become them"
+    tools = [shutil.which(t) for t in ("groupadd", "useradd", "usermod")]
+    if not all(tools):
+        return "groupadd/useradd/usermod not installed: cannot make throwaway accounts"
+    groupadd, useradd, usermod = (str(t) for t in tools)
+    subprocess.run([groupadd, "-f", TEST_GROUP], check=True, capture_output=True)
+    for name in (TEST_OPERATOR, TEST_OUTSIDER):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run([useradd, "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    subprocess.run([usermod, "-a", "-G", TEST_GROUP, TEST_OPERATOR], check=True, capture_output=True)
+    gid = grp.getgrnam(TEST_GROUP).gr_gid
+    operator, outsider = pwd.getpwnam(TEST_OPERATOR), pwd.getpwnam(TEST_OUTSIDER)
+    assert gid in os.getgrouplist(operator.pw_name, operator.pw_gid)
+    assert gid not in os.getgrouplist(outsider.pw_name, outsider.pw_gid)
+    return gid, operator, outsider

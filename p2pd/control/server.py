@@ -62,7 +62,7 @@ from typing import Any
 import trio
 
 from p2pd import log
-from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone
+from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone, Unavailable
 
 # Standard JSON-RPC 2.0 codes.
 PARSE_ERROR = -32700
@@ -721,20 +721,20 @@ def peer_credentials(sock: trio.socket.SocketType) -> PeerCred | None:
 
 def _prepare_path(path: Path) -> None:
     if len(os.fsencode(path)) >= 108:
-        raise P2pdError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
+        raise ConfigError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
     try:
         st = path.lstat()
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise P2pdError(f"{path} exists and is not a socket; refusing to replace it")
+        raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
         path.unlink()  # stale socket of a daemon that died
     else:
-        raise P2pdError(f"another daemon is listening on {path}")
+        raise Unavailable(f"another daemon is listening on {path}")
     finally:
         probe.close()
 
@@ -744,8 +744,8 @@ async def serve_control(
 ) -> None:
     """Listen on the Unix socket ``path`` (mode 0660) and serve clients forever.
 
-    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
-    Removes the socket file on exit.
+    Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
+    if another daemon holds it. Removes the socket file on exit.
     """
     raw, inode = _bind_socket(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
@@ -771,7 +771,8 @@ async def serve_control(
 def _bind_socket(path: Path) -> tuple[socket.socket, int]:
     """A listening Unix socket at ``path`` (mode 0660) and the inode it made.
 
-    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
+    Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
+    if another daemon holds it.
     """
     _prepare_path(path)
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -782,7 +783,7 @@ def _bind_socket(path: Path) -> tuple[socket.socket, int]:
         raw.bind(str(path))
     except OSError as exc:
         raw.close()
-        raise P2pdError(f"cannot create control socket {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot create control socket {path}: {exc.strerror}") from exc
     finally:
         os.umask(old)
     os.chmod(path, 0o660)

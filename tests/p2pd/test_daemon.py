@@ -232,6 +232,14 @@ def test_daemon_lifecycle_control_api_and_signals(community: tuple[Path, str, di
         d.config.write_text(text.replace("port = 1", 'port = "abc"'))
         reload = ctl(d.sock, "reload")
         assert reload.returncode == 1 and '[p2p].port: expected an integer 0..65535, got "abc"' in reload.stderr
+        # NaN rates are refused on reload too, and limits.show stays strict JSON.
+        d.config.write_text(text.replace("gossip_rate = 5.0", "gossip_rate = nan\nnode_capacity = nan"))
+        reload = ctl(d.sock, "reload")
+        assert reload.returncode == 1 and "[limits].gossip_rate: expected a finite number" in reload.stderr
+        shown = ctl(d.sock, "call", "limits.show")
+        assert shown.returncode == 0, shown.stderr
+        limits = json.loads(shown.stdout, parse_constant=lambda c: pytest.fail(f"{c} in limits.show"))["limits"]
+        assert limits["gossip_rate"] == 5.0 and limits["node_capacity"] == 2000.0
     finally:
         code = d.stop()
     assert code == 0, d.log

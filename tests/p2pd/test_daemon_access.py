@@ -10,11 +10,9 @@ a member (it left the group but is still logged in) is refused by the daemon.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,42 +23,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from p2pd_test_helpers import ensure_test_accounts
 
 from p2pd.net.identity import write_credential, write_node_keys
 from protocol import Credential, SigningKey
 
 pytestmark = pytest.mark.slow
-GROUP = "p2pdtest"
-OPERATOR = "p2pdtest-op"  # in GROUP
-OUTSIDER = "p2pdtest-out"  # not in GROUP
 DEADLINE = 15.0
-
-
-def _ensure_accounts() -> tuple[int, pwd.struct_passwd, pwd.struct_passwd]:
-    """The throwaway group and users, created if absent (needs root and useradd)."""
-    tools = [shutil.which(t) for t in ("groupadd", "useradd", "usermod")]
-    if not all(tools):
-        pytest.skip("groupadd/useradd/usermod not installed: cannot make throwaway accounts")
-    groupadd, useradd, usermod = (str(t) for t in tools)
-    subprocess.run([groupadd, "-f", GROUP], check=True, capture_output=True)
-    for name in (OPERATOR, OUTSIDER):
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run([useradd, "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    subprocess.run([usermod, "-a", "-G", GROUP, OPERATOR], check=True, capture_output=True)
-    gid = grp.getgrnam(GROUP).gr_gid
-    assert gid in os.getgrouplist(OPERATOR, pwd.getpwnam(OPERATOR).pw_gid)
-    assert gid not in os.getgrouplist(OUTSIDER, pwd.getpwnam(OUTSIDER).pw_gid)
-    return gid, pwd.getpwnam(OPERATOR), pwd.getpwnam(OUTSIDER)
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[tuple[Path, int, pwd.struct_passwd, pwd.struct_passwd]]:
     """``p2pd run`` with the throwaway group as its group; yields its socket and the accounts."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create throwaway users and to become them")
-    gid, operator, outsider = _ensure_accounts()
+    accounts = ensure_test_accounts()
+    if isinstance(accounts, str):
+        pytest.skip(accounts)
+    gid, operator, outsider = accounts
     issuer = SigningKey.generate()
     with tempfile.TemporaryDirectory(prefix="p2pda", dir="/tmp") as tmp:
         home = Path(tmp)
@@ -96,6 +74,8 @@ driver = "none"
                 assert proc.poll() is None and time.monotonic() < deadline, (home / "stderr.log").read_text()
                 time.sleep(0.05)
             assert sock.stat().st_gid == gid and sock.stat().st_mode & 0o777 == 0o660
+            # The daemon made run/ (not there before) for its group to reach the socket.
+            assert sock.parent.stat().st_mode & 0o777 == 0o750
             yield sock, gid, operator, outsider
         finally:
             proc.send_signal(signal.SIGTERM)
