@@ -65,14 +65,20 @@ url = "memory://"
 driver = "none"
 """)
         sock = home / "run" / "control.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(home / "notify"))
+        notify.settimeout(DEADLINE)
         with open(home / "stderr.log", "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "p2pd", "run", "--config", str(home / "p2pd.toml")],
-                                    stdout=subprocess.DEVNULL, stderr=err, group=gid)
+                                    stdout=subprocess.DEVNULL, stderr=err, group=gid,
+                                    env={**os.environ, "NOTIFY_SOCKET": str(home / "notify")})
         try:
-            deadline = time.monotonic() + DEADLINE
-            while "event=ready" not in (home / "stderr.log").read_text():
-                assert proc.poll() is None and time.monotonic() < deadline, (home / "stderr.log").read_text()
-                time.sleep(0.05)
+            for _ in range(100):  # bounded: READY=1 follows a few STATUS= datagrams
+                try:
+                    if b"READY=1" in notify.recv(4096):
+                        break
+                except TimeoutError:
+                    pytest.fail(f"p2pd run did not get ready: {(home / 'stderr.log').read_text()}")
             assert sock.stat().st_gid == gid and sock.stat().st_mode & 0o777 == 0o660
             # The daemon made run/ (not there before) for its group to reach the socket.
             assert sock.parent.stat().st_mode & 0o777 == 0o750
@@ -82,6 +88,7 @@ driver = "none"
             try:
                 assert proc.wait(timeout=DEADLINE) == 0, (home / "stderr.log").read_text()
             finally:
+                notify.close()
                 if proc.poll() is None:
                     proc.kill()
 
