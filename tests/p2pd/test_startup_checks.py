@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from p2pd_test_helpers import PostgresServer
 
 from p2pd.cli.main import EXIT_CONFIG, EXIT_UNAVAILABLE
 from p2pd.net.identity import write_credential, write_node_keys
@@ -246,3 +247,49 @@ def test_the_unit_does_not_restart_on_a_configuration_error() -> None:
     settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
     assert settings["Restart"] == "on-failure"
     assert set(settings["RestartPreventExitStatus"].split()) == {"2", str(EXIT_CONFIG)}
+
+
+def test_the_daemon_runs_on_a_postgresql_store(postgres: PostgresServer) -> None:
+    """The documented PostgreSQL store works end to end: check, run, store a reading, stop."""
+    import signal
+
+    from store import open_repository
+
+    url = postgres.new_database()
+    case = Case("pg", _set("store", url=url), "")
+    home = _home(Path(tempfile.mkdtemp(prefix="p2pdp", dir="/tmp")), case, 0)
+    text = (home / "p2pd.toml").read_text().replace('driver = "none"', 'driver = "simulated"\ninterval = 0.2')
+    (home / "p2pd.toml").write_text(text)
+    check = _run(["config", "check", "p2pd.toml"], home, False)
+    assert check.returncode == 0 and ": ok (" in check.stdout, check.stderr
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(home / "notify"))
+    notify.settimeout(30)
+    proc = subprocess.Popen([sys.executable, "-m", "p2pd", "run", "--config", "p2pd.toml"], cwd=home,
+                            env={**os.environ, "NOTIFY_SOCKET": str(home / "notify")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):  # bounded: READY=1 comes after a few status datagrams
+            if b"READY=1" in notify.recv(4096):
+                break
+        ctl = socket.socket(socket.AF_UNIX)
+        ctl.settimeout(30)
+        ctl.connect(str(home / "run" / "control.sock"))
+        ctl.sendall(b'{"jsonrpc":"2.0","id":1,"method":"events.subscribe","params":{"events":["meter_reading"]}}\n')
+        stream = ctl.makefile("rb")
+        assert json.loads(stream.readline())["result"] == {"subscribed": ["meter_reading"]}
+        event = json.loads(stream.readline())  # a reading, stored in PostgreSQL before it is published
+        assert event["params"]["event"] == "meter_reading"
+        ctl.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        notify.close()
+        shutil.rmtree(home.parent, ignore_errors=True)
+    assert proc.returncode == 0, err
+    repo = open_repository(url)
+    try:
+        assert repo.schema_version() == 2
+        assert repo.readings("EAN1", 0, 2**40)
+    finally:
+        repo.close()
