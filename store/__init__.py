@@ -3,7 +3,8 @@
 Layers: :mod:`store.records` (values) and :mod:`store.errors` at the bottom,
 :mod:`store.repository` (the interface), then the implementations
 :mod:`store.memory` and :mod:`store.sql` (on :mod:`store.schema` and
-:mod:`store.migrations`). This package never imports ``p2pd``, ``protocol``
+:mod:`store.migrations`); :mod:`store.urls` says which URLs are supported
+(SQLite, PostgreSQL) and checks one without opening it. This package never imports ``p2pd``, ``protocol``
 or ``meter_drivers``. Import from here, not from the submodules.
 """
 

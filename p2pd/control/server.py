@@ -449,6 +449,7 @@ class ControlServer:
                                                  f"and log in again)")
                 await client.send_error(None, RpcError(
                     PERMISSION_DENIED, f"permission denied: uid {peer.uid} may not use this socket{who}"))
+                await _drain(stream)
                 return
             if not self._make_room():
                 await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients}), all busy"))
@@ -691,6 +692,22 @@ class _Slot:
         if self._held:
             self._held = False
             self._sem.release()
+
+
+async def _drain(stream: trio.abc.Stream, limit: int = READ_CHUNK, seconds: float = 1.0) -> None:
+    """Read and drop what a refused client already sent (a little, briefly):
+    closing with its request unread would reset the connection, and the
+    client could lose our answer before reading it."""
+    with trio.move_on_after(seconds):
+        got = 0
+        while got < limit:  # bounded by limit
+            try:
+                chunk = await stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not chunk:
+                return
+            got += len(chunk)
 
 
 def _err(request_id: Any, err: RpcError) -> dict[str, Any]:

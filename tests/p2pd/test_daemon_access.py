@@ -113,7 +113,10 @@ def _status_as(sock: Path, user: pwd.struct_passwd, groups: list[int]) -> int:
             except PermissionError:
                 code = NO_ACCESS
             else:
-                s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+                try:
+                    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+                except BrokenPipeError:  # refused before we wrote: the answer is still there to read
+                    pass
                 buf = b""
                 while b"\n" not in buf and len(buf) < 1 << 20:
                     chunk = s.recv(65536)

@@ -193,6 +193,7 @@ async def test_foreign_uid_is_refused(nursery: trio.Nursery) -> None:
     bad = await connect(nursery, server, uid=4242)
     reply = await bad.read()
     assert reply["error"]["code"] == PERMISSION_DENIED and "4242" in reply["error"]["message"]
+    await bad.stream.send_eof()  # the server reads what a refused client sent until it ends
     assert await bad.closed()
     good = await connect(nursery, server, uid=1000)
     assert "result" in await good.call("echo", {"text": "hi"})
