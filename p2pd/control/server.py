@@ -13,11 +13,22 @@ be sync or async; its return value (JSON-ready, or bytes/Path/dataclass/enum,
 converted here) is the result. Raise :class:`RpcError` for a specific error
 code, or any :class:`~p2pd.errors.P2pdError` (mapped in :data:`ERROR_CODES`).
 
-Hostile clients: lines over ``max_request`` bytes are refused before more is
-buffered, each client has at most ``max_inflight`` requests running (reading
-pauses beyond that), idle clients are dropped, and clients whose uid
-``uid_allowed`` rejects (checked with SO_PEERCRED) get one error and are
-disconnected. None of this affects other clients.
+Hostile clients: a line over ``max_request`` bytes gets one error and is
+skipped up to its newline without being buffered (complete or not, the
+connection goes on), each client has at most ``max_inflight`` requests running
+(reading pauses beyond that), idle clients are dropped, and clients that
+``peer_allowed`` rejects get one error and are disconnected. When all ``max_clients`` slots are taken, a newcomer evicts the
+client idle for longest (nothing running, nothing subscribed), so clients that
+connect and sit idle cannot lock the operator out; at most
+``max_subscribers`` connections may hold subscriptions, so that some slots
+always stay evictable. None of this affects other clients.
+
+Access (issue 13): the socket is mode 0660, so only its owner, its group and
+root can connect; the daemon then checks the connecting process with
+SO_PEERCRED (:func:`default_peer_allowed`): its own uid, root, and members of
+the socket's group (the daemon's group, ``p2pd`` under systemd) in the
+system's group database. A process that still holds the group after its user
+left it can open the socket but is refused.
 
 Containment (issue 17): an unexpected exception while handling a request --
 a handler's bug, a result that cannot be encoded, a bug here -- answers that
@@ -33,10 +44,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import grp
 import inspect
 import json
 import math
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -49,7 +62,7 @@ from typing import Any
 import trio
 
 from p2pd import log
-from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone
+from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone, Unavailable
 
 # Standard JSON-RPC 2.0 codes.
 PARSE_ERROR = -32700
@@ -256,9 +269,48 @@ def _cut(text: str) -> str:
     return repr(text) if len(text) <= SHOW_CHARS else repr(text[:SHOW_CHARS]) + "..."
 
 
-def default_uid_allowed(uid: int) -> bool:
-    """Same user as the daemon, or root."""
-    return uid == os.getuid() or uid == 0
+@dataclass(frozen=True)
+class PeerCred:
+    """The connecting process, as the kernel reports it (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+    """Its effective group id at connect time (not its supplementary groups)."""
+
+
+def in_group(uid: int, gid: int, group: int) -> bool:
+    """True if ``gid`` is ``group``, or the user ``uid`` belongs to ``group``
+    in the system's user and group database (``os.getgrouplist``).
+
+    Blocking: it may ask NSS (LDAP, sssd); call it in a thread.
+    """
+    if gid == group:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:  # a uid with no user name has no groups to look up
+        return False
+    try:
+        return group in os.getgrouplist(user.pw_name, user.pw_gid)
+    except OSError:
+        return False
+
+
+def default_peer_allowed(peer: PeerCred, group: int | None) -> bool:
+    """The daemon's own uid, root, or a member of ``group`` (the socket's group;
+    None when unknown, e.g. a memory stream): see :func:`in_group`. Blocking."""
+    if peer.uid in (os.getuid(), 0):
+        return True
+    return group is not None and in_group(peer.uid, peer.gid, group)
+
+
+def group_name(gid: int) -> str:
+    """``gid``'s name, or the number if it has none. Blocking (NSS)."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 class ControlServer:
@@ -269,24 +321,27 @@ class ControlServer:
         *,
         max_request: int = MAX_REQUEST,
         max_clients: int = 32,
+        max_subscribers: int = 24,
         max_inflight: int = 8,
         idle_timeout: float = 300.0,
         send_timeout: float = 10.0,
-        uid_allowed: Callable[[int], bool] = default_uid_allowed,
+        peer_allowed: Callable[[PeerCred, int | None], bool] = default_peer_allowed,
         counters: Counter[str] | None = None,
     ) -> None:
         """``counters``: where to count :data:`INTERNAL_ERRORS` (the daemon
         passes the node's, so ``p2pctl status`` shows them); a new Counter
-        if None."""
+        if None. ``peer_allowed(peer, socket_group)`` decides who may use the
+        socket; it runs in a worker thread (group look-ups may block)."""
         self.methods: dict[str, Method] = {}
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.max_request = max_request
         self.max_clients = max_clients
+        self.max_subscribers = max_subscribers
         self.max_inflight = max_inflight
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
-        self.uid_allowed = uid_allowed
-        self.clients = 0
+        self.peer_allowed = peer_allowed
+        self._clients: set[_Client] = set()
         self.register("rpc.methods", self._list_methods, summary="list the methods and their params")
 
     def register(
@@ -308,6 +363,28 @@ class ControlServer:
             raise ValueError(f"control method {name!r} registered twice")
         self.methods[name] = Method(name, func, dict(params or {}), streaming,
                                     summary or (inspect.getdoc(func) or "").split("\n")[0])
+
+    @property
+    def clients(self) -> int:
+        """Connections being served (evicted ones still closing included)."""
+        return len(self._clients)
+
+    def subscribers(self) -> int:
+        """Connections holding at least one subscription."""
+        return sum(1 for c in self._clients if c.subscriptions)
+
+    def _make_room(self) -> bool:
+        """True if a newcomer may be served: a slot is free, or the client
+        idle for longest (nothing running or subscribed) was evicted for it."""
+        live = [c for c in self._clients if not c.evicted]
+        if len(live) < self.max_clients:
+            return True
+        idle = [c for c in live if c.busy == 0]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        victim.evict()
+        return True
 
     def internal_error(self, exc: BaseException, **fields: Any) -> RpcError:
         """Log ``exc`` with its traceback, count it; returns the -32603 error to answer with."""
@@ -354,28 +431,36 @@ class ControlServer:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {method_name}")
         return await _invoke(method.func, self.bind_params(method, params))
 
-    async def serve_client(self, stream: trio.abc.Stream, uid: int | None = None) -> None:
+    async def serve_client(self, stream: trio.abc.Stream, peer: PeerCred | None = None,
+                           group: int | None = None) -> None:
         """Serve one client until it disconnects, idles out or misbehaves.
 
-        ``uid`` is the peer's uid (None if unknown, e.g. a memory stream).
-        Never raises for the client's behaviour; closes ``stream``.
+        ``peer`` is the connecting process (None if unknown, e.g. a memory
+        stream: then no check); ``group`` the socket's group id. Never raises
+        for the client's behaviour; closes ``stream``.
         """
         client = _Client(self, stream)
         try:
-            if uid is not None and not self.uid_allowed(uid):
-                log.warning("control_refused", uid=uid, reason="uid")
-                await client.send_error(None, RpcError(PERMISSION_DENIED, f"permission denied: uid {uid} may not use this socket"))
+            if peer is not None and not await trio.to_thread.run_sync(self.peer_allowed, peer, group):
+                log.warning("control_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, group=group,
+                            reason="not the daemon's user, root or a member of the socket's group")
+                who = "" if group is None else (f" (add the user to group "
+                                                 f"{await trio.to_thread.run_sync(group_name, group)} "
+                                                 f"and log in again)")
+                await client.send_error(None, RpcError(
+                    PERMISSION_DENIED, f"permission denied: uid {peer.uid} may not use this socket{who}"))
+                await _drain(stream)
                 return
-            if self.clients >= self.max_clients:
-                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients})"))
+            if not self._make_room():
+                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients}), all busy"))
                 return
-            self.clients += 1
+            self._clients.add(client)
             try:
                 await client.run()
             except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the server
                 self.internal_error(exc, where="client")
             finally:
-                self.clients -= 1
+                self._clients.discard(client)
         finally:
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
@@ -410,7 +495,15 @@ class _Client:
         self._cancel = trio.CancelScope()
         self.subscriptions = 0
         self.busy = 0
+        self.evicted = False
+        self.last_active = trio.current_time()
         self._finished = trio.lowlevel.ParkingLot()
+
+    def evict(self) -> None:
+        """Close this (idle) connection to make room for a newcomer."""
+        self.evicted = True
+        log.info("control_client_evicted", reason="slots full, idle longest")
+        self._cancel.cancel()  # works before run() entered the scope too
 
     async def send(self, obj: Any) -> None:
         data = encode(obj)
@@ -430,6 +523,9 @@ class _Client:
     async def run(self) -> None:
         limit = self.server.max_request
         buf = bytearray()
+        # Skipping the rest of an oversized line: its bytes are dropped, not
+        # buffered, until its newline; then the connection goes on.
+        skipping = False
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -452,8 +548,25 @@ class _Client:
                             while self.busy > self.subscriptions:
                                 await self._finished.park()
                         break
+                    self.last_active = trio.current_time()
                     buf += chunk
-                    while (end := buf.find(b"\n")) >= 0:
+                    # Bounded: each pass removes a line or ends the loop.
+                    while True:
+                        end = buf.find(b"\n")
+                        if skipping:
+                            if end < 0:
+                                buf.clear()
+                                break
+                            del buf[: end + 1]
+                            skipping = False
+                            continue
+                        if end < 0:
+                            if len(buf) > limit:
+                                # Answer now, without waiting for (or keeping) the rest.
+                                await self.send_error(None, _too_large(limit))
+                                buf.clear()
+                                skipping = True
+                            break
                         line = bytes(buf[:end])
                         del buf[: end + 1]
                         if len(line) > limit:
@@ -463,11 +576,6 @@ class _Client:
                             await self._slots.acquire()  # backpressure: stop reading when full
                             self.busy += 1
                             nursery.start_soon(self._handle_line, line, _Slot(self._slots))
-                    if len(buf) > limit:
-                        # We cannot find the end of this request without
-                        # buffering without bound: answer and hang up.
-                        await self.send_error(None, _too_large(limit))
-                        break
                 nursery.cancel_scope.cancel()
 
     async def _handle_line(self, line: bytes, slot: _Slot) -> None:
@@ -491,6 +599,7 @@ class _Client:
                 await self.send_error(None, self.server.internal_error(exc, where="request"))
         finally:
             self.busy -= 1
+            self.last_active = trio.current_time()
             slot.release()
             self._finished.unpark_all()
 
@@ -514,7 +623,8 @@ class _Client:
         where streaming is not allowed).
         """
         request_id = request.get("id") if isinstance(request, dict) else None
-        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+        # JSON-RPC 2.0: a string, a number (1.5 too; decode() refused NaN) or null.
+        if not isinstance(request_id, (str, int, float, type(None))) or isinstance(request_id, bool):
             return _err(None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, number or null"))
         if (
             not isinstance(request, dict)
@@ -536,6 +646,9 @@ class _Client:
                     raise RpcError(INVALID_REQUEST, f"invalid request: {name} streams; call it alone and with an id")
                 if self.subscriptions >= MAX_SUBSCRIPTIONS:
                     raise RpcError(TOO_BUSY, f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS})")
+                if not self.subscriptions and self.server.subscribers() >= self.server.max_subscribers:
+                    # The other slots stay evictable, so an operator always gets in.
+                    raise RpcError(TOO_BUSY, f"too many subscribing connections (limit {self.server.max_subscribers})")
                 slot.release()  # a long-lived stream must not block ordinary requests
                 sub = Subscription(self, request_id)
                 self.subscriptions += 1
@@ -581,6 +694,22 @@ class _Slot:
             self._sem.release()
 
 
+async def _drain(stream: trio.abc.Stream, limit: int = READ_CHUNK, seconds: float = 1.0) -> None:
+    """Read and drop what a refused client already sent (a little, briefly):
+    closing with its request unread would reset the connection, and the
+    client could lose our answer before reading it."""
+    with trio.move_on_after(seconds):
+        got = 0
+        while got < limit:  # bounded by limit
+            try:
+                chunk = await stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not chunk:
+                return
+            got += len(chunk)
+
+
 def _err(request_id: Any, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": err.to_json()}
 
@@ -594,8 +723,8 @@ def _too_large(limit: int) -> RpcError:
 SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
 
 
-def peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The connecting process's uid (Linux SO_PEERCRED), or None if unavailable."""
+def peer_credentials(sock: trio.socket.SocketType) -> PeerCred | None:
+    """The connecting process (Linux SO_PEERCRED), or None if unavailable."""
     opt = getattr(socket, "SO_PEERCRED", None)
     if opt is None:  # pragma: no cover - not Linux
         return None
@@ -603,25 +732,26 @@ def peer_uid(sock: trio.socket.SocketType) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize(SO_PEERCRED_FORMAT))
     except OSError:
         return None
-    return int(struct.unpack(SO_PEERCRED_FORMAT, raw)[1])
+    pid, uid, gid = struct.unpack(SO_PEERCRED_FORMAT, raw)
+    return PeerCred(int(pid), int(uid), int(gid))
 
 
 def _prepare_path(path: Path) -> None:
     if len(os.fsencode(path)) >= 108:
-        raise P2pdError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
+        raise ConfigError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
     try:
         st = path.lstat()
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise P2pdError(f"{path} exists and is not a socket; refusing to replace it")
+        raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
         path.unlink()  # stale socket of a daemon that died
     else:
-        raise P2pdError(f"another daemon is listening on {path}")
+        raise Unavailable(f"another daemon is listening on {path}")
     finally:
         probe.close()
 
@@ -631,17 +761,20 @@ async def serve_control(
 ) -> None:
     """Listen on the Unix socket ``path`` (mode 0660) and serve clients forever.
 
-    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
-    Removes the socket file on exit.
+    Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
+    if another daemon holds it. Removes the socket file on exit.
     """
     raw, inode = _bind_socket(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-    log.info("control_listening", socket=str(path))
+    # Members of the socket's group may use it (mode 0660): the daemon's group,
+    # or the directory's if it is set-group-id.
+    group = os.stat(path).st_gid
+    log.info("control_listening", socket=str(path), group=group_name(group))
     try:
         task_status.started(path)
 
         async def handler(stream: trio.SocketStream) -> None:
-            await server.serve_client(stream, peer_uid(stream.socket))
+            await server.serve_client(stream, peer_credentials(stream.socket), group)
 
         await trio.serve_listeners(handler, [listener])
     finally:
@@ -655,7 +788,8 @@ async def serve_control(
 def _bind_socket(path: Path) -> tuple[socket.socket, int]:
     """A listening Unix socket at ``path`` (mode 0660) and the inode it made.
 
-    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
+    Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
+    if another daemon holds it.
     """
     _prepare_path(path)
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -666,7 +800,7 @@ def _bind_socket(path: Path) -> tuple[socket.socket, int]:
         raw.bind(str(path))
     except OSError as exc:
         raw.close()
-        raise P2pdError(f"cannot create control socket {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot create control socket {path}: {exc.strerror}") from exc
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
