@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pd.control.jsonrpc import (
+    PEER_UNREACHABLE,
+    SHOW_CHARS,
+)
 from p2pd.control.server import (
     ERROR_CODES,
     INVALID_PARAMS,
-    PEER_UNREACHABLE,
-    SHOW_CHARS,
     ControlServer,
     Param,
     RpcError,

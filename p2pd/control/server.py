@@ -42,145 +42,55 @@ no reply ever holds them.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import grp
 import inspect
-import json
-import math
 import os
-import pwd
-import socket
-import stat
-import struct
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from p2pd import log
-from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone, Unavailable
+from p2pd.control.jsonrpc import (
+    ERROR_CODES,
+    INTERNAL_ERROR,
+    INTERNAL_ERRORS,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JSON_TYPES,
+    MAX_BATCH,
+    MAX_REQUEST,
+    MAX_SUBSCRIPTIONS,
+    METHOD_NOT_FOUND,
+    PERMISSION_DENIED,
+    READ_CHUNK,
+    REQUEST_TOO_LARGE,
+    SHOW_CHARS,
+    TOO_BUSY,
+    Handler,
+    Method,
+    Param,
+    RpcError,
+    cut,
+    decode,
+    encode,
+)
+from p2pd.control.unix import PeerCred as PeerCred
+from p2pd.control.unix import (
+    bind_socket,
+    group_name,
+    peer_credentials,
+    remove_socket,
+)
+from p2pd.control.unix import default_peer_allowed as default_peer_allowed
+from p2pd.control.unix import in_group as in_group
 
-# Standard JSON-RPC 2.0 codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# Application codes (-32000..-32099); stable, listed in docs/control-api.md.
-APP_ERROR = -32000
-NOT_CONNECTED_CODE = -32001
-PEER_UNREACHABLE = -32002
-CONFIG_INVALID = -32003
-PERMISSION_DENIED = -32004
-TOO_BUSY = -32005
-REQUEST_TOO_LARGE = -32006
-
-ERROR_CODES: list[tuple[type[Exception], int]] = [
-    (NotConnected, NOT_CONNECTED_CODE),
-    (PeerGone, PEER_UNREACHABLE),
-    (ConfigError, CONFIG_INVALID),
-    (P2pdError, APP_ERROR),
+# Users of the server import these from here (one place), wherever they live.
+__all__ = [
+    "ERROR_CODES", "INTERNAL_ERROR", "INVALID_PARAMS", "ControlServer", "Param", "PeerCred", "RpcError",
+    "Subscription", "default_peer_allowed", "in_group", "serve_control",
 ]
-"""Exception class -> error code, first match wins; others may insert entries."""
-
-MAX_REQUEST = 1 << 20
-MAX_BATCH = 100
-MAX_SUBSCRIPTIONS = 4
-READ_CHUNK = 65536
-# Arrays and objects inside each other in one request. json.loads stops near
-# Python's recursion limit, but encoding the same value back (an echoed
-# param, an error's data) runs deeper in a handler's task and could fail.
-MAX_DEPTH = 64
-# Characters of the client's text (a method or parameter name) quoted in a reply or log line.
-SHOW_CHARS = 60
-INTERNAL_ERRORS = "control_internal_errors"
-"""Key of :attr:`ControlServer.counters` counting -32603 answers (bugs)."""
-
-
-class RpcError(Exception):
-    """Raised by handlers (and internally) to answer with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_json(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a method: its JSON type and limits.
-
-    ``type`` is one of ``str``, ``int`` (never bool), ``float`` (int accepted),
-    ``bool``, ``list``, ``dict`` or a tuple of them. ``lo``/``hi`` bound ints
-    and floats; ``max_len`` bounds strings and lists.
-    """
-
-    type: type | tuple[type, ...]
-    required: bool = True
-    default: Any = None
-    lo: float | None = None
-    hi: float | None = None
-    max_len: int | None = None
-    help: str = ""
-
-    def check(self, name: str, value: Any) -> Any:
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        ok = any(_is(value, t) for t in types)
-        if not ok:
-            names = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in types)
-            raise RpcError(INVALID_PARAMS, f"invalid params: {name} must be {names}, got {_json_type(value)}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-                raise RpcError(INVALID_PARAMS, f"invalid params: {name} must be in {self.lo}..{self.hi}")
-        if self.max_len is not None and isinstance(value, (str, list)) and len(value) > self.max_len:
-            raise RpcError(INVALID_PARAMS, f"invalid params: {name} longer than {self.max_len}")
-        return value
-
-
-_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-               list: "an array", dict: "an object", type(None): "null"}
-
-
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
-               list: "array", dict: "object", type(None): "null"}
-
-
-def _is(value: Any, t: type) -> bool:
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, t)
-
-
-def _json_type(value: Any) -> str:
-    for t in (bool, int, float, str, list, dict, type(None)):
-        if isinstance(value, t):
-            return _JSON_NAMES[t]
-    return type(value).__name__
-
-
-Handler = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    func: Handler
-    params: Mapping[str, Param]
-    streaming: bool = False
-    summary: str = ""
 
 
 class Subscription:
@@ -203,114 +113,6 @@ class Subscription:
 
     async def notify(self, method: str, params: Any) -> None:
         await self._client.send({"jsonrpc": "2.0", "method": method, "params": params})
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.name if isinstance(value.value, int) else value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def encode(obj: Any) -> bytes:
-    """One JSON line (with the trailing newline).
-
-    Raises TypeError for a value it cannot convert, ValueError for NaN or
-    infinity (not JSON) and RecursionError for a value nested too deeply.
-    """
-    return (json.dumps(obj, default=_default, separators=(",", ":"), allow_nan=False)
-            + "\n").encode("utf-8")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400
-        raise ValueError("number out of range")
-    return value
-
-
-def decode(line: bytes) -> Any:
-    """Parse one request line as strict JSON.
-
-    Raises :class:`RpcError`: PARSE_ERROR for anything that is not JSON
-    (including ``NaN``, ``Infinity``, a number out of a float's range and
-    integers of over 4,300 digits), INVALID_REQUEST for a value nested deeper
-    than :data:`MAX_DEPTH`.
-    """
-    try:
-        value = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise RpcError(PARSE_ERROR, "parse error: invalid JSON") from exc
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            if depth >= MAX_DEPTH:
-                raise RpcError(INVALID_REQUEST, f"invalid request: nested deeper than {MAX_DEPTH}")
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return value
-
-
-def _cut(text: str) -> str:
-    """Client-supplied text for a message: at most SHOW_CHARS characters, as a repr."""
-    return repr(text) if len(text) <= SHOW_CHARS else repr(text[:SHOW_CHARS]) + "..."
-
-
-@dataclass(frozen=True)
-class PeerCred:
-    """The connecting process, as the kernel reports it (SO_PEERCRED)."""
-
-    pid: int
-    uid: int
-    gid: int
-    """Its effective group id at connect time (not its supplementary groups)."""
-
-
-def in_group(uid: int, gid: int, group: int) -> bool:
-    """True if ``gid`` is ``group``, or the user ``uid`` belongs to ``group``
-    in the system's user and group database (``os.getgrouplist``).
-
-    Blocking: it may ask NSS (LDAP, sssd); call it in a thread.
-    """
-    if gid == group:
-        return True
-    try:
-        user = pwd.getpwuid(uid)
-    except KeyError:  # a uid with no user name has no groups to look up
-        return False
-    try:
-        return group in os.getgrouplist(user.pw_name, user.pw_gid)
-    except OSError:
-        return False
-
-
-def default_peer_allowed(peer: PeerCred, group: int | None) -> bool:
-    """The daemon's own uid, root, or a member of ``group`` (the socket's group;
-    None when unknown, e.g. a memory stream): see :func:`in_group`. Blocking."""
-    if peer.uid in (os.getuid(), 0):
-        return True
-    return group is not None and in_group(peer.uid, peer.gid, group)
-
-
-def group_name(gid: int) -> str:
-    """``gid``'s name, or the number if it has none. Blocking (NSS)."""
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 class ControlServer:
@@ -395,7 +197,7 @@ class ControlServer:
     def _list_methods(self) -> list[dict[str, Any]]:
         return [
             {"name": m.name, "summary": m.summary, "streaming": m.streaming,
-             "params": {n: {"type": [_JSON_TYPES.get(t, t.__name__) for t in
+             "params": {n: {"type": [JSON_TYPES.get(t, t.__name__) for t in
                                      (p.type if isinstance(p.type, tuple) else (p.type,))],
                             "required": p.required, "help": p.help} for n, p in m.params.items()}}
             for m in sorted(self.methods.values(), key=lambda m: m.name)
@@ -413,7 +215,7 @@ class ControlServer:
             raise RpcError(INVALID_PARAMS, "invalid params: params must be an object or an array")
         for key in params:
             if key not in method.params:
-                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {_cut(key)} for {method.name}")
+                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {cut(key)} for {method.name}")
         bound: dict[str, Any] = {}
         for name, spec in method.params.items():
             if name in params:
@@ -720,41 +522,6 @@ def _too_large(limit: int) -> RpcError:
 
 # --- the Unix socket ---------------------------------------------------------
 
-SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
-
-
-def peer_credentials(sock: trio.socket.SocketType) -> PeerCred | None:
-    """The connecting process (Linux SO_PEERCRED), or None if unavailable."""
-    opt = getattr(socket, "SO_PEERCRED", None)
-    if opt is None:  # pragma: no cover - not Linux
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize(SO_PEERCRED_FORMAT))
-    except OSError:
-        return None
-    pid, uid, gid = struct.unpack(SO_PEERCRED_FORMAT, raw)
-    return PeerCred(int(pid), int(uid), int(gid))
-
-
-def _prepare_path(path: Path) -> None:
-    if len(os.fsencode(path)) >= 108:
-        raise ConfigError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # stale socket of a daemon that died
-    else:
-        raise Unavailable(f"another daemon is listening on {path}")
-    finally:
-        probe.close()
-
 
 async def serve_control(
     server: ControlServer, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
@@ -764,7 +531,7 @@ async def serve_control(
     Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
     if another daemon holds it. Removes the socket file on exit.
     """
-    raw, inode = _bind_socket(path)
+    raw, inode = bind_socket(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
     # Members of the socket's group may use it (mode 0660): the daemon's group,
     # or the directory's if it is set-group-id.
@@ -778,41 +545,8 @@ async def serve_control(
 
         await trio.serve_listeners(handler, [listener])
     finally:
-        _remove_socket(path, inode)
+        remove_socket(path, inode)
 
 
 # The two helpers below make a few quick system calls on a local directory;
 # they stay synchronous so that the cleanup also runs when cancelled.
-
-
-def _bind_socket(path: Path) -> tuple[socket.socket, int]:
-    """A listening Unix socket at ``path`` (mode 0660) and the inode it made.
-
-    Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
-    if another daemon holds it.
-    """
-    _prepare_path(path)
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # The umask makes the socket owner/group-only from the moment it exists;
-    # chmod afterwards would leave a window where others could connect.
-    old = os.umask(0o117)
-    try:
-        raw.bind(str(path))
-    except OSError as exc:
-        raw.close()
-        raise ConfigError(f"cannot create control socket {path}: {exc.strerror}") from exc
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o660)
-    inode = os.stat(path).st_ino
-    raw.listen(64)
-    return raw, inode
-
-
-def _remove_socket(path: Path, inode: int) -> None:
-    """Unlink ``path`` if it is still our socket (not a successor's)."""
-    try:
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
-    except OSError:
-        pass

@@ -464,7 +464,8 @@ def test_seller_disk_fills_mid_trading_refuses_takes_and_resumes(
 
 
 STOP_BOUND = 25.0  # p2pd.daemon.STOP_TIMEOUT_S: under the unit's TimeoutStopSec=30s
-SIGTERMS = 20
+# 20 in the soak (P2PD_SIGTERMS=20); fewer by default keeps the suite short on a busy machine.
+SIGTERMS = int(os.environ.get("P2PD_SIGTERMS", "10"))
 
 
 def test_the_stop_bound_is_under_systemds_and_ends_a_wedged_stop(tmp_path: Path) -> None:

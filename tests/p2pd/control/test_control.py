@@ -19,17 +19,19 @@ import pytest
 import trio
 import trio.testing
 
-from p2pd.control.server import (
+from p2pd.control.jsonrpc import (
     APP_ERROR,
-    INTERNAL_ERROR,
     INTERNAL_ERRORS,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     NOT_CONNECTED_CODE,
     PARSE_ERROR,
     PERMISSION_DENIED,
     REQUEST_TOO_LARGE,
+)
+from p2pd.control.server import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
     ControlServer,
     Param,
     PeerCred,

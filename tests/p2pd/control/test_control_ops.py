@@ -21,12 +21,14 @@ import trio
 import trio.testing
 
 from p2pd.context import DaemonContext
-from p2pd.control.server import (
-    INVALID_PARAMS,
+from p2pd.control.jsonrpc import (
     MAX_REQUEST,
     READ_CHUNK,
     REQUEST_TOO_LARGE,
     TOO_BUSY,
+)
+from p2pd.control.server import (
+    INVALID_PARAMS,
     ControlServer,
     Param,
     Subscription,
