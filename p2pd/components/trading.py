@@ -179,9 +179,9 @@ class TradingComponent:
         await ctx.nursery.start(writer.run)
         market = Market(ctx.node, ctx.repo, writer, rules=market_rules(ctx.config, trading))
         await market.load()
-        # Sessions that opened before the market existed (the listener and
-        # discovery start first) never ran its open hook: ask them for their
-        # books and remember their credentials now.
+        # The daemon opens no session before every component started; a
+        # session that exists anyway (a caller that started components on a
+        # running node) never ran the open hook: run it now.
         for conn in list(ctx.node.sessions.values()):
             try:
                 await market._on_session_open(conn)
