@@ -1,0 +1,33 @@
+"""Every document the repository points at exists (docs/congestion.md did not)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A path to a document, in prose ("docs/x.md") or a Markdown link ("](x.md)").
+MENTION = re.compile(r"(?<![\w/.-])(docs/[\w./-]+\.md)\b")
+LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
+
+
+def sources() -> list[pathlib.Path]:
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").iterdir(),
+             *(ROOT / "systemd").iterdir()]
+    for package in ("p2pd", "protocol", "store", "meter_drivers"):
+        files += (ROOT / package).rglob("*.py")
+    return [f for f in files if f.is_file()]
+
+
+def test_every_mentioned_document_exists() -> None:
+    missing = []
+    for path in sources():
+        text = path.read_text(encoding="utf-8")
+        for name in MENTION.findall(text):
+            if not (ROOT / name).is_file():
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+        if path.suffix == ".md":
+            for target in LINK.findall(text):
+                if "://" not in target and not (path.parent / target).is_file():
+                    missing.append(f"{path.relative_to(ROOT)}: ]({target})")
+    assert not missing, missing
