@@ -113,3 +113,33 @@ async def test_a_refused_take_shows_the_reason_and_the_trade_id(
     error = json.loads(err)["error"]
     assert code == ctl.EXIT_RPC_ERROR and error["code"] == -32007
     assert error["data"] == {"reason": "TIMEOUT", "trade_id": "ab" * 16}
+
+
+async def test_every_error_is_json_with_json(nursery: trio.Nursery, sock_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 15, point 6: with --json, usage errors and "not running" were text.
+    code, out, err = await run_ctl(sock_path, "--json", "status", capsys=capsys)
+    assert code == ctl.EXIT_NOT_RUNNING and out == ""
+    assert json.loads(err)["error"] == {"kind": "not_running", "socket": str(sock_path),
+                                        "message": f"p2pd is not running (no daemon at {sock_path})"}
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "many", "--json", capsys=capsys)
+    usage = json.loads(err)["error"]
+    assert code == ctl.EXIT_USAGE and usage["kind"] == "usage"
+    assert usage["message"] == "argument wh: invalid int value: 'many'"
+    assert usage["usage"].startswith("usage: p2pctl take")
+    code, _, err = await run_ctl(sock_path, "--json", "call", "echo", "[1", capsys=capsys)
+    assert code == ctl.EXIT_USAGE and json.loads(err)["error"]["kind"] == "usage"
+    code, _, err = await run_ctl(sock_path, "--json", "no-such-command", capsys=capsys)
+    assert code == ctl.EXIT_USAGE and "invalid choice" in json.loads(err)["error"]["message"]
+    # Without --json: argparse's usage line, then one line.
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "many", capsys=capsys)
+    assert code == ctl.EXIT_USAGE
+    assert err.splitlines()[-1] == "p2pctl: error: argument wh: invalid int value: 'many'"
+    # The daemon's error object, as sent, fields and all.
+    await nursery.start(serve_control, make_server(), sock_path)
+    code, _, err = await run_ctl(sock_path, "--json", "take", "00" * 16, "5", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR and json.loads(err) == {"error": {
+        "code": -32007, "message": "take refused: the owner's store cannot commit receipts now",
+        "data": {"reason": "STORAGE_UNAVAILABLE", "trade_id": "ab" * 16}}}
+    code, _, err = await run_ctl(sock_path, "events", "no_such_event", "--json", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR and json.loads(err)["error"]["code"] == -32601
