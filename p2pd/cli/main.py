@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "p2pd.cli.sim",
     "p2pd.cli.receipts",
     "p2pd.cli.meter",
+    "p2pd.cli.revocation",
 )
 
 EXIT_OK = 0
