@@ -36,6 +36,7 @@ from p2pd.market.book import describe_order as describe_order
 from p2pd.market.book import describe_terms as describe_terms
 from p2pd.market.disputes import export_bundle
 from p2pd.market.errors import Refusal
+from p2pd.market.posting import check_new_order
 from p2pd.market.rules import MarketRules as MarketRules
 from p2pd.market.take import (
     check_take,
@@ -298,8 +299,11 @@ class Market(Taking):
                    expiry: int | None = None, order_id: bytes | None = None) -> Order:
         """Sign, store and gossip a new order of ours. Raises TradeRefused."""
         now = self.now()
-        if expiry is None:
-            expiry = slot_start - self.rules.gate_closure
+        try:
+            # The slot rules first, refused in words that name the rule and its times.
+            expiry = check_new_order(slot_start, price, expiry, self.rules, now)
+        except Refusal as exc:
+            raise TradeRefused.from_refusal(exc) from exc
         try:
             order = Order.create(
                 self.node.identity.keys.signing, order_id=order_id or self.random_bytes(16), member_id=self.me,

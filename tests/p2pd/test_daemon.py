@@ -399,7 +399,7 @@ def test_seller_disk_fills_mid_trading_refuses_takes_and_resumes(
         bob.start()
         bob.messages("READY=1")
         slot = (int(time.time()) // 900 + 2) * 900
-        posted = ctl(alice.sock, "post", "sell", str(slot), "1000000", "90000", "--json")
+        posted = ctl(alice.sock, "post", "sell", str(slot), "1000000", "0.09", "--json")
         assert posted.returncode == 0, posted.stderr
         order = json.loads(posted.stdout)["order_id"]
         wait_until("the order at bob", lambda: any(
@@ -543,7 +543,7 @@ async def _sigterm_bursts(members: dict[str, Path], issuer: str, rounds: int) ->
     try:
         alice, bob = await start("alice"), await start("bob")
         slot = (int(time.time()) // 900 + 2) * 900
-        posted = await trio.to_thread.run_sync(ctl, alice.sock, "post", "sell", str(slot), "1000000", "90000",
+        posted = await trio.to_thread.run_sync(ctl, alice.sock, "post", "sell", str(slot), "1000000", "0.09",
                                                "--json")
         order = json.loads(posted.stdout)["order_id"]
         for round_ in range(rounds):

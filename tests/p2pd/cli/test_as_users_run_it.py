@@ -219,3 +219,62 @@ def test_a_revocation_list_made_with_p2pd_is_installed_with_p2pctl(street: Stree
     assert bad.returncode == 1 and json.loads(bad.stdout)["signature_valid"] is False
     assert json.loads(bad.stderr)["error"]["kind"] == "rejected"
 
+
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's example line starting with ``prefix``, without its comment, as argv."""
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.startswith(prefix):
+            return line.split("#", 1)[0].split()
+    raise AssertionError(f"no line starting {prefix!r} in README.md")
+
+
+def test_prices_and_slots_people_can_type_and_read(street: Street) -> None:
+    # Issue 15, point 5: prices were money units (90000), slots absolute times
+    # (the README's example slot was a fixed date), the currency was never shown.
+    sun = street.sun
+    info = sun.ctl_json("call", "market.info")
+    assert info["currency"] == "EUR" and info["slot_seconds"] == 900
+
+    # The README's example, as written, works today.
+    argv = readme_command("p2pctl post ")
+    assert argv[:3] == ["p2pctl", "post", "sell"] and argv[3].startswith("+")
+    done = sun.ctl(*argv[1:])
+    assert done.returncode == 0 and done.stderr == "", (done.stdout, done.stderr)
+    assert re.fullmatch(r"posted sell order [0-9a-f]{32}: 1000 Wh for the slot \d{4}-\d\d-\d\d \d\d:\d\d UTC "
+                        r"at 0\.09 EUR/kWh, open until .* UTC\n", done.stdout), done.stdout
+    order = done.stdout.split()[3].rstrip(":")
+    mine = [o for o in sun.ctl_json("orders")["orders"] if o["order_id"] == order][0]
+    hours = int(argv[3][1:-1])
+    assert mine["price"] == 90_000 and mine["slot_start"] % 900 == 0
+    assert 0 <= mine["slot_start"] - (info["now"] + hours * 3600) < 900 + 60
+    table = sun.ctl("orders")
+    assert "PRICE EUR/KWH" in table.stdout and f"{order}" in table.stdout and " 0.09 " in table.stdout
+
+    # Outside [export tariff, retail price]: a warning, then the order.
+    low = sun.ctl("post", "sell", "next", "100", "0.05")
+    assert low.returncode == 0, low.stderr
+    assert low.stderr == ("p2pctl: warning: selling at 0.05 EUR/kWh is below the export tariff "
+                          "0.08 EUR/kWh: exporting to the supplier pays more\n")
+    high = sun.ctl("post", "buy", "next", "100", "0.35", "--json")
+    assert high.returncode == 0 and json.loads(high.stdout)["price"] == 350_000
+    assert json.loads(high.stderr)["warning"]["kind"] == "price_outside_tariffs"
+
+    # Refusals name the rule and the times it implies.
+    far = sun.ctl("post", "sell", "+3d", "1000", "0.09")
+    assert far.returncode == 1
+    assert "slot too far ahead: at most 48 h (the latest slot now starts" in far.stderr, far.stderr
+    assert "reason OUT_OF_BOUNDS" in far.stderr
+    past = sun.ctl("post", "sell", "2024-03-01T12:00", "1000", "0.09")
+    assert past.returncode == 1 and ("trading for the slot 2024-03-01 12:00 UTC closed at "
+                                     "2024-03-01 11:55 UTC (gate closure: 5 min before each slot)") in past.stderr
+    odd = sun.ctl("post", "sell", str(info["next_slot"] + 60), "1000", "0.09", "--json")
+    assert odd.returncode == 1
+    assert "is not the start of a slot: slots start every 15 min" in json.loads(odd.stderr)["error"]["message"]
+    units = sun.ctl("post", "sell", "next", "1000", "90000")
+    assert units.returncode == 2 and "must be between 0.000001 and 100.00 EUR/kWh" in units.stderr
+    fine = sun.ctl("post", "sell", "next", "1000", "0.0000001")
+    assert fine.returncode == 2 and "more decimals than the money unit (0.000001 EUR)" in fine.stderr
