@@ -278,3 +278,34 @@ def test_prices_and_slots_people_can_type_and_read(street: Street) -> None:
     assert units.returncode == 2 and "must be between 0.000001 and 100.00 EUR/kWh" in units.stderr
     fine = sun.ctl("post", "sell", "next", "1000", "0.0000001")
     assert fine.returncode == 2 and "more decimals than the money unit (0.000001 EUR)" in fine.stderr
+
+
+def test_households_that_cannot_reach_each_other_trade_through_the_hub(street: Street) -> None:
+    # Issue 15, point 10: a take needed a direct session with the seller; sun
+    # and moon only ever dial the hub (as behind NATs) and now trade through it.
+    sun, moon, hub = street.sun, street.moon, street.hub
+    posted = sun.ctl_json("post", "sell", "+4h", "800", "0.12")
+    order = posted["order_id"]
+    wait_until("the order at moon", lambda: any(o["order_id"] == order for o in moon.ctl_json("orders")["orders"]))
+    assert "sun" not in [s["member_id"] for s in moon.ctl_json("status")["sessions"]]
+
+    argv = readme_command("p2pctl take ")
+    assert argv[:3] == ["p2pctl", "take", "ORDER"]
+    took = moon.ctl("take", order, argv[3])
+    assert took.returncode == 0, (took.stderr, moon.log, hub.log)
+    assert took.stdout.startswith("trade ") and f"sun -> moon, {argv[3]} Wh" in took.stdout
+    assert "at 0.12 EUR/kWh" in took.stdout
+    trade_id = took.stdout.split()[1].rstrip(":")
+    # Both ends hold the receipt; the hub only passed it on.
+    for d, side, other in ((sun, "sell", "moon"), (moon, "buy", "sun")):
+        trades = d.ctl_json("trades")["trades"]
+        assert [(t["trade_id"], t["side"], t["counterparty"]) for t in trades] == [(trade_id, side, other)]
+    assert hub.ctl_json("trades")["trades"] == []
+    counters = hub.ctl_json("status")["counters"]
+    assert counters["relay_takes"] == 1 and counters["relay_answers"] == 1
+    # A refusal comes back through the hub too, signed, with what is left.
+    refused = moon.ctl("--json", "take", order, "700")
+    assert refused.returncode == 1
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == -32007 and error["data"]["reason"] == "INSUFFICIENT"
+    assert error["data"]["remaining_wh"] == 800 - int(argv[3])
