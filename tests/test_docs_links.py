@@ -31,3 +31,24 @@ def test_every_mentioned_document_exists() -> None:
                 if "://" not in target and not (path.parent / target).is_file():
                     missing.append(f"{path.relative_to(ROOT)}: ]({target})")
     assert not missing, missing
+
+
+def test_every_meter_driver_option_is_documented() -> None:
+    """docs/configuration.md has a row for each option a driver accepts from a file."""
+    import meter_drivers
+    from meter_drivers import csv_replay, dsmr_p1, simulated, sunspec
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text[text.index("### Each driver's options"):text.index("### Every reading's checks")]
+    modules = {"dsmr_p1": dsmr_p1, "sunspec": sunspec, "csv": csv_replay, "simulated": simulated}
+    assert set(modules) <= set(meter_drivers.DRIVERS)
+    missing = []
+    for driver, module in modules.items():
+        part = section[section.index(f"`{driver}`:"):]
+        part = part[:part.index("\n\n`", 1) if "\n\n`" in part[1:] else len(part)]
+        for key, option in module.OPTIONS.items():
+            if option.kind == "callable" or key == "max_power_w":  # not from a file / common to all
+                continue
+            if f"`{key}`" not in part:
+                missing.append(f"{driver}.{key}")
+    assert not missing, missing

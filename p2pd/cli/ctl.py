@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2pd import DISTRIBUTION, __version__
 from p2pd.cli.output import Parser, UsageError, error, usage_error, wants_json
 
 DEFAULT_SOCKET = "/run/p2pd/control.sock"
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != name:
                 raise
     parser = Parser(prog="p2pctl", description="Control a running p2pd.")
+    parser.add_argument("--version", action="version", version=f"p2pctl {__version__} ({DISTRIBUTION})")
     parser.add_argument("--socket", "-s", default=os.environ.get("P2PD_SOCKET", DEFAULT_SOCKET),
                         help="control socket (default: $P2PD_SOCKET or %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")

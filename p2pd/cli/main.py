@@ -25,6 +25,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from p2pd import DISTRIBUTION, __version__
 from p2pd.cli.output import Parser, UsageError, error, usage_error, wants_json
 from p2pd.errors import ConfigError, P2pdError, Unavailable
 
@@ -36,6 +37,7 @@ COMMAND_MODULES = (
     "p2pd.cli.receipts",
     "p2pd.cli.meter",
     "p2pd.cli.revocation",
+    "p2pd.cli.completion",
 )
 
 EXIT_OK = 0
@@ -47,6 +49,7 @@ EXIT_CONFIG = 78
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="p2pd", description="Peer-to-peer electricity trading daemon.")
+    parser.add_argument("--version", action="version", version=f"p2pd {__version__} ({DISTRIBUTION})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
