@@ -218,6 +218,10 @@ def test_a_revocation_list_made_with_p2pd_is_installed_with_p2pctl(street: Stree
     bad = p2pd("revocation", "show", str(street.base / "bad.rl"), "--json")
     assert bad.returncode == 1 and json.loads(bad.stdout)["signature_valid"] is False
     assert json.loads(bad.stderr)["error"]["kind"] == "rejected"
+    # Issue 15, point 6: p2pd's own errors are JSON under --json too.
+    missing = p2pd("config", "check", str(street.base / "nowhere.toml"), "--json")
+    assert missing.returncode == 78 and missing.stdout == ""
+    assert json.loads(missing.stderr)["error"]["kind"] == "config"
 
 
 
@@ -253,13 +257,16 @@ def test_prices_and_slots_people_can_type_and_read(street: Street) -> None:
     assert 0 <= mine["slot_start"] - (info["now"] + hours * 3600) < 900 + 60
     table = sun.ctl("orders")
     assert "PRICE EUR/KWH" in table.stdout and f"{order}" in table.stdout and " 0.09 " in table.stdout
+    iso = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(mine["slot_start"]))
+    at = sun.ctl_json("orders", "--slot", iso)["orders"]
+    assert [o["order_id"] for o in at] == [order]
 
     # Outside [export tariff, retail price]: a warning, then the order.
-    low = sun.ctl("post", "sell", "next", "100", "0.05")
+    low = sun.ctl("post", "sell", "+1h", "100", "0.05")
     assert low.returncode == 0, low.stderr
     assert low.stderr == ("p2pctl: warning: selling at 0.05 EUR/kWh is below the export tariff "
                           "0.08 EUR/kWh: exporting to the supplier pays more\n")
-    high = sun.ctl("post", "buy", "next", "100", "0.35", "--json")
+    high = sun.ctl("post", "buy", "+1h", "100", "0.35", "--json")
     assert high.returncode == 0 and json.loads(high.stdout)["price"] == 350_000
     assert json.loads(high.stderr)["warning"]["kind"] == "price_outside_tariffs"
 
