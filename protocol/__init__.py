@@ -88,12 +88,17 @@ from protocol.messages import decode_message as decode_message
 from protocol.messages import encode_message as encode_message
 from protocol.messages import register as register
 from protocol.reasons import Reason as Reason
+from protocol.receipt_log import LOG_PAGE_MAX as LOG_PAGE_MAX
 from protocol.receipt_log import RECEIPT_V1 as RECEIPT_V1
 from protocol.receipt_log import RECEIPT_V2 as RECEIPT_V2
 from protocol.receipt_log import EquivocationGossip as EquivocationGossip
 from protocol.receipt_log import EquivocationProof as EquivocationProof
+from protocol.receipt_log import ForkError as ForkError
 from protocol.receipt_log import HeadGossip as HeadGossip
+from protocol.receipt_log import LogEntries as LogEntries
+from protocol.receipt_log import LogEntry as LogEntry
 from protocol.receipt_log import LogHead as LogHead
+from protocol.receipt_log import LogRequest as LogRequest
 from protocol.receipt_log import ReceiptChain as ReceiptChain
 from protocol.receipt_log import ReceiptReplica as ReceiptReplica
 from protocol.receipt_log import entry_hash as entry_hash
