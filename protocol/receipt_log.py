@@ -181,10 +181,11 @@ class LogEntry(Record):
 @register
 @dataclass(frozen=True)
 class LogEntries(Message):
-    """The answer to a LogRequest: entries ``after + 1`` … and ``member``'s head at the last.
+    """The answer to a LogRequest: entries ``after + 1`` …, ``member``'s head at the last
+    and ``member``'s credential (to check the head with).
 
-    No entries (and no head) when the sender holds none that it can end at a
-    head of the member's.
+    No entries (and no head or credential) when the sender holds none that it
+    can end at a head of the member's.
     """
 
     TYPE: ClassVar[int] = 84
@@ -193,12 +194,15 @@ class LogEntries(Message):
     after: int = f(Int(0, MAX_TIME))
     entries: tuple[LogEntry, ...] = f(ListOf(Nested(LogEntry), LOG_PAGE_MAX))
     head: LogHead | None = f(Optional(Nested(LogHead)))
+    credential: Credential | None = f(Optional(Nested(Credential)))
 
     def __post_init__(self) -> None:
         for i, e in enumerate(self.entries, start=1):
             if e.seq != self.after + i:
                 raise ValueError("entries are not consecutive after the requested seq")
-        if (self.head is None) != (not self.entries):
-            raise ValueError("a head is sent with entries, and only with entries")
+        if not (self.head is None) == (self.credential is None) == (not self.entries):
+            raise ValueError("a head and a credential are sent with entries, and only with entries")
         if self.head is not None and (self.head.member != self.member or self.head.seq != self.after + len(self.entries)):
             raise ValueError("the head is not the member's head at the last entry")
+        if self.credential is not None and self.credential.member_id != self.member:
+            raise ValueError("the credential is another member's")

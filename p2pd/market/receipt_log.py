@@ -22,9 +22,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from protocol import (
+    RECEIPT_V1,
+    RECEIPT_V2,
+    AgentReceipt,
     Credential,
     EquivocationProof,
     LogHead,
+    Receipt,
     ReceiptChain,
     SignatureError,
     SigningKey,
@@ -32,6 +36,21 @@ from protocol import (
 )
 
 GENESIS = bytes(32)
+
+
+def receipt_kind(encoded: bytes) -> int:
+    """RECEIPT_V1 or RECEIPT_V2 by shape (a v2 receipt has six fields)."""
+    return RECEIPT_V2 if encoded[:1] == b"\x96" else RECEIPT_V1
+
+
+def signers(encoded: bytes) -> frozenset[str]:
+    """The members who signed a receipt, and so logged it: seller and buyer (S1), or
+    the two agents and the broker, if any (S2-S4). Raises DecodeError."""
+    if receipt_kind(encoded) == RECEIPT_V1:
+        t = Receipt.decode(encoded).terms
+        return frozenset((t.seller, t.buyer))
+    a = AgentReceipt.decode(encoded).terms
+    return frozenset(m for m in (a.seller_agent, a.buyer_agent, a.broker) if m)
 
 
 class ReceiptLog:

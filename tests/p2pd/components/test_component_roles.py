@@ -339,7 +339,11 @@ enabled = false
                 with pytest.raises(Exception, match="no orders"):
                     await broker.control.call("broker.book", {"slot_start": 900})
                 log = await s4.control.call("receipts.log")
-                assert log["seq"] == 0 and log["equivocators"] == []
+                assert log["seq"] == 0 and log["equivocators"] == [] and log["following"] == {}
+                fetched = await s4.control.call("receipts.fetch_log", {"member": "broker"})
+                assert fetched["member"] == "broker" and fetched["verified"] == fetched["fetched"] == 0
+                assert (await s4.control.call("receipts.log"))["following"] == {
+                    "broker": {"verified": 0, "latest_head": 0}}
                 status = await broker.control.call("status")
                 assert "broker" in status and "replication" in status
             finally:
