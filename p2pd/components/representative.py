@@ -55,7 +55,7 @@ from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.roles.representative import HOPS, Representative, split_fill
 from p2pd.roles.slot_phases import serve_slot_phases
 from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms, Reason
-from store import StorageUnavailable
+from store import StorageUnavailable, StoreError
 
 Dial = Callable[[str], Awaitable[Any]]
 
@@ -310,13 +310,22 @@ class RepresentativeRunner:
             self.rep.node.nursery.start_soon(self.trade_directly, s)
 
     async def trade_directly(self, slot_start: int) -> None:
-        """Trade a slot as in S2 now: net, offer, and a little later take offers."""
-        await self.net_internally(slot_start)
-        await self.offer(slot_start)
-        now = self.rep.now()
-        wait = min(FALLBACK_BUY_AFTER, (slot_start - self.rep.gate_closure - now) / 2)
-        await trio.sleep_until(trio_deadline(self.clock, now + max(0.0, wait)))
-        got = await self.rep.buy_for_clients(slot_start)
+        """Trade a slot as in S2 now: net, offer, and a little later take offers.
+
+        Runs on its own (started by :meth:`broker_lost`): a store that refuses
+        writes or a daemon stopping ends it, counted, never the node.
+        """
+        try:
+            await self.net_internally(slot_start)
+            await self.offer(slot_start)
+            now = self.rep.now()
+            wait = min(FALLBACK_BUY_AFTER, (slot_start - self.rep.gate_closure - now) / 2)
+            await trio.sleep_until(trio_deadline(self.clock, now + max(0.0, wait)))
+            got = await self.rep.buy_for_clients(slot_start)
+        except (P2pdError, StoreError) as exc:  # ShuttingDown, StorageUnavailable, ...
+            self.counters[f"direct_failed:{type(exc).__name__}"] += 1
+            log.info("direct_slot_failed", slot=slot_start, error=str(exc))
+            return
         self.counters["bought_wh"] += sum(r.terms.wh for r in got)
         self.counters["slots_direct"] += 1
 

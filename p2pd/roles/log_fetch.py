@@ -136,13 +136,21 @@ class LogFetcher:
         return True
 
     async def follow_signers(self, encoded: bytes) -> None:
-        """We committed ``encoded``: follow the logs of the others who signed it."""
+        """We committed ``encoded``: follow the logs of the others who signed it.
+
+        Runs on its own (started by the writer): a store refusing writes is
+        counted, and the next receipt with those members tries again.
+        """
         try:
             members = signers(encoded)
         except DecodeError:  # pragma: no cover - we committed it, so it decodes
             return
         for member in sorted(members):
-            await self.follow(member)
+            try:
+                await self.follow(member)
+            except StoreError:
+                self.follows.pop(member, None)
+                self.rep.counters["follow_unstored"] += 1
 
     def restore(self, rec: FollowRecord) -> None:
         self.follows[rec.member] = Followed(rec.member, rec.seq, rec.head_hash)

@@ -60,6 +60,7 @@ from store import (
     ReceiptRecord,
     ReplicaRecord,
     Repository,
+    StoreError,
 )
 
 HEAD_HOPS = 3
@@ -116,9 +117,12 @@ class Replication:
         self.held = await storage.call(repo, repo.replica_count)
 
     async def keep_head(self, head: LogHead) -> None:
-        """Keep a head learnt from another member in the store."""
-        await storage.call(self.repo, self.repo.put_head,
-                           HeadRecord(head.member, head.seq, head.head_hash, head.signature))
+        """Keep a head learnt from another member in the store (in memory only if it refuses)."""
+        try:
+            await storage.call(self.repo, self.repo.put_head,
+                               HeadRecord(head.member, head.seq, head.head_hash, head.signature))
+        except StoreError:  # a full disk: the head is still known until a restart
+            self.counters["heads_unstored"] += 1
 
     def remember(self, cred: Credential) -> None:
         """Keep a member's credential (in the store too: heads are checked with it)."""
@@ -209,8 +213,11 @@ class Replication:
             return
         self.counters["replicas_held"] += 1
         rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.receipt, msg.head.encode())
-        if await storage.call(self.repo, self.repo.put_replica, rec):
-            self.held += 1
+        try:
+            if await storage.call(self.repo, self.repo.put_replica, rec):
+                self.held += 1
+        except StoreError:  # a full disk: the sender's other replica holders keep it
+            self.counters["replicas_unstored"] += 1
         if new_head:
             await self.keep_head(msg.head)
         await self.report(found, conn.peer)

@@ -23,8 +23,18 @@ from p2pd.net.node import Node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.replication import LoggingWriter, Replication
 from p2pd.roles.trading import Market, MarketRules
-from protocol import HeadGossip, LogEntries, LogEntry, LogHead, LogRequest, ReceiptChain
-from store import MemoryRepository, Repository
+from protocol import (
+    HeadGossip,
+    LogEntries,
+    LogEntry,
+    LogHead,
+    LogRequest,
+    Receipt,
+    ReceiptChain,
+    ReceiptReplica,
+    TradeTerms,
+)
+from store import MemoryRepository, Repository, StorageUnavailable
 
 SLOT = 900
 SLOT_START = (int(NOW) // SLOT + 2) * SLOT
@@ -201,3 +211,33 @@ async def test_heads_and_followed_logs_survive_a_restart_so_a_later_conflict_is_
         await settle()
         seen = drain(events)
     assert EquivocationSeen("mallory", 1) in seen and "mallory" in w.rep.heads.proofs
+
+
+class FullDisk(MemoryRepository):
+    """A store whose disk refuses every write of replication."""
+
+    def put_head(self, rec: Any) -> bool:
+        raise StorageUnavailable("disk full")
+
+    def put_replica(self, rec: Any) -> bool:
+        raise StorageUnavailable("disk full")
+
+
+async def test_a_full_disk_loses_heads_and_replicas_from_the_store_not_the_session(
+        make_node: Any, nursery: trio.Nursery, community: Community, autojump_clock: Any) -> None:
+    ident = community.member("mallory")
+    # A receipt of mallory's with strangers: w cannot check its signatures and keeps it anyway.
+    receipt = Receipt(TradeTerms(b"t" * 16, b"o" * 16, 100, "mallory", "x", SLOT_START, SLOT, 100, 80_000,
+                                 int(NOW)), bytes(64), bytes(64)).encode()
+    chain = ReceiptChain()
+    chain.append(receipt)
+    mallory = await make_node("mallory", ident=ident)
+    w = await member(make_node, nursery, "w", repo=FullDisk())
+    conn, _ = await link(mallory, w.node)
+    head = Signer(ident, chain).head(1)
+    await conn.send(HeadGossip(head, ident.credential, 1))
+    await conn.send(ReceiptReplica(1, receipt, head))
+    await settle()
+    assert w.rep.heads.latest("mallory") == 1  # known, in memory
+    assert w.rep.counters["heads_unstored"] == 1 and w.rep.counters["replicas_unstored"] == 1
+    assert "mallory" in w.node.sessions and not conn.finished.is_set()
