@@ -49,9 +49,9 @@ async def s3_community(n: int) -> dict[str, float]:
     spec.loader.exec_module(helpers)
     NOW, Community, node_identity = helpers.NOW, helpers.Community, helpers.node_identity
 
-    from p2pd.roles.broker import Broker, BrokerClient
     from p2pd.clock import TrioWallClock
     from p2pd.net.node import Node
+    from p2pd.roles.broker import Broker, BrokerClient
 
     com = Community()
     slot = (int(NOW) // 900 + 2) * 900

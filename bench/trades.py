@@ -35,8 +35,7 @@ from p2pd.net.listener import dial, serve_p2p
 from p2pd.net.node import Node, NodeLimits, open_node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
-from protocol import Credential, SigningKey, TrustPolicy
-from protocol import TradeTerms
+from protocol import Credential, SigningKey, TradeTerms, TrustPolicy
 from store import open_repository
 
 COMMUNITY = "bench"

@@ -12,11 +12,19 @@ tests/protocol/test_spec_s2s4.py re-derives the blocks and fails on drift.
 from __future__ import annotations
 
 from protocol import Reason, SigningKey, encode_message
-from protocol.brokerage import BookChunk, BrokerSubmit, ClearingAnnounce, ClearingSummary, MatchPropose, MatchSign
+from protocol.brokerage import (
+    BookChunk,
+    BrokerSubmit,
+    ClearingAnnounce,
+    ClearingSummary,
+    MatchPropose,
+    MatchSign,
+)
 from protocol.credentials import Credential
 from protocol.delegation import (
     AgentOrder,
     AgentReceipt,
+    AgentRefused,
     AgentTerms,
     Delegation,
     DelegationGossip,
@@ -24,7 +32,6 @@ from protocol.delegation import (
     DelegationRevokeGossip,
     MeterReport,
     MeterReportMsg,
-    AgentRefused,
 )
 from protocol.receipt_log import EquivocationProof, HeadGossip, LogHead, ReceiptChain
 

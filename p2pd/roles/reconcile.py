@@ -27,8 +27,8 @@ from p2pd.market.take import receipt_parties
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.broker import agent_receipt_record
-from p2pd.roles.replication import receipt_kind
 from p2pd.roles.receipts import receipt_record
+from p2pd.roles.replication import receipt_kind
 from protocol import (
     DELIVERY_MAX,
     OFFER_MAX,
