@@ -14,17 +14,24 @@ crash (finished directly and over S1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from p2pd.errors import P2pdError
+from p2pd.roles.replication import Replication
 from p2pd.sim.attack_kit import join_member, wait
 from p2pd.sim.community import SimCommunity
 from p2pd.sim.scenarios import Scenario, attach_replication, ensure_scenario
 from protocol import AgentReceipt, HeadGossip, ReceiptChain
 
 ROUNDS = 3
+
+
+def proof_held(member_id: str, watchers: list[Replication]) -> Callable[[], bool]:
+    # A closure over arguments, not over the caller's loop variables (B023).
+    return lambda: any(member_id in w.heads.proofs for w in watchers)
 
 
 async def equivocation(com: SimCommunity) -> dict[str, Any]:
@@ -52,7 +59,7 @@ async def equivocation(com: SimCommunity) -> dict[str, Any]:
             except P2pdError:
                 pass
         out["attempts"] += 1
-        await wait(lambda: any(mallory.member_id in w.heads.proofs for w in watchers), limit=5.0)
+        await wait(proof_held(mallory.member_id, watchers), limit=5.0)
         knowing = sum(1 for w in watchers if mallory.member_id in w.heads.proofs)
         out["detected"] += 1 if knowing else 0
         out["successes"] += 0 if knowing else 1
@@ -102,7 +109,7 @@ async def broker_crash(com: SimCommunity) -> dict[str, Any]:
              if r.created_at >= crash_info["time"] and r.slot_start >= slot]
     trades_after = {r.trade_id for r in after}
     s1_after = {r.trade_id for r in after if r.encoded[:1] != b"\x96"}
-    reoffered = sum(getattr(t, "fallback").counters["reoffered_direct"] for t in scenario.traders.values())
+    reoffered = sum(t.fallback.counters["reoffered_direct"] for t in scenario.traders.values())
     return {"attempts": 1, "successes": lost, "crash_slot": slot, "matches_signed": len(signed),
             "finished_directly": len(signed) - lost, "trades_after_crash": len(trades_after),
             "s1_trades_after_crash": len(s1_after), "orders_reoffered_s1": reoffered,
