@@ -1,4 +1,5 @@
-"""Shared test helpers: identities for a test community and a session byte pump.
+"""Shared test helpers: identities for a test community, a session byte pump,
+and, for trio tests, ``eventually`` and ``link``.
 
 Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
 """
@@ -6,13 +7,18 @@ Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
 from __future__ import annotations
 
 import grp
+import inspect
 import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import trio
+import trio.testing
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -21,7 +27,13 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from p2pd.sim.quiet import until
 from protocol import NEED_DATA, Credential, Event, Session, SigningKey, Timeouts, TrustPolicy
+
+if TYPE_CHECKING:
+    from p2pd.net.identity import NodeIdentity
+    from p2pd.net.node import Node
+    from p2pd.net.peer import PeerConnection
 
 COMMUNITY = "testcommunity"
 NOW = 1_800_000_000.0
@@ -121,30 +133,54 @@ class SessionPair:
 # --- daemon-level helpers (p2pd) ---------------------------------------------
 
 
-def node_identity(ident: Identity):  # type: ignore[no-untyped-def]
+def node_identity(ident: Identity) -> NodeIdentity:
     from p2pd.net.identity import NodeIdentity, NodeKeys
 
     return NodeIdentity(NodeKeys(ident.signing, ident.noise_private), ident.credential)
 
 
-async def link(a, b):  # type: ignore[no-untyped-def]
+async def eventually(predicate: Callable[[], object], *, within: float = 5.0) -> None:
+    """Return once ``predicate()`` is true; fail the test if it is not within ``within`` s.
+
+    The one way a trio test waits for something to happen. Seconds of trio's
+    clock: virtual ones under ``autojump_clock``, where the wait costs no real
+    time. The predicate is looked at when no task can run and again only after
+    some task has run (:func:`p2pd.sim.quiet.until`): no poll interval, no
+    spinning, and no time passes while there is work to do. It must read state
+    that tasks change; for "after N seconds" sleep instead.
+    Raises AssertionError, quoting the predicate, when ``within`` runs out.
+    """
+    with trio.move_on_after(within):
+        await until(predicate)
+        return
+    raise AssertionError(f"not true within {within} s: {_source(predicate)}")
+
+
+def _source(fn: Callable[[], object]) -> str:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        return repr(fn)
+    return f"{inspect.getsourcefile(fn)}:{first}: {lines[0].strip()}"
+
+
+async def link(a: Node, b: Node) -> tuple[PeerConnection, PeerConnection | None]:
     """Connect node ``a`` (initiator) to node ``b`` over an in-memory stream pair.
 
-    Returns (a's connection, b's connection) once both registered the session.
+    Returns (a's connection, b's connection) once both registered the session,
+    or (a's connection, None) if b refused it. Raises PeerGone if the handshake
+    fails on a's side, AssertionError if b has not decided within 5 s.
     """
-    import trio
-    import trio.testing
-
     client, server = trio.testing.memory_stream_pair()
     b.nursery.start_soon(b.accept, server, "memory")
     conn = await a.connect_stream(client, "memory")
-    with trio.fail_after(5):
-        # Until b holds the session, or the session is already over (b may
-        # register and then refuse it). Not sleep(0): under autojump_clock
-        # time must be able to pass, or fail_after could never fire.
-        while (b.sessions.get(a.member_id) is None or b.sessions[a.member_id].peer is None) \
-                and not conn.finished.is_set():
-            await trio.sleep(0.001)
+
+    def decided() -> bool:
+        # b holds the session, or it is already over (b may register it, then refuse it).
+        theirs = b.sessions.get(a.member_id)
+        return (theirs is not None and theirs.peer is not None) or conn.finished.is_set()
+
+    await eventually(decided)
     return conn, b.sessions.get(a.member_id)
 
 

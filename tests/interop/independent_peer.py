@@ -41,6 +41,9 @@ CODE = {name: code for code, name in REASONS.items()}
 
 NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 CLOCK_SKEW = 300
+# How long the peer waits for an expected message before giving up (raising
+# trio.TooSlowError). A caller wanting less wraps the call in trio.fail_after.
+ANSWER_WAIT = 5.0
 
 
 def blake2b256(data: bytes) -> bytes:
@@ -681,10 +684,13 @@ class Peer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
-    async def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 5.0) -> list[Any]:
-        """First message in the inbox (already received or arriving) matching ``predicate``."""
+    async def wait_for(self, predicate: Callable[[list[Any]], bool]) -> list[Any]:
+        """First message in the inbox (already received or arriving) matching ``predicate``.
+
+        Raises trio.TooSlowError after :data:`ANSWER_WAIT` seconds.
+        """
         seen = 0
-        with trio.fail_after(timeout):
+        with trio.fail_after(ANSWER_WAIT):
             while True:
                 for msg in self.inbox[seen:]:
                     if predicate(msg):
@@ -748,8 +754,7 @@ class Peer:
 
     # -- trading: taker side (Take / TradeAccepted / TradeRefused) --
 
-    async def take(self, order_id: bytes, wh: int, *, retry_terms: list[Any] | None = None,
-                   timeout: float = 5.0) -> Trade:
+    async def take(self, order_id: bytes, wh: int, *, retry_terms: list[Any] | None = None) -> Trade:
         """Take ``wh`` of a booked order. ``retry_terms``: resend exactly these terms
         (a retry after a lost answer must reuse the trade_id *and* the terms)."""
         entry = self.book[order_id]
@@ -761,7 +766,7 @@ class Peer:
         await self.send([1, TAKE, terms, my_sig])
         answer = await self.wait_for(
             lambda m: (m[1] == TRADE_ACCEPTED and m[2][0][0] == terms[0])
-            or (m[1] == TRADE_REFUSED and m[2] == terms[0]), timeout)
+            or (m[1] == TRADE_REFUSED and m[2] == terms[0]))
         if answer[1] == TRADE_REFUSED:
             raise TradeRefusedError(answer[3], answer[4], answer[5])
         rterms, seller_sig, buyer_sig = answer[2]
