@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
 
 # tests/ is not a package (see pyproject: --import-mode=importlib), so load
 # the shared helpers module once under a name of our own.
@@ -13,3 +18,19 @@ if "p2pd_test_helpers" not in sys.modules:
     module = importlib.util.module_from_spec(spec)
     sys.modules["p2pd_test_helpers"] = module
     spec.loader.exec_module(module)
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[object]:
+    """A real mosquitto broker on a free loopback port (skipped if Debian's mosquitto is missing)."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    from p2pd_test_helpers import Mosquitto
+
+    with tempfile.TemporaryDirectory(prefix="mqt") as d:
+        broker = Mosquitto(d)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()

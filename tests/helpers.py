@@ -140,3 +140,87 @@ async def link(a, b):  # type: ignore[no-untyped-def]
                 and not conn.finished.is_set():
             await trio.sleep(0.001)
     return conn, b.sessions.get(a.member_id)
+
+
+# --- real services: a mosquitto broker ----------------------------------------
+
+
+class Mosquitto:
+    """Debian's ``mosquitto`` on a free loopback port, started and stopped by the test.
+
+    ``start()`` returns once the broker logged that it is running (its log
+    goes to stderr); ``stop()`` ends it; ``restart()`` does both on the same
+    port. ``config`` lines (a listener is added) let a test require a
+    password, say.
+    """
+
+    BINARY = "mosquitto"
+
+    def __init__(self, workdir: str, config: tuple[str, ...] = ()) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.workdir = workdir
+        self.config = config
+        self.proc = None  # type: ignore[var-annotated]
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        import os
+        import selectors
+        import subprocess
+        import time
+
+        conf = os.path.join(self.workdir, f"mosquitto-{self.port}.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\n")
+            # As root, mosquitto would switch to its own user, who cannot read the test's files.
+            f.write("user root\n" if os.geteuid() == 0 else "")
+            f.write("allow_anonymous true\n" if not any("allow_anonymous" in c for c in self.config) else "")
+            f.write("".join(line + "\n" for line in self.config))
+        self.proc = subprocess.Popen([self.BINARY, "-c", conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        text = b""
+        with selectors.DefaultSelector() as sel:
+            # Raw reads: a buffered readline would hide later lines from select().
+            sel.register(fd, selectors.EVENT_READ)
+            for _ in range(1000):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                text += chunk
+                if b" running" in text:
+                    self.log = text.decode(errors="replace").splitlines()
+                    return
+        self.log = text.decode(errors="replace").splitlines()
+        self.stop()
+        raise RuntimeError("mosquitto did not start: " + " | ".join(self.log[-5:]))
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except Exception:  # noqa: BLE001 - a stuck broker is killed
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
