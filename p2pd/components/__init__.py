@@ -35,6 +35,7 @@ from typing import Any
 from p2pd.components.agent import DAEMON_COMPONENT as AGENT
 from p2pd.components.broker import DAEMON_COMPONENT as BROKER
 from p2pd.components.client import DAEMON_COMPONENT as CLIENT
+from p2pd.components.dashboard import DAEMON_COMPONENT as DASHBOARD
 from p2pd.components.mqtt import DAEMON_COMPONENT as MQTT
 from p2pd.components.policing import DAEMON_COMPONENT as POLICING
 from p2pd.components.replication import DAEMON_COMPONENT as REPLICATION
@@ -47,7 +48,7 @@ from p2pd.context import Component
 
 COMPONENTS: tuple[Component, ...] = (
     REVOCATIONS, POLICING, TRADING, REPLICATION, AGENT, BROKER, REPRESENTATIVE, CLIENT, SETTLEMENT,
-    MQTT,
+    MQTT, DASHBOARD,
 )
 
 
