@@ -47,6 +47,16 @@ class Component(Protocol):
     async def start(self, ctx: DaemonContext) -> None: ...
 
 
+class CheckedComponent(Component, Protocol):
+    """A component whose section needs checks beyond its own keys (other
+    sections, the credential, files it names). ``check`` runs in
+    :func:`p2pd.daemon.check_startup`, so ``p2pd config check`` refuses what
+    ``p2pd run`` would; it changes nothing and raises :class:`ConfigError`
+    naming the key."""
+
+    def check(self, config: Config, identity: NodeIdentity) -> None: ...
+
+
 ReloadHook = Callable[[Config], Awaitable[None] | None]
 
 

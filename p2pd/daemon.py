@@ -18,16 +18,29 @@ time (a store thread stuck in I/O on a failing disk) logs ``stop_timeout``
 with every thread's stack and exits with status 1 rather than wait for
 systemd's SIGKILL. SIGHUP re-reads the configuration
 (:meth:`DaemonContext.reload`).
+
+Start-up checks (issue 13): :func:`check_startup` makes every check that
+needs no listening socket: directories, keys, credential, store, and each
+component's ``check`` (price bounds, revocation lists, role and section
+combinations). ``p2pd config check`` runs it and ``run_daemon`` runs it
+first, so both refuse the same files with the same key-named
+:class:`ConfigError`. What only serving can find out (the port is taken,
+the database server is down) is :class:`Unavailable`.
 """
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -38,7 +51,7 @@ from p2pd.config import Config
 from p2pd.context import Component, DaemonContext, announce_address
 from p2pd.control.methods import TEST_HOOKS_ENV, register_builtin_methods, register_test_hooks
 from p2pd.control.server import ControlServer, serve_control
-from p2pd.errors import ConfigError, KeyFileError, P2pdError
+from p2pd.errors import ConfigError, KeyFileError, P2pdError, Unavailable
 from p2pd.events import MeterReading
 from p2pd.net.discovery import Discovery
 from p2pd.net.identity import NodeIdentity, load_credential, load_node_keys
@@ -86,22 +99,144 @@ def load_identity(config: Config, registry: RevocationRegistry | None = None,
 
     The policy's ``is_revoked`` reads ``registry`` (a new, empty one if not
     given), so lists installed there later refuse revoked members at the
-    handshake. Raises :class:`KeyFileError` or :class:`ConfigError` with a
-    fixable message.
+    handshake. Raises :class:`ConfigError` naming ``[node].keys_dir`` or
+    ``[node].credential`` with a fixable message (missing, unreadable or
+    group/world-readable files, a credential for other keys, from an
+    untrusted issuer, for another community or expired).
     """
-    keys = load_node_keys(config.node.keys_dir)
-    cred = load_credential(config.node.credential)
+    try:
+        keys = load_node_keys(config.node.keys_dir)
+    except KeyFileError as exc:
+        raise ConfigError(f"[node].keys_dir: {exc}") from exc
+    try:
+        cred = load_credential(config.node.credential)
+    except KeyFileError as exc:
+        raise ConfigError(f"[node].credential: {exc}") from exc
     identity = NodeIdentity(keys, cred)
     registry = registry or RevocationRegistry(config.community.issuers)
     policy = registry.policy(config.community.id)
     if cred.sign_pk != keys.signing.public or cred.noise_pk != keys.noise_public:
-        raise KeyFileError(f"{config.node.credential} was issued for other keys than those in "
-                           f"{config.node.keys_dir}")
+        raise ConfigError(f"[node].credential: {config.node.credential} was issued for other keys "
+                          f"than those in {config.node.keys_dir}")
     try:
         policy.check(cred, time.time())
     except CredentialError as exc:
-        raise ConfigError(f"our credential {config.node.credential} is not acceptable: {exc}") from exc
+        raise ConfigError(f"[node].credential: {config.node.credential} is not acceptable: {exc}") from exc
     return identity, policy
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What :func:`check_startup` found: the node's identity and trust policy,
+    whose ``is_revoked`` reads ``revocations``."""
+
+    identity: NodeIdentity
+    policy: TrustPolicy
+    revocations: RevocationRegistry
+
+
+def check_startup(config: Config, components: Sequence[Component] | None = None) -> Startup:
+    """Every check ``p2pd run`` makes before it serves, changing nothing.
+
+    ``[node].state_dir`` must be a writable directory (it holds the keys;
+    p2pd never creates it); ``runtime_dir`` a writable directory, or missing
+    with a writable parent (``run_daemon`` creates it, mode 0750); keys and
+    credential as :func:`load_identity` checks them; ``[store].url`` a
+    supported database whose driver is installed and, for a server, that
+    answers (:func:`store.probe`); then each component's ``check``
+    (:class:`p2pd.context.CheckedComponent`) of ``components`` (default: the
+    daemon's). Blocking (files, a database connection). Raises
+    :class:`ConfigError` naming the key, or :class:`Unavailable` if the
+    database server cannot be reached.
+    """
+    import store
+
+    components = load_components() if components is None else components
+    _check_dir(config.node.state_dir, "[node].state_dir", create=False)
+    _check_dir(config.node.runtime_dir, "[node].runtime_dir", create=True)
+    revocations = RevocationRegistry(config.community.issuers)
+    identity, policy = load_identity(config, revocations)
+    with _store_errors(config.store.url):
+        store.probe(config.store.url)
+    for component in components:
+        check = getattr(component, "check", None)
+        if check is not None:
+            check(config, identity)
+    return Startup(identity, policy, revocations)
+
+
+def _check_dir(path: Path, key: str, *, create: bool) -> None:
+    """``path`` is a directory we can write, or (``create``) can be made in one."""
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"{key}: {path} does not exist (create it for the daemon's user, "
+                              f"e.g. install -d -m 0700 {path})")
+        if not path.parent.is_dir():
+            raise ConfigError(f"{key}: {path} does not exist, nor does its parent {path.parent}")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: {path} does not exist and {path.parent} is not writable "
+                              f"by uid {os.geteuid()}")
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{key}: {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {path} is not writable by uid {os.geteuid()}")
+
+
+def _make_runtime_dir(path: Path) -> None:
+    """Create ``runtime_dir`` (not its parents) mode 0750 if systemd has not."""
+    try:
+        path.mkdir(mode=0o750)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"[node].runtime_dir: cannot create {path}: {exc.strerror}") from exc
+    path.chmod(0o750)  # whatever the umask (systemd's UMask=0077 would make it 0700)
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextmanager
+def _store_errors(url: str) -> Iterator[None]:
+    """Store errors as key-named ones: the URL, driver or schema is the
+    configuration's fault; a server that does not answer may come back."""
+    import store
+
+    where = f"[store].url: {store.safe_url(url)}"
+    try:
+        yield
+    except (store.StoreURLError, store.SchemaVersionError) as exc:
+        raise ConfigError(f"{where}: {_first_line(str(exc))}") from exc
+    except store.StoreError as exc:
+        raise Unavailable(f"{where}: cannot open the store: {_first_line(str(exc))}") from exc
+
+
+@contextmanager
+def _sole_error() -> Iterator[None]:
+    """Re-raise a start-up error alone rather than inside the nurseries' exception groups,
+    so the command line prints its one line instead of a traceback."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if leaves and all(isinstance(e, P2pdError) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:  # bounded by the group's (finite) size
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            out.append(exc)
+    return out
 
 
 async def _open_meter(ctx: DaemonContext) -> None:
@@ -205,23 +340,17 @@ async def run_daemon(
     log.setup(config.node.log_level)
     notifier = notifier or Notifier()
     components = load_components() if components is None else components
-    for d in (config.node.state_dir, config.node.runtime_dir):
-        try:
-            d.mkdir(parents=True, exist_ok=True, mode=0o750)
-        except OSError as exc:
-            raise P2pdError(f"cannot create {d}: {exc.strerror}") from exc
-    revocations = RevocationRegistry(config.community.issuers)
-    identity, policy = load_identity(config, revocations)
+    startup = await trio.to_thread.run_sync(check_startup, config, components)
+    identity, policy, revocations = startup.identity, startup.policy, startup.revocations
+    _make_runtime_dir(config.node.runtime_dir)
     import store
 
-    try:
+    with _store_errors(config.store.url):
         repo = await trio.to_thread.run_sync(store.open_repository, config.store.url)
-    except store.StoreError as exc:
-        raise P2pdError(f"cannot open store {config.store.url}: {exc}") from exc
     log.info("starting", member=identity.member_id, community=policy.community,
              store=config.store.url.split("://")[0])
     deadline = _StopDeadline(stop_timeout) if stop_timeout is not None else None
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with _sole_error(), trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
             limits = NodeLimits(max_connections=config.p2p.max_connections,
                                 max_handshakes=config.p2p.max_handshakes)
@@ -238,8 +367,7 @@ async def run_daemon(
                     try:
                         listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)
                     except OSError as exc:
-                        raise P2pdError(f"cannot listen on {config.p2p.host}:{config.p2p.port}: "
-                                        f"{exc.strerror}") from exc
+                        raise _listen_error(config, exc) from exc
                     ctx.listen_addresses = [
                         "{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
                     ctx.discovery = Discovery(
@@ -255,7 +383,10 @@ async def run_daemon(
                     for component in components:
                         await component.start(ctx)
                         log.info("component_started", name=component.name)
-                    await nursery.start(serve_control, ctx.control, config.node.control_socket)
+                    try:
+                        await nursery.start(serve_control, ctx.control, config.node.control_socket)
+                    except (ConfigError, Unavailable) as exc:
+                        raise type(exc)(f"[node].runtime_dir: {exc}") from exc
                     await nursery.start(notifier.serve_watchdog)
                     notifier.ready(ctx.status_line())
                     log.info("ready", member=identity.member_id, listen=",".join(ctx.listen_addresses),
@@ -277,6 +408,17 @@ async def run_daemon(
     log.info("stopped")
     if deadline is not None:
         deadline.cancel()
+
+
+def _listen_error(config: Config, exc: OSError) -> P2pdError:
+    """Why we cannot listen, named by key: a port in use may be freed; the rest is the file's."""
+    where = f"cannot listen on {config.p2p.host}:{config.p2p.port}"
+    reason = (exc.strerror or str(exc)).lower()
+    if exc.errno == errno.EADDRINUSE:
+        return Unavailable(f"[p2p].port: {where}: {reason} (another p2pd, or another program?)")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"[p2p].port: {where}: {reason} (ports below 1024 need privileges)")
+    return ConfigError(f"[p2p].host: {where}: {reason}")
 
 
 async def _report_status(ctx: DaemonContext) -> None:

@@ -18,6 +18,12 @@ class ConfigError(P2pdError):
     """A configuration file or value is invalid; the message names the key."""
 
 
+class Unavailable(P2pdError):
+    """Something the daemon needs is busy or unreachable (its port is in use,
+    the database server does not answer): the configuration may be right and
+    a later try may work. The message names the key."""
+
+
 class KeyFileError(P2pdError):
     """A key or credential file is missing, unreadable, malformed or unsafe."""
 

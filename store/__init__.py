@@ -3,7 +3,8 @@
 Layers: :mod:`store.records` (values) and :mod:`store.errors` at the bottom,
 :mod:`store.repository` (the interface), then the implementations
 :mod:`store.memory` and :mod:`store.sql` (on :mod:`store.schema` and
-:mod:`store.migrations`). This package never imports ``p2pd``, ``protocol``
+:mod:`store.migrations`); :mod:`store.urls` says which URLs are supported
+(SQLite, PostgreSQL) and checks one without opening it. This package never imports ``p2pd``, ``protocol``
 or ``meter_drivers``. Import from here, not from the submodules.
 """
 
@@ -32,6 +33,11 @@ from store.records import RevocationRecord as RevocationRecord
 from store.records import StatementRecord as StatementRecord
 from store.repository import Repository as Repository
 from store.sql import SqlRepository as SqlRepository
+from store.urls import StoreURLError as StoreURLError
+from store.urls import check_url as check_url
+from store.urls import parse_url as parse_url
+from store.urls import probe as probe
+from store.urls import safe_url as safe_url
 
 
 def open_repository(url: str) -> Repository:
@@ -39,13 +45,16 @@ def open_repository(url: str) -> Repository:
 
     ``"memory://"`` gives a :class:`MemoryRepository`; ``"sqlite://"`` or
     ``":memory:"`` a private in-memory SQLite database; ``"sqlite:///path"``
-    a SQLite file (created if missing); any other SQLAlchemy URL (e.g.
-    ``postgresql+psycopg://...``, untested) goes to :class:`SqlRepository`.
-    Raises SchemaVersionError if the database is newer than this code, and
-    StoreError if it cannot be opened. Call ``close()`` when done.
+    a SQLite file (created if missing; its directory must exist);
+    ``"postgresql://..."`` a PostgreSQL database through psycopg 3 (see
+    :mod:`store.urls`). Raises StoreURLError for any other URL or a missing
+    driver (before connecting), SchemaVersionError if the database is newer
+    than this code, and StoreError if it cannot be opened. Call ``close()``
+    when done.
     """
     if url == "memory://":
         return MemoryRepository()
     if url == ":memory:":
         url = "sqlite://"
-    return SqlRepository(url)
+    check_url(url)
+    return SqlRepository(parse_url(url).render_as_string(hide_password=False))

@@ -2,9 +2,12 @@
 
 Threads and processes: one Engine per repository, one pooled connection per
 call. Every write runs in a transaction that takes the database write lock
-*before its first read* (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a table
-lock), so the read-check-insert in ``commit_receipts`` cannot interleave with
-another writer, whether a thread here or another process on the same file.
+*before its first read* (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the
+transaction-level advisory lock :data:`PG_WRITE_LOCK`, which every writer of
+the database takes and readers never do), so the read-check-insert in
+``commit_receipts``, the read-then-upserts and the schema creation and
+upgrades on open cannot interleave with another writer, whether a thread here
+or another process on the same file or database.
 
 Durability (SQLite): WAL with ``synchronous=FULL`` syncs the WAL on every
 commit, and ``commit_receipts`` returns only after COMMIT returned. So a
@@ -71,9 +74,14 @@ from store.records import (
     check_receipt,
 )
 
+# pg_advisory_xact_lock key of the store's write lock ("p2pd" in ASCII);
+# advisory locks are per database, so stores on one server do not contend.
+PG_WRITE_LOCK = 0x70327064
+
 
 class SqlRepository:
-    """A :class:`store.Repository` on any SQLAlchemy URL (tested: SQLite).
+    """A :class:`store.Repository` on any SQLAlchemy URL (tested: SQLite and
+    PostgreSQL with psycopg 3; :func:`store.open_repository` refuses others).
 
     ``url``: e.g. ``"sqlite:///path/to.db"``, or ``"sqlite://"`` for a private
     in-memory database. ``migrations``: the upgrade steps after version 1
@@ -126,7 +134,7 @@ class SqlRepository:
 
     # -- transactions -------------------------------------------------------
     @contextmanager
-    def _write(self, lock_tables: Sequence[Table] = ()) -> Iterator[Connection]:
+    def _write(self) -> Iterator[Connection]:
         """Yield a connection in a transaction holding the write lock; commit
         on normal exit (durable when this returns), roll back on error.
         Reports the outcome to :attr:`on_write` (a refused write, or one that
@@ -145,10 +153,11 @@ class SqlRepository:
                         before = getattr(dbapi, "total_changes", None)
                     with conn.begin():
                         if self._dialect == "postgresql":
-                            for t in lock_tables:
-                                # SHARE ROW EXCLUSIVE conflicts with itself but not
-                                # with readers: writers of t queue, reads go on.
-                                conn.exec_driver_sql(f"LOCK TABLE {t.name} IN SHARE ROW EXCLUSIVE MODE")
+                            # Writers queue here, as SQLite's BEGIN IMMEDIATE makes them;
+                            # readers go on. Released at COMMIT or ROLLBACK. Under READ
+                            # COMMITTED each later statement sees what earlier writers
+                            # committed, so the sums read after it are current.
+                            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
                         yield conn
                     if self._dialect == "sqlite" and before is not None:
                         changed = getattr(dbapi, "total_changes", before) != before
@@ -184,7 +193,10 @@ class SqlRepository:
                 stmt = postgresql_dialect.insert(table).on_conflict_do_nothing()
             # One execute per row: single-row rowcount is exact on every
             # driver, executemany's is not; all rows share one transaction.
-            return sum(conn.execute(stmt, row).rowcount for row in rows)
+            # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked
+            # (psycopg reports -1 otherwise).
+            opts = {"preserve_rowcount": True}
+            return sum(conn.execute(stmt, row, execution_options=opts).rowcount for row in rows)
         # Portable fallback (untested backends, SERIALIZABLE): check, then insert.
         pk = list(table.primary_key.columns)
         n = 0
@@ -265,7 +277,7 @@ class SqlRepository:
         trade_ids = list(dict.fromkeys(r.trade_id for r in batch))
         order_ids = list(dict.fromkeys(r.order_id for r in batch))
         outcomes: list[Outcome] = []
-        with self._write([t]) as conn:
+        with self._write() as conn:
             # Invariant: from here to COMMIT we hold the write lock, so the
             # sums read below stay true while we add this batch to them.
             stored: dict[bytes, ReceiptRecord] = {}

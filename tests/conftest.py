@@ -19,6 +19,24 @@ if "p2pd_test_helpers" not in sys.modules:
     sys.modules["p2pd_test_helpers"] = module
     spec.loader.exec_module(module)
 
+from p2pd_test_helpers import PostgresServer, start_postgres  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server that the test run starts itself (Debian's binaries:
+    initdb + pg_ctl in a temporary directory, on a free port of 127.0.0.1),
+    stopped at the end of the run. Skips, saying why, only if the binaries
+    are missing. ``postgres.new_database()`` gives the URL of a fresh, empty
+    database."""
+    with tempfile.TemporaryDirectory(prefix="p2pd-pg", dir="/tmp") as tmp:
+        server = start_postgres(pathlib.Path(tmp))
+        if isinstance(server, str):
+            pytest.skip(server)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 @pytest.fixture
 def mosquitto() -> Iterator[object]:

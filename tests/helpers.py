@@ -5,7 +5,13 @@ Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import shutil
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -310,3 +316,126 @@ async def trade_between(seller, buyer, wh: int = 400, offer_wh: int = 1000,  # t
         result: dict = await buyer.control.call(  # type: ignore[type-arg]
             "orders.take", {"order_id": order["order_id"], "wh": wh})
     return result
+
+
+# --- throwaway accounts (tests that need a second uid; they run as root) -----------------
+
+TEST_GROUP = "p2pdtest"
+TEST_OPERATOR = "p2pdtest-op"  # a member of TEST_GROUP
+TEST_OUTSIDER = "p2pdtest-out"  # not a member
+
+
+def ensure_test_accounts() -> tuple[int, pwd.struct_passwd, pwd.struct_passwd] | str:
+    """Group :data:`TEST_GROUP` and users :data:`TEST_OPERATOR` (in it) and
+    :data:`TEST_OUTSIDER` (not), created if absent. Returns the group id and
+    both users, or why they cannot be had (not root, no useradd): a skip reason.
+    """
+    if os.geteuid() != 0:
+        return "needs root to create throwaway users and to become them"
+    tools = [shutil.which(t) for t in ("groupadd", "useradd", "usermod")]
+    if not all(tools):
+        return "groupadd/useradd/usermod not installed: cannot make throwaway accounts"
+    groupadd, useradd, usermod = (str(t) for t in tools)
+    subprocess.run([groupadd, "-f", TEST_GROUP], check=True, capture_output=True)
+    for name in (TEST_OPERATOR, TEST_OUTSIDER):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run([useradd, "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    subprocess.run([usermod, "-a", "-G", TEST_GROUP, TEST_OPERATOR], check=True, capture_output=True)
+    gid = grp.getgrnam(TEST_GROUP).gr_gid
+    operator, outsider = pwd.getpwnam(TEST_OPERATOR), pwd.getpwnam(TEST_OUTSIDER)
+    assert gid in os.getgrouplist(operator.pw_name, operator.pw_gid)
+    assert gid not in os.getgrouplist(outsider.pw_name, outsider.pw_gid)
+    return gid, operator, outsider
+
+
+# --- a real PostgreSQL server for the store tests ------------------------------------------
+
+PG_SKIP = ("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql "
+           "package (.ci/run does) to run the store tests against PostgreSQL too")
+
+
+def postgres_bindir() -> Path | None:
+    """A directory holding ``initdb``, ``pg_ctl`` and ``postgres``: Debian's newest
+    /usr/lib/postgresql/N/bin, or where ``initdb`` is on PATH. None if there is none."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    for d in candidates:
+        if all((d / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return d
+    return None
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster in a temporary directory, on 127.0.0.1:``port``
+    with trust authentication for user ``postgres`` (tests only: fsync is off)."""
+
+    bindir: Path
+    home: Path
+    port: int
+    run_as: str | None
+    databases: int = 0
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def new_database(self) -> str:
+        """Create an empty database; returns its URL."""
+        import psycopg
+
+        self.databases += 1
+        name = f"p2pd_test_{self.databases}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def _pg(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=timeout, user=self.run_as, cwd=self.home)
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.home / "data"), "-m", "immediate", "-w", "stop")
+
+
+def start_postgres(home: Path) -> PostgresServer | str:
+    """initdb + pg_ctl start in ``home`` (an empty directory), as user
+    ``postgres`` when we are root (PostgreSQL refuses to run as root).
+    Returns the running server, or a reason to skip (no binaries)."""
+    import socket
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        return PG_SKIP
+    run_as = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no user postgres to run the PostgreSQL server as"
+        run_as = "postgres"
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+    server = PostgresServer(bindir, home, 0, run_as)
+    init = server._pg("initdb", "-D", str(home / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                      "--no-sync", timeout=120)
+    if init.returncode != 0:
+        raise RuntimeError(f"initdb failed: {init.stderr[-2000:]}")
+    last = ""
+    for _attempt in range(5):  # a free port may be taken between probing and binding
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            server.port = probe.getsockname()[1]
+        opts = (f"-h 127.0.0.1 -p {server.port} -k {home} -c fsync=off -c full_page_writes=off "
+                "-c synchronous_commit=off -c max_connections=200")
+        start = server._pg("pg_ctl", "-D", str(home / "data"), "-l", str(home / "log"), "-w", "-t", "60",
+                           "-o", opts, "start", timeout=120)
+        if start.returncode == 0:
+            return server
+        last = start.stderr + (home / "log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"pg_ctl start failed: {last}")

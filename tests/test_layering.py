@@ -39,12 +39,13 @@ ROOM_MAY_IMPORT: dict[str, set[str]] = {
     **{b: BASE for b in BASE},
     # Trade errors wrap the market's Refusal.
     "errors": {"market"},
-    "config": {"market"} | BASE,
+    "config": {"config", "market"} | BASE,
     "notify": BASE,
     "net": {"net", "market"} | BASE,
     "roles": {"roles", "net", "market", "config"} | BASE,
-    # The JSON-RPC server knows nothing of p2pd; context.py uses its type.
-    "control.server": BASE,
+    # The JSON-RPC server (server, jsonrpc, unix) knows nothing of p2pd;
+    # context.py uses its type.
+    "control.server": BASE | {"control.server"},
     "context": {"config", "net", "control.server", "notify"} | BASE,
     "control": {"control", "context", "roles", "net", "market", "config"} | BASE,
     # Read-only views of the node (summary, Home Assistant, dashboard, metrics).
@@ -98,9 +99,12 @@ def imports_of(path: pathlib.Path, known: set[str]) -> set[str]:
     return found
 
 
+GENERIC_CONTROL = {"p2pd.control.server", "p2pd.control.jsonrpc", "p2pd.control.unix"}
+
+
 def room_of(module: str) -> str:
     parts = module.split(".")
-    if module == "p2pd.control.server":
+    if module in GENERIC_CONTROL:
         return "control.server"
     return parts[1] if len(parts) > 1 else "p2pd"
 

@@ -2,8 +2,19 @@
 
 Each command module exposes ``register(subparsers)`` which adds its parser
 and sets ``func`` (taking the parsed args, returning an exit code). Errors the
-user can fix (:class:`~p2pd.errors.P2pdError`) print one line on stderr and
-exit with status 2; nothing prints a traceback for bad input.
+user can fix (:class:`~p2pd.errors.P2pdError`) print one line on stderr;
+nothing prints a traceback for bad input. Exit statuses (sysexits(3), as
+systemd's own tools use them; the unit's ``RestartPreventExitStatus=`` lists
+the two that a restart cannot cure):
+
+* 0: done;
+* 2 (:data:`EXIT_USAGE`): a wrong command line, or another user error;
+* 69 (:data:`EXIT_UNAVAILABLE`, EX_UNAVAILABLE): something needed is busy
+  or unreachable (:class:`~p2pd.errors.Unavailable`: the port is in use,
+  the database server is down); systemd restarts the daemon;
+* 78 (:data:`EXIT_CONFIG`, EX_CONFIG): the configuration, or a file it
+  names, must change (:class:`~p2pd.errors.ConfigError`);
+* 130: interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from p2pd.errors import P2pdError
+from p2pd.errors import ConfigError, P2pdError, Unavailable
 
 # Modules providing subcommands; a missing optional one is skipped.
 COMMAND_MODULES = (
@@ -27,6 +38,8 @@ COMMAND_MODULES = (
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except P2pdError as exc:
         print(f"p2pd: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        if isinstance(exc, ConfigError):
+            return EXIT_CONFIG
+        return EXIT_UNAVAILABLE if isinstance(exc, Unavailable) else EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

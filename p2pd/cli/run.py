@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import trio
 
 from p2pd.components import SECTIONS
 from p2pd.config import Config, describe, load_config
+from p2pd.errors import ConfigError, Unavailable
 
 DEFAULT_CONFIG = Path("/etc/p2pd/p2pd.toml")
 
@@ -37,8 +40,14 @@ def _load(path: Path) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Exit 0 if the file is valid; ConfigError (exit 2) names the bad key otherwise."""
+    """Exit 0 if ``p2pd run`` would start with the file (every check it makes
+    before serving: :func:`p2pd.daemon.check_startup`); ConfigError (exit 78)
+    names the bad key otherwise, Unavailable (exit 69) an unreachable store."""
+    from p2pd.daemon import check_startup
+
     config = _load(args.file)
+    with _named(args.file):
+        check_startup(config)
     if args.json:
         print(json.dumps(describe(config), indent=2))
     else:
@@ -51,5 +60,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from p2pd.daemon import STOP_TIMEOUT_S, run_daemon
 
     config = _load(args.config)
-    trio.run(functools.partial(run_daemon, config, stop_timeout=STOP_TIMEOUT_S))
+    with _named(args.config):
+        trio.run(functools.partial(run_daemon, config, stop_timeout=STOP_TIMEOUT_S))
     return 0
+
+
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """Put the file's name in front of a start-up error, as loading it does."""
+    try:
+        yield
+    except (ConfigError, Unavailable) as exc:
+        raise type(exc)(f"{path}: {exc}") from exc

@@ -44,6 +44,7 @@ from p2pd.components.status import extend_status
 from p2pd.components.trading import TRADING, agent_config
 from p2pd.config import DAY, Config, Section, Table
 from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone, TradeError
+from p2pd.net.identity import NodeIdentity
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.agent import Agent, AgentConfig, Forecaster, ReadingsForecaster, SlotPlan
@@ -339,6 +340,10 @@ def make_broker_trader(client: BrokerClient, market: Any, broker: str, forecaste
 class ClientComponent:
     name = "client"
     section = DELEGATION
+
+    def check(self, config: Config, identity: NodeIdentity) -> None:
+        """[delegation] and [broker] make sense for the credential's role."""
+        trading_mode(config, identity.credential.role)
 
     async def start(self, ctx: DaemonContext) -> None:
         mode = trading_mode(ctx.config, ctx.identity.credential.role)

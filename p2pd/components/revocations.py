@@ -34,6 +34,7 @@ from p2pd.control.server import INVALID_PARAMS, Param, RpcError
 from p2pd.control.trading import REVOCATION_REJECTED
 from p2pd.errors import ConfigError
 from p2pd.events import RevocationInstalled
+from p2pd.net.identity import NodeIdentity
 from p2pd.net.revocations import RevocationGossip, RevocationRegistry, attach_revocations
 from protocol import DecodeError, Reason, RevocationList, SignatureError
 from store import RevocationRecord, StorageUnavailable
@@ -91,6 +92,25 @@ def read_list_file(path: Path, where: str) -> RevocationList:
         raise ConfigError(f"{where}: {path} is not a revocation list: {exc}") from exc
 
 
+def configured_lists(config: Config) -> list[RevocationList]:
+    """The lists ``[revocations] lists`` names, read and checked: each file
+    readable, a list, from a ``[community].issuers`` key and verifying.
+    Raises :class:`ConfigError` naming the entry (``[revocations].lists[i]``)."""
+    lists = []
+    for i, name in enumerate(REVOCATIONS.get(config).lists):
+        where = f"[revocations].lists[{i}]"
+        rl = read_list_file(list_path(config, name), where)
+        if rl.issuer_pk not in config.community.issuers:
+            raise ConfigError(f"{where}: {name} is signed by {rl.issuer_pk.hex()}, "
+                              "which is not in [community].issuers")
+        try:
+            rl.verify_signature()
+        except SignatureError as exc:
+            raise ConfigError(f"{where}: {name} does not verify: {exc}") from exc
+        lists.append(rl)
+    return lists
+
+
 class RevocationKeeper:
     """Installs lists through the gossip and keeps the newest of each issuer in the store."""
 
@@ -145,6 +165,10 @@ class RevocationsComponent:
     name = "revocations"
     section = REVOCATIONS
 
+    def check(self, config: Config, identity: NodeIdentity) -> None:
+        """The configured lists are readable, trusted and verify."""
+        configured_lists(config)
+
     async def start(self, ctx: DaemonContext) -> None:
         registry = ctx.revocations
         if registry is None:  # a context built without the daemon's policy wiring
@@ -155,17 +179,8 @@ class RevocationsComponent:
         ctx.services["revocations"] = keeper
         await ctx.nursery.start(keeper.serve_saving)
         restored = await keeper.restore()
-        cfg = REVOCATIONS.get(ctx.config)
-        for i, name in enumerate(cfg.lists):
-            where = f"[revocations].lists[{i}]"
-            rl = read_list_file(list_path(ctx.config, name), where)
-            if rl.issuer_pk not in registry.trusted_issuers:
-                raise ConfigError(f"{where}: {name} is signed by {rl.issuer_pk.hex()}, "
-                                  "which is not in [community].issuers")
-            try:
-                await keeper.install(rl)
-            except SignatureError as exc:
-                raise ConfigError(f"{where}: {name} does not verify: {exc}") from exc
+        for rl in configured_lists(ctx.config):  # checked by check() too; read again, they may have changed
+            await keeper.install(rl)
         # Sessions opened before the gossip was attached missed its open hook.
         for conn in list(ctx.node.sessions.values()):
             await gossip.on_open(conn)

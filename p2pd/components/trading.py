@@ -29,6 +29,7 @@ from p2pd.components.status import extend_status
 from p2pd.config import DAY, Config, Section, Table
 from p2pd.control.trading import register_trading_methods
 from p2pd.errors import ConfigError, PeerGone
+from p2pd.net.identity import NodeIdentity
 from p2pd.roles.agent import AgentConfig, AgentConfigError
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.reconcile import Reconciler
@@ -166,6 +167,11 @@ async def serve_pruning(market: Market, *,
 class TradingComponent:
     name = "trading"
     section = TRADING
+
+    def check(self, config: Config, identity: NodeIdentity) -> None:
+        """[trading] prices against [tariffs], whether or not the agent runs
+        (the client component and p2pctl post use them too)."""
+        agent_config(config, TRADING.get(config))
 
     async def start(self, ctx: DaemonContext) -> None:
         trading = TRADING.get(ctx.config)

@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pd.control.jsonrpc import (
+    PEER_UNREACHABLE,
+    SHOW_CHARS,
+)
 from p2pd.control.server import (
     ERROR_CODES,
-    PEER_UNREACHABLE,
+    INVALID_PARAMS,
     ControlServer,
     Param,
     RpcError,
     Subscription,
 )
 from p2pd.errors import NotConnected, P2pdError, PeerGone
+from p2pd.events import EVENT_TYPES
 from p2pd.net.listener import dial
 from protocol import Reason
 from store import SqlRepository, StorageUnavailable
@@ -40,6 +45,29 @@ TEST_HOOKS_ENV = "P2PD_TEST_HOOKS"
 """TEST HOOK switch: with ``P2PD_TEST_HOOKS=1`` in its environment the daemon
 also serves the ``test.*`` methods of :func:`register_test_hooks`. Tests set
 it; never set it in production (the systemd unit does not)."""
+
+
+_JSON_KINDS = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+               list: "an array", dict: "an object"}
+
+
+def event_names(events: list[Any]) -> set[str]:
+    """The names ``events.subscribe`` was given, each a known event
+    (:data:`p2pd.events.EVENT_TYPES`). Raises RpcError(INVALID_PARAMS) naming
+    the first entry that is not, and for an empty list (which would
+    subscribe to nothing)."""
+    if not events:
+        raise RpcError(INVALID_PARAMS, "invalid params: events must list at least one event "
+                                       "(leave it out to receive all)")
+    for i, name in enumerate(events):
+        if not isinstance(name, str):
+            kind = _JSON_KINDS.get(type(name), type(name).__name__)
+            raise RpcError(INVALID_PARAMS, f"invalid params: events[{i}] must be a string, got {kind}")
+        if name not in EVENT_TYPES:
+            shown = repr(name) if len(name) <= SHOW_CHARS else repr(name[:SHOW_CHARS]) + "..."
+            raise RpcError(INVALID_PARAMS, f"invalid params: events[{i}]: unknown event {shown}; "
+                                           f"known: {', '.join(sorted(EVENT_TYPES))}")
+    return set(events)
 
 
 def register_builtin_methods(server: ControlServer, ctx: DaemonContext) -> None:
@@ -94,7 +122,7 @@ def register_builtin_methods(server: ControlServer, ctx: DaemonContext) -> None:
 
     async def events_subscribe(sub: Subscription, events: list[Any] | None) -> None:
         """stream node events as "event" notifications until the client disconnects"""
-        wanted = None if events is None else {str(e) for e in events}
+        wanted = None if events is None else event_names(events)
         async with node.events.subscribe() as receive:
             await sub.respond({"subscribed": sorted(wanted) if wanted else "all"})
             async for event in receive:

@@ -13,11 +13,22 @@ be sync or async; its return value (JSON-ready, or bytes/Path/dataclass/enum,
 converted here) is the result. Raise :class:`RpcError` for a specific error
 code, or any :class:`~p2pd.errors.P2pdError` (mapped in :data:`ERROR_CODES`).
 
-Hostile clients: lines over ``max_request`` bytes are refused before more is
-buffered, each client has at most ``max_inflight`` requests running (reading
-pauses beyond that), idle clients are dropped, and clients whose uid
-``uid_allowed`` rejects (checked with SO_PEERCRED) get one error and are
-disconnected. None of this affects other clients.
+Hostile clients: a line over ``max_request`` bytes gets one error and is
+skipped up to its newline without being buffered (complete or not, the
+connection goes on), each client has at most ``max_inflight`` requests running
+(reading pauses beyond that), idle clients are dropped, and clients that
+``peer_allowed`` rejects get one error and are disconnected. When all ``max_clients`` slots are taken, a newcomer evicts the
+client idle for longest (nothing running, nothing subscribed), so clients that
+connect and sit idle cannot lock the operator out; at most
+``max_subscribers`` connections may hold subscriptions, so that some slots
+always stay evictable. None of this affects other clients.
+
+Access (issue 13): the socket is mode 0660, so only its owner, its group and
+root can connect; the daemon then checks the connecting process with
+SO_PEERCRED (:func:`default_peer_allowed`): its own uid, root, and members of
+the socket's group (the daemon's group, ``p2pd`` under systemd) in the
+system's group database. A process that still holds the group after its user
+left it can open the socket but is refused.
 
 Containment (issue 17): an unexpected exception while handling a request --
 a handler's bug, a result that cannot be encoded, a bug here -- answers that
@@ -31,143 +42,55 @@ no reply ever holds them.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import inspect
-import json
-import math
 import os
-import socket
-import stat
-import struct
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from p2pd import log
-from p2pd.errors import ConfigError, NotConnected, P2pdError, PeerGone
+from p2pd.control.jsonrpc import (
+    ERROR_CODES,
+    INTERNAL_ERROR,
+    INTERNAL_ERRORS,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JSON_TYPES,
+    MAX_BATCH,
+    MAX_REQUEST,
+    MAX_SUBSCRIPTIONS,
+    METHOD_NOT_FOUND,
+    PERMISSION_DENIED,
+    READ_CHUNK,
+    REQUEST_TOO_LARGE,
+    SHOW_CHARS,
+    TOO_BUSY,
+    Handler,
+    Method,
+    Param,
+    RpcError,
+    cut,
+    decode,
+    encode,
+)
+from p2pd.control.unix import PeerCred as PeerCred
+from p2pd.control.unix import (
+    bind_socket,
+    group_name,
+    peer_credentials,
+    remove_socket,
+)
+from p2pd.control.unix import default_peer_allowed as default_peer_allowed
+from p2pd.control.unix import in_group as in_group
 
-# Standard JSON-RPC 2.0 codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# Application codes (-32000..-32099); stable, listed in docs/control-api.md.
-APP_ERROR = -32000
-NOT_CONNECTED_CODE = -32001
-PEER_UNREACHABLE = -32002
-CONFIG_INVALID = -32003
-PERMISSION_DENIED = -32004
-TOO_BUSY = -32005
-REQUEST_TOO_LARGE = -32006
-
-ERROR_CODES: list[tuple[type[Exception], int]] = [
-    (NotConnected, NOT_CONNECTED_CODE),
-    (PeerGone, PEER_UNREACHABLE),
-    (ConfigError, CONFIG_INVALID),
-    (P2pdError, APP_ERROR),
+# Users of the server import these from here (one place), wherever they live.
+__all__ = [
+    "ERROR_CODES", "INTERNAL_ERROR", "INVALID_PARAMS", "ControlServer", "Param", "PeerCred", "RpcError",
+    "Subscription", "default_peer_allowed", "in_group", "serve_control",
 ]
-"""Exception class -> error code, first match wins; others may insert entries."""
-
-MAX_REQUEST = 1 << 20
-MAX_BATCH = 100
-MAX_SUBSCRIPTIONS = 4
-READ_CHUNK = 65536
-# Arrays and objects inside each other in one request. json.loads stops near
-# Python's recursion limit, but encoding the same value back (an echoed
-# param, an error's data) runs deeper in a handler's task and could fail.
-MAX_DEPTH = 64
-# Characters of the client's text (a method or parameter name) quoted in a reply or log line.
-SHOW_CHARS = 60
-INTERNAL_ERRORS = "control_internal_errors"
-"""Key of :attr:`ControlServer.counters` counting -32603 answers (bugs)."""
-
-
-class RpcError(Exception):
-    """Raised by handlers (and internally) to answer with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_json(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a method: its JSON type and limits.
-
-    ``type`` is one of ``str``, ``int`` (never bool), ``float`` (int accepted),
-    ``bool``, ``list``, ``dict`` or a tuple of them. ``lo``/``hi`` bound ints
-    and floats; ``max_len`` bounds strings and lists.
-    """
-
-    type: type | tuple[type, ...]
-    required: bool = True
-    default: Any = None
-    lo: float | None = None
-    hi: float | None = None
-    max_len: int | None = None
-    help: str = ""
-
-    def check(self, name: str, value: Any) -> Any:
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        ok = any(_is(value, t) for t in types)
-        if not ok:
-            names = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in types)
-            raise RpcError(INVALID_PARAMS, f"invalid params: {name} must be {names}, got {_json_type(value)}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-                raise RpcError(INVALID_PARAMS, f"invalid params: {name} must be in {self.lo}..{self.hi}")
-        if self.max_len is not None and isinstance(value, (str, list)) and len(value) > self.max_len:
-            raise RpcError(INVALID_PARAMS, f"invalid params: {name} longer than {self.max_len}")
-        return value
-
-
-_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-               list: "an array", dict: "an object", type(None): "null"}
-
-
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean",
-               list: "array", dict: "object", type(None): "null"}
-
-
-def _is(value: Any, t: type) -> bool:
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, t)
-
-
-def _json_type(value: Any) -> str:
-    for t in (bool, int, float, str, list, dict, type(None)):
-        if isinstance(value, t):
-            return _JSON_NAMES[t]
-    return type(value).__name__
-
-
-Handler = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    func: Handler
-    params: Mapping[str, Param]
-    streaming: bool = False
-    summary: str = ""
 
 
 class Subscription:
@@ -192,75 +115,6 @@ class Subscription:
         await self._client.send({"jsonrpc": "2.0", "method": method, "params": params})
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.name if isinstance(value.value, int) else value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def encode(obj: Any) -> bytes:
-    """One JSON line (with the trailing newline).
-
-    Raises TypeError for a value it cannot convert, ValueError for NaN or
-    infinity (not JSON) and RecursionError for a value nested too deeply.
-    """
-    return (json.dumps(obj, default=_default, separators=(",", ":"), allow_nan=False)
-            + "\n").encode("utf-8")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400
-        raise ValueError("number out of range")
-    return value
-
-
-def decode(line: bytes) -> Any:
-    """Parse one request line as strict JSON.
-
-    Raises :class:`RpcError`: PARSE_ERROR for anything that is not JSON
-    (including ``NaN``, ``Infinity``, a number out of a float's range and
-    integers of over 4,300 digits), INVALID_REQUEST for a value nested deeper
-    than :data:`MAX_DEPTH`.
-    """
-    try:
-        value = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise RpcError(PARSE_ERROR, "parse error: invalid JSON") from exc
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            if depth >= MAX_DEPTH:
-                raise RpcError(INVALID_REQUEST, f"invalid request: nested deeper than {MAX_DEPTH}")
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return value
-
-
-def _cut(text: str) -> str:
-    """Client-supplied text for a message: at most SHOW_CHARS characters, as a repr."""
-    return repr(text) if len(text) <= SHOW_CHARS else repr(text[:SHOW_CHARS]) + "..."
-
-
-def default_uid_allowed(uid: int) -> bool:
-    """Same user as the daemon, or root."""
-    return uid == os.getuid() or uid == 0
-
-
 class ControlServer:
     """A method registry plus the per-client JSON-RPC loop."""
 
@@ -269,24 +123,27 @@ class ControlServer:
         *,
         max_request: int = MAX_REQUEST,
         max_clients: int = 32,
+        max_subscribers: int = 24,
         max_inflight: int = 8,
         idle_timeout: float = 300.0,
         send_timeout: float = 10.0,
-        uid_allowed: Callable[[int], bool] = default_uid_allowed,
+        peer_allowed: Callable[[PeerCred, int | None], bool] = default_peer_allowed,
         counters: Counter[str] | None = None,
     ) -> None:
         """``counters``: where to count :data:`INTERNAL_ERRORS` (the daemon
         passes the node's, so ``p2pctl status`` shows them); a new Counter
-        if None."""
+        if None. ``peer_allowed(peer, socket_group)`` decides who may use the
+        socket; it runs in a worker thread (group look-ups may block)."""
         self.methods: dict[str, Method] = {}
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.max_request = max_request
         self.max_clients = max_clients
+        self.max_subscribers = max_subscribers
         self.max_inflight = max_inflight
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
-        self.uid_allowed = uid_allowed
-        self.clients = 0
+        self.peer_allowed = peer_allowed
+        self._clients: set[_Client] = set()
         self.register("rpc.methods", self._list_methods, summary="list the methods and their params")
 
     def register(
@@ -309,6 +166,28 @@ class ControlServer:
         self.methods[name] = Method(name, func, dict(params or {}), streaming,
                                     summary or (inspect.getdoc(func) or "").split("\n")[0])
 
+    @property
+    def clients(self) -> int:
+        """Connections being served (evicted ones still closing included)."""
+        return len(self._clients)
+
+    def subscribers(self) -> int:
+        """Connections holding at least one subscription."""
+        return sum(1 for c in self._clients if c.subscriptions)
+
+    def _make_room(self) -> bool:
+        """True if a newcomer may be served: a slot is free, or the client
+        idle for longest (nothing running or subscribed) was evicted for it."""
+        live = [c for c in self._clients if not c.evicted]
+        if len(live) < self.max_clients:
+            return True
+        idle = [c for c in live if c.busy == 0]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        victim.evict()
+        return True
+
     def internal_error(self, exc: BaseException, **fields: Any) -> RpcError:
         """Log ``exc`` with its traceback, count it; returns the -32603 error to answer with."""
         self.counters[INTERNAL_ERRORS] += 1
@@ -318,7 +197,7 @@ class ControlServer:
     def _list_methods(self) -> list[dict[str, Any]]:
         return [
             {"name": m.name, "summary": m.summary, "streaming": m.streaming,
-             "params": {n: {"type": [_JSON_TYPES.get(t, t.__name__) for t in
+             "params": {n: {"type": [JSON_TYPES.get(t, t.__name__) for t in
                                      (p.type if isinstance(p.type, tuple) else (p.type,))],
                             "required": p.required, "help": p.help} for n, p in m.params.items()}}
             for m in sorted(self.methods.values(), key=lambda m: m.name)
@@ -336,7 +215,7 @@ class ControlServer:
             raise RpcError(INVALID_PARAMS, "invalid params: params must be an object or an array")
         for key in params:
             if key not in method.params:
-                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {_cut(key)} for {method.name}")
+                raise RpcError(INVALID_PARAMS, f"invalid params: unknown parameter {cut(key)} for {method.name}")
         bound: dict[str, Any] = {}
         for name, spec in method.params.items():
             if name in params:
@@ -354,28 +233,36 @@ class ControlServer:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {method_name}")
         return await _invoke(method.func, self.bind_params(method, params))
 
-    async def serve_client(self, stream: trio.abc.Stream, uid: int | None = None) -> None:
+    async def serve_client(self, stream: trio.abc.Stream, peer: PeerCred | None = None,
+                           group: int | None = None) -> None:
         """Serve one client until it disconnects, idles out or misbehaves.
 
-        ``uid`` is the peer's uid (None if unknown, e.g. a memory stream).
-        Never raises for the client's behaviour; closes ``stream``.
+        ``peer`` is the connecting process (None if unknown, e.g. a memory
+        stream: then no check); ``group`` the socket's group id. Never raises
+        for the client's behaviour; closes ``stream``.
         """
         client = _Client(self, stream)
         try:
-            if uid is not None and not self.uid_allowed(uid):
-                log.warning("control_refused", uid=uid, reason="uid")
-                await client.send_error(None, RpcError(PERMISSION_DENIED, f"permission denied: uid {uid} may not use this socket"))
+            if peer is not None and not await trio.to_thread.run_sync(self.peer_allowed, peer, group):
+                log.warning("control_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, group=group,
+                            reason="not the daemon's user, root or a member of the socket's group")
+                who = "" if group is None else (f" (add the user to group "
+                                                 f"{await trio.to_thread.run_sync(group_name, group)} "
+                                                 f"and log in again)")
+                await client.send_error(None, RpcError(
+                    PERMISSION_DENIED, f"permission denied: uid {peer.uid} may not use this socket{who}"))
+                await _drain(stream)
                 return
-            if self.clients >= self.max_clients:
-                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients})"))
+            if not self._make_room():
+                await client.send_error(None, RpcError(TOO_BUSY, f"too many control clients (limit {self.max_clients}), all busy"))
                 return
-            self.clients += 1
+            self._clients.add(client)
             try:
                 await client.run()
             except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the server
                 self.internal_error(exc, where="client")
             finally:
-                self.clients -= 1
+                self._clients.discard(client)
         finally:
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
@@ -410,7 +297,15 @@ class _Client:
         self._cancel = trio.CancelScope()
         self.subscriptions = 0
         self.busy = 0
+        self.evicted = False
+        self.last_active = trio.current_time()
         self._finished = trio.lowlevel.ParkingLot()
+
+    def evict(self) -> None:
+        """Close this (idle) connection to make room for a newcomer."""
+        self.evicted = True
+        log.info("control_client_evicted", reason="slots full, idle longest")
+        self._cancel.cancel()  # works before run() entered the scope too
 
     async def send(self, obj: Any) -> None:
         data = encode(obj)
@@ -430,6 +325,9 @@ class _Client:
     async def run(self) -> None:
         limit = self.server.max_request
         buf = bytearray()
+        # Skipping the rest of an oversized line: its bytes are dropped, not
+        # buffered, until its newline; then the connection goes on.
+        skipping = False
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -452,8 +350,25 @@ class _Client:
                             while self.busy > self.subscriptions:
                                 await self._finished.park()
                         break
+                    self.last_active = trio.current_time()
                     buf += chunk
-                    while (end := buf.find(b"\n")) >= 0:
+                    # Bounded: each pass removes a line or ends the loop.
+                    while True:
+                        end = buf.find(b"\n")
+                        if skipping:
+                            if end < 0:
+                                buf.clear()
+                                break
+                            del buf[: end + 1]
+                            skipping = False
+                            continue
+                        if end < 0:
+                            if len(buf) > limit:
+                                # Answer now, without waiting for (or keeping) the rest.
+                                await self.send_error(None, _too_large(limit))
+                                buf.clear()
+                                skipping = True
+                            break
                         line = bytes(buf[:end])
                         del buf[: end + 1]
                         if len(line) > limit:
@@ -463,11 +378,6 @@ class _Client:
                             await self._slots.acquire()  # backpressure: stop reading when full
                             self.busy += 1
                             nursery.start_soon(self._handle_line, line, _Slot(self._slots))
-                    if len(buf) > limit:
-                        # We cannot find the end of this request without
-                        # buffering without bound: answer and hang up.
-                        await self.send_error(None, _too_large(limit))
-                        break
                 nursery.cancel_scope.cancel()
 
     async def _handle_line(self, line: bytes, slot: _Slot) -> None:
@@ -491,6 +401,7 @@ class _Client:
                 await self.send_error(None, self.server.internal_error(exc, where="request"))
         finally:
             self.busy -= 1
+            self.last_active = trio.current_time()
             slot.release()
             self._finished.unpark_all()
 
@@ -514,7 +425,8 @@ class _Client:
         where streaming is not allowed).
         """
         request_id = request.get("id") if isinstance(request, dict) else None
-        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+        # JSON-RPC 2.0: a string, a number (1.5 too; decode() refused NaN) or null.
+        if not isinstance(request_id, (str, int, float, type(None))) or isinstance(request_id, bool):
             return _err(None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, number or null"))
         if (
             not isinstance(request, dict)
@@ -536,6 +448,9 @@ class _Client:
                     raise RpcError(INVALID_REQUEST, f"invalid request: {name} streams; call it alone and with an id")
                 if self.subscriptions >= MAX_SUBSCRIPTIONS:
                     raise RpcError(TOO_BUSY, f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS})")
+                if not self.subscriptions and self.server.subscribers() >= self.server.max_subscribers:
+                    # The other slots stay evictable, so an operator always gets in.
+                    raise RpcError(TOO_BUSY, f"too many subscribing connections (limit {self.server.max_subscribers})")
                 slot.release()  # a long-lived stream must not block ordinary requests
                 sub = Subscription(self, request_id)
                 self.subscriptions += 1
@@ -581,6 +496,22 @@ class _Slot:
             self._sem.release()
 
 
+async def _drain(stream: trio.abc.Stream, limit: int = READ_CHUNK, seconds: float = 1.0) -> None:
+    """Read and drop what a refused client already sent (a little, briefly):
+    closing with its request unread would reset the connection, and the
+    client could lose our answer before reading it."""
+    with trio.move_on_after(seconds):
+        got = 0
+        while got < limit:  # bounded by limit
+            try:
+                chunk = await stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not chunk:
+                return
+            got += len(chunk)
+
+
 def _err(request_id: Any, err: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": err.to_json()}
 
@@ -591,94 +522,31 @@ def _too_large(limit: int) -> RpcError:
 
 # --- the Unix socket ---------------------------------------------------------
 
-SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
-
-
-def peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The connecting process's uid (Linux SO_PEERCRED), or None if unavailable."""
-    opt = getattr(socket, "SO_PEERCRED", None)
-    if opt is None:  # pragma: no cover - not Linux
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize(SO_PEERCRED_FORMAT))
-    except OSError:
-        return None
-    return int(struct.unpack(SO_PEERCRED_FORMAT, raw)[1])
-
-
-def _prepare_path(path: Path) -> None:
-    if len(os.fsencode(path)) >= 108:
-        raise P2pdError(f"control socket path {path} is too long for a Unix socket (max 107 bytes)")
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise P2pdError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # stale socket of a daemon that died
-    else:
-        raise P2pdError(f"another daemon is listening on {path}")
-    finally:
-        probe.close()
-
 
 async def serve_control(
     server: ControlServer, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Listen on the Unix socket ``path`` (mode 0660) and serve clients forever.
 
-    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
-    Removes the socket file on exit.
+    Raises :class:`ConfigError` if the path is unusable, :class:`Unavailable`
+    if another daemon holds it. Removes the socket file on exit.
     """
-    raw, inode = _bind_socket(path)
+    raw, inode = bind_socket(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
-    log.info("control_listening", socket=str(path))
+    # Members of the socket's group may use it (mode 0660): the daemon's group,
+    # or the directory's if it is set-group-id.
+    group = os.stat(path).st_gid
+    log.info("control_listening", socket=str(path), group=group_name(group))
     try:
         task_status.started(path)
 
         async def handler(stream: trio.SocketStream) -> None:
-            await server.serve_client(stream, peer_uid(stream.socket))
+            await server.serve_client(stream, peer_credentials(stream.socket), group)
 
         await trio.serve_listeners(handler, [listener])
     finally:
-        _remove_socket(path, inode)
+        remove_socket(path, inode)
 
 
 # The two helpers below make a few quick system calls on a local directory;
 # they stay synchronous so that the cleanup also runs when cancelled.
-
-
-def _bind_socket(path: Path) -> tuple[socket.socket, int]:
-    """A listening Unix socket at ``path`` (mode 0660) and the inode it made.
-
-    Raises :class:`P2pdError` if the path is unusable or another daemon holds it.
-    """
-    _prepare_path(path)
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # The umask makes the socket owner/group-only from the moment it exists;
-    # chmod afterwards would leave a window where others could connect.
-    old = os.umask(0o117)
-    try:
-        raw.bind(str(path))
-    except OSError as exc:
-        raw.close()
-        raise P2pdError(f"cannot create control socket {path}: {exc.strerror}") from exc
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o660)
-    inode = os.stat(path).st_ino
-    raw.listen(64)
-    return raw, inode
-
-
-def _remove_socket(path: Path, inode: int) -> None:
-    """Unlink ``path`` if it is still our socket (not a successor's)."""
-    try:
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
-    except OSError:
-        pass

@@ -16,11 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from p2pd.cli.main import main
-from protocol import MAX_HOPS, MAX_PRICE, MAX_SLOT, MAX_TIME, MAX_WH, MIN_SLOT
+from p2pd.cli.main import EXIT_CONFIG, main
+from p2pd.net.identity import write_credential, write_node_keys
+from protocol import (
+    MAX_HOPS,
+    MAX_PRICE,
+    MAX_SLOT,
+    MAX_TIME,
+    MAX_WH,
+    MIN_SLOT,
+    Credential,
+    SigningKey,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-ISSUER = "ab" * 32
+ISSUER_KEY = SigningKey.generate()
+ISSUER = ISSUER_KEY.public.hex()
 
 # Names only their owner may assign: the wire's bounds belong to protocol/,
 # the money scale and default tariffs to settlement.
@@ -111,13 +122,30 @@ def _toml(sections: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Keys the wire bound of one key must not be refused for (config check also
+# checks prices against the tariffs, issue 13): tariffs as wide as the wire
+# allows, and an ask that may go as high as the floor.
+COMPANIONS: dict[tuple[str, str], dict[str, int]] = {("trading", "sell_floor"): {"sell_price": MAX_PRICE}}
+
+
 def _config(tmp_path: Path, section: str, key: str, value: int) -> Path:
+    """A node's configuration with ``[section] key = value``, its keys and credential in place
+    (``config check`` makes every check ``run`` makes)."""
+    keys_dir = tmp_path / "state" / "keys"
+    if not keys_dir.exists():
+        keys = write_node_keys(keys_dir)
+        write_credential(keys_dir / "credential", Credential.issue(
+            ISSUER_KEY, community="mystreet", member_id="alice", role="prosumer", metering_point="EAN1",
+            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=0, valid_until=MAX_TIME))
     sections: dict[str, dict[str, object]] = {
         "node": {"state_dir": "state"},
         "community": {"id": "mystreet", "issuers": [ISSUER]},
         "meter": {"driver": "none"},
+        "store": {"url": "memory://"},
+        "tariffs": {"import_price": MAX_PRICE, "export_price": 1},
     }
-    sections.setdefault(section, {})[key] = value
+    sections.setdefault(section, {}).update(COMPANIONS.get((section, key), {}))
+    sections[section][key] = value
     path = tmp_path / "p2pd.toml"
     path.write_text(_toml(sections))
     return path
@@ -162,7 +190,7 @@ def test_config_check_takes_the_wire_bound_and_refuses_past_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, key: str, bound: int) -> None:
     assert main(["config", "check", str(_config(tmp_path, section, key, bound))]) == 0
     capsys.readouterr()
-    assert main(["config", "check", str(_config(tmp_path, section, key, bound + 1))]) == 2
+    assert main(["config", "check", str(_config(tmp_path, section, key, bound + 1))]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert f"[{section}].{key}: expected an integer" in err and f"..{bound}," in err, err
 
@@ -171,5 +199,5 @@ def test_config_check_refuses_a_slot_shorter_than_the_wire_allows(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "check", str(_config(tmp_path, "community", "slot_seconds", MIN_SLOT))]) == 0
     capsys.readouterr()
-    assert main(["config", "check", str(_config(tmp_path, "community", "slot_seconds", MIN_SLOT - 1))]) == 2
+    assert main(["config", "check", str(_config(tmp_path, "community", "slot_seconds", MIN_SLOT - 1))]) == EXIT_CONFIG
     assert f"[community].slot_seconds: expected an integer {MIN_SLOT}..{MAX_SLOT}" in capsys.readouterr().err

@@ -6,13 +6,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from p2pd_test_helpers import PostgresServer
 
 from store import ReceiptRecord, Repository, open_repository
 
-IMPLS = ["memory", "sqlite-memory", "sqlite-file"]
+IMPLS = ["memory", "sqlite-memory", "sqlite-file", "postgresql"]
 
 
-def _url(kind: str, tmp_path: Path) -> str:
+def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "postgresql":  # the server starts on first use (tests/conftest.py)
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return server.new_database()
     return {
         "memory": "memory://",
         "sqlite-memory": "sqlite://",
@@ -23,7 +27,7 @@ def _url(kind: str, tmp_path: Path) -> str:
 @pytest.fixture(params=IMPLS)
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
     """A fresh repository of each implementation, closed afterwards."""
-    r = open_repository(_url(request.param, tmp_path))
+    r = open_repository(_url(request.param, request, tmp_path))
     try:
         yield r
     finally:
@@ -34,6 +38,13 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]
 def db_url(tmp_path: Path) -> str:
     """URL of a not yet existing SQLite file."""
     return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of a new, empty database that several processes can open: a
+    SQLite file, and a database on the test run's PostgreSQL server."""
+    return _url(request.param, request, tmp_path)
 
 
 MakeReceipt = Callable[..., ReceiptRecord]

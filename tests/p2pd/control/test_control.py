@@ -19,19 +19,22 @@ import pytest
 import trio
 import trio.testing
 
-from p2pd.control.server import (
+from p2pd.control.jsonrpc import (
     APP_ERROR,
-    INTERNAL_ERROR,
     INTERNAL_ERRORS,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     NOT_CONNECTED_CODE,
     PARSE_ERROR,
     PERMISSION_DENIED,
     REQUEST_TOO_LARGE,
+)
+from p2pd.control.server import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
     ControlServer,
     Param,
+    PeerCred,
     RpcError,
     Subscription,
     serve_control,
@@ -108,7 +111,7 @@ def make_server(**kwargs: Any) -> tuple[ControlServer, EventBus]:
 
 async def connect(nursery: trio.Nursery, server: ControlServer, uid: int | None = None) -> Conn:
     client, srv = trio.testing.memory_stream_pair()
-    nursery.start_soon(server.serve_client, srv, uid)
+    nursery.start_soon(server.serve_client, srv, None if uid is None else PeerCred(1, uid, uid))
     return Conn(client)
 
 
@@ -176,19 +179,23 @@ async def test_huge_request_is_refused_before_it_is_buffered(nursery: trio.Nurse
     await c.send_line(b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "' + b"x" * 2000 + b'"}}\n')
     assert (await c.read())["error"]["code"] == REQUEST_TOO_LARGE
     assert "result" in await c.call("echo", {"text": "ok"})
-    # An endless line: refused once the limit is passed, then disconnected.
-    await c.send_line(b"x" * 70_000)
+    # A line with no end in sight: refused once the limit is passed; its bytes
+    # are dropped as they come, and its newline ends it like any other.
+    for _ in range(20):
+        await c.send_line(b"x" * 70_000)
     reply = await c.read()
     assert reply["error"]["code"] == REQUEST_TOO_LARGE and reply["error"]["data"] == {"limit": 1000}
-    assert await c.closed()
+    await c.send_line(b"x\n")
+    assert "result" in await c.call("echo", {"text": "after"})
     assert "result" in await other.call("echo", {"text": "unaffected"})
 
 
 async def test_foreign_uid_is_refused(nursery: trio.Nursery) -> None:
-    server, _ = make_server(uid_allowed=lambda uid: uid == 1000)
+    server, _ = make_server(peer_allowed=lambda peer, group: peer.uid == 1000)
     bad = await connect(nursery, server, uid=4242)
     reply = await bad.read()
     assert reply["error"]["code"] == PERMISSION_DENIED and "4242" in reply["error"]["message"]
+    await bad.stream.send_eof()  # the server reads what a refused client sent until it ends
     assert await bad.closed()
     good = await connect(nursery, server, uid=1000)
     assert "result" in await good.call("echo", {"text": "hi"})
@@ -267,11 +274,14 @@ async def test_unix_socket_is_group_only_checks_peer_uid_and_cleans_up(
     path = short_dir / "control.sock"
     seen: list[int] = []
 
-    def uid_allowed(uid: int) -> bool:
-        seen.append(uid)
-        return uid != os.getuid()
+    groups: list[int | None] = []
 
-    server, _ = make_server(uid_allowed=uid_allowed)
+    def peer_allowed(peer: PeerCred, group: int | None) -> bool:
+        seen.append(peer.uid)
+        groups.append(group)
+        return peer.uid != os.getuid()
+
+    server, _ = make_server(peer_allowed=peer_allowed)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
@@ -283,6 +293,7 @@ async def test_unix_socket_is_group_only_checks_peer_uid_and_cleans_up(
     stream = await trio.open_unix_socket(str(path))
     reply = await Conn(stream).read()
     assert seen == [os.getuid()]  # SO_PEERCRED gave our own uid ...
+    assert groups == [path.stat().st_gid]  # ... and the check gets the socket's group
     assert reply["error"]["code"] == PERMISSION_DENIED  # ... which this server was told to refuse
     await stream.aclose()
     scope.cancel()
