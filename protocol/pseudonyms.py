@@ -29,6 +29,7 @@ Sans-IO: randomness (blinding factors, salts, key seeds) is always passed in.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -310,10 +311,13 @@ def seal(box_pk: bytes, context: bytes, payload: bytes, *, ephemeral: bytes | No
     noise.set_as_initiator()
     noise.set_prologue(context)
     noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, box_pk)
-    if ephemeral is not None:
-        noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
-    noise.start_handshake()
-    return bytes(noise.write_message(payload))
+    with warnings.catch_warnings():
+        if ephemeral is not None:
+            # noiseprotocol warns that a fixed ephemeral is for tests: it is.
+            warnings.simplefilter("ignore", UserWarning)
+            noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
+        noise.start_handshake()
+        return bytes(noise.write_message(payload))
 
 
 def open_sealed(box_private: bytes, context: bytes, sealed: bytes) -> bytes:

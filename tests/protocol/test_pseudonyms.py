@@ -145,3 +145,15 @@ def test_messages_round_trip_and_order_gossip_takes_either_kind(service: Pseudon
                 TakeIntent(p.order_id, b"\x02" * 16, bytes(54), 7), OwnerProof(p.order_id, bytes(64))):
         assert decode_message(encode_message(msg)) == msg
     assert len(encode_message(OrderGossip(order, p, 8))) <= 490
+
+
+def test_a_full_gossip_batch_of_pseudonymous_orders_fits_one_frame(service: PseudonymIssuer) -> None:
+    from protocol import BATCH_MAX, NOISE_MAX_FRAME, GossipBatch
+
+    p, keys = _pseudonym(service, _member(service.issuer, "ivy"))
+    slot = (EPOCH * EPOCH_LEN // 900 + 20) * 900
+    order = Order.create(keys.signing, order_id=p.order_id, member_id=p.member_id, side="sell",
+                         slot_start=slot, slot_len=900, wh=10_000_000, price=100_000_000,
+                         expiry=slot - 300)
+    batch = GossipBatch(tuple(OrderGossip(order, p, 16) for _ in range(BATCH_MAX)), ())
+    assert len(encode_message(batch)) + 16 <= NOISE_MAX_FRAME  # plus the AEAD tag
