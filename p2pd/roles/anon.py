@@ -123,12 +123,17 @@ class Pseudonymous:
         if self.wallet is None:
             return None
         owned = self.wallet.draw(now)
-        if owned is not None or self.pseudonym_source is None:
-            return owned
-        async with self._refill_lock:
+        if owned is None and await self.refill_pseudonyms(now):
             owned = self.wallet.draw(now)
-            if owned is not None:
-                return owned
+        return owned
+
+    async def refill_pseudonyms(self, now: float) -> int:
+        """Fetch one batch of pseudonyms for ``now``'s epoch from the source; returns how many."""
+        if self.wallet is None or self.pseudonym_source is None:
+            return 0
+        async with self._refill_lock:
+            if self.wallet.unused.get(epoch_of(now)):
+                return len(self.wallet.unused[epoch_of(now)])  # another task refilled meanwhile
             epoch = epoch_of(now)
             try:
                 key = await self.pseudonym_source.epoch_key(epoch)
@@ -139,10 +144,11 @@ class Pseudonymous:
                 sigs = await self.pseudonym_source.grant(epoch, [r.blinded_msg for r in requests])
             except (P2pdError, ValueError, DecodeError, SignatureError) as exc:
                 self.counters[f"pseudonym_refill_failed:{type(exc).__name__}"] += 1
-                return None
-            self.counters["pseudonyms_granted"] += self.wallet.add(key, requests, sigs)
+                return 0
+            got = self.wallet.add(key, requests, sigs)
+            self.counters["pseudonyms_granted"] += got
             self.wallet.forget_before(now)
-            return self.wallet.draw(now)
+            return got
 
     async def push_stem(self, gossip: OrderGossip) -> None:
         """Send our new pseudonymous order to one gossip neighbour with ``hops + 1``.

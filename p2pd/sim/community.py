@@ -56,7 +56,7 @@ from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.roles.anon import LocalPseudonymSource
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
-from protocol import Credential, PseudonymIssuer, SigningKey, Timeouts, TrustPolicy
+from protocol import Credential, PseudonymIssuer, SigningKey, Timeouts, TrustPolicy, epoch_of
 from store import ReceiptRecord, Repository, open_repository
 
 PSEUDONYM_QUOTA = 256  # pseudonyms (orders) per member and day: two per slot, and some to spare
@@ -274,6 +274,13 @@ class SimCommunity:
             secret = random.Random(f"pseudonyms/{self.cfg.seed}/{identity.member_id}").randbytes(32)
             market.wallet = Wallet(secret=secret)
             market.pseudonym_source = LocalPseudonymSource(self.pseudonyms, identity.credential)
+            if not self.cfg.virtual:
+                # The issuer's RSA work (about 10 ms a pseudonym) would stall a
+                # wall-clock run: fill the wallet before the clock starts.
+                market.wallet.batch = min(PSEUDONYM_QUOTA, max(16, int(2 * (self.cfg.end - self.cfg.start) / 3600)))
+                await market.refill_pseudonyms(self.cfg.start)
+                for epoch in range(epoch_of(self.cfg.start), epoch_of(self.cfg.end) + 1):
+                    self.pseudonyms.epoch_key(epoch)
             sim.agent = Agent(market, PerfectForesight(household), self.cfg.agent,
                               dial=functools.partial(self.connect, sim))
             self.nodes.append(sim)

@@ -64,7 +64,14 @@ def test_examples_verify_with_the_documented_keys() -> None:
 def test_pseudonymous_examples_check_with_the_document_alone() -> None:
     """Section 12.8: the token verifies under the epoch key, the order under the pseudonym,
     the owner proof names alice's and bob's credentials, and the take names alice."""
-    from protocol import EpochKeyAnnounce, OwnerProof, Pseudonym, TakeIntent, check_pseudonym, epoch_of
+    from protocol import (
+        EpochKeyAnnounce,
+        OwnerProof,
+        Pseudonym,
+        TakeIntent,
+        check_pseudonym,
+        epoch_of,
+    )
     from protocol.pseudonyms import anon_order_id, verify_owner_proof
 
     doc = blocks("msgpack")
