@@ -1,4 +1,4 @@
-"""Takes relayed through a common peer (docs/protocol.md §12.8).
+"""Takes relayed through a common peer (docs/protocol.md §12.9).
 
 A household behind a NAT accepts no connection; it dials out to a few peers.
 Two members that cannot reach each other trade through a member both have a

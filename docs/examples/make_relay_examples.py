@@ -1,4 +1,4 @@
-"""Generate the relayed-take examples of docs/protocol.md (section 12.8).
+"""Generate the relayed-take examples of docs/protocol.md (section 12.9).
 
 Run from the repository root:
 

@@ -66,7 +66,7 @@ class TradingConfig:
     take_timeout: float = MarketRules.take_timeout
     take_attempts: int = MarketRules.take_attempts
     relay: bool = True
-    """Forward takes between members that have no session with each other (docs/protocol.md §12.8)."""
+    """Forward takes between members that have no session with each other (docs/protocol.md §12.9)."""
 
 
 def parse_trading(t: Table) -> TradingConfig:

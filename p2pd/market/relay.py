@@ -1,4 +1,4 @@
-"""The rules of a relayed take (docs/protocol.md §12.8), for its three parties.
+"""The rules of a relayed take (docs/protocol.md §12.9), for its three parties.
 
 * The owner checks the taker it has no session with: :func:`relayed_taker`.
 * A relay forwards only its own peer's takes, once, to an owner it has a

@@ -1,4 +1,4 @@
-"""Relaying takes between members that have no session with each other (docs/protocol.md §12.8).
+"""Relaying takes between members that have no session with each other (docs/protocol.md §12.9).
 
 Why a relay, not a dial: a household behind a NAT accepts no connection, so
 "dial the owner by its announced address" fails exactly when it is needed.

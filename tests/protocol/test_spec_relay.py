@@ -1,4 +1,4 @@
-"""docs/protocol.md section 12.8: the relayed-take examples match the code and verify.
+"""docs/protocol.md section 12.9: the relayed-take examples match the code and verify.
 
 A reader can check them with the document alone: the take carries bob's
 credential of section 11, its signature is the ``Take``'s of section 12.6,

@@ -1,4 +1,4 @@
-"""Takes between members that cannot dial each other, through a common peer (docs/protocol.md §12.8).
+"""Takes between members that cannot dial each other, through a common peer (docs/protocol.md §12.9).
 
 alice (seller) and bob (buyer) are each linked only to carol, over in-memory
 streams, as two households behind NATs that both dialled a public member.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, Community, link
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.errors import NotConnected, TradeRefused, TradeTimeout
 from p2pd.events import OrderSeen
@@ -62,13 +62,6 @@ async def post_seen(owner: Trader, seer: Trader, wh: int = 1000) -> Order:
     raise AssertionError("the event stream ended")
 
 
-async def wait_for(predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
-    """For what has no event (counters, the store): virtual time, so no real wait."""
-    with trio.fail_after(limit):
-        while not predicate():  # noqa: ASYNC110 - counters and stores have no event to wait on
-            await trio.sleep(0.001)
-
-
 async def street(make_trader: Make, **carol: Any) -> tuple[Trader, Trader, Trader]:
     alice, bob, c = await make_trader("alice"), await make_trader("bob"), await make_trader("carol", **carol)
     await link(alice.node, c.node)
@@ -93,7 +86,7 @@ async def test_a_take_completes_through_a_common_peer(autojump_clock: Any, make_
     assert bob.node.counters["takes_relayed"] == 1 and alice.node.counters["takes_relayed_in"] == 1
     assert "alice" not in bob.node.sessions  # still no direct session
     # The owner remembered the taker's credential (for disputes) although it never met bob.
-    await wait_for(lambda: alice.repo.get_member("bob") is not None)
+    await eventually(lambda: alice.repo.get_member("bob") is not None)
     assert alice.market.book[order.order_id].remaining_wh == 600
 
     # A refusal comes back signed by the owner, with what is left.
@@ -173,7 +166,7 @@ async def test_a_relay_forwards_only_its_peers_own_takes_once(autojump_clock: An
         (RelayedTake("erin", 1, bob.node.identity.credential, terms, sig), "no_session"),
     ):
         await to_carol.send(msg)
-        await wait_for(lambda why=why: carol.node.counters[f"relay_dropped:{why}"] == 1)
+        await eventually(lambda why=why: carol.node.counters[f"relay_dropped:{why}"] == 1)
     assert carol.node.counters["relay_takes"] == 1  # only bob's real take went through
     # A member may refuse to relay ([trading] relay = false): takes then need another path.
     quiet = await make_trader("quiet", relay=False)
@@ -181,7 +174,7 @@ async def test_a_relay_forwards_only_its_peers_own_takes_once(autojump_clock: An
     await link(bob.node, quiet.node)
     carol_conn = bob.node.sessions["carol"]
     await carol_conn.close()
-    await wait_for(lambda: "carol" not in bob.node.sessions)
+    await eventually(lambda: "carol" not in bob.node.sessions)
     with pytest.raises(TradeTimeout):
         await bob.market.take(order.order_id, 10)
     assert quiet.node.counters["relay_dropped:disabled"] >= 1
@@ -192,7 +185,7 @@ async def test_no_session_at_all_is_not_connected(autojump_clock: Any, make_trad
     await link(bob.node, alice.node)
     order = await post_seen(alice, bob)
     await bob.node.sessions["alice"].close()
-    await wait_for(lambda: not bob.node.sessions)
+    await eventually(lambda: not bob.node.sessions)
     with pytest.raises(NotConnected, match="nor with a peer to relay the take through"):
         await bob.market.take(order.order_id, 10)
     assert bob.repo.pending_takes() == []  # it never left the node
