@@ -51,4 +51,11 @@ def test_every_meter_driver_option_is_documented() -> None:
                 continue
             if f"`{key}`" not in part:
                 missing.append(f"{driver}.{key}")
+    from meter_drivers import mqtt
+
+    part = text[text.index("### The `mqtt` meter"):]
+    part = part[:part.index("\n## ")]
+    for key, option in mqtt.OPTIONS.items():
+        if option.kind != "callable" and key != "max_power_w" and f"`{key}`" not in part:
+            missing.append(f"mqtt.{key}")
     assert not missing, missing
