@@ -34,3 +34,8 @@ calls in a worker thread), ``config`` (the file: the core sections, and the
 never the components), ``context`` (what a running daemon gives components),
 ``notify``.
 """
+
+__version__ = "0.1.0"
+"""The version of p2pd; pyproject.toml reads it from here."""
+DISTRIBUTION = "p2pd-energy"
+"""The name p2pd is installed under (pip, pipx): "p2pd" on the package index is another project."""

@@ -1,6 +1,11 @@
 """``p2pd run``: wires configuration, keys, store, node, listener, discovery,
 control socket, meter, systemd notification and signals.
 
+Start-up order: the port is bound first (a busy port fails before anything
+runs), then the meter, the control methods and every component start, and
+only then does the node accept connections and dial peers, so the first
+message of every session finds its handler.
+
 The components it runs are the explicit list :data:`p2pd.components.COMPONENTS`
 (see that package for what a component may do).
 
@@ -55,7 +60,7 @@ from p2pd.errors import ConfigError, KeyFileError, P2pdError, Unavailable
 from p2pd.events import MeterReading
 from p2pd.net.discovery import Discovery
 from p2pd.net.identity import NodeIdentity, load_credential, load_node_keys
-from p2pd.net.listener import serve_p2p
+from p2pd.net.listener import open_p2p_listeners, serve_p2p_listeners
 from p2pd.net.node import NodeLimits, open_node
 from p2pd.net.revocations import RevocationRegistry
 from p2pd.notify import Notifier
@@ -192,6 +197,17 @@ def _make_runtime_dir(path: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"[node].runtime_dir: cannot create {path}: {exc.strerror}") from exc
     path.chmod(0o750)  # whatever the umask (systemd's UMask=0077 would make it 0700)
+
+
+@contextmanager
+def _closed_on_error(listeners: list[trio.SocketListener]) -> Iterator[None]:
+    """Close listening sockets nobody serves yet if the start fails before serving them."""
+    try:
+        yield
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -365,24 +381,31 @@ async def run_daemon(
                     nursery.start_soon(_handle_signals, ctx, signals)
                     _watch_store(ctx)
                     try:
-                        listeners = await nursery.start(serve_p2p, node, config.p2p.host, config.p2p.port)
+                        listeners = await open_p2p_listeners(config.p2p.host, config.p2p.port)
                     except OSError as exc:
                         raise _listen_error(config, exc) from exc
-                    ctx.listen_addresses = [
-                        "{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
-                    ctx.discovery = Discovery(
-                        node, static_peers=[(p.host, p.port) for p in config.p2p.peers],
-                        announce=announce_address(config, ctx.listen_addresses),
-                        exchange=config.p2p.exchange)
+                    with _closed_on_error(listeners):
+                        ctx.listen_addresses = [
+                            "{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
+                        ctx.discovery = Discovery(
+                            node, static_peers=[(p.host, p.port) for p in config.p2p.peers],
+                            announce=announce_address(config, ctx.listen_addresses),
+                            exchange=config.p2p.exchange)
+                        await _open_meter(ctx)
+                        register_builtin_methods(ctx.control, ctx)
+                        if os.environ.get(TEST_HOOKS_ENV) == "1":
+                            register_test_hooks(ctx.control, ctx)
+                            log.warning("test_hooks_enabled", env=TEST_HOOKS_ENV)
+                        for component in components:
+                            await component.start(ctx)
+                            log.info("component_started", name=component.name)
+                        # Only now do sessions open (accepting, dialling): every
+                        # message handler and session hook exists, so nothing a
+                        # peer sends first (OrdersRequest, HeadGossip) is dropped
+                        # as unhandled. Connections made meanwhile wait in the
+                        # kernel's listen queue.
+                        await nursery.start(serve_p2p_listeners, node, listeners)
                     await nursery.start(ctx.discovery.run)
-                    await _open_meter(ctx)
-                    register_builtin_methods(ctx.control, ctx)
-                    if os.environ.get(TEST_HOOKS_ENV) == "1":
-                        register_test_hooks(ctx.control, ctx)
-                        log.warning("test_hooks_enabled", env=TEST_HOOKS_ENV)
-                    for component in components:
-                        await component.start(ctx)
-                        log.info("component_started", name=component.name)
                     try:
                         await nursery.start(serve_control, ctx.control, config.node.control_socket)
                     except (ConfigError, Unavailable) as exc:

@@ -132,6 +132,11 @@ from protocol.reconcile import ReceiptsRequest as ReceiptsRequest
 from protocol.refusal import REFUSAL_REASONS as REFUSAL_REASONS
 from protocol.refusal import Refusal as Refusal
 from protocol.refusal import refusal_frame as refusal_frame
+from protocol.relay import REFUSAL_DOMAIN as REFUSAL_DOMAIN
+from protocol.relay import RELAY_HOPS as RELAY_HOPS
+from protocol.relay import RelayedAnswer as RelayedAnswer
+from protocol.relay import RelayedTake as RelayedTake
+from protocol.relay import TradeRefusal as TradeRefusal
 from protocol.revocation import REVOCATION_DOMAIN as REVOCATION_DOMAIN
 from protocol.revocation import RevocationAnnounce as RevocationAnnounce
 from protocol.revocation import RevocationList as RevocationList

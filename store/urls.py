@@ -3,7 +3,8 @@
 Supported (tested): ``memory://``; SQLite, ``sqlite:///PATH`` (a file) or
 ``sqlite://`` (private, in memory); PostgreSQL, ``postgresql://...`` or
 ``postgresql+psycopg://...`` with the psycopg 3 driver (the ``postgres``
-extra: ``pip install 'p2pd[postgres]'``). Any other database or driver is
+extra of the p2pd-energy distribution, or ``pip install 'psycopg[binary]>=3.1,<4'``).
+Any other database or driver is
 refused before anything is opened, rather than half-working.
 """
 
@@ -26,7 +27,8 @@ DRIVERS = {
     "postgresql": "postgresql+psycopg",
     "postgresql+psycopg": "postgresql+psycopg",
 }
-INSTALL_HINT = {"postgresql": "pip install 'p2pd[postgres]' (psycopg 3)"}
+# Never "pip install p2pd[postgres]": p2pd on the package index is another project.
+INSTALL_HINT = {"postgresql": "pip install 'psycopg[binary]>=3.1,<4' (psycopg 3)"}
 EXAMPLES = "sqlite:///PATH or postgresql://USER@HOST/DB"
 
 

@@ -2,7 +2,8 @@
 
 Exit codes (stable, for scripts): 0 ok, 1 the daemon answered with an error,
 2 usage error, 3 the daemon is not running (no socket / connection refused /
-no answer). ``--json`` prints the raw ``result`` as one JSON document.
+no answer). ``--json`` prints the raw ``result`` as one JSON document, and
+every error as one JSON object on stderr (p2pd/cli/output.py).
 
 Commands are data: :data:`COMMANDS` maps a command to a JSON-RPC method, a
 function building params from the parsed arguments and a function rendering
@@ -24,6 +25,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from p2pd import DISTRIBUTION, __version__
+from p2pd.cli.output import Parser, UsageError, error, usage_error, wants_json
 
 DEFAULT_SOCKET = "/run/p2pd/control.sock"
 EXIT_OK, EXIT_RPC_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -237,6 +241,9 @@ class Command:
     args: list[Arg] = field(default_factory=list)
     params: Callable[[argparse.Namespace], Any] = lambda a: None
     render: Callable[[Any], str] = render_generic
+    before: Callable[[Client, argparse.Namespace], None] | None = None
+    """Runs first, with the connected client (e.g. to read the market's rules); may
+    change ``args``, print warnings, or raise UsageError / RpcFailure."""
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -283,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name != name:
                 raise
-    parser = argparse.ArgumentParser(prog="p2pctl", description="Control a running p2pd.")
+    parser = Parser(prog="p2pctl", description="Control a running p2pd.")
+    parser.add_argument("--version", action="version", version=f"p2pctl {__version__} ({DISTRIBUTION})")
     parser.add_argument("--socket", "-s", default=os.environ.get("P2PD_SOCKET", DEFAULT_SOCKET),
                         help="control socket (default: $P2PD_SOCKET or %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
@@ -314,8 +322,7 @@ def _events(client: Client, args: argparse.Namespace) -> int:
     for msg in client.messages():
         if "error" in msg:
             err = msg["error"]
-            print(f"p2pctl: error {err.get('code')}: {err.get('message')}", file=sys.stderr)
-            return EXIT_RPC_ERROR
+            raise RpcFailure(err.get("code", 0), err.get("message", "error"), err.get("data"))
         if msg.get("method") == "event":
             ev = msg.get("params") or {}
             if args.json:
@@ -326,48 +333,72 @@ def _events(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _call_params(args: argparse.Namespace) -> Any:
+    """``call METHOD [JSON-PARAMS]``: the params. Raises UsageError."""
+    try:
+        params = json.loads(args.params) if args.params else None
+    except ValueError as exc:
+        raise UsageError(f"JSON-PARAMS is not valid JSON: {exc}", "usage: p2pctl call METHOD "
+                         "[JSON-PARAMS]") from exc
+    if params is not None and not isinstance(params, (dict, list)):
+        raise UsageError("JSON-PARAMS must be an object or an array",
+                         "usage: p2pctl call METHOD [JSON-PARAMS]")
+    return params
+
+
+def rpc_error_text(exc: RpcFailure) -> str:
+    return f"p2pctl: error {exc.code}: {exc.message}{_details(exc.data)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:
+    except UsageError as exc:
+        usage_error("p2pctl", exc, as_json=as_json)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    as_json = bool(getattr(args, "json", False))
     try:
-        if args.cmd is None:
-            try:
-                params = json.loads(args.params) if args.params else None
-            except ValueError as exc:
-                print(f"p2pctl: JSON-PARAMS is not valid JSON: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            if params is not None and not isinstance(params, (dict, list)):
-                print("p2pctl: JSON-PARAMS must be an object or an array", file=sys.stderr)
-                return EXIT_USAGE
-            method, render = args.method, render_generic
-        elif args.cmd == "events":
+        if args.cmd == "events":
             with Client(args.socket, args.timeout) as client:
                 return _events(client, args)
+        if args.cmd is None:
+            method, params, render = args.method, _call_params(args), render_generic
+            with Client(args.socket, args.timeout) as client:
+                result = client.call(method, params)
         else:
-            method, params, render = args.cmd.method, args.cmd.params(args), args.cmd.render
-        with Client(args.socket, args.timeout) as client:
-            result = client.call(method, params)
+            with Client(args.socket, args.timeout) as client:
+                if args.cmd.before is not None:
+                    args.cmd.before(client, args)
+                method, params, render = args.cmd.method, args.cmd.params(args), args.cmd.render
+                result = client.call(method, params)
+    except UsageError as exc:
+        usage_error("p2pctl", exc, as_json=as_json)
+        return EXIT_USAGE
     except DaemonNotRunning as exc:
-        print(f"p2pctl: {exc}", file=sys.stderr)
+        error("p2pctl", "not_running", str(exc), as_json=as_json, socket=args.socket)
         return EXIT_NOT_RUNNING
     except RpcFailure as exc:
-        if getattr(args, "json", False):
-            error = {"code": exc.code, "message": exc.message}
+        if as_json:
+            # The error object as the daemon sent it (code, message, data).
+            err: dict[str, Any] = {"code": exc.code, "message": exc.message}
             if exc.data is not None:
-                error["data"] = exc.data
-            print(json.dumps({"error": error}), file=sys.stderr)
+                err["data"] = exc.data
+            print(json.dumps({"error": err}), file=sys.stderr)
         else:
-            print(f"p2pctl: error {exc.code}: {exc.message}{_details(exc.data)}", file=sys.stderr)
+            print(rpc_error_text(exc), file=sys.stderr)
         return EXIT_RPC_ERROR
     except KeyboardInterrupt:
         return 130
     try:
-        print(json.dumps(result) if args.json else render(result))
+        print(json.dumps(result) if as_json else render(result))
     except OSError as exc:  # e.g. receipts export --out FILE: a directory we cannot write
-        print(f"p2pctl: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", file=sys.stderr)
+        error("p2pctl", "output", f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}",
+              as_json=as_json)
         return EXIT_RPC_ERROR
     return EXIT_OK
 

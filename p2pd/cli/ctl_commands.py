@@ -3,7 +3,10 @@
 Each maps to one control method (docs/control-api.md): tables for people by
 default, the raw result with ``--json``. Times are accepted as unix seconds
 or ISO 8601 (``2027-01-15T12:00``, UTC unless an offset is given) and shown
-in UTC. Money is shown in currency units (the API's integers / 1,000,000).
+in UTC; a slot also as ``next`` or ``+2h`` (read against the daemon's clock
+and slot length, ``market.info``). Prices are typed and shown in currency
+per kWh (``0.09``; the API's integers / 1,000,000), in the daemon's
+``[tariffs]`` currency.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from p2pd.cli.ctl import Arg, Command, add_command, table
+from p2pd.cli.ctl import Arg, Client, Command, add_command, table
+from p2pd.cli.output import UsageError, warning
 
 SCALE = 1_000_000
 
@@ -45,6 +52,118 @@ def money(units: Any) -> str:
     return f"{int(units) / SCALE:.4f}"
 
 
+def price_text(units: Any) -> str:
+    """A price per kWh as people write it: ``90000`` -> ``"0.09"``, ``93500`` -> ``"0.0935"``."""
+    text = f"{Decimal(int(units)) / SCALE:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+# --- slots and prices as people type them (p2pctl post) ---------------------------
+
+RELATIVE = re.compile(r"\+(?:(\d{1,4})d)?(?:(\d{1,5})h)?(?:(\d{1,6})m(?:in)?)?")
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """A slot as typed: an absolute time (``at``), ``+DURATION`` (``after``) or ``next``."""
+
+    text: str
+    at: int | None = None
+    after: int | None = None
+
+    def resolve(self, info: dict[str, Any]) -> int:
+        """The slot start, from ``market.info``: ``next`` is the first slot still open
+        for trading; ``+2h`` the first open slot starting at least 2 h from now."""
+        if self.at is not None:
+            return self.at
+        if self.after is None:
+            return int(info["next_slot"])
+        slot = int(info["slot_seconds"])
+        first = -(-(int(info["now"]) + self.after) // slot) * slot
+        return max(first, int(info["next_slot"]))
+
+
+def slot_spec(text: str) -> SlotSpec:
+    """argparse type: ``next``, ``+2h``/``+30m``/``+1d``/``+1h30m``, ISO 8601 or unix seconds."""
+    if text == "next":
+        return SlotSpec(text)
+    m = RELATIVE.fullmatch(text)
+    if m and any(m.groups()):
+        d, h, mins = (int(g or 0) for g in m.groups())
+        return SlotSpec(text, after=((d * 24 + h) * 60 + mins) * 60)
+    try:
+        return SlotSpec(text, at=when(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected next, +DURATION (+2h, +30m, +1d), an ISO date/time or unix seconds, "
+            f"got {text!r}") from None
+
+
+def price_arg(text: str) -> Decimal:
+    """argparse type: a price in currency per kWh, like ``0.09``."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a price in currency per kWh like 0.09, got {text!r}")
+    return value
+
+
+def to_units(price: Decimal, info: dict[str, Any]) -> int:
+    """Currency per kWh to the API's money units; UsageError past the unit or the bounds."""
+    cur, scale = info["currency"], int(info["money_scale"])
+    units = price * scale
+    usage = "usage: p2pctl post sell|buy SLOT WH PRICE"
+    if units != units.to_integral_value():
+        raise UsageError(f"price {price:f} {cur}/kWh: more decimals than the money unit "
+                         f"({Decimal(1) / scale} {cur})", usage)
+    top = int(info.get("max_price") or 0)
+    if units < 1 or (top and units > top):
+        raise UsageError(f"price {price:f} {cur}/kWh: must be between {price_text(1)} and "
+                         f"{price_text(top)} {cur}/kWh (prices are in {cur} per kWh, e.g. 0.09)", usage)
+    return int(units)
+
+
+def price_warning(side: str, units: int, info: dict[str, Any]) -> str | None:
+    """Why a price outside [export tariff, retail price] makes no sense, or None."""
+    cur = info["currency"]
+    p, low, high = (f"{price_text(v)} {cur}/kWh" for v in (units, info["export_price"], info["import_price"]))
+    if side == "sell" and units < info["export_price"]:
+        return f"selling at {p} is below the export tariff {low}: exporting to the supplier pays more"
+    if side == "sell" and units > info["import_price"]:
+        return (f"selling at {p} is above the retail price {high}: buyers pay less at their "
+                "supplier, so nobody is likely to take it")
+    if side == "buy" and units > info["import_price"]:
+        return f"buying at {p} is above the retail price {high}: the supplier sells for less"
+    if side == "buy" and units < info["export_price"]:
+        return (f"buying at {p} is below the export tariff {low}: sellers get more by exporting, "
+                "so nobody is likely to take it")
+    return None
+
+
+def prepare_post(client: Client, a: argparse.Namespace) -> None:
+    """Read the market's rules, resolve the slot and the price, warn about the price."""
+    info = client.call("market.info")
+    a.slot_start = a.slot.resolve(info)
+    a.price_units = to_units(a.price, info)
+    why = price_warning(a.side, a.price_units, info)
+    if why is not None:
+        warning("p2pctl", "price_outside_tariffs", why, as_json=bool(a.json), price=a.price_units,
+                export_price=info["export_price"], import_price=info["import_price"])
+
+
+def prepare_orders(client: Client, a: argparse.Namespace) -> None:
+    a.slot_start = a.slot.resolve(client.call("market.info")) if a.slot is not None else None
+
+
+def render_post(r: dict[str, Any]) -> str:
+    cur = r.get("currency", "")
+    return (f"posted {r['side']} order {r['order_id']}: {r['wh']} Wh for the slot {utc(r['slot_start'])} "
+            f"UTC at {price_text(r['price'])} {cur}/kWh, open until {utc(r['expiry'])} UTC")
+
+
 def _now() -> int:
     return int(time.time())
 
@@ -53,25 +172,31 @@ def _maybe(**params: Any) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def _per_kwh(r: dict[str, Any]) -> str:
+    return f"{r['currency']}/KWH" if r.get("currency") else "/KWH"
+
+
 def render_orders(r: dict[str, Any]) -> str:
     rows = [{**o, "slot": utc(o["slot_start"]), "expires": utc(o["expiry"]),
-             "price_kwh": money(o["price"]), "mine": o.get("mine")} for o in r["orders"]]
+             "price_kwh": price_text(o["price"]), "mine": o.get("mine")} for o in r["orders"]]
     return table(rows, [("order_id", "ORDER"), ("member", "MEMBER"), ("side", "SIDE"),
                         ("slot", "SLOT (UTC)"), ("wh", "WH"), ("remaining_wh", "LEFT"),
-                        ("price_kwh", "PRICE/KWH"), ("expires", "EXPIRES")])
+                        ("price_kwh", f"PRICE {_per_kwh(r)}"), ("expires", "EXPIRES")])
 
 
 def render_trades(r: dict[str, Any]) -> str:
-    rows = [{**t, "slot": utc(t["slot_start"]), "price_kwh": money(t["price"]),
+    rows = [{**t, "slot": utc(t["slot_start"]), "price_kwh": price_text(t["price"]),
              "money": money(t["amount"])} for t in r["trades"]]
     return table(rows, [("trade_id", "TRADE"), ("side", "SIDE"), ("counterparty", "WITH"),
-                        ("slot", "SLOT (UTC)"), ("wh", "WH"), ("price_kwh", "PRICE/KWH"),
-                        ("money", "AMOUNT")])
+                        ("slot", "SLOT (UTC)"), ("wh", "WH"), ("price_kwh", f"PRICE {_per_kwh(r)}"),
+                        ("money", f"AMOUNT {r.get('currency', '')}".rstrip())])
 
 
 def render_take(r: dict[str, Any]) -> str:
+    cur = r.get("currency", "")
     return (f"trade {r['trade_id']}: {r['seller']} -> {r['buyer']}, {r['wh']} Wh for slot "
-            f"{utc(r['slot_start'])} UTC at {money(r['price'])}/kWh = {money(r['amount'])}")
+            f"{utc(r['slot_start'])} UTC at {price_text(r['price'])} {cur}/kWh = "
+            f"{money(r['amount'])} {cur}").rstrip()
 
 
 def render_readings(r: dict[str, Any]) -> str:
@@ -199,15 +324,20 @@ _member = Arg("--member", help="only trades with this member")
 
 for _cmd in (
     Command("orders", "orders.list", "list live orders in the book",
-            [Arg("--slot", type=when, help="only this delivery slot (start time)")],
-            lambda a: _maybe(slot_start=a.slot), render_orders),
+            [Arg("--slot", type=slot_spec, help="only this delivery slot: next, +2h, ISO or unix")],
+            lambda a: _maybe(slot_start=a.slot_start), render_orders, before=prepare_orders),
     Command("post", "orders.post", "post an order: post sell|buy SLOT WH PRICE",
-            [Arg("side", choices=["sell", "buy"]), Arg("slot", type=when, help="slot start"),
-             Arg("wh", type=int), Arg("price", type=int, help="money units per kWh (139000 = 0.139)"),
+            [Arg("side", choices=["sell", "buy"]),
+             Arg("slot", type=slot_spec, metavar="SLOT",
+                 help="next (the first slot still open), +DURATION (the first open slot at least "
+                      "that far ahead: +2h, +30m, +1d), or its start: ISO 8601 (UTC) or unix seconds"),
+             Arg("wh", type=int, metavar="WH", help="energy, Wh"),
+             Arg("price", type=price_arg, metavar="PRICE",
+                 help="currency per kWh, e.g. 0.09 (the daemon's [tariffs] currency)"),
              Arg("--expiry", type=when, help="default: gate closure")],
-            lambda a: _maybe(side=a.side, slot_start=a.slot, wh=a.wh, price=a.price, expiry=a.expiry),
-            lambda r: f"posted {r['side']} order {r['order_id']}: {r['wh']} Wh for slot "
-                      f"{utc(r['slot_start'])} UTC at {money(r['price'])}/kWh"),
+            lambda a: _maybe(side=a.side, slot_start=a.slot_start, wh=a.wh, price=a.price_units,
+                             expiry=a.expiry),
+            render_post, before=prepare_post),
     Command("cancel", "orders.cancel", "cancel an order of ours", [Arg("order_id", metavar="ORDER")],
             lambda a: {"order_id": a.order_id}, lambda r: f"cancelled order {r['order_id']}"),
     Command("take", "orders.take", "take WH of someone's order (trade by hand)",

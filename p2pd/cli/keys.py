@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from p2pd.cli.output import error
 from p2pd.errors import P2pdError
 from p2pd.net.identity import (
     load_credential,
@@ -113,6 +113,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for key, value in info.items():
             print(f"{key:15} {value}")
     if not info["valid"]:
-        print(f"p2pd: credential rejected: {info['error']} ({info['reason']})", file=sys.stderr)
+        error("p2pd", "rejected", f"credential rejected: {info['error']} ({info['reason']})"
+              if not args.json else f"credential rejected: {info['error']}",
+              as_json=args.json, reason=info["reason"])
         return 1
     return 0

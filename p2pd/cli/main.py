@@ -3,7 +3,8 @@
 Each command module exposes ``register(subparsers)`` which adds its parser
 and sets ``func`` (taking the parsed args, returning an exit code). Errors the
 user can fix (:class:`~p2pd.errors.P2pdError`) print one line on stderr;
-nothing prints a traceback for bad input. Exit statuses (sysexits(3), as
+nothing prints a traceback for bad input; with ``--json`` every error is one
+JSON object on stderr instead (p2pd/cli/output.py). Exit statuses (sysexits(3), as
 systemd's own tools use them; the unit's ``RestartPreventExitStatus=`` lists
 the two that a restart cannot cure):
 
@@ -24,6 +25,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from p2pd import DISTRIBUTION, __version__
+from p2pd.cli.output import Parser, UsageError, error, usage_error, wants_json
 from p2pd.errors import ConfigError, P2pdError, Unavailable
 
 # Modules providing subcommands; a missing optional one is skipped.
@@ -33,6 +36,8 @@ COMMAND_MODULES = (
     "p2pd.cli.sim",
     "p2pd.cli.receipts",
     "p2pd.cli.meter",
+    "p2pd.cli.revocation",
+    "p2pd.cli.completion",
 )
 
 EXIT_OK = 0
@@ -43,9 +48,8 @@ EXIT_CONFIG = 78
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="p2pd", description="Peer-to-peer electricity trading daemon."
-    )
+    parser = Parser(prog="p2pd", description="Peer-to-peer electricity trading daemon.")
+    parser.add_argument("--version", action="version", version=f"p2pd {__version__} ({DISTRIBUTION})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -59,15 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        usage_error("p2pd", exc, as_json=as_json)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        usage_error("p2pd", exc, as_json=as_json)
+        return EXIT_USAGE
     except P2pdError as exc:
-        print(f"p2pd: error: {exc}", file=sys.stderr)
-        if isinstance(exc, ConfigError):
-            return EXIT_CONFIG
-        return EXIT_UNAVAILABLE if isinstance(exc, Unavailable) else EXIT_USAGE
+        kind, code = ("config", EXIT_CONFIG) if isinstance(exc, ConfigError) else (
+            ("unavailable", EXIT_UNAVAILABLE) if isinstance(exc, Unavailable) else ("error", EXIT_USAGE))
+        error("p2pd", kind, f"error: {exc}" if not as_json else str(exc), as_json=as_json)
+        return code
     except KeyboardInterrupt:
         return 130
 

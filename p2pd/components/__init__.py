@@ -5,8 +5,9 @@ start(ctx)`` (:class:`p2pd.context.Component`). ``section`` is the
 :class:`p2pd.config.Section` it owns (``[trading]`` for the trading
 component, ``[limits]`` for policing, ...; None for the agent, which reads
 ``[trading]``), defined in the component's module next to its code.
-``start`` runs after the node, store, discovery and control server exist and
-before READY=1; it registers its message handlers, session hooks, control
+``start`` runs after the node, store, discovery and control server exist,
+before the node accepts or dials any session (so its handlers see every
+session's first message) and before READY=1; it registers its message handlers, session hooks, control
 methods and reload hooks, and starts its tasks in ``ctx.nursery`` (cancelled
 at shutdown, before sessions close).
 

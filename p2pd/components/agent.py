@@ -12,7 +12,8 @@ readings stored over the last two days and fed every ``meter_reading`` event
 after that (p2pd/components/forecasting.py). The agent offers nothing while the meter is unhealthy (or
 absent: then there are no readings and the forecast is empty). Owners
 without a session are dialled only if discovery offers ``dial_member``;
-otherwise the agent skips their orders.
+otherwise the agent's take goes through a peer both share (docs/protocol.md
+§12.9), once per slot and owner.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Daemon component "policing": inbound limits, congestion feedback and bans.
 
 ``attach_policer(node, PolicingConfig(...))`` with the ``[limits]`` section
-(p2pd/net/policing.py, docs/congestion.md). Adds the control methods
+(p2pd/net/policing.py; docs/operations-limits.md for operators, docs/protocol.md
+§13 for the wire). Adds the control methods
 ``bans.list``, ``bans.clear`` and ``limits.show`` and a ``policing`` object
 to ``status``. ``[limits]`` is reloadable: new rates apply to every member's
 buckets at once (tokens already saved are capped at the new burst);

@@ -65,6 +65,8 @@ class TradingConfig:
     gossip_hops: int = MarketRules.hops
     take_timeout: float = MarketRules.take_timeout
     take_attempts: int = MarketRules.take_attempts
+    relay: bool = True
+    """Forward takes between members that have no session with each other (docs/protocol.md §12.9)."""
 
 
 def parse_trading(t: Table) -> TradingConfig:
@@ -85,6 +87,7 @@ def parse_trading(t: Table) -> TradingConfig:
         gossip_hops=t.integer("gossip_hops", d.gossip_hops, 0, MAX_HOPS),
         take_timeout=t.number("take_timeout", d.take_timeout, 0.1, 300.0),
         take_attempts=t.integer("take_attempts", d.take_attempts, 1, 10),
+        relay=t.boolean("relay", d.relay),
     )
 
 
@@ -177,11 +180,12 @@ class TradingComponent:
         trading = TRADING.get(ctx.config)
         writer = ReceiptWriter(ctx.repo)
         await ctx.nursery.start(writer.run)
-        market = Market(ctx.node, ctx.repo, writer, rules=market_rules(ctx.config, trading))
+        market = Market(ctx.node, ctx.repo, writer, rules=market_rules(ctx.config, trading),
+                        relay=trading.relay)
         await market.load()
-        # Sessions that opened before the market existed (the listener and
-        # discovery start first) never ran its open hook: ask them for their
-        # books and remember their credentials now.
+        # The daemon opens no session before every component started; a
+        # session that exists anyway (a caller that started components on a
+        # running node) never ran the open hook: run it now.
         for conn in list(ctx.node.sessions.values()):
             try:
                 await market._on_session_open(conn)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pd import __version__
 from p2pd.control.jsonrpc import (
     PEER_UNREACHABLE,
     SHOW_CHARS,
@@ -34,7 +35,7 @@ from store import SqlRepository, StorageUnavailable
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
 
-VERSION = "0.1.0"
+VERSION = __version__
 STORAGE_UNAVAILABLE = -32009  # docs/control-api.md, "Errors"
 
 if not any(cls is StorageUnavailable for cls, _ in ERROR_CODES):

@@ -1,6 +1,6 @@
 """Control methods for trading by hand and for the member's records.
 
-``orders.list``, ``orders.post``, ``orders.cancel``, ``orders.take``,
+``market.info``, ``orders.list``, ``orders.post``, ``orders.cancel``, ``orders.take``,
 ``trades.list``, ``receipts.export`` and ``readings.list``; registered by the
 trading component (p2pd/components/trading.py). docs/control-api.md has a
 request and response for each.
@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from p2pd import storage
 from p2pd.control.server import ERROR_CODES, INVALID_PARAMS, Param, RpcError
 from p2pd.errors import TradeError
-from p2pd.market.settlement import amount
+from p2pd.market.posting import latest_slot, next_open_slot
+from p2pd.market.settlement import PRICE_SCALE, amount
 from p2pd.roles.trading import Market, describe_order, describe_terms
 from protocol import MAX_PRICE, MAX_TIME, MAX_WH, Reason
 from store import ReceiptRecord
@@ -92,10 +93,22 @@ def register_trading_methods(ctx: DaemonContext, market: Market) -> None:
     me = ctx.identity.member_id
     meter_id = ctx.identity.credential.metering_point
 
+    tariffs = ctx.config.tariffs
+    currency = tariffs.currency
+
+    def market_info() -> dict[str, Any]:
+        """the market's rules, clock and tariffs: what p2pctl needs to read slots and prices"""
+        now, rules = market.now(), market.rules
+        return {"now": now, "slot_seconds": rules.slot_len, "gate_closure_seconds": rules.gate_closure,
+                "max_ahead_seconds": rules.max_ahead, "next_slot": next_open_slot(rules, now),
+                "latest_slot": latest_slot(rules, now), "currency": currency,
+                "money_scale": PRICE_SCALE, "max_price": MAX_PRICE, "import_price": tariffs.import_price,
+                "export_price": tariffs.export_price}
+
     def orders_list(slot_start: int | None) -> dict[str, Any]:
         """live orders in the book (ours and others'), by slot and price"""
         rows = market.orders(slot_start)
-        return {"orders": [{**r, "mine": r["member"] == me} for r in rows]}
+        return {"currency": currency, "orders": [{**r, "mine": r["member"] == me} for r in rows]}
 
     @_refusals
     async def orders_post(side: str, slot_start: int, wh: int, price: int,
@@ -104,7 +117,7 @@ def register_trading_methods(ctx: DaemonContext, market: Market) -> None:
         if side not in ("sell", "buy"):
             raise RpcError(INVALID_PARAMS, "invalid params: side must be \"sell\" or \"buy\"")
         order = await market.post(side, slot_start, wh, price, expiry)
-        return {**describe_order(order), "remaining_wh": order.wh, "mine": True}
+        return {**describe_order(order), "remaining_wh": order.wh, "mine": True, "currency": currency}
 
     @_refusals
     async def orders_cancel(order_id: str) -> dict[str, Any]:
@@ -118,12 +131,12 @@ def register_trading_methods(ctx: DaemonContext, market: Market) -> None:
         oid = parse_id("order_id", order_id)
         tid = parse_id("trade_id", trade_id) if trade_id is not None else None
         receipt = await market.take(oid, wh, trade_id=tid)
-        return {**describe_terms(receipt.terms), "receipt": receipt.encode().hex()}
+        return {**describe_terms(receipt.terms), "receipt": receipt.encode().hex(), "currency": currency}
 
     async def trades_list(since: int | None, member: str | None) -> dict[str, Any]:
         """our trades (from stored receipts), optionally since a time or with one member"""
         records = await storage.call(repo, repo.receipts, member, since)
-        return {"trades": [describe_receipt(r, me) for r in records]}
+        return {"currency": currency, "trades": [describe_receipt(r, me) for r in records]}
 
     async def receipts_export(since: int | None, member: str | None) -> dict[str, Any]:
         """a self-contained receipts bundle for disputes (p2pd receipts verify)"""
@@ -142,6 +155,7 @@ def register_trading_methods(ctx: DaemonContext, market: Market) -> None:
     opt_time = Param(int, required=False, lo=0, hi=MAX_TIME)
     member_param = Param(str, required=False, max_len=64, help="a member id")
     server = ctx.control
+    server.register("market.info", market_info)
     server.register("orders.list", orders_list, {
         "slot_start": Param(int, required=False, lo=0, hi=MAX_TIME, help="only this delivery slot")})
     server.register("orders.post", orders_post, {

@@ -1,6 +1,6 @@
 """Receipt bundles for disputes: export, and offline verification.
 
-A bundle (docs/receipts.md) is a JSON object that carries everything needed
+A bundle (docs/protocol.md §12.5) is a JSON object that carries everything needed
 to check receipts with public keys only:
 
     {"format": "p2pd-receipts/1", "community": "...",

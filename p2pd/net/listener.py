@@ -39,9 +39,28 @@ async def serve_p2p(
     node: Node, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Accept peers on ``host:port`` forever; reports the bound listeners."""
+    listeners = await open_p2p_listeners(host, port)
+    await serve_p2p_listeners(node, listeners, task_status=task_status)
+
+
+async def open_p2p_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Bind and listen on ``host:port``, accepting nothing yet. Raises OSError.
+
+    The kernel queues connections until :func:`serve_p2p_listeners` takes
+    them: the daemon binds first (a busy port fails the start before anything
+    runs) and accepts only once every message handler exists.
+    """
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
     bound = [lst.socket.getsockname()[:2] for lst in listeners]
     log.info("listening", addresses=",".join(f"{h}:{p}" for h, p in bound))
+    return listeners
+
+
+async def serve_p2p_listeners(
+    node: Node, listeners: list[trio.SocketListener], *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept peers on ``listeners`` forever (closing them when cancelled)."""
     task_status.started(listeners)
     async with trio.open_nursery() as nursery:
         for listener in listeners:

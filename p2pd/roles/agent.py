@@ -287,7 +287,15 @@ class Agent:
         return 0
 
     async def _ensure_session(self, member_id: str, plan: SlotPlan) -> bool:
-        if member_id in self.market.node.sessions:
+        sessions = self.market.node.sessions
+        if member_id in sessions:
+            return True
+        if self.dial is None and sessions and member_id not in plan.dial_tried:
+            # No way to dial (the daemon: the owner may be behind a NAT): the
+            # take goes through a peer we share with the owner (docs/protocol.md
+            # §12.9), once per slot and owner, as a dial would be tried.
+            plan.dial_tried.add(member_id)
+            self.counters["relayed"] += 1
             return True
         if self.dial is None or member_id in plan.dial_tried:
             self.counters["no_session"] += 1

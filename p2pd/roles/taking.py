@@ -29,6 +29,7 @@ from p2pd.errors import (
 from p2pd.events import TradeCommitted
 from p2pd.market.book import BookEntry, OrderBook, describe_terms
 from p2pd.market.errors import Refusal
+from p2pd.market.relay import check_relayed_refusal
 from p2pd.market.rules import MarketRules
 from p2pd.market.take import BadAnswer, check_answer, terms_for_take
 from p2pd.market.trade import Refused, Side, TradeLedger
@@ -36,7 +37,18 @@ from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.receipts import commit_outcome, receipt_parties_of_terms, receipt_record
-from protocol import Credential, Reason, Receipt, Take, TradeAccepted, TradeTerms
+from p2pd.roles.relay import TakeRelay
+from protocol import (
+    RELAY_HOPS,
+    Credential,
+    Reason,
+    Receipt,
+    RelayedAnswer,
+    RelayedTake,
+    Take,
+    TradeAccepted,
+    TradeTerms,
+)
 from protocol import TradeRefused as TradeRefusedMsg
 from store import PendingTakeRecord, Repository, StorageUnavailable
 
@@ -46,6 +58,8 @@ PENDING_TAKE_KEEP = 7 * 86400  # s after its slot ends that an unanswered take i
 @dataclass
 class _PendingTake:
     terms: TradeTerms
+    taker_sig: bytes
+    owner: str
     done: trio.Event = field(default_factory=trio.Event)
     answer: TradeAccepted | TradeRefusedMsg | None = None
 
@@ -68,6 +82,7 @@ class Taking:
     credentials: dict[str, Credential]
     counters: Any
     random_bytes: Callable[[int], bytes]
+    relay: TakeRelay
     _pending: dict[bytes, _PendingTake]
     _pending_takes: dict[bytes, PendingTakeRecord]
     _taking: dict[bytes, trio.Event]
@@ -246,22 +261,30 @@ class Taking:
     async def _send_take(self, owner: str, take: Take) -> TradeAccepted | TradeRefusedMsg | None:
         """Send ``take`` to ``owner`` up to ``take_attempts`` times; its answer or None.
 
-        Raises :class:`NotConnected` only if the take never left this node.
+        Over our session with the owner; without one, relayed through a few
+        of our other sessions (docs/protocol.md §12.9), each attempt looking
+        again for a direct session first. Raises :class:`NotConnected` only
+        if the take never left this node (no session at all).
         """
-        pending = self._pending.setdefault(take.terms.trade_id, _PendingTake(take.terms))
+        pending = self._pending.setdefault(take.terms.trade_id,
+                                           _PendingTake(take.terms, take.taker_sig, owner))
         sent = False
         try:
             for _attempt in range(self.rules.take_attempts):
                 conn = self.node.sessions.get(owner)
                 if conn is None:
-                    if not sent:
-                        raise NotConnected(f"no session with {owner}")
-                    break
-                try:
-                    sent = True  # a broken send may still have delivered it
-                    await conn.send(take)
-                except PeerGone:
-                    continue
+                    if not await self._relay_take(owner, take):
+                        if not sent:
+                            raise NotConnected(f"no session with {owner}, nor with a peer to relay "
+                                               "the take through")
+                        break
+                    sent = True
+                else:
+                    try:
+                        sent = True  # a broken send may still have delivered it
+                        await conn.send(take)
+                    except PeerGone:
+                        continue
                 with trio.move_on_after(self.rules.take_timeout):
                     await pending.done.wait()
                 if pending.answer is not None:
@@ -270,6 +293,41 @@ class Taking:
         finally:
             self._pending.pop(take.terms.trade_id, None)
         return pending.answer
+
+    async def _relay_take(self, owner: str, take: Take) -> bool:
+        """Send ``take`` for ``owner`` through up to RELAY_FANOUT peers; False if none took it."""
+        relayed = RelayedTake(owner, RELAY_HOPS, self.node.identity.credential, take.terms, take.taker_sig)
+        sent = 0
+        for conn in self.relay.relays_for(owner, take.terms.trade_id):
+            try:
+                await conn.send(relayed)
+                sent += 1
+            except PeerGone:
+                continue
+        if sent:
+            self.counters["takes_relayed"] += 1
+        return sent > 0
+
+    def _on_relayed_answer_to_us(self, msg: RelayedAnswer) -> None:
+        """The owner's answer to our relayed take: taken only if the owner signed it
+        (a relay may drop an answer, never forge or alter one)."""
+        pending = self._pending.get(msg.trade_id)
+        owner_cred = self.credentials.get(pending.owner) if pending is not None else None
+        if pending is None or pending.done.is_set() or owner_cred is None:
+            self.counters["answers_unexpected"] += 1
+            return
+        try:
+            if msg.receipt is not None:
+                check_answer(pending.terms, msg.receipt, pending.taker_sig, pending.owner, owner_cred.sign_pk)
+                pending.answer = TradeAccepted(msg.receipt)
+            elif msg.refusal is not None:
+                r = msg.refusal
+                check_relayed_refusal(r, msg.trade_id, pending.owner, owner_cred.sign_pk)
+                pending.answer = TradeRefusedMsg(r.trade_id, r.reason, r.remaining_wh, r.message)
+        except BadAnswer:
+            self.counters["relayed_answers_forged"] += 1
+            return
+        pending.done.set()
 
     async def _on_answer(self, conn: PeerConnection, msg: TradeAccepted | TradeRefusedMsg) -> None:
         trade_id = msg.receipt.terms.trade_id if isinstance(msg, TradeAccepted) else msg.trade_id

@@ -6,7 +6,8 @@ Flow of a trade (docs/protocol.md, "Trading"):
    de-duplicated by id, hop-limited) with the owner's credential, so every
    node can check it without knowing the owner beforehand.
 2. A taker signs :class:`TradeTerms` and sends ``Take`` to the owner over a
-   direct session.
+   direct session; without one, through a peer both have a session with
+   (``RelayedTake``, docs/protocol.md §12.9; p2pd/roles/relay.py).
 3. The owner checks the terms against its order, countersigns, commits the
    receipt through the group-commit writer — the store refuses anything that
    would sell more than the order holds — and only then answers with
@@ -36,6 +37,8 @@ from p2pd.market.book import describe_order as describe_order
 from p2pd.market.book import describe_terms as describe_terms
 from p2pd.market.disputes import export_bundle
 from p2pd.market.errors import Refusal
+from p2pd.market.posting import check_new_order
+from p2pd.market.relay import relayed_taker
 from p2pd.market.rules import MarketRules as MarketRules
 from p2pd.market.take import (
     check_take,
@@ -58,6 +61,7 @@ from p2pd.roles.receipts import commit_outcome as commit_outcome
 from p2pd.roles.receipts import order_record as order_record
 from p2pd.roles.receipts import receipt_parties_of_terms as receipt_parties_of_terms
 from p2pd.roles.receipts import receipt_record as receipt_record
+from p2pd.roles.relay import TakeRelay
 from p2pd.roles.taking import Taking
 from protocol import (
     MAX_HOPS,
@@ -73,8 +77,11 @@ from protocol import (
     Pseudonym,
     Reason,
     Receipt,
+    RelayedAnswer,
+    RelayedTake,
     Take,
     TradeAccepted,
+    TradeRefusal,
 )
 from protocol import (
     TradeRefused as TradeRefusedMsg,
@@ -105,7 +112,7 @@ class Market(Pseudonymous, Taking):
     def __init__(self, node: Node, repo: Repository, writer: ReceiptWriter, *,
                  rules: MarketRules | None = None, clock: Clock | None = None,
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 withdraw_sold_out: bool = True) -> None:
+                 withdraw_sold_out: bool = True, relay: bool = True) -> None:
         self.node = node
         self.repo = repo
         self.writer = writer
@@ -132,6 +139,9 @@ class Market(Pseudonymous, Taking):
         self.counters = node.counters
         self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
         self._init_anon()  # pseudonymous orders (p2pd/roles/anon.py)
+        # Takes between members without a session, through us (``relay``: we
+        # forward others'; ours may always go through peers that do).
+        self.relay = TakeRelay(node, enabled=relay)
         node.handle(OrderGossip, self._on_order_gossip)
         node.handle(CancelGossip, self._on_cancel_gossip)
         node.handle(OrdersRequest, self._on_orders_request)
@@ -140,6 +150,8 @@ class Market(Pseudonymous, Taking):
         node.handle(Take, self._on_take)
         node.handle(TradeAccepted, self._on_answer)
         node.handle(TradeRefusedMsg, self._on_answer)
+        node.handle(RelayedTake, self._on_relayed_take)
+        node.handle(RelayedAnswer, self._on_relayed_answer)
         node.on_open.append(self._on_session_open)
         node.on_close.append(self._on_session_close)
 
@@ -267,8 +279,12 @@ class Market(Pseudonymous, Taking):
         assert conn.peer is not None
         self._remember(conn.peer)
         await self.announce_epoch_keys(conn)
-        if any(p.owner == conn.peer.member_id for p in self._pending_takes.values()):
+        owners = {p.owner for p in self._pending_takes.values()}
+        if conn.peer.member_id in owners:
             self.node.spawn_for(conn, self.retry_pending, conn.peer.member_id)
+        for owner in owners - self.node.sessions.keys():
+            # No session with the owner: a new peer may relay the take (§12.9).
+            self.node.spawn_for(conn, self.retry_pending, owner)
         if await self.gossip.open_session(conn, trade_only=self._is_trade_dial(conn)):
             self._snapshots_allowed[conn] = MAX_SNAPSHOTS_PER_REQUEST
             await conn.send(OrdersRequest())
@@ -313,8 +329,11 @@ class Market(Pseudonymous, Taking):
                    expiry: int | None = None, order_id: bytes | None = None) -> Order:
         """Sign, store and gossip a new order of ours. Raises TradeRefused."""
         now = self.now()
-        if expiry is None:
-            expiry = slot_start - self.rules.gate_closure
+        try:
+            # The slot rules first, refused in words that name the rule and its times.
+            expiry = check_new_order(slot_start, price, expiry, self.rules, now)
+        except Refusal as exc:
+            raise TradeRefused.from_refusal(exc) from exc
         # With a wallet, the order is signed by a fresh pseudonym and names
         # nobody (docs/protocol.md 12.8); without one it names this member.
         signing, member = self.node.identity.keys.signing, self.me
@@ -367,36 +386,69 @@ class Market(Pseudonymous, Taking):
     # --- owner side -----------------------------------------------------------------
 
     async def _on_take(self, conn: PeerConnection, msg: Take) -> None:
+        await self._queue_take(conn, msg, None)
+
+    async def _on_relayed_take(self, conn: PeerConnection, msg: RelayedTake) -> None:
+        if msg.owner != self.me:
+            await self.relay.forward_take(conn, msg)
+            return
+        self.counters["takes_relayed_in"] += 1
+        await self._queue_take(conn, Take(msg.terms, msg.taker_sig), msg)
+
+    async def _on_relayed_answer(self, conn: PeerConnection, msg: RelayedAnswer) -> None:
+        if not await self.relay.forward_answer(conn, msg):
+            self._on_relayed_answer_to_us(msg)
+
+    async def _queue_take(self, conn: PeerConnection, msg: Take, relayed: RelayedTake | None) -> None:
         # Serve takes concurrently (up to MAX_TAKES_IN_FLIGHT per session) so
         # that a burst lands in one group commit; past that, the session's
-        # receive loop waits, which pushes back on the taker.
+        # receive loop waits, which pushes back on the taker (or its relay).
         limiter = self._take_limiters.get(conn)
         if limiter is None:
             limiter = self._take_limiters[conn] = trio.CapacityLimiter(MAX_TAKES_IN_FLIGHT)
         token = object()
         await limiter.acquire_on_behalf_of(token)
-        self.node.spawn_for(conn, self._serve_take, conn, msg, limiter, token)
+        self.node.spawn_for(conn, self._serve_take, conn, msg, limiter, token, relayed)
 
     async def _serve_take(self, conn: PeerConnection, msg: Take, limiter: trio.CapacityLimiter,
-                          token: object) -> None:
+                          token: object, relayed: RelayedTake | None = None) -> None:
+        tid = msg.terms.trade_id
         try:
-            answer = await self._settle_take(conn, msg)
+            if relayed is None:
+                assert conn.peer is not None
+                answer = await self._settle_take(conn.peer, msg)
+            else:
+                # The taker has no session with us: its credential came with
+                # the take, and our answer goes back signed (§12.9).
+                try:
+                    taker = relayed_taker(relayed, self.node.policy, self.me, self.now())
+                except Refusal as refusal:
+                    answer = Refused(refusal.reason, refusal.message, refusal.remaining_wh)
+                else:
+                    answer = await self._settle_take(taker, msg)
             if isinstance(answer, Refused):
                 self.counters[f"takes_refused:{answer.reason.name}"] += 1
-                await conn.send(TradeRefusedMsg(msg.terms.trade_id, int(answer.reason),
-                                                answer.remaining_wh, answer.message[:200]))
+                if relayed is None:
+                    await conn.send(TradeRefusedMsg(tid, int(answer.reason), answer.remaining_wh,
+                                                    answer.message[:200]))
+                else:
+                    await conn.send(RelayedAnswer(tid, None, TradeRefusal.create(
+                        self.node.identity.keys.signing, trade_id=tid, owner=self.me,
+                        reason=int(answer.reason), remaining_wh=answer.remaining_wh,
+                        message=answer.message)))
             else:
-                await conn.send(TradeAccepted(answer.receipt))
+                await conn.send(TradeAccepted(answer.receipt) if relayed is None
+                                else RelayedAnswer(tid, answer.receipt, None))
         except PeerGone:
             pass  # the taker retries with the same trade id and gets the receipt
         finally:
             limiter.release_on_behalf_of(token)
 
-    async def _settle_take(self, conn: PeerConnection, msg: Take) -> Accepted[Receipt] | Refused:
-        """The owner's answer to a take (p2pd/market/trade.py): checked, committed, or refused."""
+    async def _settle_take(self, taker_cred: Credential, msg: Take) -> Accepted[Receipt] | Refused:
+        """The owner's answer to a take by ``taker_cred``'s member (p2pd/market/trade.py):
+        checked, committed, or refused."""
         terms = msg.terms
-        assert conn.peer is not None
-        taker = conn.peer.member_id
+        taker = taker_cred.member_id
         # Rule 1 of Take (docs/protocol.md 12.3): a known trade id gets that
         # trade's answer, never a new trade -- from the ledger while the trade
         # is recent (a retry that overtook the first attempt waits for it),
@@ -420,11 +472,11 @@ class Market(Pseudonymous, Taking):
         try:
             if entry is None or order is None or not self.is_own(entry):
                 raise Refusal(Reason.NOT_FOUND, "no live order of ours with that id")
-            check_take(order, terms, taker, conn.peer.sign_pk, msg.taker_sig, self.now(), owner=self.me)
+            check_take(order, terms, taker, taker_cred.sign_pk, msg.taker_sig, self.now(), owner=self.me)
         except Refusal as refusal:
             return Refused(refusal.reason, refusal.message, refusal.remaining_wh)
         assert entry is not None and order is not None
-        self._remember(conn.peer)  # stores the taker's credential again if a full disk refused it
+        self._remember(taker_cred)  # stores the taker's credential again if a full disk refused it
         trade = self.trades.open(terms.trade_id, Side.OWNER, receipt_parties_of_terms(terms), self.now())
         settled = self._settling[terms.trade_id] = trio.Event()
         try:

@@ -7,6 +7,7 @@ not for time.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -297,3 +298,57 @@ def load_keys(d: Path) -> NodeKeys:
 
 def load_cred(d: Path) -> Credential:
     return load_credential(d / "state" / "keys" / "credential")
+
+
+class _Probe:
+    """A component run last: what the node looked like when every component had started."""
+
+    name = "probe"
+    section = None
+
+    def __init__(self) -> None:
+        self.connections = -1
+        self.handlers: set[str] = set()
+
+    async def start(self, ctx: DaemonContext) -> None:
+        self.connections = len(ctx.node.connections)
+        self.handlers = {t.__name__ for t in ctx.node.handlers}
+
+
+async def test_no_message_is_lost_at_start(home: Path) -> None:
+    # Issue 15, point 9: the listener and discovery started before the
+    # components, so a session opened at once got its peer's OrdersRequest
+    # and HeadGossip before any handler existed (unhandled_message=1).
+    from p2pd.components import COMPONENTS
+
+    c = Community(home)
+    async with daemons(c.member("bob")) as (bob,):
+        probe = _Probe()
+        c.member("alice")
+        path = home / "alice" / "p2pd.toml"
+        path.write_text(path.read_text().replace(
+            "port = 0\n", f'port = 0\npeers = ["127.0.0.1:{port(bob)}"]\n', 1))
+        alice_cfg = load_config(path, sections=SECTIONS)
+        async with trio.open_nursery() as nursery:
+            alice = await nursery.start(functools.partial(
+                run_daemon, alice_cfg, components=[*COMPONENTS, probe]))
+            try:
+                # No session may open (no accept, no dial) before the last component started.
+                assert probe.connections == 0
+                assert {"OrdersRequest", "HeadGossip", "Take"} <= probe.handlers
+                slot = (int(time.time()) // SLOT + 2) * SLOT
+                # Messages of a session are handled in order: once each side
+                # sees the other's order, everything sent before it was handled.
+                for poster, seer in ((alice, bob), (bob, alice)):
+                    with trio.fail_after(WAIT):
+                        async with seer.node.events.subscribe() as events:
+                            order = await poster.control.call(
+                                "orders.post", {"side": "sell", "slot_start": slot, "wh": 10,
+                                                "price": 90_000})
+                            async for ev in events:
+                                if isinstance(ev, OrderSeen) and ev.order_id == order["order_id"]:
+                                    break
+                for d in (alice, bob):
+                    assert d.node.counters["unhandled_message"] == 0, d.node.counters
+            finally:
+                alice.stop()

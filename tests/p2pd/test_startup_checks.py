@@ -133,7 +133,7 @@ CASES = [
          "[store].url: mysql://p2pd@localhost/p2pd: unsupported database 'mysql'"),
     Case("postgresql without its driver", _no_driver,
          "[store].url: postgresql://p2pd@127.0.0.1:1/p2pd: the postgresql driver is not installed: "
-         "pip install 'p2pd[postgres]'"),
+         "pip install 'psycopg[binary]>=3.1,<4'"),
     Case("postgresql server down", _set("store", url="postgresql://p2pd:secret@127.0.0.1:1/p2pd"),
          "[store].url: postgresql://p2pd:***@127.0.0.1:1/p2pd: cannot open the store:",
          check=EXIT_UNAVAILABLE, run=EXIT_UNAVAILABLE),

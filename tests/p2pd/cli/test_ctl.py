@@ -113,3 +113,59 @@ async def test_a_refused_take_shows_the_reason_and_the_trade_id(
     error = json.loads(err)["error"]
     assert code == ctl.EXIT_RPC_ERROR and error["code"] == -32007
     assert error["data"] == {"reason": "TIMEOUT", "trade_id": "ab" * 16}
+
+
+async def test_every_error_is_json_with_json(nursery: trio.Nursery, sock_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 15, point 6: with --json, usage errors and "not running" were text.
+    code, out, err = await run_ctl(sock_path, "--json", "status", capsys=capsys)
+    assert code == ctl.EXIT_NOT_RUNNING and out == ""
+    assert json.loads(err)["error"] == {"kind": "not_running", "socket": str(sock_path),
+                                        "message": f"p2pd is not running (no daemon at {sock_path})"}
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "many", "--json", capsys=capsys)
+    usage = json.loads(err)["error"]
+    assert code == ctl.EXIT_USAGE and usage["kind"] == "usage"
+    assert usage["message"] == "argument wh: invalid int value: 'many'"
+    assert usage["usage"].startswith("usage: p2pctl take")
+    code, _, err = await run_ctl(sock_path, "--json", "call", "echo", "[1", capsys=capsys)
+    assert code == ctl.EXIT_USAGE and json.loads(err)["error"]["kind"] == "usage"
+    code, _, err = await run_ctl(sock_path, "--json", "no-such-command", capsys=capsys)
+    assert code == ctl.EXIT_USAGE and "invalid choice" in json.loads(err)["error"]["message"]
+    # Without --json: argparse's usage line, then one line.
+    code, _, err = await run_ctl(sock_path, "take", "00" * 16, "many", capsys=capsys)
+    assert code == ctl.EXIT_USAGE
+    assert err.splitlines()[-1] == "p2pctl: error: argument wh: invalid int value: 'many'"
+    # The daemon's error object, as sent, fields and all.
+    await nursery.start(serve_control, make_server(), sock_path)
+    code, _, err = await run_ctl(sock_path, "--json", "take", "00" * 16, "5", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR and json.loads(err) == {"error": {
+        "code": -32007, "message": "take refused: the owner's store cannot commit receipts now",
+        "data": {"reason": "STORAGE_UNAVAILABLE", "trade_id": "ab" * 16}}}
+    code, _, err = await run_ctl(sock_path, "events", "no_such_event", "--json", capsys=capsys)
+    assert code == ctl.EXIT_RPC_ERROR and json.loads(err)["error"]["code"] == -32601
+
+
+def test_slots_and_prices_as_typed() -> None:
+    import argparse
+    from decimal import Decimal
+
+    from p2pd.cli import ctl_commands as cc
+
+    info = {"now": 1_800_000_100, "slot_seconds": 900, "next_slot": 1_800_000_900,
+            "currency": "GBP", "money_scale": 1_000_000, "max_price": 100_000_000,
+            "export_price": 47_000, "import_price": 139_000}
+    assert cc.slot_spec("next").resolve(info) == 1_800_000_900
+    # +2h: the first open slot starting at least two hours from now.
+    assert cc.slot_spec("+2h").resolve(info) == 1_800_000_000 + 9 * 900
+    assert cc.slot_spec("+1h30m").resolve(info) == 1_800_000_000 + 7 * 900
+    assert cc.slot_spec("+1m").resolve(info) == 1_800_000_900  # never a slot whose gate closed
+    assert cc.slot_spec("+1d").after == 86_400
+    assert cc.slot_spec("2027-01-15T08:15").resolve(info) == 1_800_000_900
+    with pytest.raises(argparse.ArgumentTypeError, match="expected next, \\+DURATION"):
+        cc.slot_spec("+")
+    assert [cc.price_text(u) for u in (90_000, 93_500, 139_000, 1, 2_000_000)] == [
+        "0.09", "0.0935", "0.139", "0.000001", "2.00"]
+    assert cc.to_units(Decimal("0.139"), info) == 139_000
+    assert cc.price_warning("sell", 40_000, info) is not None and cc.price_warning("buy", 90_000, info) is None
+    with pytest.raises(argparse.ArgumentTypeError):
+        cc.price_arg("-1")

@@ -10,6 +10,7 @@ import pytest
 import trio
 from p2pd_test_helpers import NOW, link
 
+from p2pd.config import TariffsConfig
 from p2pd.control.server import INVALID_PARAMS, ControlServer, RpcError
 from p2pd.control.trading import TRADE_REFUSED, register_trading_methods, trade_error
 from p2pd.errors import TradeError
@@ -29,7 +30,8 @@ async def api(node: Node, nursery: trio.Nursery) -> tuple[ControlServer, MemoryR
     await nursery.start(writer.run)
     market = Market(node, repo, writer)
     server = ControlServer()
-    register_trading_methods(SimpleNamespace(repo=repo, identity=node.identity, control=server), market)
+    register_trading_methods(SimpleNamespace(repo=repo, identity=node.identity, control=server,
+                                             config=SimpleNamespace(tariffs=TariffsConfig())), market)
     return server, repo
 
 
