@@ -66,3 +66,30 @@ def test_examples_decode_and_verify() -> None:
     for label, data in doc.items():
         if label not in ("s2s4-delegation", "s2s4-agent-order", "s2s4-equivocation-proof"):
             assert 64 <= decode_message(data).TYPE <= 95, label
+
+
+def test_shared_clearing_examples_add_up_and_clear() -> None:
+    from p2pd.market.sharing import add, clear_curves
+    from protocol.sharing import FillClaim, Share, ShareResult, ShareRound, ShareSum, unpack_vector
+
+    doc = documented()
+    broker = SigningKey.from_seed(bytes([0x61]) * 32).public
+    rnd = decode_message(doc["s2s4-share-round"])
+    share = decode_message(doc["s2s4-share"])
+    bob_sum = decode_message(doc["s2s4-share-sum"])
+    result = decode_message(doc["s2s4-share-result"])
+    claim = decode_message(doc["s2s4-fill-claim"])
+    assert isinstance(rnd, ShareRound) and isinstance(share, Share) and isinstance(bob_sum, ShareSum)
+    assert isinstance(result, ShareResult) and isinstance(claim, FillClaim)
+    r = result.result
+    r.verify(broker)
+    assert (r.grid, r.participants) == (rnd.grid, rnd.participants) and bob_sum.senders == rnd.participants
+    # carol's sum: her own share (her curve minus what she sent bob) and bob's share to her.
+    to_bob = [int.from_bytes(bytes([0x2B + i]) * 8, "big") for i in range(6)]
+    carol_own = [(c - t) % 2**64 for c, t in zip([0, 0, 0, 1000, 1000, 1000], to_bob, strict=True)]
+    carol_sum = add([carol_own, unpack_vector(share.share)])
+    total = add([unpack_vector(bob_sum.sums), carol_sum])
+    assert total == unpack_vector(r.supply) + unpack_vector(r.demand)
+    cleared = clear_curves(r.grid, unpack_vector(r.supply), unpack_vector(r.demand))
+    assert (cleared.price, cleared.volume_wh) == (r.price, r.volume_wh) == (80_000, 1000)
+    assert (claim.supply_wh, claim.demand_wh) == (1200, 0)
