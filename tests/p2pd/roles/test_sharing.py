@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from p2pd_test_helpers import NOW, Community, link
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.components.broker import BrokerRunner
 from p2pd.components.representative import RepresentativeRunner
@@ -114,9 +114,9 @@ async def s3_world(make_node: Callable[..., Awaitable[Node]], nursery: trio.Nurs
             await delegate(c, rep, max_wh_per_slot=5000, min_sell_price=floor, max_buy_price=ceiling,
                            valid_from=int(NOW) - 60, valid_until=int(NOW) + 86400)
             await send_report(c, rep, SLOT_START, SLOT, net)
-    await trio.testing.wait_all_tasks_blocked()
-    for rep, clients in plan.items():
-        assert len(world.reps[rep].rep.reports) == len(clients)
+    await eventually(lambda: all(len(world.reps[rep].rep.reports) == len(clients)
+                                 and len(world.reps[rep].rep.clients) == len(clients)
+                                 for rep, clients in plan.items()))
     world.seen = record(bnode)
     return world
 
@@ -125,7 +125,8 @@ async def join_all(world: World) -> None:
     for runner in world.reps.values():
         await runner.net_internally(SLOT_START)
         await runner.submit(SLOT_START)
-    await trio.testing.wait_all_tasks_blocked()
+    await eventually(lambda: world.shared.has(SLOT_START)
+                     and len(world.shared.slots[SLOT_START].members) == len(world.reps))
 
 
 async def test_three_representatives_clear_on_sums_and_each_fill_is_its_own_share(
