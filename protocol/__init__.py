@@ -101,7 +101,9 @@ from protocol.receipt_log import LogHead as LogHead
 from protocol.receipt_log import LogRequest as LogRequest
 from protocol.receipt_log import ReceiptChain as ReceiptChain
 from protocol.receipt_log import ReceiptReplica as ReceiptReplica
+from protocol.receipt_log import SealedEntry as SealedEntry
 from protocol.receipt_log import entry_hash as entry_hash
+from protocol.receipt_log import entry_hash_of as entry_hash_of
 from protocol.reconcile import DELIVERY_MAX as DELIVERY_MAX
 from protocol.reconcile import OFFER_MAX as OFFER_MAX
 from protocol.reconcile import REQUEST_MAX as REQUEST_MAX

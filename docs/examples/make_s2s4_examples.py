@@ -11,7 +11,13 @@ tests/protocol/test_spec_s2s4.py re-derives the blocks and fails on drift.
 
 from __future__ import annotations
 
-from protocol import Reason, SigningKey, encode_message
+import hashlib
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from protocol import Reason, SealedEntry, SigningKey, digest, encode_message, seal
 from protocol.brokerage import (
     BookChunk,
     BrokerSubmit,
@@ -41,6 +47,7 @@ from protocol.receipt_log import (
     LogHead,
     LogRequest,
     ReceiptChain,
+    ReceiptReplica,
 )
 from protocol.sharing import (
     FillClaim,
@@ -59,6 +66,23 @@ SLOT_START = 1780002000
 VALID_FROM, VALID_UNTIL = 1767225600, 1798761600
 GRID = (60000, 80000, 100000)
 M64 = 2**64
+
+
+def noise_public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def example_random() -> Callable[[int], bytes]:
+    """A fixed stream of "random" bytes: BLAKE2b-512 of b"p2pd example" and a counter."""
+    counter = iter(range(1 << 30))
+
+    def take(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.blake2b(b"p2pd example" + next(counter).to_bytes(4, "big")).digest()
+        return out[:n]
+
+    return take
 
 
 def shared_examples(broker: SigningKey) -> dict[str, bytes]:
@@ -120,6 +144,12 @@ def examples() -> dict[str, bytes]:
     chain.append(receipt.encode())
     head = chain.head(bob, "bob")
     other = LogHead.create(bob, "bob", 1, bytes([0x0A]) * 32)
+    # The receipt sealed to its signers, bob, carol and the broker, whose X25519
+    # (Noise static) private keys here are 32.., 42.. and 62..; the ephemeral key
+    # and the content key are the stream of example_random().
+    recipients = [noise_public(bytes([b]) * 32) for b in (0x32, 0x42, 0x62)]
+    entry = SealedEntry(digest(receipt.encode()),
+                        seal(receipt.encode(), digest(receipt.encode()), recipients, example_random()))
     return {
         "s2s4-delegation": d.encode(),
         "s2s4-delegation-gossip": encode_message(DelegationGossip(d, alice_cred, 4)),
@@ -134,9 +164,11 @@ def examples() -> dict[str, bytes]:
         "s2s4-clearing-announce": encode_message(ClearingAnnounce(summary)),
         "s2s4-head-gossip": encode_message(HeadGossip(head, bob_cred, 3)),
         "s2s4-equivocation-proof": EquivocationProof(head, other).encode(),
-        # carol follows bob's log and asks for what follows seq 0: bob's one entry.
+        # bob's entry as a replica holder gets it: the digest, the receipt sealed to its signers.
+        "s2s4-receipt-replica": encode_message(ReceiptReplica(entry, head)),
+        # carol follows bob's log and asks for what follows seq 0: bob's one entry, sealed.
         "s2s4-log-request": encode_message(LogRequest("bob", 0, 8)),
-        "s2s4-log-entries": encode_message(LogEntries("bob", 0, (LogEntry(1, 2, receipt.encode()),), head, bob_cred)),
+        "s2s4-log-entries": encode_message(LogEntries("bob", 0, (LogEntry(1, entry),), head, bob_cred)),
     } | shared_examples(broker)
 
 

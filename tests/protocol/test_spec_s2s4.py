@@ -6,10 +6,20 @@ import importlib.util
 import pathlib
 import re
 
-from protocol import SigningKey, decode_message
+import pytest
+
+from protocol import AgentReceipt, SealError, SigningKey, decode_message, digest, open_sealed
 from protocol.brokerage import MatchPropose
 from protocol.delegation import Delegation, DelegationGossip
-from protocol.receipt_log import GENESIS, EquivocationProof, LogEntries, LogRequest, entry_hash
+from protocol.receipt_log import (
+    GENESIS,
+    EquivocationProof,
+    LogEntries,
+    LogRequest,
+    ReceiptReplica,
+    entry_hash,
+    entry_hash_of,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -60,9 +70,18 @@ def test_examples_decode_and_verify() -> None:
     page.head.verify(page.credential.sign_pk)
     assert page.credential.sign_pk == bob
     h = GENESIS
-    for e in page.entries:  # the entries reproduce bob's signed head
-        h = entry_hash(h, e.seq, e.receipt)
+    for e in page.entries:  # the entries' digests reproduce bob's signed head
+        h = entry_hash_of(h, e.seq, e.entry.digest)
     assert h == page.head.head_hash and page.head == proof.head_a
+    # Each signer opens the sealed receipt with its X25519 key; anyone else cannot.
+    replica = decode_message(doc["s2s4-receipt-replica"])
+    assert isinstance(replica, ReceiptReplica) and replica.entry == page.entries[0].entry
+    for private in (0x32, 0x42, 0x62):
+        receipt = open_sealed(replica.entry.sealed, replica.entry.digest, bytes([private]) * 32)
+        assert digest(receipt) == replica.entry.digest and entry_hash(GENESIS, 1, receipt) == page.head.head_hash
+        assert AgentReceipt.decode(receipt).terms == propose.terms
+    with pytest.raises(SealError):
+        open_sealed(replica.entry.sealed, replica.entry.digest, bytes([0x52]) * 32)
     for label, data in doc.items():
         if label not in ("s2s4-delegation", "s2s4-agent-order", "s2s4-equivocation-proof"):
             assert 64 <= decode_message(data).TYPE <= 95, label
