@@ -17,6 +17,7 @@ import trio
 import trio.testing
 from p2pd_test_helpers import NOW, Community, eventually, link
 
+import p2pd.roles.sharing as broker_side
 from p2pd.components.broker import BrokerRunner
 from p2pd.components.representative import RepresentativeRunner
 from p2pd.market.sharing import RoundSums, add, at_price, clear_curves, curve, price_grid
@@ -315,3 +316,30 @@ async def test_a_broker_that_feigns_a_dropout_learns_that_curve_and_is_noticed(
     assert r3.summed and r3.result is None
     await world.client("r3").join("broker", SLOT_START + SLOT, SLOT, {"c1": 100}, {"c1": None})
     assert world.client("r3").counters["no_result_after_sum"] == 1
+
+
+async def test_a_fill_beyond_a_representatives_own_share_is_refused_by_it(
+        make_node: Any, nursery: trio.Nursery, community: Community, autojump_clock: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each representative checks its own fill: the broker, which does not know
+    # the curves, gives r1 the whole sell side (more than r1's pro rata share
+    # of the aggregate at the price) and r3 nothing. r1 countersigns only up to
+    # the ceiling it computed itself from its curve and the signed result.
+    real = broker_side.fills
+
+    def greedy(claims: dict[str, int], total: int, volume: int) -> dict[str, int]:
+        out = real(claims, total, volume)
+        if out.get("r1") and out.get("r3"):  # the sell side
+            out = {m: (sum(out.values()) if m == "r1" else 0) for m in out}
+        return out
+
+    monkeypatch.setattr(broker_side, "fills", greedy)
+    world = await s3_world(make_node, nursery, community)
+    await join_all(world)
+    await world.runner.close_shared(SLOT_START)
+    await trio.testing.wait_all_tasks_blocked()
+    r1 = world.client("r1")
+    got, lo, hi = r1.filled(SLOT_START)["sell"]
+    assert 0 < hi < 3623 and got == 0  # never beyond its own share: the one proposal was all of it...
+    assert r1.client.counters["proposals_refused:INSUFFICIENT"] >= 1  # ...the over-sized proposal refused
+    assert sum(r.terms.wh for r in world.receipts["r1"] if r.terms.seller_agent == "r1") == got
