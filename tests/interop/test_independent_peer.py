@@ -539,3 +539,31 @@ def test_trading_examples_section_12_6() -> None:
     # and each decodes under our decoder rules
     for name, data in m.items():
         assert ip.pack(ip.unpack(data)) == data, name
+
+
+def test_pseudonymous_examples_section_12_8() -> None:
+    """The spec's pseudonymous examples decode under this peer's rules and check from the text:
+    the token is RSASSA-PSS (SHA-384, salt 48) by the epoch key, the order id and name derive
+    from the pseudonym's key, and the order is signed by it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    m = doc_blocks("msgpack")
+    key = ip.decode_message(m["trading-anon-epoch-key-announce"])[2]
+    community, epoch, modulus, _quota, issuer_pk, signature = key
+    assert ip.ed25519_verify(issuer_pk, signature, ip.signed_bytes("p2pd/epoch-key/1", key[:5]))
+    gossip = ip.decode_message(m["trading-anon-order-gossip"])
+    order, (p_epoch, sign_pk, box_pk, token) = ip.Order.from_array(gossip[2]), gossip[3]
+    message = ip.signed_bytes("p2pd/pseudonym/1", [community, p_epoch, sign_pk, box_pk])
+    public = rsa.RSAPublicNumbers(65537, int.from_bytes(modulus, "big")).public_key()
+    public.verify(token, message, padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
+                  hashes.SHA384())
+    order_id = ip.blake2b256(ip.pack(["p2pd/anon-order-id/1", sign_pk]))[:16]
+    assert order.order_id == order_id and order.member_id == "ps:" + order_id.hex() and p_epoch == epoch
+    assert order.verify(sign_pk)
+    intent = ip.decode_message(m["trading-anon-take-intent"])
+    assert intent[2] == order_id and intent[5] == 8
+    proof = ip.decode_message(m["trading-anon-owner-proof"])
+    assert proof[2] == order_id and len(proof[3]) == 64
+    take = ip.decode_message(m["trading-anon-take"])
+    assert take[2][1] == order_id and take[2][3:5] == ["alice", "bob"]
