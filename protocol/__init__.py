@@ -142,8 +142,8 @@ from protocol.schema import U32 as U32
 from protocol.schema import Int as Int
 from protocol.schema import f as f
 from protocol.sealing import SealError as SealError
-from protocol.sealing import open_sealed as open_sealed
-from protocol.sealing import seal as seal
+from protocol.sealing import open_receipt as open_receipt
+from protocol.sealing import seal_receipt as seal_receipt
 from protocol.session import Session as Session
 from protocol.session import Timeouts as Timeouts
 from protocol.sharing import GRID_MAX as GRID_MAX

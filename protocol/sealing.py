@@ -54,7 +54,7 @@ def _public(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def seal(receipt: bytes, digest: bytes, recipients: Sequence[bytes],
+def seal_receipt(receipt: bytes, digest: bytes, recipients: Sequence[bytes],
          random_bytes: Callable[[int], bytes]) -> bytes:
     """Seal ``receipt`` (at most 4096 bytes) to up to :data:`SLOTS` X25519 public keys.
 
@@ -78,7 +78,7 @@ def seal(receipt: bytes, digest: bytes, recipients: Sequence[bytes],
     return eph_pub + b"".join(wraps) + ChaCha20Poly1305(content_key).encrypt(_NONCE, body, eph_pub + digest)
 
 
-def open_sealed(sealed: bytes, digest: bytes, private: bytes) -> bytes:
+def open_receipt(sealed: bytes, digest: bytes, private: bytes) -> bytes:
     """The receipt in ``sealed`` if ``private`` (our X25519 key) is one of its recipients.
 
     Raises :class:`SealError` otherwise, or if the box was altered or belongs

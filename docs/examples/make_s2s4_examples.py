@@ -17,7 +17,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from protocol import Reason, SealedEntry, SigningKey, digest, encode_message, seal
+from protocol import Reason, SealedEntry, SigningKey, digest, encode_message, seal_receipt
 from protocol.brokerage import (
     BookChunk,
     BrokerSubmit,
@@ -149,7 +149,7 @@ def examples() -> dict[str, bytes]:
     # and the content key are the stream of example_random().
     recipients = [noise_public(bytes([b]) * 32) for b in (0x32, 0x42, 0x62)]
     entry = SealedEntry(digest(receipt.encode()),
-                        seal(receipt.encode(), digest(receipt.encode()), recipients, example_random()))
+                        seal_receipt(receipt.encode(), digest(receipt.encode()), recipients, example_random()))
     return {
         "s2s4-delegation": d.encode(),
         "s2s4-delegation-gossip": encode_message(DelegationGossip(d, alice_cred, 4)),

@@ -41,8 +41,8 @@ from protocol import (
     SigningKey,
     digest,
     entry_hash_of,
-    open_sealed,
-    seal,
+    open_receipt,
+    seal_receipt,
 )
 
 GENESIS = bytes(32)
@@ -59,14 +59,14 @@ def sealed_entry(receipt: bytes, credentials: Mapping[str, Credential],
     we know; returns the entry and whom it is sealed to. Raises DecodeError, and
     ValueError if we know none of them (we always know ourselves, a signer)."""
     to = sorted(m for m in signers(receipt) if m in credentials)
-    box = seal(receipt, digest(receipt), [credentials[m].noise_pk for m in to], random_bytes)
+    box = seal_receipt(receipt, digest(receipt), [credentials[m].noise_pk for m in to], random_bytes)
     return SealedEntry(digest(receipt), box), frozenset(to)
 
 
 def open_entry(entry: SealedEntry, noise_private: bytes) -> bytes | None:
     """The receipt in ``entry`` if it is sealed to our key and hashes to its digest, else None."""
     try:
-        receipt = open_sealed(entry.sealed, entry.digest, noise_private)
+        receipt = open_receipt(entry.sealed, entry.digest, noise_private)
     except SealError:
         return None
     return receipt if digest(receipt) == entry.digest else None

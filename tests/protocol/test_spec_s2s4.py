@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from protocol import AgentReceipt, SealError, SigningKey, decode_message, digest, open_sealed
+from protocol import AgentReceipt, SealError, SigningKey, decode_message, digest, open_receipt
 from protocol.brokerage import MatchPropose
 from protocol.delegation import Delegation, DelegationGossip
 from protocol.receipt_log import (
@@ -77,11 +77,11 @@ def test_examples_decode_and_verify() -> None:
     replica = decode_message(doc["s2s4-receipt-replica"])
     assert isinstance(replica, ReceiptReplica) and replica.entry == page.entries[0].entry
     for private in (0x32, 0x42, 0x62):
-        receipt = open_sealed(replica.entry.sealed, replica.entry.digest, bytes([private]) * 32)
+        receipt = open_receipt(replica.entry.sealed, replica.entry.digest, bytes([private]) * 32)
         assert digest(receipt) == replica.entry.digest and entry_hash(GENESIS, 1, receipt) == page.head.head_hash
         assert AgentReceipt.decode(receipt).terms == propose.terms
     with pytest.raises(SealError):
-        open_sealed(replica.entry.sealed, replica.entry.digest, bytes([0x52]) * 32)
+        open_receipt(replica.entry.sealed, replica.entry.digest, bytes([0x52]) * 32)
     for label, data in doc.items():
         if label not in ("s2s4-delegation", "s2s4-agent-order", "s2s4-equivocation-proof"):
             assert 64 <= decode_message(data).TYPE <= 95, label
