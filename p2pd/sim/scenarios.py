@@ -114,7 +114,7 @@ async def setup_scenario(com: SimCommunity) -> Scenario:
         agent = cfg.agent
         grid = price_grid(agent.export_tariff, agent.retail_tariff, 1000)
         scenario.broker = BrokerRunner(broker, com.market_clock, bsim.market.writer,
-                                       SharedBroker(broker, grid) if cfg.scenario == "S3" else None)
+                                       SharedBroker(broker, grid) if cfg.scenario == "S3" and cfg.share_curves else None)
         scenario.broker_node = bsim
         com.runners.append(scenario.broker.run)
     if cfg.scenario in ("S2", "S3"):
@@ -146,7 +146,7 @@ async def _setup_representatives(com: SimCommunity, scenario: Scenario) -> None:
             await com.connect(sim, scenario.broker_node.member_id)
             broker_client = BrokerClient(sim.node, commit=_commit(sim, com), submit_timeout=10.0)
         shared = (SharedClient(broker_client, random_bytes=sim.market.random_bytes)
-                  if broker_client is not None else None)
+                  if broker_client is not None and com.cfg.share_curves else None)
         runner = RepresentativeRunner(rep, com.market_clock, broker=BROKER if broker_client else None,
                                       client=broker_client, shared=shared)
         scenario.reps[sim.member_id] = runner
