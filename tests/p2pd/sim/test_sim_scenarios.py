@@ -69,7 +69,9 @@ async def test_shared_clearing_costs_the_households_nothing(autojump_clock: Any)
     # the same money and the same savings, and nobody pays more than without
     # P2P. (Who among the households gets how much of it differs: the long
     # side is filled pro rata over everyone in the money, where the open
-    # auction fills the best limits first.)
+    # auction fills the best limits first. Other communities can differ by a
+    # few Wh: a household alone on one side of its representative's slot is
+    # held back, never a price step by itself; docs/simulation.md.)
     day = dict(hours=24, start=SIM_START)
     shared = await simulate(config("S3", **day))
     aggregated = await simulate(config("S3", share_curves=False, **day))
