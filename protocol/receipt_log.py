@@ -2,18 +2,21 @@
 
 Every node appends each receipt it signs to a log; entry ``seq`` (from 1) has
 
-    entry_hash(seq) = BLAKE2b-256(pack(["p2pd/log-entry/1", entry_hash(seq-1), seq, receipt]))
+    entry_hash(seq) = BLAKE2b-256(pack(["p2pd/log-entry/2", entry_hash(seq-1), seq, BLAKE2b-256(receipt)]))
 
 with ``entry_hash(0)`` = 32 zero bytes and ``receipt`` the receipt's
-canonical bytes. A :class:`LogHead` — member, seq, head hash — is signed
+canonical bytes. The chain runs over each receipt's digest, so whoever holds
+an entry for others keeps the digest and the receipt sealed to its parties
+(:class:`SealedEntry`, protocol/sealing.py) and still checks the chain
+against the signed heads without reading the receipt. A :class:`LogHead` — member, seq, head hash — is signed
 (domain ``p2pd/log-head/1``) and gossiped. Two valid heads of one member with
 the same seq and different hashes are an :class:`EquivocationProof`; a head
 that the member's own entries do not reproduce is a fork. docs/protocol.md
 section 15.
 
 A node fills gaps in a log it follows with :class:`LogRequest` and
-:class:`LogEntries`: consecutive entries after a seq, from the member itself
-or anyone holding them, ending at a head the member signed.
+:class:`LogEntries`: consecutive sealed entries after a seq, from the member
+itself or anyone holding them, ending at a head the member signed.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from protocol.canonical import pack
 from protocol.credentials import ID_PATTERN, Credential
 from protocol.messages import Message, register
 from protocol.schema import Bin, Fixed, Int, ListOf, Nested, Optional, Record, Str, f
+from protocol.sealing import SEALED_MAX, SEALED_MIN
 from protocol.signing import SigningKey, digest, verify
 from protocol.trading import MAX_HOPS, MAX_TIME
 
 HEAD_DOMAIN = "p2pd/log-head/1"
-ENTRY_DOMAIN = "p2pd/log-entry/1"
+ENTRY_DOMAIN = "p2pd/log-entry/2"
 GENESIS = bytes(32)
 RECEIPT_V1, RECEIPT_V2 = 1, 2
 MAX_RECEIPT_BYTES = 4096
@@ -38,7 +42,13 @@ LOG_PAGE_MAX = 8  # entries in one LogEntries (8 x 4 KiB fits a frame)
 
 
 def entry_hash(prev: bytes, seq: int, receipt: bytes) -> bytes:
-    return digest(pack([ENTRY_DOMAIN, prev, seq, receipt]))
+    """The hash of entry ``seq`` holding ``receipt``, after ``prev``."""
+    return entry_hash_of(prev, seq, digest(receipt))
+
+
+def entry_hash_of(prev: bytes, seq: int, receipt_digest: bytes) -> bytes:
+    """The same from the receipt's digest: what a holder of a sealed entry computes."""
+    return digest(pack([ENTRY_DOMAIN, prev, seq, receipt_digest]))
 
 
 class ForkError(ValueError):
@@ -135,15 +145,23 @@ class HeadGossip(Message):
     hops: int = f(Int(0, MAX_HOPS))
 
 
+@dataclass(frozen=True)
+class SealedEntry(Record):
+    """A log entry as others hold it: the receipt's digest (what the chain runs over) and
+    the receipt sealed to the members who signed it (protocol/sealing.py)."""
+
+    digest: bytes = f(Fixed(32))
+    sealed: bytes = f(Bin(SEALED_MIN, SEALED_MAX))
+
+
 @register
 @dataclass(frozen=True)
 class ReceiptReplica(Message):
-    """Entry ``seq`` of the sender's log (a receipt it signed) and its head after it."""
+    """The sender's newest log entry, sealed, and its head after it."""
 
     TYPE: ClassVar[int] = 81
     CATEGORY: ClassVar[str] = "gossip"
-    kind: int = f(Int(1, 2))
-    receipt: bytes = f(Bin(1, MAX_RECEIPT_BYTES))
+    entry: SealedEntry = f(Nested(SealedEntry))
     head: LogHead = f(Nested(LogHead))
 
 
@@ -171,11 +189,10 @@ class LogRequest(Message):
 
 @dataclass(frozen=True)
 class LogEntry(Record):
-    """Entry ``seq`` of a log: the receipt's kind (1: S1 receipt, 2: agent receipt) and bytes."""
+    """Entry ``seq`` of a log, sealed."""
 
     seq: int = f(Int(1, MAX_TIME))
-    kind: int = f(Int(RECEIPT_V1, RECEIPT_V2))
-    receipt: bytes = f(Bin(1, MAX_RECEIPT_BYTES))
+    entry: SealedEntry = f(Nested(SealedEntry))
 
 
 @register

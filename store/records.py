@@ -162,7 +162,8 @@ class ReplicaRecord:
     member: str
     seq: int
     entry: bytes
-    """The receipt bytes of the entry."""
+    """The entry as held: a SealedEntry's encoding (the receipt's digest, the receipt sealed
+    to the members who signed it; docs/protocol.md 15)."""
     head: bytes
     """A LogHead the member signed (encoded) at ``seq`` or later, which the
     member's entries up to its seq reproduce: the head sent with the entry,

@@ -11,7 +11,13 @@ tests/protocol/test_spec_s2s4.py re-derives the blocks and fails on drift.
 
 from __future__ import annotations
 
-from protocol import Reason, SigningKey, encode_message
+import hashlib
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from protocol import Reason, SealedEntry, SigningKey, digest, encode_message, seal_receipt
 from protocol.brokerage import (
     BookChunk,
     BrokerSubmit,
@@ -41,12 +47,68 @@ from protocol.receipt_log import (
     LogHead,
     LogRequest,
     ReceiptChain,
+    ReceiptReplica,
+)
+from protocol.sharing import (
+    FillClaim,
+    Share,
+    SharedClearing,
+    ShareJoin,
+    ShareResult,
+    ShareRound,
+    ShareSum,
+    pack_vector,
 )
 
 NOW = 1780000000
 SLOT_LEN = 900
 SLOT_START = 1780002000
 VALID_FROM, VALID_UNTIL = 1767225600, 1798761600
+GRID = (60000, 80000, 100000)
+M64 = 2**64
+
+
+def noise_public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def example_random() -> Callable[[int], bytes]:
+    """A fixed stream of "random" bytes: BLAKE2b-512 of b"p2pd example" and a counter."""
+    counter = iter(range(1 << 30))
+
+    def take(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.blake2b(b"p2pd example" + next(counter).to_bytes(4, "big")).digest()
+        return out[:n]
+
+    return take
+
+
+def shared_examples(broker: SigningKey) -> dict[str, bytes]:
+    """bob (selling 1200 Wh at 60000 or more) and carol (buying 1000 Wh at 100000 or
+    less) clear a slot on shared curves; their random vectors are fixed bytes."""
+    bob_curve = [1200, 1200, 1200, 0, 0, 0]  # supply | demand over GRID
+    carol_curve = [0, 0, 0, 1000, 1000, 1000]
+    to_carol = [int.from_bytes(bytes([0x0B + i]) * 8, "big") for i in range(6)]
+    to_bob = [int.from_bytes(bytes([0x2B + i]) * 8, "big") for i in range(6)]
+    bob_own = [(c - r) % M64 for c, r in zip(bob_curve, to_carol, strict=True)]
+    carol_own = [(c - r) % M64 for c, r in zip(carol_curve, to_bob, strict=True)]
+    bob_sum = [(a + b) % M64 for a, b in zip(bob_own, to_bob, strict=True)]
+    result = SharedClearing.create(
+        broker, broker="broker", slot_start=SLOT_START, slot_len=SLOT_LEN, round=1, participants=("bob", "carol"),
+        grid=GRID, supply=pack_vector([1200, 1200, 1200]), demand=pack_vector([1000, 1000, 1000]),
+        price=80000, volume_wh=1000)
+    assert [(a + b) % M64 for a, b in zip(bob_sum, [(x + y) % M64 for x, y in zip(carol_own, to_carol, strict=True)],
+                                          strict=True)] == [1200, 1200, 1200, 1000, 1000, 1000]
+    return {
+        "s2s4-share-join": encode_message(ShareJoin(SLOT_START, SLOT_LEN)),
+        "s2s4-share-round": encode_message(ShareRound(SLOT_START, 1, GRID, ("bob", "carol"))),
+        "s2s4-share": encode_message(Share(SLOT_START, 1, pack_vector(to_carol))),
+        "s2s4-share-sum": encode_message(ShareSum(SLOT_START, 1, ("bob", "carol"), pack_vector(bob_sum))),
+        "s2s4-share-result": encode_message(ShareResult(result)),
+        "s2s4-fill-claim": encode_message(FillClaim(SLOT_START, 1, bytes([0x0D]) * 16, 1200, bytes([0x0E]) * 16, 0)),
+    }
 
 
 def examples() -> dict[str, bytes]:
@@ -82,6 +144,12 @@ def examples() -> dict[str, bytes]:
     chain.append(receipt.encode())
     head = chain.head(bob, "bob")
     other = LogHead.create(bob, "bob", 1, bytes([0x0A]) * 32)
+    # The receipt sealed to its signers, bob, carol and the broker, whose X25519
+    # (Noise static) private keys here are 32.., 42.. and 62..; the ephemeral key
+    # and the content key are the stream of example_random().
+    recipients = [noise_public(bytes([b]) * 32) for b in (0x32, 0x42, 0x62)]
+    entry = SealedEntry(digest(receipt.encode()),
+                        seal_receipt(receipt.encode(), digest(receipt.encode()), recipients, example_random()))
     return {
         "s2s4-delegation": d.encode(),
         "s2s4-delegation-gossip": encode_message(DelegationGossip(d, alice_cred, 4)),
@@ -96,10 +164,12 @@ def examples() -> dict[str, bytes]:
         "s2s4-clearing-announce": encode_message(ClearingAnnounce(summary)),
         "s2s4-head-gossip": encode_message(HeadGossip(head, bob_cred, 3)),
         "s2s4-equivocation-proof": EquivocationProof(head, other).encode(),
-        # carol follows bob's log and asks for what follows seq 0: bob's one entry.
+        # bob's entry as a replica holder gets it: the digest, the receipt sealed to its signers.
+        "s2s4-receipt-replica": encode_message(ReceiptReplica(entry, head)),
+        # carol follows bob's log and asks for what follows seq 0: bob's one entry, sealed.
         "s2s4-log-request": encode_message(LogRequest("bob", 0, 8)),
-        "s2s4-log-entries": encode_message(LogEntries("bob", 0, (LogEntry(1, 2, receipt.encode()),), head, bob_cred)),
-    }
+        "s2s4-log-entries": encode_message(LogEntries("bob", 0, (LogEntry(1, entry),), head, bob_cred)),
+    } | shared_examples(broker)
 
 
 def main() -> None:

@@ -28,10 +28,12 @@ from p2pd.clock import Clock
 from p2pd.components.status import extend_status
 from p2pd.config import DAY, Section, Table
 from p2pd.control.server import INVALID_PARAMS, Param, RpcError
+from p2pd.market.sharing import price_grid
 from p2pd.roles.broker import Broker, agent_receipt_record
 from p2pd.roles.receipt_writer import ReceiptWriter
+from p2pd.roles.sharing import SharedBroker
 from p2pd.roles.slot_phases import serve_slot_phases
-from protocol import MAX_TIME, ClearingSummary
+from protocol import GRID_MAX, MAX_PRICE, MAX_TIME, ClearingSummary
 from store import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -50,6 +52,11 @@ class BrokerConfig:
     """Parties: how long a submission waits for BrokerAccepted before falling back."""
     place_before_gate: int = 300
     """Prosumers (S4): send each slot's order this many seconds before gate closure."""
+    price_step: int = 1000
+    """Broker: spacing of the price grid of shared clearing (S3), from the export to
+    the import tariff; at most 256 points."""
+    share_timeout: float = 10.0
+    """Broker: how long a round of shared clearing waits for the representatives' sums."""
 
 
 def parse_broker(t: Table) -> BrokerConfig:
@@ -59,6 +66,8 @@ def parse_broker(t: Table) -> BrokerConfig:
         sign_timeout=t.number("sign_timeout", d.sign_timeout, 0.1, 300.0),
         submit_timeout=t.number("submit_timeout", d.submit_timeout, 0.1, 300.0),
         place_before_gate=t.integer("place_before_gate", d.place_before_gate, 1, DAY),
+        price_step=t.integer("price_step", d.price_step, 1, MAX_PRICE),
+        share_timeout=t.number("share_timeout", d.share_timeout, 0.1, 300.0),
     )
 
 
@@ -66,26 +75,65 @@ BROKER = Section("broker", parse_broker)
 
 
 class BrokerRunner:
-    """Clears each slot at gate closure; ``writer`` (optional) stores the receipts."""
+    """Clears each slot at gate closure; ``writer`` (optional) stores the receipts.
 
-    def __init__(self, broker: Broker, clock: Clock, writer: ReceiptWriter | Any = None) -> None:
+    With ``shared``, slots that representatives joined are cleared by shared
+    curves too (p2pd/roles/sharing.py).
+    """
+
+    def __init__(self, broker: Broker, clock: Clock, writer: ReceiptWriter | Any = None,
+                 shared: SharedBroker | None = None) -> None:
         self.broker = broker
         self.clock = clock
         self.writer = writer
+        self.shared = shared
         self.counters: Counter[str] = Counter()
 
     async def act(self, phase: str, slot_start: int) -> None:
         # Catch up on any earlier slot left open (the timer fired late, or orders
         # arrived for a slot whose turn passed while we were clearing another).
-        for s in sorted(self.broker.slots):
-            slot = self.broker.slots[s]
-            if s <= slot_start and not slot.closed:
+        shared = self.shared
+        for s in sorted(self.broker.slots.keys() | (shared.slots.keys() if shared else set())):
+            if s > slot_start:
+                continue
+            if shared is not None and shared.has(s):
+                await self.close_shared(s)
+            slot = self.broker.slots.get(s)
+            if slot is not None and not slot.closed:
                 if slot.orders:
                     await self.close(s)
                 else:
                     slot.closed = True
         if slot_start not in self.broker.slots:
             self.counters["slots_empty"] += 1
+
+    async def close_shared(self, slot_start: int) -> ClearingSummary | None:
+        """Clear a slot by shared curves now; None if it could not (counted, never raised)."""
+        assert self.shared is not None
+        try:
+            summary = await self.shared.clear(slot_start)
+        except Exception as exc:  # one bad round must not stop the auction for later slots
+            self.counters["slots_failed"] += 1
+            log.warning("shared_clearing_failed", slot=slot_start, error=f"{type(exc).__name__}: {exc}")
+            return None
+        if summary is None:
+            return None
+        self.counters["slots_cleared"] += 1
+        await self._store(slot_start)
+        log.info("slot_cleared", slot=slot_start, shared=summary.orders, price=summary.price,
+                 volume_wh=summary.volume_wh)
+        return summary
+
+    async def _store(self, slot_start: int) -> None:
+        if self.writer is None:
+            return
+        for r in self.broker.slots[slot_start].receipts:
+            try:
+                await self.writer.commit(agent_receipt_record(r, int(self.clock.now())))
+            except StorageUnavailable:
+                # The broker's copy only: the parties hold theirs. A full
+                # disk is logged once by the store's health.
+                self.counters["receipts_unstored"] += 1
 
     async def close(self, slot_start: int) -> ClearingSummary | None:
         """Clear one slot now; None if clearing failed (counted and logged, never raised)."""
@@ -97,14 +145,7 @@ class BrokerRunner:
             log.warning("clearing_failed", slot=slot_start, error=f"{type(exc).__name__}: {exc}")
             return None
         self.counters["slots_cleared"] += 1
-        if self.writer is not None:
-            for r in self.broker.slots[slot_start].receipts:
-                try:
-                    await self.writer.commit(agent_receipt_record(r, int(self.clock.now())))
-                except StorageUnavailable:
-                    # The broker's copy only: the parties hold theirs. A full
-                    # disk is logged once by the store's health.
-                    self.counters["receipts_unstored"] += 1
+        await self._store(slot_start)
         log.info("slot_cleared", slot=slot_start, orders=summary.orders, price=summary.price,
                  volume_wh=summary.volume_wh)
         return summary
@@ -125,7 +166,8 @@ def broker_status(runner: BrokerRunner) -> dict[str, Any]:
         "open_slots": open_slots,
         "slots_cleared": len(cleared),
         "last": None if last is None else summary_dict(last),
-        "counters": dict(b.counters) | dict(runner.counters),
+        "counters": dict(b.counters) | dict(runner.counters)
+        | ({f"shared_{k}": v for k, v in runner.shared.counters.items()} if runner.shared else {}),
     }
 
 
@@ -161,7 +203,11 @@ class BrokerComponent:
                         sign_timeout=cfg.sign_timeout)
         market = ctx.services.get("market")
         clock = market.clock if market is not None else ctx.node.clock
-        runner = BrokerRunner(broker, clock, ctx.services.get("writer"))
+        tariffs = ctx.config.tariffs
+        grid = price_grid(max(tariffs.export_price, 1), max(tariffs.import_price, 1),
+                          max(cfg.price_step, -(-(tariffs.import_price - tariffs.export_price) // (GRID_MAX - 1))))
+        shared = SharedBroker(broker, grid, share_timeout=cfg.share_timeout)
+        runner = BrokerRunner(broker, clock, ctx.services.get("writer"), shared)
         ctx.services["broker"] = runner
         await ctx.nursery.start(runner.run)
         ctx.control.register("broker.status", lambda: broker_status(runner),

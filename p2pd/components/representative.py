@@ -14,8 +14,13 @@ S2 (no ``[representative] broker``):
 
 S3 (``[representative] broker = "member-id"``):
   * ``submit`` (``submit_before_gate`` seconds before the gate): net the
-    clients internally, then send one aggregated order per side and limit
-    price to the broker (:meth:`~p2pd.roles.representative.Representative.aggregate_orders`).
+    clients internally (leaving a remainder with the ``min_households``
+    largest clients of the long side), then join the broker's shared clearing with a snapshot of the
+    rest (:class:`~p2pd.roles.sharing_client.SharedClient`: the curve goes out
+    only in additive shares, so the broker learns the community's sums and
+    this representative's point at the price, docs/privacy.md); with
+    ``share_curves = false``, send one aggregated order per side and limit
+    price instead (:meth:`~p2pd.roles.representative.Representative.aggregate_orders`).
     Each fill is split among the clients of that order pro rata
     (:func:`~p2pd.roles.representative.split_fill`) and recorded in :attr:`RepresentativeRunner.ledger`,
     which is what the representative owes each client.
@@ -53,6 +58,7 @@ from p2pd.errors import P2pdError, TradeError
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.roles.representative import HOPS, Representative, split_fill
+from p2pd.roles.sharing_client import SharedClient
 from p2pd.roles.slot_phases import serve_slot_phases
 from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms, Reason
 from store import StorageUnavailable, StoreError
@@ -79,7 +85,14 @@ class RepresentativeConfig:
     default the midpoint of the [tariffs]."""
     take_timeout: float = 5.0
     submit_before_gate: int = 60
-    """S3: submit aggregated orders this many seconds before gate closure."""
+    """S3: join the broker's clearing this many seconds before gate closure."""
+    share_curves: bool = True
+    """S3: clear by shared curves (the broker learns only the community's sums,
+    docs/privacy.md); false: submit one aggregated order per price step."""
+    min_households: int = 2
+    """S3, shared curves: the fewest clients in one price step (smaller steps are merged)."""
+    share_wait: float = 5.0
+    """S3, shared curves: how long to wait for the other representatives' shares."""
 
 
 def parse_representative(t: Table) -> RepresentativeConfig:
@@ -88,6 +101,9 @@ def parse_representative(t: Table) -> RepresentativeConfig:
         broker=t.member("broker"), ask=t.price("ask"),
         take_timeout=t.number("take_timeout", d.take_timeout, 0.1, 300.0),
         submit_before_gate=t.integer("submit_before_gate", d.submit_before_gate, 1, DAY),
+        share_curves=t.boolean("share_curves", d.share_curves),
+        min_households=t.integer("min_households", d.min_households, 1, 1000),
+        share_wait=t.number("share_wait", d.share_wait, 0.1, 300.0),
     )
 
 
@@ -110,24 +126,43 @@ def _reason(exc: TradeError) -> str:
     return exc.reason.name if isinstance(exc.reason, Reason) else str(exc.reason)
 
 
+def _netting_caps(left: dict[str, int], sellers: list[str], buyers: list[str], keep: int) -> dict[str, int]:
+    """What each client may net internally so that ``keep`` clients of the long side keep
+    a remainder for the broker (the largest ones, pro rata): a shared clearing holds
+    back a side of fewer than ``min_households`` clients (p2pd/market/sharing.py)."""
+    supply = sum(left[m] for m in sellers)
+    demand = sum(left[m] for m in buyers)
+    long_side, rest = (sellers, supply - demand) if supply > demand else (buyers, demand - supply)
+    largest = sorted(long_side, key=lambda m: (-left[m], m))[:keep]
+    sizes = {m: left[m] for m in largest}
+    caps = dict(left)
+    for m, reserve in split_fill(sizes, min(rest, sum(sizes.values()))).items():
+        caps[m] -= reserve
+    return caps
+
+
 class RepresentativeRunner:
     """One representative's per-slot schedule; S3 when ``broker`` and ``client`` are given."""
 
     def __init__(self, rep: Representative, clock: Clock, *, broker: str | None = None,
                  client: BrokerClient | None = None, submit_before_gate: int = 60,
-                 dial: Dial | None = None) -> None:
+                 dial: Dial | None = None, shared: SharedClient | None = None) -> None:
         if (broker is None) != (client is None):
             raise ValueError("S3 needs both the broker's id and a BrokerClient")
+        if shared is not None and shared.client is not client:
+            raise ValueError("shared clearing goes through the runner's BrokerClient")
         self.rep = rep
         self.clock = clock
         self.broker = broker
         self.client = client
+        self.shared = shared
         self.submit_before_gate = submit_before_gate
         self.dial = dial
         self.broker_up = broker is not None
         self.direct: set[int] = set()  # S3 slots traded directly (the broker was gone)
         self.offered: set[tuple[str, int]] = set()
-        self.allocs: dict[bytes, dict[str, int]] = {}  # our aggregated order -> what is left per client
+        # our aggregated order, or shared fill ref -> what is left per client
+        self.allocs: dict[bytes, dict[str, int]] = shared.allocs if shared is not None else {}
         self.ledger: list[ClientFill] = []
         self.counters: Counter[str] = Counter()
         if client is not None:
@@ -184,41 +219,51 @@ class RepresentativeRunner:
         """
         rep = self.rep
         wanted = rep.wanted(slot_start)
-        sellers = sorted((p, n) for p, n in wanted.items() if n > 0)
-        buyers = sorted((p, -n) for p, n in wanted.items() if n < 0)
+        left = {p: abs(n) for p, n in wanted.items()}
+        sellers = sorted(p for p, n in wanted.items() if n > 0)
+        buyers = sorted(p for p, n in wanted.items() if n < 0)
         key = rep.node.identity.keys.signing
         traded = 0
-        for seller, surplus in sellers:
-            ds = rep.delegation_of(seller)
-            for i, (buyer, need) in enumerate(buyers):
-                db = rep.delegation_of(buyer)
-                if surplus <= 0 or need <= 0 or ds is None or db is None:
-                    continue
-                if ds.min_sell_price > db.max_buy_price:
-                    continue
-                price = min(max(rep.ask, ds.min_sell_price, 1), db.max_buy_price)
-                wh = min(surplus, need)
-                terms = AgentTerms(rep.random_bytes(16), seller, rep.me, buyer, rep.me, "", b"", b"", slot_start,
-                                   rep.slot_len, wh, price, rep.now())
-                try:
-                    rep.check_terms(terms, ds, db)
-                except TradeError as exc:
-                    self.counters[f"netting_refused:{_reason(exc)}"] += 1
-                    continue
-                sig = terms.sign(key)
-                receipt = AgentReceipt(terms, ds, db, sig, sig, b"")
-                try:
-                    await rep.writer.commit(agent_receipt_record(receipt, rep.now()))
-                except StorageUnavailable:
-                    self.counters["netting_unstored"] += 1
-                    self.counters["netted_wh"] += traded
-                    return traded
-                rep.used[(seller, "sell", slot_start)] += wh
-                rep.used[(buyer, "buy", slot_start)] += wh
-                rep.receipts[terms.trade_id] = receipt
-                surplus -= wh
-                buyers[i] = (buyer, need - wh)
-                traded += wh
+        # Shared clearing (S3) holds back a side of fewer than min_households
+        # clients: so the first pass leaves a remainder with that many of the
+        # long side's clients, the second nets whatever the bounds left over.
+        passes: list[dict[str, int] | None] = [None]
+        if self.shared is not None:
+            passes.insert(0, _netting_caps(left, sellers, buyers, self.shared.min_households))
+        for caps in passes:
+            for seller in sellers:
+                ds = rep.delegation_of(seller)
+                for buyer in buyers:
+                    db = rep.delegation_of(buyer)
+                    wh = min(left[seller], left[buyer])
+                    if caps is not None:
+                        wh = min(wh, caps[seller], caps[buyer])
+                    if wh <= 0 or ds is None or db is None or ds.min_sell_price > db.max_buy_price:
+                        continue
+                    price = min(max(rep.ask, ds.min_sell_price, 1), db.max_buy_price)
+                    terms = AgentTerms(rep.random_bytes(16), seller, rep.me, buyer, rep.me, "", b"", b"",
+                                       slot_start, rep.slot_len, wh, price, rep.now())
+                    try:
+                        rep.check_terms(terms, ds, db)
+                    except TradeError as exc:
+                        self.counters[f"netting_refused:{_reason(exc)}"] += 1
+                        continue
+                    sig = terms.sign(key)
+                    receipt = AgentReceipt(terms, ds, db, sig, sig, b"")
+                    try:
+                        await rep.writer.commit(agent_receipt_record(receipt, rep.now()))
+                    except StorageUnavailable:
+                        self.counters["netting_unstored"] += 1
+                        self.counters["netted_wh"] += traded
+                        return traded
+                    rep.used[(seller, "sell", slot_start)] += wh
+                    rep.used[(buyer, "buy", slot_start)] += wh
+                    rep.receipts[terms.trade_id] = receipt
+                    for m in (seller, buyer):
+                        left[m] -= wh
+                        if caps is not None:
+                            caps[m] -= wh
+                    traded += wh
         self.counters["netted_wh"] += traded
         return traded
 
@@ -251,9 +296,12 @@ class RepresentativeRunner:
         """Send the slot's aggregated orders to the broker; returns how many it accepted.
 
         If the broker is gone (no session, no answer), the slot is traded
-        directly (:meth:`broker_lost`).
+        directly (:meth:`broker_lost`). With shared curves the slot's wishes
+        join the broker's shared clearing instead (1 if they did).
         """
         assert self.client is not None and self.broker is not None
+        if self.shared is not None:
+            return await self._join(slot_start)
         accepted = 0
         for order, alloc in self.rep.aggregate_orders(slot_start):
             self.allocs[order.order_id] = dict(alloc)
@@ -272,6 +320,20 @@ class RepresentativeRunner:
             self.counters["submitted_wh"] += order.wh
         self.counters["orders_submitted"] += accepted
         return accepted
+
+    async def _join(self, slot_start: int) -> int:
+        assert self.shared is not None and self.broker is not None
+        want = self.rep.wanted(slot_start)
+        if not want:
+            return 0
+        if not await self.shared.join(self.broker, slot_start, self.rep.slot_len, want,
+                                      {c: self.rep.delegation_of(c) for c in want}):
+            self.counters["submit_failed:NOT_FOUND"] += 1
+            await self.broker_lost(slot_start)
+            return 0
+        self.counters["submitted_wh"] += sum(abs(w) for w in want.values())
+        self.counters["orders_submitted"] += 1
+        return 1
 
     async def broker_lost(self, slot_start: int | None = None) -> None:
         """The broker is gone: finish signed matches directly, trade open slots as in S2.
@@ -307,6 +369,8 @@ class RepresentativeRunner:
         slots |= {s for (_, s) in self.rep.reports if now < s - gate}
         for s in sorted(slots - self.direct):
             self.direct.add(s)
+            if self.shared is not None:
+                self.shared.leave(s)  # a round the broker opens later finds us gone
             self.rep.node.nursery.start_soon(self.trade_directly, s)
 
     async def trade_directly(self, slot_start: int) -> None:
@@ -373,7 +437,8 @@ class RepresentativeRunner:
                 "receipts": len(rep.receipts) + (len(self.client.receipts) if self.client else 0),
                 "client_fills": len(self.ledger),
                 "counters": dict(rep.counters) | dict(self.counters)
-                | (dict(self.client.counters) if self.client else {})}
+                | (dict(self.client.counters) if self.client else {})
+                | ({f"shared_{k}": v for k, v in self.shared.counters.items()} if self.shared else {})}
 
 
 class RepresentativeComponent:
@@ -399,9 +464,11 @@ class RepresentativeComponent:
                 await writer.commit(agent_receipt_record(r, int(clock.now())))
 
             client = BrokerClient(ctx.node, commit=commit)
+        shared = (SharedClient(client, min_households=cfg.min_households, share_wait=cfg.share_wait)
+                  if client is not None and cfg.share_curves else None)
         runner = RepresentativeRunner(rep, clock, broker=cfg.broker, client=client,
                                       submit_before_gate=cfg.submit_before_gate,
-                                      dial=getattr(ctx.discovery, "dial_member", None))
+                                      dial=getattr(ctx.discovery, "dial_member", None), shared=shared)
         ctx.services["representative"] = runner
         await ctx.nursery.start(runner.run)
         ctx.control.register("representative.status", runner.status,

@@ -6,7 +6,12 @@ it has learnt (from ``HeadGossip`` and ``ReceiptReplica``) and turns a
 conflict into proof: two heads with one seq and different hashes
 (:class:`~protocol.receipt_log.EquivocationProof`), or a replica whose entry
 does not lead from the member's previous signed head to its new one (a fork:
-the two heads and the entry are the proof).
+the two heads and the entry's digest are the proof).
+
+Others hold an entry as a :class:`~protocol.SealedEntry` (:func:`sealed_entry`):
+the receipt's digest, which the chain runs over, and the receipt sealed to
+the members who signed it. Everything here that checks another member's
+log works on digests; only a party opens a box (:func:`open_entry`).
 
 Following a log (:class:`Followed`): a node keeps how far it verified
 another member's log, and :meth:`HeadBook.add_page` checks each page of
@@ -18,7 +23,7 @@ bookkeeping, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protocol import (
@@ -30,9 +35,14 @@ from protocol import (
     LogHead,
     Receipt,
     ReceiptChain,
+    SealedEntry,
+    SealError,
     SignatureError,
     SigningKey,
-    entry_hash,
+    digest,
+    entry_hash_of,
+    open_receipt,
+    seal_receipt,
 )
 
 GENESIS = bytes(32)
@@ -41,6 +51,25 @@ GENESIS = bytes(32)
 def receipt_kind(encoded: bytes) -> int:
     """RECEIPT_V1 or RECEIPT_V2 by shape (a v2 receipt has six fields)."""
     return RECEIPT_V2 if encoded[:1] == b"\x96" else RECEIPT_V1
+
+
+def sealed_entry(receipt: bytes, credentials: Mapping[str, Credential],
+                 random_bytes: Callable[[int], bytes]) -> tuple[SealedEntry, frozenset[str]]:
+    """``receipt`` as others hold it, sealed to those of its signers whose credentials
+    we know; returns the entry and whom it is sealed to. Raises DecodeError, and
+    ValueError if we know none of them (we always know ourselves, a signer)."""
+    to = sorted(m for m in signers(receipt) if m in credentials)
+    box = seal_receipt(receipt, digest(receipt), [credentials[m].noise_pk for m in to], random_bytes)
+    return SealedEntry(digest(receipt), box), frozenset(to)
+
+
+def open_entry(entry: SealedEntry, noise_private: bytes) -> bytes | None:
+    """The receipt in ``entry`` if it is sealed to our key and hashes to its digest, else None."""
+    try:
+        receipt = open_receipt(entry.sealed, entry.digest, noise_private)
+    except SealError:
+        return None
+    return receipt if digest(receipt) == entry.digest else None
 
 
 def signers(encoded: bytes) -> frozenset[str]:
@@ -124,7 +153,8 @@ class ReceiptLog:
 
 def page_of(held: Iterable[tuple[int, bytes, LogHead]], after: int, limit: int,
             ) -> tuple[list[tuple[int, bytes]], LogHead | None]:
-    """A page from entries held for another member: ``(seq, receipt, head)`` by seq.
+    """A page from entries held for another member: ``(seq, entry, head)`` by seq
+    (``entry`` as held: a SealedEntry's encoding).
 
     Returns the longest run of consecutive entries from ``after + 1`` (at most
     ``limit``) that ends at an entry held with the member's head at its own
@@ -172,7 +202,7 @@ class PageRejected:
 class Fork:
     """Entries the member showed that do not chain from ``previous`` to ``head``.
 
-    A replica (``receipt``) not leading from the member's head at ``seq - 1`` to
+    A replica (its receipt's digest ``receipt``) not leading from the member's head at ``seq - 1`` to
     the one sent with it; or a fetched page (``entries``, from ``previous.seq +
     1``) that reproduces one head the member signed but not another
     (``previous`` is then the contradicted head), or that the member itself
@@ -183,7 +213,9 @@ class Fork:
     previous: LogHead
     head: LogHead
     receipt: bytes
+    """The digest of the entry that breaks the chain."""
     entries: tuple[bytes, ...] = ()
+    """The page's digests."""
 
 
 @dataclass
@@ -215,8 +247,8 @@ class HeadBook:
         self.proofs[head.member] = proof
         return proof
 
-    def add_entry(self, receipt: bytes, head: LogHead, cred: Credential) -> Fork | EquivocationProof | None:
-        """Record a replicated entry with the head that follows it; detect forks."""
+    def add_entry(self, receipt_digest: bytes, head: LogHead, cred: Credential) -> Fork | EquivocationProof | None:
+        """Record a replicated entry (its receipt's digest) with the head that follows it; detect forks."""
         proof = self.add(head, cred)
         if proof is not None:
             return proof
@@ -225,8 +257,9 @@ class HeadBook:
             previous = LogHead(head.member, 0, bytes(32), bytes(64))
         if previous is None:
             return None
-        if entry_hash(previous.head_hash, head.seq, receipt) != head.head_hash and head.member not in self.forks:
-            fork = Fork(head.member, previous, head, receipt)
+        if (entry_hash_of(previous.head_hash, head.seq, receipt_digest) != head.head_hash
+                and head.member not in self.forks):
+            fork = Fork(head.member, previous, head, receipt_digest)
             self.forks[head.member] = fork
             return fork
         return None
@@ -254,7 +287,8 @@ class HeadBook:
 
     def add_page(self, followed: Followed, entries: Sequence[tuple[int, bytes]], head: LogHead,
                  cred: Credential, *, from_member: bool) -> PageVerified | PageRejected | Fork | EquivocationProof:
-        """Check a page of ``followed.member``'s log fetched for us.
+        """Check a page of ``followed.member``'s log fetched for us: ``entries`` are
+        ``(seq, receipt digest)``.
 
         The entries must be consecutive from ``followed.seq + 1`` and, chained
         from ``followed.head_hash``, reproduce ``head``, which ``cred`` (the
@@ -284,8 +318,8 @@ class HeadBook:
         receipts = tuple(r for _, r in entries)
         h = followed.head_hash
         hashes = []
-        for seq, receipt in entries:
-            h = entry_hash(h, seq, receipt)
+        for seq, receipt_digest in entries:
+            h = entry_hash_of(h, seq, receipt_digest)
             hashes.append((seq, h))
         if h != head.head_hash:
             if not from_member:

@@ -144,12 +144,8 @@ class Broker:
         bhash, result = rerun(orders)
         self.last_result = result
         all_terms = terms_for(result, bhash, slot.orders, self.me, self.now())
+        await self.propose_all(slot_start, all_terms, bhash)
         key = self.node.identity.keys.signing
-        for terms in all_terms:
-            self.proposals[terms.trade_id] = _Proposal(terms, terms.sign(key))
-        async with trio.open_nursery() as nursery:
-            for terms in all_terms:
-                nursery.start_soon(self._finish, slot, terms, bhash)
         summary = ClearingSummary.create(
             key, broker=self.me, slot_start=slot_start, slot_len=self.slot_len, orders=len(orders),
             book_hash=bhash, result_hash=result.result_hash(), price=result.price or 0,
@@ -158,6 +154,24 @@ class Broker:
         await self.publish(slot_start)
         self.counters["slots_cleared"] += 1
         return summary
+
+    def slot(self, slot_start: int) -> _Slot:
+        """The slot's book and results (made empty on first use)."""
+        return self.slots.setdefault(slot_start, _Slot())
+
+    async def propose_all(self, slot_start: int, all_terms: list[AgentTerms], bhash: bytes) -> None:
+        """Propose each match to both agents; returns once each is final or failed.
+
+        ``bhash`` goes into every MatchPropose: the book's hash, or a shared
+        clearing's result id (p2pd/roles/sharing.py).
+        """
+        slot = self.slot(slot_start)
+        key = self.node.identity.keys.signing
+        for terms in all_terms:
+            self.proposals[terms.trade_id] = _Proposal(terms, terms.sign(key))
+        async with trio.open_nursery() as nursery:
+            for terms in all_terms:
+                nursery.start_soon(self._finish, slot, terms, bhash)
 
     async def _finish(self, slot: _Slot, terms: AgentTerms, bhash: bytes) -> None:
         prop = self.proposals[terms.trade_id]
@@ -308,6 +322,12 @@ class BrokerClient:
             raise TradeRefused(f"broker refused: {own.refusal.message}", _reason(own.refusal.reason))
         if not own.accepted.is_set():
             raise TradeTimeout("broker did not answer")
+
+    def expect(self, order: AgentOrder) -> None:
+        """Countersign proposals against ``order`` (our own, never submitted: a shared
+        clearing's fill, whose ``wh`` is the most we may get) like a submitted one."""
+        own = self.own.setdefault(order.order_id, _Own(order, None, order.wh))
+        own.accepted.set()
 
     async def _on_accepted(self, conn: PeerConnection, msg: BrokerAccepted) -> None:
         own = self.own.get(msg.order_id)

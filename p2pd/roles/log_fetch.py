@@ -20,8 +20,12 @@ opening) it fetches the rest, page by page (:meth:`LogFetcher.fetch`):
    15) the member itself if connected, then other sessions ranked by
    ``BLAKE2b(member || their id)``, at most :data:`MAX_SOURCES` per fetch.
 
-A page counts only if it chains from what is verified to a head the member
-signed (:meth:`~p2pd.market.receipt_log.HeadBook.add_page`); it is then held
+Entries travel and are kept sealed (``SealedEntry``: the receipt's digest,
+and the receipt encrypted to the members who signed it), so following a log
+shows its length and its chain, never what the receipts say; a follower
+opens only its own (:meth:`~p2pd.roles.replication.Replication.own_receipts`).
+A page counts only if its digests chain from what is verified to a head the
+member signed (:meth:`~p2pd.market.receipt_log.HeadBook.add_page`); it is then held
 as replicas, so this node can answer others. A bad page from someone else is
 dropped (another source is asked); from the member itself, or contradicting
 another head it signed, it is a fork (``ForkSeen``), and a conflicting head
@@ -54,7 +58,6 @@ from p2pd.market.receipt_log import (
     PageVerified,
     ReceiptLog,
     page_of,
-    receipt_kind,
     signers,
 )
 from p2pd.net.node import Node
@@ -68,6 +71,7 @@ from protocol import (
     LogEntry,
     LogHead,
     LogRequest,
+    SealedEntry,
 )
 from store import FollowRecord, ReplicaRecord, Repository, StoreError
 
@@ -93,6 +97,8 @@ class Watcher(Protocol):
     held: int
 
     def remember(self, cred: Credential) -> None: ...
+
+    def seal(self, encoded: bytes) -> SealedEntry: ...
 
     async def keep_head(self, head: LogHead) -> None: ...
 
@@ -260,7 +266,7 @@ class LogFetcher:
             cred = self._credential(member, answer.credential)
             if answer.head is None or cred is None:
                 continue
-            entries = [(e.seq, e.receipt) for e in answer.entries]
+            entries = [(e.seq, e.entry.digest) for e in answer.entries]
             found = self.rep.heads.add_page(followed, entries, answer.head, cred,
                                             from_member=conn.member_id == member)
             if isinstance(found, PageRejected):
@@ -269,7 +275,7 @@ class LogFetcher:
                 sources.remove(conn)
                 continue
             if isinstance(found, PageVerified):
-                await self._keep(found, fetched=True)
+                await self._keep(found, {e.seq: e.entry.encode() for e in answer.entries})
                 sources.remove(conn)
                 sources.insert(1 if sources and sources[0].member_id == member else 0, conn)
             return found
@@ -285,20 +291,22 @@ class LogFetcher:
         entries, head = page_of(_held(recs), followed.seq, LOG_PAGE_MAX)
         if head is None:
             return None
-        found = self.rep.heads.add_page(followed, entries, head, cred, from_member=True)
+        found = self.rep.heads.add_page(followed, [(seq, SealedEntry.decode(e).digest) for seq, e in entries],
+                                        head, cred, from_member=True)
         if isinstance(found, PageRejected):  # pragma: no cover - we checked the head when it came
             return None
         if isinstance(found, PageVerified):
-            await self._keep(found, fetched=False)
+            await self._keep(found, None)
         return found
 
-    async def _keep(self, page: PageVerified, *, fetched: bool) -> None:
+    async def _keep(self, page: PageVerified, fetched: dict[int, bytes] | None) -> None:
+        """Record a verified page; ``fetched``: its sealed entries (by seq) to keep as replicas."""
         repo = self.rep.repo
         member = page.followed.member
-        if fetched:
+        if fetched is not None:
             head = page.head.encode()
             new = await storage.call(repo, repo.put_replicas,
-                                     [ReplicaRecord(member, s, r, head) for s, r in page.entries])
+                                     [ReplicaRecord(member, s, fetched[s], head) for s, _ in page.entries])
             self.rep.held += new
             self.rep.counters["log_entries_fetched"] += len(page.entries)
             await self.rep.keep_head(page.head)
@@ -332,19 +340,24 @@ class LogFetcher:
     # --- answering ---------------------------------------------------------------------
 
     async def _on_request(self, conn: PeerConnection, msg: LogRequest) -> None:
+        sealed: list[LogEntry] = []
         if msg.member == self.node.member_id:
-            entries, head = self.rep.log.page(msg.after, msg.limit)
+            own, head = self.rep.log.page(msg.after, msg.limit)
+            sealed = [LogEntry(s, self.rep.seal(r)) for s, r in own]  # sealed afresh for each asker
         else:
             repo = self.rep.repo
             recs = await storage.call(repo, repo.replicas, msg.member, msg.after, msg.limit)
-            entries, head = page_of(_held(recs), msg.after, msg.limit)
+            held, head = page_of(_held(recs), msg.after, msg.limit)
+            try:
+                sealed = [LogEntry(s, SealedEntry.decode(e)) for s, e in held]
+            except DecodeError:  # pragma: no cover - we stored what decoded
+                head = None
         cred = self.rep.credentials.get(msg.member)
         if head is None or cred is None:
-            entries, head, cred = [], None, None
+            sealed, head, cred = [], None, None
         self.rep.counters["log_pages_served"] += 1
         try:
-            await conn.send(LogEntries(msg.member, msg.after,
-                                       tuple(LogEntry(s, receipt_kind(r), r) for s, r in entries), head, cred))
+            await conn.send(LogEntries(msg.member, msg.after, tuple(sealed), head, cred))
         except PeerGone:
             pass
 
@@ -354,10 +367,12 @@ class LogFetcher:
 
 
 def _held(recs: Sequence[ReplicaRecord]) -> list[tuple[int, bytes, LogHead]]:
-    """Stored replicas as (seq, receipt, head); a record whose head does not decode ends the run."""
+    """Stored replicas as (seq, sealed entry, head); a record whose entry or head does not
+    decode ends the run."""
     out = []
     for r in recs:
         try:
+            SealedEntry.decode(r.entry)
             out.append((r.seq, r.entry, LogHead.decode(r.head)))
         except DecodeError:
             break

@@ -1,13 +1,17 @@
 """Receipt replication and head gossip: no single holder of the truth.
 
 Every receipt a node commits goes into its hash-chained log
-(:class:`~p2pd.market.receipt_log.ReceiptLog`); the node then sends the receipt with
-its new signed head (``ReceiptReplica``) to ``replicas`` other community
-members, chosen deterministically from its sessions by hashing the receipt,
-and gossips the head (``HeadGossip``). Receivers verify the receipt's
-signatures, keep a copy, and check the head against what they already hold
-(:class:`~p2pd.market.receipt_log.HeadBook`); a conflict becomes an
-``EquivocationGossip`` that spreads to everyone. docs/protocol.md section 15.
+(:class:`~p2pd.market.receipt_log.ReceiptLog`); the node then sends the entry,
+sealed (the receipt's digest, and the receipt encrypted to the members who
+signed it: :func:`~p2pd.market.receipt_log.sealed_entry`), with its new
+signed head (``ReceiptReplica``) to ``replicas`` other community members,
+chosen deterministically from its sessions by hashing the receipt, and
+gossips the head (``HeadGossip``). Receivers keep the sealed entry, which
+they cannot read, and check that its digest chains to the head against what
+they already hold (:class:`~p2pd.market.receipt_log.HeadBook`); a conflict
+becomes an ``EquivocationGossip`` that spreads to everyone. A party to a
+receipt opens it from any holder (:meth:`Replication.own_receipts`).
+docs/protocol.md section 15.
 
 Everything is kept in the store (a private in-memory one if none is given):
 our log (its order assigned with each commit), the replicas held for others,
@@ -24,32 +28,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from p2pd import log, storage
 from p2pd.errors import PeerGone
 from p2pd.events import EquivocationSeen, ForkSeen
-from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
+from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog, open_entry, sealed_entry, signers
 from p2pd.market.receipt_log import receipt_kind as receipt_kind
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.log_fetch import LogFetcher
 from p2pd.roles.receipt_writer import ReceiptWriter
 from protocol import (
-    RECEIPT_V1,
-    AgentReceipt,
-    BoundsError,
     Credential,
     DecodeError,
     EquivocationGossip,
     EquivocationProof,
     HeadGossip,
     LogHead,
-    Receipt,
     ReceiptReplica,
+    SealedEntry,
     SignatureError,
-    check_agent_receipt,
 )
 from store import (
     Committed,
@@ -76,8 +78,10 @@ class Replication:
     in-memory store is used (simulations, tests).
     """
 
-    def __init__(self, node: Node, *, replicas: int = 3, repo: Repository | None = None) -> None:
+    def __init__(self, node: Node, *, replicas: int = 3, repo: Repository | None = None,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.node = node
+        self.random_bytes = random_bytes  # sealing entries
         self.repo: Repository = repo if repo is not None else MemoryRepository()
         self.replicas = replicas
         self.log = ReceiptLog(node.identity.keys.signing, node.member_id)
@@ -155,40 +159,25 @@ class Replication:
         self.counters["logged"] += len(added)
         return added
 
+    def seal(self, encoded: bytes) -> SealedEntry:
+        """Our entry ``encoded`` as others hold it: sealed to its signers we know (ourselves at least)."""
+        entry, to = sealed_entry(encoded, self.credentials, self.random_bytes)
+        if len(to) < len(signers(encoded)):
+            self.counters["sealed_without_a_signer"] += 1  # its credential unknown to us
+        return entry
+
     async def spread(self, added: list[tuple[bytes, LogHead]], parties: tuple[str, ...] = ()) -> None:
-        """Send each new entry to ``replicas`` members (not its parties) and gossip the head."""
+        """Send each new entry, sealed, to ``replicas`` members (not its parties) and gossip the head."""
         for encoded, head in added:
-            kind = receipt_kind(encoded)
-            for conn in self.targets(encoded, set(parties)):
+            entry = self.seal(encoded)
+            for conn in self.targets(encoded, set(parties) | signers(encoded)):
                 try:
-                    await conn.send(ReceiptReplica(kind, encoded, head))
+                    await conn.send(ReceiptReplica(entry, head))
                     self.counters["replicas_sent"] += 1
                 except PeerGone:
                     pass
         if added:
             await self.node.broadcast(HeadGossip(added[-1][1], self.node.identity.credential, HEAD_HOPS))
-
-    def verify_receipt(self, kind: int, encoded: bytes) -> bool:
-        """True if the receipt decodes and every signature verifies with known credentials."""
-        try:
-            if kind == RECEIPT_V1:
-                r = Receipt.decode(encoded)
-                seller = self.credentials.get(r.terms.seller)
-                buyer = self.credentials.get(r.terms.buyer)
-                if seller is None or buyer is None:
-                    self.counters["replica_unverifiable"] += 1
-                    return True  # keep it: a copy is still a copy
-                r.verify(seller.sign_pk, buyer.sign_pk)
-            else:
-                check_agent_receipt(AgentReceipt.decode(encoded), self.credentials)
-        except BoundsError as exc:
-            if "no credential" in str(exc):
-                self.counters["replica_unverifiable"] += 1
-                return True
-            return False
-        except (DecodeError, SignatureError):
-            return False
-        return True
 
     async def _on_replica(self, conn: PeerConnection, msg: ReceiptReplica) -> None:
         assert conn.peer is not None
@@ -196,23 +185,15 @@ class Replication:
             self.counters["replicas_rejected"] += 1
             return
         new_head = not self.heads.has(msg.head)
-        if not self.verify_receipt(msg.kind, msg.receipt):
-            self.counters["replicas_rejected"] += 1
-            # Not a receipt we accept, but the sender signed the head that
-            # follows it: still evidence for its log.
-            with contextlib.suppress(SignatureError):
-                found = self.heads.add_entry(msg.receipt, msg.head, conn.peer)
-                if new_head:
-                    await self.keep_head(msg.head)
-                await self.report(found, conn.peer)
-            return
+        # We cannot read the receipt (it is sealed to its parties): what we
+        # check and keep is that its digest chains to the head its member signed.
         try:
-            found = self.heads.add_entry(msg.receipt, msg.head, conn.peer)
+            found = self.heads.add_entry(msg.entry.digest, msg.head, conn.peer)
         except SignatureError:
             self.counters["heads_rejected"] += 1
             return
         self.counters["replicas_held"] += 1
-        rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.receipt, msg.head.encode())
+        rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.entry.encode(), msg.head.encode())
         try:
             if await storage.call(self.repo, self.repo.put_replica, rec):
                 self.held += 1
@@ -222,6 +203,23 @@ class Replication:
             await self.keep_head(msg.head)
         await self.report(found, conn.peer)
         self.fetcher.saw(msg.head.member)
+
+    async def own_receipts(self, member: str) -> list[tuple[int, bytes]]:
+        """``(seq, receipt)`` of the entries of ``member``'s log we hold (replicas, fetched
+        pages) that are sealed to us: our own receipts, from someone else's log."""
+        out = []
+        after = 0
+        for _ in range(1 << 40):  # bounded by the log's length
+            page = await storage.call(self.repo, self.repo.replicas, member, after, LOAD_PAGE)
+            if not page:
+                break
+            for rec in page:
+                with contextlib.suppress(DecodeError):
+                    receipt = open_entry(SealedEntry.decode(rec.entry), self.node.identity.keys.noise_private)
+                    if receipt is not None:
+                        out.append((rec.seq, receipt))
+            after = page[-1].seq
+        return out
 
     async def _on_head(self, conn: PeerConnection, msg: HeadGossip) -> None:
         new_head = not self.heads.has(msg.head)

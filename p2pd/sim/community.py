@@ -99,6 +99,9 @@ class SimConfig:
     keepalive: float = 900.0
     """Virtual time: seconds between keepalive pings on an idle session (the
     idle timeout is three of them). Wall-clock runs keep the daemon's default."""
+    share_curves: bool = True
+    """S3: representatives clear on secret-shared curves (the daemon's default);
+    False: they send the broker one aggregated order per price step, as before."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:

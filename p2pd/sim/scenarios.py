@@ -34,11 +34,14 @@ from typing import Any
 from p2pd.components.broker import BrokerRunner
 from p2pd.components.client import BrokerTrader, DelegatingClient, make_broker_trader
 from p2pd.components.representative import RepresentativeRunner
+from p2pd.market.sharing import price_grid
 from p2pd.net.identity import NodeIdentity, NodeKeys
 from p2pd.roles.agent import PerfectForesight
 from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record
 from p2pd.roles.replication import LoggingWriter, Replication
 from p2pd.roles.representative import Representative
+from p2pd.roles.sharing import SharedBroker
+from p2pd.roles.sharing_client import SharedClient
 from p2pd.sim.community import COMMUNITY, SimCommunity, SimNode, _metering_point
 from protocol import AgentReceipt, Credential
 from store import ReceiptRecord
@@ -108,7 +111,10 @@ async def setup_scenario(com: SimCommunity) -> Scenario:
         # time; the broker's gate and the representative's stamps are market time.
         broker = Broker(bsim.node, slot_len=rules.slot_len, gate_closure=rules.gate_closure, sign_timeout=10.0,
                         clock=com.market_clock)
-        scenario.broker = BrokerRunner(broker, com.market_clock, bsim.market.writer)
+        agent = cfg.agent
+        grid = price_grid(agent.export_tariff, agent.retail_tariff, 1000)
+        scenario.broker = BrokerRunner(broker, com.market_clock, bsim.market.writer,
+                                       SharedBroker(broker, grid) if cfg.scenario == "S3" and cfg.share_curves else None)
         scenario.broker_node = bsim
         com.runners.append(scenario.broker.run)
     if cfg.scenario in ("S2", "S3"):
@@ -139,8 +145,10 @@ async def _setup_representatives(com: SimCommunity, scenario: Scenario) -> None:
         if scenario.broker_node is not None:
             await com.connect(sim, scenario.broker_node.member_id)
             broker_client = BrokerClient(sim.node, commit=_commit(sim, com), submit_timeout=10.0)
+        shared = (SharedClient(broker_client, random_bytes=sim.market.random_bytes)
+                  if broker_client is not None and com.cfg.share_curves else None)
         runner = RepresentativeRunner(rep, com.market_clock, broker=BROKER if broker_client else None,
-                                      client=broker_client)
+                                      client=broker_client, shared=shared)
         scenario.reps[sim.member_id] = runner
         com.runners.append(runner.run)
     agent = com.cfg.agent

@@ -6,10 +6,20 @@ import importlib.util
 import pathlib
 import re
 
-from protocol import SigningKey, decode_message
+import pytest
+
+from protocol import AgentReceipt, SealError, SigningKey, decode_message, digest, open_receipt
 from protocol.brokerage import MatchPropose
 from protocol.delegation import Delegation, DelegationGossip
-from protocol.receipt_log import GENESIS, EquivocationProof, LogEntries, LogRequest, entry_hash
+from protocol.receipt_log import (
+    GENESIS,
+    EquivocationProof,
+    LogEntries,
+    LogRequest,
+    ReceiptReplica,
+    entry_hash,
+    entry_hash_of,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -60,9 +70,45 @@ def test_examples_decode_and_verify() -> None:
     page.head.verify(page.credential.sign_pk)
     assert page.credential.sign_pk == bob
     h = GENESIS
-    for e in page.entries:  # the entries reproduce bob's signed head
-        h = entry_hash(h, e.seq, e.receipt)
+    for e in page.entries:  # the entries' digests reproduce bob's signed head
+        h = entry_hash_of(h, e.seq, e.entry.digest)
     assert h == page.head.head_hash and page.head == proof.head_a
+    # Each signer opens the sealed receipt with its X25519 key; anyone else cannot.
+    replica = decode_message(doc["s2s4-receipt-replica"])
+    assert isinstance(replica, ReceiptReplica) and replica.entry == page.entries[0].entry
+    for private in (0x32, 0x42, 0x62):
+        receipt = open_receipt(replica.entry.sealed, replica.entry.digest, bytes([private]) * 32)
+        assert digest(receipt) == replica.entry.digest and entry_hash(GENESIS, 1, receipt) == page.head.head_hash
+        assert AgentReceipt.decode(receipt).terms == propose.terms
+    with pytest.raises(SealError):
+        open_receipt(replica.entry.sealed, replica.entry.digest, bytes([0x52]) * 32)
     for label, data in doc.items():
         if label not in ("s2s4-delegation", "s2s4-agent-order", "s2s4-equivocation-proof"):
             assert 64 <= decode_message(data).TYPE <= 95, label
+
+
+def test_shared_clearing_examples_add_up_and_clear() -> None:
+    from p2pd.market.sharing import add, clear_curves
+    from protocol.sharing import FillClaim, Share, ShareResult, ShareRound, ShareSum, unpack_vector
+
+    doc = documented()
+    broker = SigningKey.from_seed(bytes([0x61]) * 32).public
+    rnd = decode_message(doc["s2s4-share-round"])
+    share = decode_message(doc["s2s4-share"])
+    bob_sum = decode_message(doc["s2s4-share-sum"])
+    result = decode_message(doc["s2s4-share-result"])
+    claim = decode_message(doc["s2s4-fill-claim"])
+    assert isinstance(rnd, ShareRound) and isinstance(share, Share) and isinstance(bob_sum, ShareSum)
+    assert isinstance(result, ShareResult) and isinstance(claim, FillClaim)
+    r = result.result
+    r.verify(broker)
+    assert (r.grid, r.participants) == (rnd.grid, rnd.participants) and bob_sum.senders == rnd.participants
+    # carol's sum: her own share (her curve minus what she sent bob) and bob's share to her.
+    to_bob = [int.from_bytes(bytes([0x2B + i]) * 8, "big") for i in range(6)]
+    carol_own = [(c - t) % 2**64 for c, t in zip([0, 0, 0, 1000, 1000, 1000], to_bob, strict=True)]
+    carol_sum = add([carol_own, unpack_vector(share.share)])
+    total = add([unpack_vector(bob_sum.sums), carol_sum])
+    assert total == unpack_vector(r.supply) + unpack_vector(r.demand)
+    cleared = clear_curves(r.grid, unpack_vector(r.supply), unpack_vector(r.demand))
+    assert (cleared.price, cleared.volume_wh) == (r.price, r.volume_wh) == (80_000, 1000)
+    assert (claim.supply_wh, claim.demand_wh) == (1200, 0)

@@ -13,9 +13,14 @@ from p2pd.market.receipt_log import (
     ReceiptLog,
     page_of,
 )
-from protocol import Credential, EquivocationProof, LogHead, ReceiptChain
+from protocol import Credential, EquivocationProof, LogHead, ReceiptChain, digest
 
 RECEIPTS = [b"receipt %d" % i for i in range(1, 11)]
+
+
+def digests(entries: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Entries as a page carries them to be checked: (seq, the receipt's digest)."""
+    return [(s, digest(r)) for s, r in entries]
 
 
 def alice_log(com: Community) -> tuple[ReceiptLog, Credential]:
@@ -60,6 +65,7 @@ def test_pages_that_chain_to_a_signed_head_extend_what_is_verified() -> None:
     for after in (0, 8):
         entries, head = log.page(after, 8)
         assert head is not None
+        entries = digests(entries)
         got = book.add_page(followed, entries, head, cred, from_member=False)
         assert isinstance(got, PageVerified) and got.entries == tuple(entries)
         followed = got.followed
@@ -72,12 +78,13 @@ def test_a_bad_page_from_a_holder_is_its_fault_from_the_member_a_fork() -> None:
     log, cred = alice_log(com)
     entries, head = log.page(0, 3)
     assert head is not None
-    forged = [entries[0], (2, b"not what alice logged"), entries[2]]
+    entries = digests(entries)
+    forged = [entries[0], (2, digest(b"not what alice logged")), entries[2]]
     book = HeadBook()
     got = book.add_page(Followed("alice"), forged, head, cred, from_member=False)
     assert isinstance(got, PageRejected) and not book.forks
     got = book.add_page(Followed("alice"), forged, head, cred, from_member=True)
-    assert isinstance(got, Fork) and book.forks["alice"] is got and got.entries[1] == b"not what alice logged"
+    assert isinstance(got, Fork) and book.forks["alice"] is got and got.entries[1] == digest(b"not what alice logged")
     # Wrong start, a head not at the last entry, a head signed by someone else: rejected.
     other = com.member("mallory")
     for args in ((Followed("alice", 1, log.chain.hashes[1]), entries, head),
@@ -98,18 +105,18 @@ def test_a_page_contradicting_another_signed_head_is_a_fork_whoever_sent_it() ->
         two.append(r)
     book = HeadBook()
     assert book.add(one.head(alice.signing, "alice"), alice.credential) is None
-    entries = [(1, b"a"), (2, b"B"), (3, b"c")]
+    entries = digests([(1, b"a"), (2, b"B"), (3, b"c")])
     got = book.add_page(Followed("alice"), entries, two.head(alice.signing, "alice"), alice.credential,
                         from_member=False)
-    assert isinstance(got, Fork) and got.previous.seq == 2 and got.receipt == b"B"
+    assert isinstance(got, Fork) and got.previous.seq == 2 and got.receipt == digest(b"B")
     # The same seq with two hashes is plain equivocation.
     got2 = HeadBook()
     got2.add(two.head(alice.signing, "alice"), alice.credential)
     three = ReceiptChain()
     for r in (b"x", b"y", b"z"):
         three.append(r)
-    proof = got2.add_page(Followed("alice"), [(1, b"x"), (2, b"y"), (3, b"z")], three.head(alice.signing, "alice"),
-                          alice.credential, from_member=True)
+    proof = got2.add_page(Followed("alice"), digests([(1, b"x"), (2, b"y"), (3, b"z")]),
+                          three.head(alice.signing, "alice"), alice.credential, from_member=True)
     assert isinstance(proof, EquivocationProof)
 
 

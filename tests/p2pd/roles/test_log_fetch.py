@@ -32,12 +32,20 @@ from protocol import (
     Receipt,
     ReceiptChain,
     ReceiptReplica,
+    SealedEntry,
     TradeTerms,
+    digest,
 )
+from protocol.sealing import SEALED_MIN
 from store import MemoryRepository, Repository, StorageUnavailable
 
 SLOT = 900
 SLOT_START = (int(NOW) // SLOT + 2) * SLOT
+
+
+def held_digests(repo: Repository, member: str) -> list[bytes]:
+    """The digests of the entries of ``member``'s log held in ``repo`` (sealed: never the receipts)."""
+    return [SealedEntry.decode(r.entry).digest for r in repo.replicas(member)]
 
 
 async def settle() -> None:
@@ -95,7 +103,7 @@ async def test_parties_follow_each_others_logs_and_a_newcomer_fetches_a_gone_mem
     for x in ("bob", "dave"):
         fetcher = m[x].rep.fetcher
         assert fetcher.follows["alice"].seq == 5 and fetcher.follows["alice"].head_hash == alice.log.chain.head_hash
-        assert [r.entry for r in m[x].repo.replicas("alice")] == alice.log.chain.entries
+        assert held_digests(m[x].repo, "alice") == [digest(e) for e in alice.log.chain.entries]
     assert "alice" not in m["r1"].rep.fetcher.follows  # holders keep fragments, they do not follow
     # alice is gone. carol never met her and links only to the replica holders,
     # each holding fragments of alice's log: the entries come from them, checked
@@ -109,7 +117,7 @@ async def test_parties_follow_each_others_logs_and_a_newcomer_fetches_a_gone_mem
     got = await fetch_log(carol.rep, "alice")
     assert got["fetched"] == got["verified"] == 5 and got["head"] == alice.log.chain.head_hash.hex()
     assert not got["fork"] and not got["equivocation"]
-    assert [r.entry for r in carol.repo.replicas("alice")] == alice.log.chain.entries
+    assert held_digests(carol.repo, "alice") == [digest(e) for e in alice.log.chain.entries]
     assert carol.rep.counters["log_entries_verified"] == 5
     assert log_status(carol.rep)["following"] == {"alice": {"verified": 5, "latest_head": 5}}
     assert carol.repo.follows()[0].seq == 5 and carol.rep.held == 5
@@ -140,7 +148,8 @@ def answer_with(node: Node, entries: list[bytes], signer: Signer, held: set[int]
             page = page[:cut]
         head, cred = (signer.head(msg.after + len(page)), signer.ident.credential) if page else (None, None)
         await conn.send(LogEntries(msg.member, msg.after,
-                                   tuple(LogEntry(msg.after + i, 1, e) for i, e in enumerate(page, start=1)),
+                                   tuple(LogEntry(msg.after + i, SealedEntry(digest(e), bytes(SEALED_MIN)))
+                                         for i, e in enumerate(page, start=1)),
                                    head, cred))
 
     node.handlers.pop(LogRequest, None)  # replace the fetcher's own answer, on purpose
@@ -167,7 +176,7 @@ async def test_a_forged_page_from_a_holder_is_dropped_and_one_from_the_member_is
     assert [c.member_id for c in carol.rep.fetcher.sources("mallory")] == ["liar", "h1", "h2"]  # by BLAKE2b
     await carol.rep.fetcher.follow("mallory")
     got = await carol.rep.fetcher.fetch("mallory", beyond_known=True)
-    assert got == 3 and [r.entry for r in carol.repo.replicas("mallory")] == real.entries
+    assert got == 3 and held_digests(carol.repo, "mallory") == [digest(e) for e in real.entries]
     assert carol.rep.credentials["mallory"] == ident.credential  # it came with the pages
     assert carol.rep.counters["log_entries_fetched"] == 3
     # The liar was asked first: its page proved nothing, it was dropped; no fork.
@@ -226,7 +235,7 @@ class FullDisk(MemoryRepository):
 async def test_a_full_disk_loses_heads_and_replicas_from_the_store_not_the_session(
         make_node: Any, nursery: trio.Nursery, community: Community, autojump_clock: Any) -> None:
     ident = community.member("mallory")
-    # A receipt of mallory's with strangers: w cannot check its signatures and keeps it anyway.
+    # A receipt of mallory's with strangers: w cannot read it (sealed) and keeps it anyway.
     receipt = Receipt(TradeTerms(b"t" * 16, b"o" * 16, 100, "mallory", "x", SLOT_START, SLOT, 100, 80_000,
                                  int(NOW)), bytes(64), bytes(64)).encode()
     chain = ReceiptChain()
@@ -236,7 +245,7 @@ async def test_a_full_disk_loses_heads_and_replicas_from_the_store_not_the_sessi
     conn, _ = await link(mallory, w.node)
     head = Signer(ident, chain).head(1)
     await conn.send(HeadGossip(head, ident.credential, 1))
-    await conn.send(ReceiptReplica(1, receipt, head))
+    await conn.send(ReceiptReplica(SealedEntry(digest(receipt), bytes(SEALED_MIN)), head))
     await settle()
     assert w.rep.heads.latest("mallory") == 1  # known, in memory
     assert w.rep.counters["heads_unstored"] == 1 and w.rep.counters["replicas_unstored"] == 1

@@ -11,11 +11,18 @@ from p2pd_test_helpers import NOW, Community, eventually, link
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.replication import LoggingWriter, Replication
 from p2pd.roles.trading import Market, MarketRules
+from protocol import SealedEntry, digest
 from protocol.receipt_log import HeadGossip, LogHead, ReceiptChain, ReceiptReplica
+from protocol.sealing import SEALED_MIN
 from store import MemoryRepository
 
 SLOT = 900
 SLOT_START = (int(NOW) // SLOT + 2) * SLOT
+
+
+def _sealed(receipt: bytes) -> SealedEntry:
+    """An entry as a holder sees it: a digest and a box it cannot open."""
+    return SealedEntry(digest(receipt), bytes(SEALED_MIN))
 
 
 async def test_s1_receipts_are_logged_by_both_parties_and_replicated(
@@ -42,8 +49,10 @@ async def test_s1_receipts_are_logged_by_both_parties_and_replicated(
     assert reps["alice"].log.chain.entries == [receipt.encode()]
     # Two replicas from each party, held by the three other nodes; heads known everywhere.
     await eventually(lambda: sum(reps[m].counters["replicas_held"] for m in ("r1", "r2", "r3")) == 4)
+    # Holders keep the entry sealed: its digest (the chain runs over it), not the receipt.
     held = [m for m in ("r1", "r2", "r3")
-            if receipt.encode() in [r.entry for p in ("alice", "bob") for r in reps[m].repo.replicas(p)]]
+            if digest(receipt.encode()) in [SealedEntry.decode(r.entry).digest
+                                            for p in ("alice", "bob") for r in reps[m].repo.replicas(p)]]
     assert len(held) >= 2
     await eventually(lambda: all(1 in reps[m].heads.heads.get("alice", {}) for m in ("r1", "r2", "r3")))
     assert not any(reps[m].heads.proofs for m in reps)
@@ -83,10 +92,10 @@ async def test_a_replica_that_does_not_chain_is_a_fork(
     key = mallory.identity.keys.signing
     chain = ReceiptChain()
     chain.append(b"first")
-    await conn.send(ReceiptReplica(1, b"first", chain.head(key, "mallory")))
-    # seq 2 signed over something other than the entry sent with it (the replica
-    # bytes need not be a receipt w can verify: mallory's own signatures are the proof)
-    await conn.send(ReceiptReplica(1, b"second", LogHead.create(key, "mallory", 2, b"x" * 32)))
+    await conn.send(ReceiptReplica(_sealed(b"first"), chain.head(key, "mallory")))
+    # seq 2 signed over something other than the entry sent with it (w cannot
+    # read the sealed receipt: mallory's own signatures over the digests are the proof)
+    await conn.send(ReceiptReplica(_sealed(b"second"), LogHead.create(key, "mallory", 2, b"x" * 32)))
     await eventually(lambda: "mallory" in rep.heads.forks)
     assert rep.counters["forks_detected"] == 1
 
