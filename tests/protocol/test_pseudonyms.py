@@ -106,7 +106,12 @@ def test_the_issuer_keeps_the_quota_and_refuses_outsiders_and_brokers(service: P
     assert len(service.grant(cred, EPOCH, blinded[:3], os.urandom)) == 3
     with pytest.raises(QuotaExceeded):
         service.grant(cred, EPOCH, blinded[3:], os.urandom)
-    assert len(service.grant(cred, EPOCH + 1, blinded[3:], os.urandom)) == 1  # a new epoch, a new quota
+    # A new epoch, a new quota (and a new key: blinded for that key, as a
+    # value blinded for another modulus may be out of this one's range).
+    next_key = service.epoch_key(EPOCH + 1)
+    again = request_pseudonym(next_key, PseudonymKeys.derive(b"c" * 32, EPOCH + 1, 0), salt=os.urandom(48),
+                              random=os.urandom(272)).blinded_msg
+    assert len(service.grant(cred, EPOCH + 1, [again], os.urandom)) == 1
     with pytest.raises(CredentialError):
         service.grant(_member(SigningKey.generate(), "mallory"), EPOCH, blinded[:1], os.urandom)
     with pytest.raises(CredentialError):
