@@ -80,6 +80,7 @@ from protocol.issuance import MAX_ASK as MAX_ASK
 from protocol.issuance import PseudonymAsk as PseudonymAsk
 from protocol.issuance import PseudonymGrant as PseudonymGrant
 from protocol.issuance import PseudonymRefused as PseudonymRefused
+from protocol.issuance import generate_epoch_private as generate_epoch_private
 from protocol.issuance import unwrap_epoch_private as unwrap_epoch_private
 from protocol.issuance import wrap_epoch_private as wrap_epoch_private
 from protocol.messages import MESSAGE_TYPES as MESSAGE_TYPES

@@ -81,6 +81,11 @@ class PseudonymRefused(Message):
             return Reason.PROTOCOL_ERROR
 
 
+def generate_epoch_private() -> blind_rsa.PrivateKey:
+    """A new RSA-2048 key for one epoch (slow: a good fraction of a second)."""
+    return blind_rsa.PrivateKey.generate(RSA_BYTES * 8)
+
+
 def _wrap_password(issuer: SigningKey) -> bytes:
     data = canonical.pack([WRAP_DOMAIN, issuer.public])
     return hashlib.blake2b(data, key=issuer.seed(), digest_size=32).digest().hex().encode()

@@ -322,7 +322,11 @@ class Market(Pseudonymous, Taking):
         if self.wallet is not None:
             owned = await self.draw_pseudonym(now)
             if owned is None:
-                raise TradeRefused("no pseudonym available for a new order", Reason.OUT_OF_BOUNDS)
+                why = self.refill_refusal
+                if why is None:
+                    raise TradeRefused("no pseudonym available for a new order", Reason.OUT_OF_BOUNDS)
+                reason = getattr(why, "reason", Reason.OUT_OF_BOUNDS)
+                raise TradeRefused(f"no pseudonym available for a new order: {why}", reason)
             signing, member, cert = owned.keys.signing, owned.pseudonym.member_id, owned.pseudonym
             order_id = owned.pseudonym.order_id
         try:
