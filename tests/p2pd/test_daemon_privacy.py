@@ -213,6 +213,14 @@ async def test_members_trade_under_pseudonyms_from_the_operators_service(
                 "--socket", str(alice.config.node.control_socket), "post", "sell", str(slot), "100", "93000"])
             out, err = capsys.readouterr()
             assert code == 1 and "used its 3 pseudonyms" in out + err and "Traceback" not in out + err
+            code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(alice.config.node.control_socket),
+                                                           "status"])
+            out, _ = capsys.readouterr()
+            assert code == 0 and "pseudonyms 0 unused today, issuer quota left 0 (last refusal:" in out, out
+            code = await trio.to_thread.run_sync(ctl.main, ["--socket", str(op.config.node.control_socket),
+                                                           "status"])
+            out, _ = capsys.readouterr()
+            assert code == 0 and "issuing    quota 3 a day; today 5 pseudonyms to 2 members" in out, out
 
     # The operator restarts: the same epoch key, and alice's count is kept.
     async with daemon(c.operator()) as op, daemon(c.member("alice")) as alice:
