@@ -29,7 +29,7 @@ from p2pd.context import DaemonContext
 from p2pd.daemon import run_daemon
 from p2pd.events import OrderSeen
 from p2pd.market.disputes import verify_bundle
-from p2pd.net.identity import write_credential, write_issuer_key, write_node_keys
+from p2pd.net.identity import load_node_keys, write_credential, write_issuer_key, write_node_keys
 from protocol import Credential, Pseudonym, epoch_of
 from protocol.pseudonyms import anon_order_id
 
@@ -228,3 +228,46 @@ async def test_members_trade_under_pseudonyms_from_the_operators_service(
         await connect(alice, op)
         with pytest.raises(ctl.RpcFailure, match="used its 3 pseudonyms"):
             await wire(alice, "orders.post", {"side": "sell", "slot_start": slot, "wh": 100, "price": 93_000})
+
+
+async def test_the_service_refuses_other_epochs_brokers_and_nodes_without_it_names_them(home: Path) -> None:
+    from p2pd.errors import NotConnected, TradeRefused
+    from p2pd.roles.issuance import RemotePseudonymSource
+
+    c = Community(home)
+    broker_cfg = c.node("brk", "")
+    (home / "brk" / "state" / "keys" / "credential").unlink()
+    keys = load_node_keys(home / "brk" / "state" / "keys")
+    now = int(time.time())
+    write_credential(home / "brk" / "state" / "keys" / "credential", Credential.issue(
+        c.issuer, community="dp", member_id="brk", role="broker", metering_point="EANbrk",
+        sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600, valid_until=now + 86400))
+    async with daemon(c.operator()) as op, daemon(c.member("alice")) as alice, daemon(broker_cfg) as brk:
+        await connect(alice, op)
+        await connect(brk, op)
+        await connect(alice, brk)
+        source: RemotePseudonymSource = alice.services["privacy"][1]
+        epoch = epoch_of(time.time())
+        with trio.fail_after(WAIT), pytest.raises(TradeRefused, match="neither the current") as far:
+            await source.grant(epoch + 5, [bytes(256)])
+        assert far.value.reason.name == "OUT_OF_BOUNDS"
+        # A blinded value out of range is refused, and costs nothing.
+        with trio.fail_after(WAIT), pytest.raises(TradeRefused, match="blinded value") as bad:
+            await source.grant(epoch, [b"\xff" * 256])
+        assert bad.value.reason.name == "INVALID_MESSAGE"
+        assert op.services["privacy"][0].remaining("alice", epoch) == QUOTA
+
+        # A broker trades for nobody: no pseudonyms for it.
+        as_broker = RemotePseudonymSource(brk.node, "op", timeout=WAIT)
+        with trio.fail_after(WAIT), pytest.raises(TradeRefused, match="a broker does not trade") as role:
+            await as_broker.grant(epoch, [bytes(255) + b"\x01"])
+        assert role.value.reason.name == "BAD_ROLE"
+
+        # A node without the service says so; one we have no session with cannot be asked.
+        source.issuer_node = "brk"
+        source._keys.clear()
+        with trio.fail_after(WAIT), pytest.raises(TradeRefused, match="runs no pseudonym service"):
+            await source.epoch_key(epoch)
+        source.issuer_node = "nobody"
+        with pytest.raises(NotConnected, match="no session with the issuer's node 'nobody'"):
+            await source.epoch_key(epoch)
