@@ -172,11 +172,13 @@ def privacy_status(market: Market, service: IssuerService | None,
         }
     if service is not None:
         epoch = epoch_of(market.now())
+        # A copy in one step: grants update the counts in a worker thread.
+        today = [n for (_, e), n in dict(service.core.used).items() if e == epoch]
         out["service"] = {
             "quota": service.core.quota,
-            "epochs": sorted(service.core.keys),
-            "members_today": sum(1 for (_, e) in service.core.used if e == epoch),
-            "issued_today": sum(n for (_, e), n in service.core.used.items() if e == epoch),
+            "epochs": sorted(dict(service.core.keys)),
+            "members_today": len(today),
+            "issued_today": sum(today),
         }
     return out
 
