@@ -196,6 +196,11 @@ async def test_members_trade_under_pseudonyms_from_the_operators_service(
             assert (await wire(alice, "status"))["privacy"]["wallet"]["unused"] == 1
             with trio.fail_after(WAIT):
                 await wire(alice, "orders.cancel", {"order_id": sell["order_id"]})
+            # A post the market refuses spends no pseudonym.
+            with pytest.raises(ctl.RpcFailure, match="expired"):
+                await wire(alice, "orders.post", {"side": "sell", "slot_start": slot - 2 * SLOT, "wh": 1,
+                                                  "price": 90_000})
+            assert (await wire(alice, "status"))["privacy"]["wallet"]["unused"] == 1
             second = await post_seen(alice, bob, "sell", slot, 200, 91_000)  # the kept pseudonym
             assert (await wire(op, "status"))["privacy"]["service"]["issued_today"] == 4
             third = await post_seen(alice, bob, "sell", slot, 200, 92_000)  # asks for the last one
