@@ -76,6 +76,13 @@ from protocol.framing import frame as frame
 from protocol.handshake import NOISE_PROTOCOL_NAME as NOISE_PROTOCOL_NAME
 from protocol.handshake import NoiseHandshake as NoiseHandshake
 from protocol.handshake import prologue as prologue
+from protocol.issuance import MAX_ASK as MAX_ASK
+from protocol.issuance import PseudonymAsk as PseudonymAsk
+from protocol.issuance import PseudonymGrant as PseudonymGrant
+from protocol.issuance import PseudonymRefused as PseudonymRefused
+from protocol.issuance import generate_epoch_private as generate_epoch_private
+from protocol.issuance import unwrap_epoch_private as unwrap_epoch_private
+from protocol.issuance import wrap_epoch_private as wrap_epoch_private
 from protocol.messages import MESSAGE_TYPES as MESSAGE_TYPES
 from protocol.messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from protocol.messages import Close as Close
@@ -88,6 +95,7 @@ from protocol.messages import decode_message as decode_message
 from protocol.messages import encode_message as encode_message
 from protocol.messages import register as register
 from protocol.pseudonyms import EPOCH_LEN as EPOCH_LEN
+from protocol.pseudonyms import MAX_QUOTA as MAX_QUOTA
 from protocol.pseudonyms import EpochKey as EpochKey
 from protocol.pseudonyms import EpochKeyAnnounce as EpochKeyAnnounce
 from protocol.pseudonyms import Pseudonym as Pseudonym

@@ -20,6 +20,7 @@ from store.migrations import Migration as Migration
 from store.records import BanRecord as BanRecord
 from store.records import Committed as Committed
 from store.records import Duplicate as Duplicate
+from store.records import EpochKeyRecord as EpochKeyRecord
 from store.records import FollowRecord as FollowRecord
 from store.records import HeadRecord as HeadRecord
 from store.records import Insufficient as Insufficient
@@ -28,6 +29,8 @@ from store.records import OrderRecord as OrderRecord
 from store.records import Outcome as Outcome
 from store.records import PeerAddressRecord as PeerAddressRecord
 from store.records import PendingTakeRecord as PendingTakeRecord
+from store.records import PseudonymRecord as PseudonymRecord
+from store.records import QuotaRecord as QuotaRecord
 from store.records import ReadingRecord as ReadingRecord
 from store.records import ReceiptRecord as ReceiptRecord
 from store.records import ReplicaRecord as ReplicaRecord

@@ -15,6 +15,7 @@ from store.records import (
     BanRecord,
     Committed,
     Duplicate,
+    EpochKeyRecord,
     FollowRecord,
     HeadRecord,
     Insufficient,
@@ -23,6 +24,8 @@ from store.records import (
     Outcome,
     PeerAddressRecord,
     PendingTakeRecord,
+    PseudonymRecord,
+    QuotaRecord,
     ReadingRecord,
     ReceiptRecord,
     ReplicaRecord,
@@ -57,6 +60,10 @@ class MemoryRepository:
         self._replicas: dict[str, dict[int, ReplicaRecord]] = {}  # member -> seq -> entry
         self._heads: dict[tuple[str, int, bytes], HeadRecord] = {}
         self._follows: dict[str, FollowRecord] = {}
+        self._salt: bytes | None = None
+        self._pseudonyms: dict[tuple[int, int], PseudonymRecord] = {}
+        self._epoch_keys: dict[int, EpochKeyRecord] = {}
+        self._quotas: dict[tuple[int, str], QuotaRecord] = {}
 
     # -- members ------------------------------------------------------------
     def put_member(self, rec: MemberRecord) -> None:
@@ -282,6 +289,57 @@ class MemoryRepository:
     def revocations(self) -> list[RevocationRecord]:
         with self._lock:
             return [self._revocations[k] for k in sorted(self._revocations)]
+
+    # -- pseudonym wallet (a member) ------------------------------------------
+    def wallet_salt(self, candidate: bytes) -> bytes:
+        with self._lock:
+            if self._salt is None:
+                self._salt = candidate
+            return self._salt
+
+    def put_pseudonyms(self, batch: list[PseudonymRecord]) -> None:
+        with self._lock:
+            for rec in batch:
+                self._pseudonyms[(rec.epoch, rec.index)] = rec
+
+    def use_pseudonym(self, epoch: int, index: int) -> bool:
+        with self._lock:
+            rec = self._pseudonyms.get((epoch, index))
+            if rec is None or rec.cert is None or rec.used:
+                return False
+            self._pseudonyms[(epoch, index)] = PseudonymRecord(epoch, index, rec.cert, True)
+            return True
+
+    def pseudonyms(self, since_epoch: int) -> list[PseudonymRecord]:
+        with self._lock:
+            return [self._pseudonyms[k] for k in sorted(self._pseudonyms) if k[0] >= since_epoch]
+
+    def drop_pseudonyms(self, before_epoch: int) -> int:
+        with self._lock:
+            gone = [k for k in self._pseudonyms if k[0] < before_epoch]
+            for k in gone:
+                del self._pseudonyms[k]
+            return len(gone)
+
+    # -- pseudonym service (an issuer) ----------------------------------------
+    def put_epoch_key(self, rec: EpochKeyRecord) -> bool:
+        with self._lock:
+            if rec.epoch in self._epoch_keys:
+                return False
+            self._epoch_keys[rec.epoch] = rec
+            return True
+
+    def epoch_keys(self) -> list[EpochKeyRecord]:
+        with self._lock:
+            return [self._epoch_keys[e] for e in sorted(self._epoch_keys)]
+
+    def put_quota(self, rec: QuotaRecord) -> None:
+        with self._lock:
+            self._quotas[(rec.epoch, rec.member_id)] = rec
+
+    def quotas(self, since_epoch: int) -> list[QuotaRecord]:
+        with self._lock:
+            return [self._quotas[k] for k in sorted(self._quotas) if k[0] >= since_epoch]
 
     # -- maintenance --------------------------------------------------------
     def schema_version(self) -> int:

@@ -51,8 +51,14 @@ def _v3_log_heads(conn: Connection) -> None:
     schema.followed_logs.create(conn)
 
 
+def _v4_pseudonyms(conn: Connection) -> None:
+    """Version 4: the member's pseudonym wallet and the issuer's pseudonym service."""
+    for table in (schema.wallet, schema.wallet_pseudonyms, schema.epoch_keys, schema.pseudonym_quota):
+        table.create(conn)
+
+
 # Append new steps here (and update store/schema.py to the result).
-MIGRATIONS: tuple[Migration, ...] = (_v2_receipt_log, _v3_log_heads)
+MIGRATIONS: tuple[Migration, ...] = (_v2_receipt_log, _v3_log_heads, _v4_pseudonyms)
 
 CURRENT_VERSION = BASE_VERSION + len(MIGRATIONS)
 

@@ -125,6 +125,40 @@ class RevocationRecord:
     encoded: bytes
 
 
+@dataclass(frozen=True)
+class PseudonymRecord:
+    """Pseudonym ``index`` of ``epoch`` in this node's wallet (schema version 4).
+
+    ``cert`` is the encoded pseudonym certificate, None while it is asked for
+    (the index is spent either way: it is never blinded twice); ``used`` once
+    an order was signed with it.
+    """
+
+    epoch: int
+    index: int
+    cert: bytes | None
+    used: bool
+
+
+@dataclass(frozen=True)
+class EpochKeyRecord:
+    """An issuer's key for one epoch (schema version 4): the encoded public
+    ``EpochKey`` and the private key, wrapped (encrypted) by the issuer key."""
+
+    epoch: int
+    public: bytes
+    private: bytes
+
+
+@dataclass(frozen=True)
+class QuotaRecord:
+    """How many pseudonyms the issuer signed for ``member_id`` in ``epoch`` (schema version 4)."""
+
+    member_id: str
+    epoch: int
+    used: int
+
+
 def check_receipt(rec: ReceiptRecord) -> None:
     """Raise ValueError unless ``rec.wh > 0`` and ``rec.order_wh >= 0``.
 

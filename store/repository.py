@@ -17,6 +17,7 @@ from typing import Protocol
 
 from store.records import (
     BanRecord,
+    EpochKeyRecord,
     FollowRecord,
     HeadRecord,
     MemberRecord,
@@ -24,6 +25,8 @@ from store.records import (
     Outcome,
     PeerAddressRecord,
     PendingTakeRecord,
+    PseudonymRecord,
+    QuotaRecord,
     ReadingRecord,
     ReceiptRecord,
     ReplicaRecord,
@@ -191,6 +194,36 @@ class Repository(Protocol):
 
     def revocations(self) -> list[RevocationRecord]:
         """Return all revocations sorted by (issuer_pk, member_id, serial)."""
+
+    # -- pseudonym wallet (a member) ------------------------------------------
+    def wallet_salt(self, candidate: bytes) -> bytes:
+        """Return the wallet's salt, storing ``candidate`` first if there is none."""
+
+    def put_pseudonyms(self, batch: list[PseudonymRecord]) -> None:
+        """Insert or replace the wallet's pseudonyms (by epoch and index), in one transaction."""
+
+    def use_pseudonym(self, epoch: int, index: int) -> bool:
+        """Mark a granted pseudonym used. Return False (and change nothing) if
+        it is unknown, not granted or used already."""
+
+    def pseudonyms(self, since_epoch: int) -> list[PseudonymRecord]:
+        """Return the wallet's pseudonyms of ``epoch >= since_epoch`` by (epoch, index)."""
+
+    def drop_pseudonyms(self, before_epoch: int) -> int:
+        """Forget pseudonyms of epochs before ``before_epoch``. Return how many."""
+
+    # -- pseudonym service (an issuer) ----------------------------------------
+    def put_epoch_key(self, rec: EpochKeyRecord) -> bool:
+        """Store an epoch's key. Return False (and change nothing) if the epoch has one."""
+
+    def epoch_keys(self) -> list[EpochKeyRecord]:
+        """Return the stored epoch keys by epoch."""
+
+    def put_quota(self, rec: QuotaRecord) -> None:
+        """Insert or replace the count of (member_id, epoch)."""
+
+    def quotas(self, since_epoch: int) -> list[QuotaRecord]:
+        """Return the counts of ``epoch >= since_epoch`` by (epoch, member_id)."""
 
     # -- maintenance --------------------------------------------------------
     def schema_version(self) -> int:

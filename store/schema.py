@@ -194,3 +194,44 @@ revocations = Table(
     Column("serial", BigInteger, primary_key=True),
     Column("encoded", LargeBinary, nullable=False),
 )
+
+# The member's pseudonym wallet (schema version 4): a random salt (one row)
+# that, with the node's signing key, derives every pseudonym's keys, and each
+# pseudonym asked for, granted and used. A lost database means a new salt, so
+# indices restarting at 0 never recreate a pseudonym already used.
+wallet = Table(
+    "wallet",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("salt", LargeBinary, nullable=False),
+    CheckConstraint("id = 1", name="wallet_one_row"),
+)
+
+wallet_pseudonyms = Table(
+    "wallet_pseudonyms",
+    metadata,
+    Column("epoch", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("cert", LargeBinary, nullable=True),
+    Column("used", Boolean, nullable=False),
+)
+
+# The issuer's pseudonym service (schema version 4): one key per epoch, kept
+# before it is published, and each member's count per epoch, kept before the
+# signatures leave.
+epoch_keys = Table(
+    "epoch_keys",
+    metadata,
+    Column("epoch", BigInteger, primary_key=True, autoincrement=False),
+    Column("public", LargeBinary, nullable=False),
+    Column("private", LargeBinary, nullable=False),
+)
+
+pseudonym_quota = Table(
+    "pseudonym_quota",
+    metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("epoch", BigInteger, primary_key=True, autoincrement=False),
+    Column("used", BigInteger, nullable=False),
+)
+

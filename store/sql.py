@@ -60,6 +60,7 @@ from store.records import (
     BanRecord,
     Committed,
     Duplicate,
+    EpochKeyRecord,
     FollowRecord,
     HeadRecord,
     Insufficient,
@@ -68,6 +69,8 @@ from store.records import (
     Outcome,
     PeerAddressRecord,
     PendingTakeRecord,
+    PseudonymRecord,
+    QuotaRecord,
     ReadingRecord,
     ReceiptRecord,
     ReplicaRecord,
@@ -491,6 +494,58 @@ class SqlRepository:
                 RevocationRecord(r.issuer_pk, r.member_id, r.serial, r.encoded)
                 for r in conn.execute(q)
             ]
+
+    # -- pseudonym wallet (a member) ------------------------------------------
+    def wallet_salt(self, candidate: bytes) -> bytes:
+        t = schema.wallet
+        with self._write() as conn:
+            self._insert_ignore(conn, t, [{"id": 1, "salt": candidate}])
+            return bytes(conn.execute(select(t.c.salt).where(t.c.id == 1)).scalar_one())
+
+    def put_pseudonyms(self, batch: list[PseudonymRecord]) -> None:
+        with self._write() as conn:
+            for rec in batch:
+                self._upsert(conn, schema.wallet_pseudonyms,
+                             {"epoch": rec.epoch, "idx": rec.index, "cert": rec.cert, "used": rec.used})
+
+    def use_pseudonym(self, epoch: int, index: int) -> bool:
+        t = schema.wallet_pseudonyms
+        cond = and_(t.c.epoch == epoch, t.c.idx == index, t.c.cert.is_not(None), t.c.used.is_(False))
+        with self._write() as conn:
+            return conn.execute(update(t).where(cond).values(used=True)).rowcount == 1
+
+    def pseudonyms(self, since_epoch: int) -> list[PseudonymRecord]:
+        t = schema.wallet_pseudonyms
+        q = select(t).where(t.c.epoch >= since_epoch).order_by(t.c.epoch, t.c.idx)
+        with self._read() as conn:
+            return [PseudonymRecord(r.epoch, r.idx, None if r.cert is None else bytes(r.cert), bool(r.used))
+                    for r in conn.execute(q)]
+
+    def drop_pseudonyms(self, before_epoch: int) -> int:
+        t = schema.wallet_pseudonyms
+        with self._write() as conn:
+            return int(conn.execute(delete(t).where(t.c.epoch < before_epoch)).rowcount)
+
+    # -- pseudonym service (an issuer) ----------------------------------------
+    def put_epoch_key(self, rec: EpochKeyRecord) -> bool:
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.epoch_keys, [vars(rec).copy()]) == 1
+
+    def epoch_keys(self) -> list[EpochKeyRecord]:
+        t = schema.epoch_keys
+        with self._read() as conn:
+            return [EpochKeyRecord(r.epoch, bytes(r.public), bytes(r.private))
+                    for r in conn.execute(select(t).order_by(t.c.epoch))]
+
+    def put_quota(self, rec: QuotaRecord) -> None:
+        with self._write() as conn:
+            self._upsert(conn, schema.pseudonym_quota, vars(rec).copy())
+
+    def quotas(self, since_epoch: int) -> list[QuotaRecord]:
+        t = schema.pseudonym_quota
+        q = select(t).where(t.c.epoch >= since_epoch).order_by(t.c.epoch, t.c.member_id)
+        with self._read() as conn:
+            return [QuotaRecord(r.member_id, r.epoch, r.used) for r in conn.execute(q)]
 
     # -- maintenance --------------------------------------------------------
     def schema_version(self) -> int:

@@ -25,7 +25,10 @@ from protocol import (
     HeldReceipt,
     HoldingsOffer,
     OwnerProof,
+    PseudonymAsk,
+    PseudonymGrant,
     PseudonymKeys,
+    PseudonymRefused,
     Reason,
     ReceiptsDelivery,
     ReceiptsRequest,
@@ -172,7 +175,15 @@ def anon_examples(issuer: SigningKey, alice: SigningKey, bob: SigningKey,
                              owner_credential_id=alice_cred.credential_id, taker_credential_id=bob_cred_id)
     terms = TradeTerms(bytes([0x05]) * 16, order.order_id, order.wh, "alice", "bob", SLOT_START,
                        SLOT_LEN, 1000, 93000, NOW)
+    # Issuance in alice's session with the issuer's node: one blinded message, its blind
+    # signature (quota 256, so 255 left), and the refusal a member over its quota gets.
+    ask_id = bytes([0x06]) * 16
+    blind_sig = blind_sign(rsa_key, req.blinded_msg, random=bytes([0x64]) * 272)
     return {
+        "trading-anon-pseudonym-ask": encode_message(PseudonymAsk(ask_id, epoch, (req.blinded_msg,))),
+        "trading-anon-pseudonym-grant": encode_message(PseudonymGrant(ask_id, epoch_key, (blind_sig,), 255)),
+        "trading-anon-pseudonym-refused": encode_message(PseudonymRefused(
+            ask_id, Reason.RATE_LIMITED, f"alice has used its 256 pseudonyms of epoch {epoch}")),
         "trading-anon-epoch-key-announce": encode_message(EpochKeyAnnounce(epoch_key)),
         "trading-anon-order-gossip": encode_message(OrderGossip(order, pseudonym, 8)),
         "trading-anon-take-intent": encode_message(TakeIntent(order.order_id, intent_id, sealed, 8)),

@@ -189,12 +189,29 @@ def render_status(r: dict[str, Any]) -> str:
            if store.get("state") == "failing" else ""),
         f"sessions   {len(r.get('sessions') or [])}",
     ]
+    lines += _privacy_lines(r.get("privacy") or {})
     if r.get("sessions"):
         lines += ["", _sessions(r["sessions"])]
     counters = r.get("counters") or {}
     if counters:
         lines += ["", "counters   " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))]
     return "\n".join(lines)
+
+
+def _privacy_lines(p: dict[str, Any]) -> list[str]:
+    """The ``privacy`` part of status: the wallet, and the pseudonym service on the operator's node."""
+    lines = []
+    wallet = p.get("wallet")
+    if wallet:
+        left = wallet.get("issuer_remaining")
+        lines.append(f"pseudonyms {wallet.get('unused')} unused today, issuer quota left "
+                     f"{'unknown' if left is None else left}"
+                     + (f" (last refusal: {wallet['last_refusal']})" if wallet.get("last_refusal") else ""))
+    service = p.get("service")
+    if service:
+        lines.append(f"issuing    quota {service.get('quota')} a day; today {service.get('issued_today')} "
+                     f"pseudonyms to {service.get('members_today')} members")
+    return lines
 
 
 def render_peers(r: dict[str, Any]) -> str:

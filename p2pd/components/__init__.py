@@ -15,7 +15,8 @@ at shutdown, before sessions close).
 components use what earlier ones share in ``ctx.services`` (the agent needs
 the market; replication wraps the market's writer before the broker,
 representative and client components commit through it; settlement and the
-APIs need the store). The credential's role decides which of
+APIs need the store; privacy gives the market its wallet before the agent
+posts). The credential's role decides which of
 broker/representative/client actually trade.
 
 :data:`SECTIONS` are the sections of :data:`COMPONENTS`: what a configuration
@@ -39,6 +40,7 @@ from p2pd.components.client import DAEMON_COMPONENT as CLIENT
 from p2pd.components.dashboard import DAEMON_COMPONENT as DASHBOARD
 from p2pd.components.mqtt import DAEMON_COMPONENT as MQTT
 from p2pd.components.policing import DAEMON_COMPONENT as POLICING
+from p2pd.components.privacy import DAEMON_COMPONENT as PRIVACY
 from p2pd.components.replication import DAEMON_COMPONENT as REPLICATION
 from p2pd.components.representative import DAEMON_COMPONENT as REPRESENTATIVE
 from p2pd.components.revocations import DAEMON_COMPONENT as REVOCATIONS
@@ -48,7 +50,7 @@ from p2pd.config import Section
 from p2pd.context import Component
 
 COMPONENTS: tuple[Component, ...] = (
-    REVOCATIONS, POLICING, TRADING, REPLICATION, AGENT, BROKER, REPRESENTATIVE, CLIENT, SETTLEMENT,
+    REVOCATIONS, POLICING, TRADING, PRIVACY, REPLICATION, AGENT, BROKER, REPRESENTATIVE, CLIENT, SETTLEMENT,
     MQTT, DASHBOARD,
 )
 

@@ -145,7 +145,7 @@ def market_status(market: Market, writer: ReceiptWriter) -> dict[str, Any]:
     counters = market.counters
     return {
         "orders_in_book": len(live),
-        "our_orders": sum(1 for e in live if e.order.member_id == market.me),
+        "our_orders": sum(1 for e in live if market.is_own(e)),
         "trades": counters["trades_taken"] + counters["trades_sold"] + counters["trades_bought"],
         "receipts_committed": writer.receipts,
         "counters": {k: counters[k] for k in MARKET_COUNTERS if counters[k]}

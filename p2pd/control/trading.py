@@ -108,7 +108,10 @@ def register_trading_methods(ctx: DaemonContext, market: Market) -> None:
     def orders_list(slot_start: int | None) -> dict[str, Any]:
         """live orders in the book (ours and others'), by slot and price"""
         rows = market.orders(slot_start)
-        return {"currency": currency, "orders": [{**r, "mine": r["member"] == me} for r in rows]}
+        # A pseudonymous order of ours names a pseudonym, not us: the wallet knows it is ours.
+        return {"currency": currency,
+                "orders": [{**r, "mine": r["member"] == me or market.owned(bytes.fromhex(r["order_id"])) is not None}
+                           for r in rows]}
 
     @_refusals
     async def orders_post(side: str, slot_start: int, wh: int, price: int,

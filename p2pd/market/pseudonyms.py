@@ -14,6 +14,7 @@ p2pd/roles/anon.py.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -31,11 +32,24 @@ from protocol import (
     check_pseudonym,
     epoch_of,
     finish_pseudonym,
+    pack,
     request_pseudonym,
 )
 
 KEEP_EPOCHS_BEHIND = 3  # a pseudonym of epoch E is good until (E+1) days + max_ahead (2 days)
 KEEP_EPOCHS_AHEAD = 2  # issuers publish keys a day or two early
+WALLET_DOMAIN = "p2pd/wallet-secret/1"
+
+
+def wallet_secret(node_seed: bytes, salt: bytes) -> bytes:
+    """A wallet's secret: BLAKE2b keyed with the node's signing seed over a stored salt.
+
+    Why both: the salt alone (kept in the database) derives nothing without
+    the node's key file, and the key file alone gives a fresh secret for a
+    fresh database, so a node whose database was lost never recreates a
+    pseudonym it already used.
+    """
+    return hashlib.blake2b(pack([WALLET_DOMAIN, salt]), key=node_seed, digest_size=32).digest()
 
 
 @dataclass
@@ -125,11 +139,19 @@ class Wallet:
         self.owned[owned.pseudonym.order_id] = owned
         return owned
 
-    def requests(self, key: EpochKey, random: Callable[[int], bytes]) -> list[PseudonymRequest]:
-        """A batch of blinded requests for ``key``'s epoch (keys derived from fresh indices)."""
+    def requests(self, key: EpochKey, random: Callable[[int], bytes],
+                 remaining: int | None = None) -> list[PseudonymRequest]:
+        """A batch of blinded requests for ``key``'s epoch (keys derived from fresh indices).
+
+        ``remaining`` is the quota the issuer last said was left: the batch
+        asks no more than that, so the last pseudonyms of a quota are not
+        refused for a batch that overshoots; 0 or None asks a whole batch
+        (the issuer's answer then says why not).
+        """
+        size = min(self.batch, remaining) if remaining else self.batch
         out: list[PseudonymRequest] = []
-        for _ in range(2 * self.batch):  # a failed draw is negligibly rare; bounded anyway
-            if len(out) >= self.batch:
+        for _ in range(2 * size):  # a failed draw is negligibly rare; bounded anyway
+            if len(out) >= size:
                 break
             index = self.drawn.get(key.epoch, 0)
             self.drawn[key.epoch] = index + 1
@@ -140,17 +162,41 @@ class Wallet:
                 continue  # not invertible (negligible): the next index
         return out
 
-    def add(self, key: EpochKey, requests: Iterable[PseudonymRequest], blind_sigs: Iterable[bytes]) -> int:
-        """Finish a refill with the issuer's answers; returns how many were good."""
+    def add(self, key: EpochKey, requests: Iterable[PseudonymRequest], blind_sigs: Iterable[bytes]) -> list[Owned]:
+        """Finish a refill with the issuer's answers; returns the good ones, now unused in the wallet.
+
+        Raises ValueError if there are not as many answers as requests.
+        """
         pool = self.unused.setdefault(key.epoch, [])
-        good = 0
+        good: list[Owned] = []
         for req, sig in zip(requests, blind_sigs, strict=True):
             try:
-                pool.append(Owned(finish_pseudonym(key, req, sig), req.keys))
+                good.append(Owned(finish_pseudonym(key, req, sig), req.keys))
             except SignatureError:
                 continue
-            good += 1
+        pool.extend(good)
         return good
+
+    def restore(self, epoch: int, index: int, pseudonym: Pseudonym | None, used: bool) -> Owned | None:
+        """Put back one pseudonym kept across a restart; returns it, or None for an index asked for only.
+
+        Either way the index is spent (:meth:`requests` never blinds it
+        again). A used pseudonym goes to ``owned`` (its order may still be
+        live), an unused one to its epoch's pool. Raises ValueError if the
+        certificate's keys are not those this wallet's secret derives.
+        """
+        self.drawn[epoch] = max(self.drawn.get(epoch, 0), index + 1)
+        if pseudonym is None:
+            return None
+        keys = PseudonymKeys.derive(self.secret, epoch, index)
+        if (pseudonym.epoch, pseudonym.sign_pk, pseudonym.box_pk) != (epoch, keys.signing.public, keys.box_pk):
+            raise ValueError(f"pseudonym {epoch}/{index} was not made from this wallet's secret")
+        owned = Owned(pseudonym, keys)
+        if used:
+            self.owned[pseudonym.order_id] = owned
+        else:
+            self.unused.setdefault(epoch, []).append(owned)
+        return owned
 
     def forget_before(self, now: float) -> None:
         """Drop pools of past epochs (their orders, held in ``owned``, expire on their own)."""

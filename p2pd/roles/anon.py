@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import trio
 
+from p2pd import storage
 from p2pd.errors import NotConnected, P2pdError, PeerGone, TradeRefused, TradeTimeout
 from p2pd.market.book import BookEntry, OrderBook
 from p2pd.market.pseudonyms import EpochKeyRing, Owned, Wallet
@@ -38,6 +39,7 @@ from protocol import (
     DecodeError,
     EpochKey,
     EpochKeyAnnounce,
+    Order,
     OrderGossip,
     OwnerProof,
     Pseudonym,
@@ -63,9 +65,27 @@ MAX_INTENTS = 4096
 class PseudonymSource(Protocol):
     """Where a member's wallet is refilled: its issuer's pseudonym service."""
 
+    remaining: int | None  # the member's quota left in the epoch, as the issuer last said (None: unknown)
+
     async def epoch_key(self, epoch: int) -> EpochKey: ...
 
     async def grant(self, epoch: int, blinded: list[bytes]) -> list[bytes]: ...
+
+
+class WalletKeeper(Protocol):
+    """Keeps a wallet durable (p2pd/roles/wallet_store.py); each call returns once committed.
+
+    Raises :class:`~p2pd.errors.TradeNotStored` if the store cannot write.
+    """
+
+    async def reserve(self, epoch: int, indices: list[int]) -> None:
+        """Before blinding: these indices are spent, whatever the issuer answers."""
+
+    async def granted(self, owned: list[Owned]) -> None:
+        """Before any is used: the issuer's pseudonyms, unused."""
+
+    async def use(self, owned: Owned) -> None:
+        """Before its order is signed: the pseudonym is used. Raises TradeRefused if it was already."""
 
 
 class Pseudonymous:
@@ -77,12 +97,17 @@ class Pseudonymous:
     counters: Any
     wallet: Wallet | None
     pseudonym_source: PseudonymSource | None
+    wallet_keeper: WalletKeeper | None
+    refill_refusal: P2pdError | None
     dial: Callable[[str], Awaitable[Any]] | None
     epoch_keys: EpochKeyRing
+    repo: Any
 
     def _init_anon(self) -> None:
         self.wallet = None  # set to post pseudonymous orders (with pseudonym_source)
         self.pseudonym_source = None
+        self.wallet_keeper = None  # set to keep the wallet across restarts (the daemon)
+        self.refill_refusal = None  # why the last refill got nothing (told to whoever posts)
         self.dial = None  # opens a session with a member: the owner reaches its taker with it
         self.epoch_keys = self.orderbook.epoch_keys = EpochKeyRing(
             self.node.policy.community, frozenset(self.node.policy.trusted_issuers))
@@ -125,6 +150,10 @@ class Pseudonymous:
         owned = self.wallet.draw(now)
         if owned is None and await self.refill_pseudonyms(now):
             owned = self.wallet.draw(now)
+        if owned is not None and self.wallet_keeper is not None:
+            # Committed as used before the order exists: after a crash it is
+            # never drawn again (it stays in ``owned`` here either way).
+            await self.wallet_keeper.use(owned)
         return owned
 
     async def refill_pseudonyms(self, now: float) -> int:
@@ -138,17 +167,51 @@ class Pseudonymous:
             try:
                 key = await self.pseudonym_source.epoch_key(epoch)
                 await self.add_epoch_key(key)
+                held = self.epoch_keys.keys.get(epoch)
+                if held is not None and held != key:
+                    raise TradeRefused(f"the issuer's key for epoch {epoch} is not the one the community "
+                                       "holds", Reason.BAD_SIGNATURE)
                 # Blinding factors and salts must be secret: the OS's randomness,
                 # never the (seeded) ids generator.
-                requests = self.wallet.requests(key, os.urandom)
+                requests = self.wallet.requests(key, os.urandom, self.pseudonym_source.remaining)
+                if self.wallet_keeper is not None:
+                    await self.wallet_keeper.reserve(epoch, [r.keys.index for r in requests])
                 sigs = await self.pseudonym_source.grant(epoch, [r.blinded_msg for r in requests])
+                good = self.wallet.add(key, requests, sigs)
+                if self.wallet_keeper is not None:
+                    try:
+                        await self.wallet_keeper.granted(good)
+                    except P2pdError:
+                        pool = self.wallet.unused.get(epoch, [])
+                        self.wallet.unused[epoch] = [o for o in pool if o not in good]
+                        raise
             except (P2pdError, ValueError, DecodeError, SignatureError) as exc:
                 self.counters[f"pseudonym_refill_failed:{type(exc).__name__}"] += 1
+                self.refill_refusal = exc if isinstance(exc, P2pdError) else TradeRefused(
+                    f"the issuer's answer is unusable: {exc}", Reason.PROTOCOL_ERROR)
                 return 0
-            got = self.wallet.add(key, requests, sigs)
-            self.counters["pseudonyms_granted"] += got
+            self.refill_refusal = None
+            self.counters["pseudonyms_granted"] += len(good)
             self.wallet.forget_before(now)
-            return got
+            return len(good)
+
+    async def reload_pseudonymous_orders(self) -> int:
+        """Put our live pseudonymous orders back in the book after a restart; returns how many.
+
+        Call once the wallet is restored (its used pseudonyms name the orders
+        that are ours). Raises StorageUnavailable / StoreError from the store.
+        """
+        if self.wallet is None:
+            return 0
+        count = 0
+        for rec in await storage.call(self.repo, self.repo.live_orders, self.now()):
+            owned = self.owned(rec.order_id)
+            if owned is None or rec.member_id != owned.pseudonym.member_id or rec.order_id in self.orderbook.live:
+                continue
+            remaining = await storage.call(self.repo, self.repo.remaining_wh, rec.order_id, rec.wh)
+            self.orderbook.add_own(Order.decode(rec.encoded), owned.pseudonym, remaining)
+            count += 1
+        return count
 
     async def push_stem(self, gossip: OrderGossip) -> None:
         """Send our new pseudonymous order to one gossip neighbour with ``hops + 1``.
@@ -347,6 +410,7 @@ class LocalPseudonymSource:
     def __init__(self, issuer: PseudonymIssuer, credential: Credential) -> None:
         self.issuer = issuer
         self.credential = credential
+        self.remaining: int | None = None
 
     async def epoch_key(self, epoch: int) -> EpochKey:
         return self.issuer.epoch_key(epoch)

@@ -79,6 +79,7 @@ from protocol import (
     Receipt,
     RelayedAnswer,
     RelayedTake,
+    SigningKey,
     Take,
     TradeAccepted,
     TradeRefusal,
@@ -334,33 +335,40 @@ class Market(Pseudonymous, Taking):
             expiry = check_new_order(slot_start, price, expiry, self.rules, now)
         except Refusal as exc:
             raise TradeRefused.from_refusal(exc) from exc
+
+        def make(signing: SigningKey, oid: bytes, member: str) -> Order:
+            try:
+                return Order.create(signing, order_id=oid, member_id=member, side=side,
+                                    slot_start=slot_start, slot_len=self.rules.slot_len, wh=wh,
+                                    price=price, expiry=expiry)
+            except Exception as exc:  # LocalProtocolError / ValueError: bad fields
+                raise TradeRefused(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
+
         # With a wallet, the order is signed by a fresh pseudonym and names
         # nobody (docs/protocol.md 12.8); without one it names this member.
-        signing, member = self.node.identity.keys.signing, self.me
         cert: Credential | Pseudonym = self.node.identity.credential
-        if self.wallet is not None:
-            owned = await self.draw_pseudonym(now)
-            if owned is None:
-                raise TradeRefused("no pseudonym available for a new order", Reason.OUT_OF_BOUNDS)
-            signing, member, cert = owned.keys.signing, owned.pseudonym.member_id, owned.pseudonym
-            order_id = owned.pseudonym.order_id
-        try:
-            order = Order.create(
-                signing, order_id=order_id or self.random_bytes(16), member_id=member,
-                side=side, slot_start=slot_start, slot_len=self.rules.slot_len, wh=wh,
-                price=price, expiry=expiry,
-            )
-        except Exception as exc:  # LocalProtocolError / ValueError: bad fields
-            raise TradeRefused(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
-        if isinstance(cert, Pseudonym):
+        if self.wallet is None:
+            order = make(self.node.identity.keys.signing, order_id or self.random_bytes(16), self.me)
+            self.check_order(order, self.node.identity.credential, now)
+        else:
             from p2pd.market.book import check_order_terms
 
+            # The terms first, on a draft never sent: a refused post must not
+            # spend a pseudonym of the member's quota.
+            draft = make(self.node.identity.keys.signing, bytes(16), self.me)
             try:
-                check_order_terms(order, self.rules, now)
+                check_order_terms(draft, self.rules, now)
             except Refusal as exc:
                 raise TradeRefused.from_refusal(exc) from exc
-        else:
-            self.check_order(order, cert, now)
+            owned = await self.draw_pseudonym(now)
+            if owned is None:
+                why = self.refill_refusal
+                if why is None:
+                    raise TradeRefused("no pseudonym available for a new order", Reason.OUT_OF_BOUNDS)
+                reason = getattr(why, "reason", Reason.OUT_OF_BOUNDS)
+                raise TradeRefused(f"no pseudonym available for a new order: {why}", reason)
+            order = make(owned.keys.signing, owned.pseudonym.order_id, owned.pseudonym.member_id)
+            cert = owned.pseudonym
         await self._write_local(self.repo.put_order, order_record(order))
         self.orderbook.add_own(order, cert, wh)
         self.counters["orders_posted"] += 1

@@ -269,12 +269,13 @@ FEEDBACK, ECHO, REVOCATION, EPOCH_KEY = 16, 17, 18, 19
 ORDER_GOSSIP, CANCEL_GOSSIP, ORDERS_REQUEST, ORDERS_SNAPSHOT = 32, 33, 34, 35
 TAKE, TRADE_ACCEPTED, TRADE_REFUSED = 36, 37, 38
 TAKE_INTENT, OWNER_PROOF = 44, 45  # section 12.8
+PSEUDONYM_ASK, PSEUDONYM_GRANT, PSEUDONYM_REFUSED = 46, 47, 50  # section 12.8, issuance
 ADDRESS = 96
 # number of fields after [version, type]
 FIELD_COUNT = {HELLO: 1, PING: 1, PONG: 1, CLOSE: 2, REKEY: 0, FEEDBACK: 6, ECHO: 6, REVOCATION: 1,
                ORDER_GOSSIP: 3, CANCEL_GOSSIP: 2, ORDERS_REQUEST: 0, ORDERS_SNAPSHOT: 1, TAKE: 2,
                TRADE_ACCEPTED: 1, TRADE_REFUSED: 4, ADDRESS: 5, EPOCH_KEY: 1, TAKE_INTENT: 4,
-               OWNER_PROOF: 2}
+               OWNER_PROOF: 2, PSEUDONYM_ASK: 3, PSEUDONYM_GRANT: 4, PSEUDONYM_REFUSED: 3}
 
 
 class ProtocolViolation(Exception):
@@ -337,11 +338,17 @@ def _check_fields(mtype: int, f: list[Any]) -> None:
         terms_from_array(r[0])
         need(is_bin(r[1], 64) and is_bin(r[2], 64), "receipt signatures")
     elif mtype == EPOCH_KEY:
-        k = f[0]
-        need(isinstance(k, list) and len(k) == 6, "epoch key")
-        need(is_str(k[0], 64) and is_int(k[1], 0, 2**40 // 86400) and is_bin(k[2], 256)
-             and is_int(k[3], 1, 4096) and is_bin(k[4], 32) and is_bin(k[5], 64), "epoch key fields")
-        need(bool(k[2][0] & 0x80) and bool(k[2][-1] & 1), "modulus")
+        epoch_key_fields(f[0], need)
+    elif mtype == PSEUDONYM_ASK:
+        need(is_bin(f[0], 16) and is_int(f[1], 0, 2**40 // 86400), "ask")
+        need(isinstance(f[2], list) and len(f[2]) <= 64 and all(is_bin(b, 256) for b in f[2]), "blinded")
+    elif mtype == PSEUDONYM_GRANT:
+        need(is_bin(f[0], 16), "ask_id")
+        epoch_key_fields(f[1], need)
+        need(isinstance(f[2], list) and len(f[2]) <= 64 and all(is_bin(b, 256) for b in f[2]), "blind_sigs")
+        need(is_int(f[3], 0, 4096), "remaining")
+    elif mtype == PSEUDONYM_REFUSED:
+        need(is_bin(f[0], 16) and is_int(f[1], 0, 255) and is_str(f[2], 200), "refusal")
     elif mtype == TAKE_INTENT:
         need(is_bin(f[0], 16) and is_bin(f[1], 16), "ids")
         need(isinstance(f[2], bytes) and 48 <= len(f[2]) <= 128, "sealed")
@@ -353,6 +360,14 @@ def _check_fields(mtype: int, f: list[Any]) -> None:
         need(is_int(f[1], 0, 255), "reason")
         need(is_int(f[2], 0, 10_000_000), "remaining_wh")
         need(is_str(f[3], 200), "message")
+
+
+def epoch_key_fields(k: Any, need: Any) -> None:
+    """Section 12.8: an EpochKey's six fields."""
+    need(isinstance(k, list) and len(k) == 6, "epoch key")
+    need(is_str(k[0], 64) and is_int(k[1], 0, 2**40 // 86400) and is_bin(k[2], 256)
+         and is_int(k[3], 1, 4096) and is_bin(k[4], 32) and is_bin(k[5], 64), "epoch key fields")
+    need(bool(k[2][0] & 0x80) and bool(k[2][-1] & 1), "modulus")
 
 
 # --- section 12: trading objects ---------------------------------------------------------------

@@ -567,3 +567,17 @@ def test_pseudonymous_examples_section_12_8() -> None:
     assert proof[2] == order_id and len(proof[3]) == 64
     take = ip.decode_message(m["trading-anon-take"])
     assert take[2][1] == order_id and take[2][3:5] == ["alice", "bob"]
+
+
+def test_pseudonym_issuance_examples_section_12_8() -> None:
+    """The issuance examples decode under this peer's rules; the grant's signature is the
+    RSA signature of the ask's blinded value under the documented epoch key."""
+    m = doc_blocks("msgpack")
+    ask = ip.decode_message(m["trading-anon-pseudonym-ask"])
+    grant = ip.decode_message(m["trading-anon-pseudonym-grant"])
+    refused = ip.decode_message(m["trading-anon-pseudonym-refused"])
+    key = ip.decode_message(m["trading-anon-epoch-key-announce"])[2]
+    assert ask[2] == grant[2] == refused[2] and grant[3] == key and ask[3] == key[1]
+    n = int.from_bytes(key[2], "big")
+    assert pow(int.from_bytes(grant[4][0], "big"), 65537, n) == int.from_bytes(ask[4][0], "big")
+    assert ip.REASONS[refused[3]] == "RATE_LIMITED" and grant[5] == 255

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -619,3 +619,100 @@ def test_sigterm_during_take_bursts_always_stops_within_the_bound(
         finally:
             repo.close()
     assert len(out["acknowledged"]) > 2 * SIGTERMS  # more than the warm-up takes
+
+
+# --- issue 16: pseudonyms across kill -9 ---------------------------------------------------
+
+
+@pytest.fixture
+def privacy_community() -> Iterator[tuple[Path, str]]:
+    with tempfile.TemporaryDirectory(prefix="p2pd-kill", dir="/tmp") as d:
+        base = Path(d)
+        run("p2pd", "keygen", "--issuer", str(base / "issuer"))
+        for name in ("op", "alice"):
+            keys = base / name / "state" / "keys"
+            run("p2pd", "keygen", str(keys))
+            run("p2pd", "credential", "issue", "--issuer-key", str(base / "issuer" / "issuer.key"),
+                "--node-pub", str(keys / "node.pub"), "--community", "e2e", "--member-id", name,
+                "--metering-point", f"EAN{name}", "--out", str(keys / "credential"))
+        yield base, (base / "issuer" / "issuer.pub").read_text().strip()
+
+
+def _status(d: Daemon) -> dict[str, Any]:
+    done = ctl(d.sock, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _until(what: str, check: Callable[[], bool], *daemons: Daemon) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not {what} in {DEADLINE} s:\n" + "\n".join(d.log for d in daemons))
+
+
+def _post(d: Daemon, slot: int, wh: int) -> dict[str, Any]:
+    done = ctl(d.sock, "--json", "post", "sell", str(slot), str(wh), "0.09")
+    assert done.returncode == 0, done.stdout + done.stderr
+    order: dict[str, Any] = json.loads(done.stdout)
+    return order
+
+
+def test_a_members_wallet_and_pseudonymous_order_survive_kill_9(privacy_community: tuple[Path, str]) -> None:
+    """[privacy]: the operator's node issues from the issuer's key file; alice is killed with SIGKILL
+    right after posting. On restart her order is still hers, her kept pseudonym is used without
+    asking again, and no pseudonym signs two orders."""
+    base, issuer = privacy_community
+    slot = (int(time.time()) // 900 + 2) * 900
+    op = make_daemon("op", base / "op", issuer, extra=f"""[store]
+url = "sqlite:///{base / 'op' / 'p2pd.db'}"
+[trading]
+agent = false
+[privacy]
+issuer_key = "{base / 'issuer' / 'issuer.key'}"
+quota = 4
+""")
+    op.start()
+    alice: Daemon | None = None
+    try:
+        op.messages("READY=1")
+        member = f"""[store]
+url = "sqlite:///{base / 'alice' / 'p2pd.db'}"
+[trading]
+agent = false
+[privacy]
+pseudonyms = true
+issuer_node = "op"
+batch = 2
+"""
+        alice = make_daemon("alice", base / "alice", issuer, peers=[f"127.0.0.1:{op.port()}"], extra=member)
+        alice.start()
+        alice.messages("READY=1")
+        _until("connected", lambda: [s["member_id"] for s in _status(alice)["sessions"]] == ["op"], alice, op)
+
+        first = _post(alice, slot, 300)
+        assert first["member"].startswith("ps:") and _status(op)["privacy"]["service"]["issued_today"] == 2
+        assert alice.proc is not None
+        alice.proc.send_signal(signal.SIGKILL)
+        assert alice.proc.wait(timeout=DEADLINE) == -signal.SIGKILL
+        alice.stop()
+
+        alice = make_daemon("alice", base / "alice", issuer, peers=[f"127.0.0.1:{op.port()}"], extra=member)
+        alice.start()
+        alice.messages("READY=1")
+        _until("connected", lambda: [s["member_id"] for s in _status(alice)["sessions"]] == ["op"], alice, op)
+        mine = [o for o in json.loads(ctl(alice.sock, "--json", "orders").stdout)["orders"] if o["mine"]]
+        assert [o["order_id"] for o in mine] == [first["order_id"]]
+        assert _status(alice)["privacy"]["wallet"]["unused"] == 1
+
+        second = _post(alice, slot, 200)  # the pseudonym kept across the kill: no new ask
+        assert _status(op)["privacy"]["service"]["issued_today"] == 2
+        third = _post(alice, slot, 100)  # a new batch (the two left of the quota of 4)
+        assert _status(op)["privacy"]["service"]["issued_today"] == 4
+        assert len({first["member"], second["member"], third["member"]}) == 3
+    finally:
+        codes = [d.stop() for d in (alice, op) if d is not None]
+    assert codes == [0, 0]

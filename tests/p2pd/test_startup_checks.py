@@ -84,6 +84,15 @@ def _revocation_from_stranger(home: Path, cfg: Config) -> None:
     cfg["revocations"] = {"lists": ["list.rl"]}
 
 
+def _issuer_key(key: SigningKey, store: str) -> Callable[[Path, Config], None]:
+    def prepare(home: Path, cfg: Config) -> None:
+        (home / "issuer.key").write_text(key.seed().hex() + "\n")
+        (home / "issuer.key").chmod(0o600)
+        cfg["privacy"] = {"issuer_key": "issuer.key"}
+        cfg["store"]["url"] = store
+    return prepare
+
+
 def _no_driver(home: Path, cfg: Config) -> None:
     # A psycopg that cannot be imported, ahead of the installed one (see _env).
     (home / "blocked" / "psycopg").mkdir(parents=True)
@@ -121,6 +130,16 @@ CASES = [
          unprivileged=True),
     Case("missing revocation list", _set("revocations", lists=["nope.rl"]),
          "[revocations].lists[0]: cannot read {home}/nope.rl: No such file or directory"),
+    Case("pseudonym service with an untrusted key", _issuer_key(OTHER_ISSUER, "sqlite:///{home}/p2pd.db"),
+         "[privacy].issuer_key: {home}/issuer.key is the key " + OTHER_ISSUER.public.hex()
+         + ", which is not in [community].issuers"),
+    Case("pseudonym service on a memory store", _issuer_key(ISSUER, "memory://"),
+         "[privacy].issuer_key: the service keeps its counts and keys in the store, but [store].url is "
+         "'memory://'"),
+    Case("missing issuer key", _set("privacy", issuer_key="nope.key"),
+         "[privacy].issuer_key: {home}/nope.key does not exist"),
+    Case("pseudonyms from ourselves", _set("privacy", pseudonyms=True, issuer_node="alice"),
+         "[privacy].issuer_node: that is this node's own member id"),
     Case("floor below export, agent on", _set("trading", agent=True, sell_floor=1000),
          "[trading].sell_floor: 1000 is below [tariffs].export_price 47000"),
     Case("ceiling above import, agent off", _set("trading", agent=False, buy_ceiling=200_000),

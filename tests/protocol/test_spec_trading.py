@@ -101,3 +101,23 @@ def test_pseudonymous_examples_check_with_the_document_alone() -> None:
     taker_ids = [c.credential_id for c in generator().bob_credentials()]  # type: ignore[attr-defined]
     verify_owner_proof(pseudonym.sign_pk, proof.signature, community="example", order_id=order.order_id,
                        owner_credential_id=named.credential.credential_id, taker_credential_id=taker_ids[0])
+
+
+def test_issuance_examples_check_with_the_document_alone() -> None:
+    """Section 12.8, issuance: the grant carries the documented epoch key, and its blind
+    signature is the RSA signature of the ask's blinded value (s^e = m mod n)."""
+    from protocol import EpochKeyAnnounce, PseudonymAsk, PseudonymGrant, PseudonymRefused, Reason
+
+    doc = blocks("msgpack")
+    ask = decode_message(doc["trading-anon-pseudonym-ask"])
+    grant = decode_message(doc["trading-anon-pseudonym-grant"])
+    refused = decode_message(doc["trading-anon-pseudonym-refused"])
+    key = decode_message(doc["trading-anon-epoch-key-announce"])
+    assert isinstance(ask, PseudonymAsk) and isinstance(grant, PseudonymGrant)
+    assert isinstance(refused, PseudonymRefused) and isinstance(key, EpochKeyAnnounce)
+    assert grant.ask_id == ask.ask_id == refused.ask_id and grant.epoch_key == key.epoch_key
+    assert ask.epoch == key.epoch_key.epoch and grant.remaining == 255
+    n = int.from_bytes(key.epoch_key.modulus, "big")
+    [blinded], [sig] = ask.blinded, grant.blind_sigs
+    assert pow(int.from_bytes(sig, "big"), 65537, n) == int.from_bytes(blinded, "big")
+    assert refused.reason_code is Reason.RATE_LIMITED and "256 pseudonyms" in refused.message

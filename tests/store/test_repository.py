@@ -135,8 +135,40 @@ def test_revocations(repo: Repository) -> None:
     assert repo.revocations() == [r0, r1]
 
 
+def test_pseudonym_wallet(repo: Repository) -> None:
+    from store import PseudonymRecord
+
+    assert repo.wallet_salt(b"s" * 32) == b"s" * 32
+    assert repo.wallet_salt(b"t" * 32) == b"s" * 32  # the first salt stays
+    asked = [PseudonymRecord(7, i, None, False) for i in range(3)]
+    repo.put_pseudonyms(asked)
+    assert repo.use_pseudonym(7, 0) is False  # not granted yet
+    granted = [PseudonymRecord(7, i, bytes([i]) * 8, False) for i in range(2)]
+    repo.put_pseudonyms(granted)
+    assert repo.use_pseudonym(7, 1) is True and repo.use_pseudonym(7, 1) is False
+    assert repo.use_pseudonym(8, 0) is False
+    repo.put_pseudonyms([PseudonymRecord(9, 0, b"late", False)])
+    assert repo.pseudonyms(7) == [granted[0], PseudonymRecord(7, 1, granted[1].cert, True), asked[2],
+                                  PseudonymRecord(9, 0, b"late", False)]
+    assert repo.drop_pseudonyms(9) == 3 and repo.pseudonyms(0) == [PseudonymRecord(9, 0, b"late", False)]
+
+
+def test_pseudonym_service(repo: Repository) -> None:
+    from store import EpochKeyRecord, QuotaRecord
+
+    k = EpochKeyRecord(20600, b"public", b"wrapped")
+    assert repo.put_epoch_key(k) is True
+    assert repo.put_epoch_key(EpochKeyRecord(20600, b"other", b"other")) is False  # the first stays
+    assert repo.epoch_keys() == [k]
+    repo.put_quota(QuotaRecord("bob", 20600, 16))
+    repo.put_quota(QuotaRecord("alice", 20600, 16))
+    repo.put_quota(QuotaRecord("alice", 20600, 32))
+    repo.put_quota(QuotaRecord("alice", 20599, 4))
+    assert repo.quotas(20600) == [QuotaRecord("alice", 20600, 32), QuotaRecord("bob", 20600, 16)]
+
+
 def test_maintenance(repo: Repository) -> None:
-    assert repo.schema_version() == CURRENT_VERSION == 3
+    assert repo.schema_version() == CURRENT_VERSION == 4
     assert repo.integrity_check() == "ok"
 
 

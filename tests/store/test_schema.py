@@ -43,7 +43,7 @@ def _add_note_column(conn: Connection) -> None:
 def test_fresh_file_is_the_current_version_in_wal(db_url: str) -> None:
     r = SqlRepository(db_url)
     try:
-        assert r.schema_version() == CURRENT_VERSION == 3
+        assert r.schema_version() == CURRENT_VERSION == 4
     finally:
         r.close()
     with sqlite3.connect(_path(db_url)) as c:
@@ -59,7 +59,8 @@ def test_a_version_1_store_gets_its_receipt_log_order_on_upgrade(db_url: str, ma
     with sqlite3.connect(_path(db_url)) as c:
         c.executescript("DROP INDEX receipts_log_seq; ALTER TABLE receipts DROP COLUMN log_seq;"
                         "DROP TABLE pending_takes; DROP TABLE replicas; DROP TABLE log_heads;"
-                        "DROP TABLE followed_logs; UPDATE schema_meta SET version = 1;")
+                        "DROP TABLE followed_logs; DROP TABLE wallet; DROP TABLE wallet_pseudonyms;"
+                        "DROP TABLE epoch_keys; DROP TABLE pseudonym_quota; UPDATE schema_meta SET version = 1;")
         for rec in (late, early):
             c.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(vars(rec).values()))
     c.close()
@@ -76,6 +77,27 @@ def test_a_version_1_store_gets_its_receipt_log_order_on_upgrade(db_url: str, ma
         r.close()
 
 
+def test_a_version_3_store_gets_an_empty_wallet_and_pseudonym_service(db_url: str) -> None:
+    from store import EpochKeyRecord, PseudonymRecord, QuotaRecord
+
+    SqlRepository(db_url).close()
+    with sqlite3.connect(_path(db_url)) as c:
+        c.executescript("DROP TABLE wallet; DROP TABLE wallet_pseudonyms; DROP TABLE epoch_keys;"
+                        "DROP TABLE pseudonym_quota; UPDATE schema_meta SET version = 3;")
+    c.close()
+    r = open_repository(db_url)
+    try:
+        assert r.schema_version() == CURRENT_VERSION == 4
+        assert r.pseudonyms(0) == [] and r.epoch_keys() == [] and r.quotas(0) == []
+        r.put_pseudonyms([PseudonymRecord(5, 0, b"cert", False)])
+        assert r.use_pseudonym(5, 0) and r.pseudonyms(5) == [PseudonymRecord(5, 0, b"cert", True)]
+        assert r.put_epoch_key(EpochKeyRecord(5, b"pub", b"priv"))
+        r.put_quota(QuotaRecord("alice", 5, 16))
+        assert r.quotas(5) == [QuotaRecord("alice", 5, 16)]
+    finally:
+        r.close()
+
+
 def test_a_version_2_store_keeps_its_replicas_and_learns_heads_and_follows(db_url: str) -> None:
     # Schema 2 held replicas but no heads of others and no followed logs (kept
     # in memory, lost at every restart).
@@ -86,11 +108,13 @@ def test_a_version_2_store_keeps_its_replicas_and_learns_heads_and_follows(db_ur
     r.put_replica(rec)
     r.close()
     with sqlite3.connect(_path(db_url)) as c:
-        c.executescript("DROP TABLE log_heads; DROP TABLE followed_logs; UPDATE schema_meta SET version = 2;")
+        c.executescript("DROP TABLE log_heads; DROP TABLE followed_logs; DROP TABLE wallet;"
+                        "DROP TABLE wallet_pseudonyms; DROP TABLE epoch_keys; DROP TABLE pseudonym_quota;"
+                        "UPDATE schema_meta SET version = 2;")
     c.close()
     r = open_repository(db_url)
     try:
-        assert r.schema_version() == 3 and r.replicas("carol") == [rec]
+        assert r.schema_version() == CURRENT_VERSION and r.replicas("carol") == [rec]
         assert r.heads() == [] and r.follows() == []
         head = HeadRecord("carol", 1, b"H" * 32, b"S" * 64)
         assert r.put_head(head) and r.heads("carol") == [head]

@@ -25,7 +25,7 @@ def parse(data: dict[str, Any]) -> Config:
 def test_each_component_owns_its_section_next_to_its_code() -> None:
     owned = {c.name: c.section.name for c in COMPONENTS if c.section is not None}
     assert owned == {"revocations": "revocations", "policing": "limits", "trading": "trading",
-                     "replication": "replication", "broker": "broker",
+                     "privacy": "privacy", "replication": "replication", "broker": "broker",
                      "representative": "representative", "client": "delegation",
                      "settlement": "settlement", "mqtt": "mqtt", "dashboard": "dashboard"}
     for c in COMPONENTS:
@@ -68,6 +68,13 @@ def test_what_is_valid_is_the_list_passed_not_what_was_imported() -> None:
     ("settlement", {"delay_seconds": -1}, "[settlement].delay_seconds: expected an integer 0..86400"),
     ("revocations", {"lists": "a.rl"}, "[revocations].lists: expected a list of strings"),
     ("revocations", ["a.rl"], "[revocations]: expected a table"),
+    ("privacy", {"pseudonyms": True}, "[privacy].issuer_node: pseudonyms = true needs the member id"),
+    ("privacy", {"pseudonyms": True, "issuer_node": "op", "issuer_key": "issuer.key"},
+     "[privacy].pseudonyms: a node that runs the pseudonym service (issuer_key) cannot also draw"),
+    ("privacy", {"issuer_node": "no spaces"}, "[privacy].issuer_node: expected a member id"),
+    ("privacy", {"batch": 65}, "[privacy].batch: expected an integer 1..64"),
+    ("privacy", {"quota": 0}, "[privacy].quota: expected an integer 1..4096"),
+    ("privacy", {"pseudonym": True}, "[privacy].pseudonym: unknown key"),
 ])
 def test_each_mistake_names_its_key(section: str, body: Any, message: str) -> None:
     with pytest.raises(ConfigError) as info:
