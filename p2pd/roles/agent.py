@@ -239,7 +239,7 @@ class Agent:
 
     def _live(self, target: int, side: str, price_ok: Callable[[int], bool], *,
               highest_first: bool) -> list[BookEntry]:
-        return candidates(self.market.book.values(), target=target, side=side, price_ok=price_ok,
+        return candidates(self.market.book.for_slot(target, side), target=target, side=side, price_ok=price_ok,
                           me=self.market.me, now=self.market.now(), remaining_seen=self.remaining_seen,
                           salt=self._salt, highest_first=highest_first)
 
