@@ -54,6 +54,7 @@ from p2pd.net.peer import PeerConnection
 from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
+from p2pd.sim.pipe import pipe_pair
 from protocol import Credential, SigningKey, Timeouts, TrustPolicy
 from store import ReceiptRecord, Repository, open_repository
 
@@ -341,7 +342,7 @@ class SimCommunity:
     async def open_stream(self, target: SimNode, label: str) -> trio.abc.Stream:
         """A raw stream into ``target`` (for attackers): memory pair or TCP."""
         if self.cfg.memory:
-            client, server = trio.testing.memory_stream_pair()
+            client, server = pipe_pair()
             target.node.nursery.start_soon(target.node.accept, server, label)
             return client
         assert target.address is not None
