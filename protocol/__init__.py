@@ -13,6 +13,14 @@ validates configuration and control calls against the very same numbers.
 from __future__ import annotations
 
 from protocol._states import State as State
+from protocol.announce import HAVE_SLOTS_MAX as HAVE_SLOTS_MAX
+from protocol.announce import IDS_MAX as IDS_MAX
+from protocol.announce import GossipHave as GossipHave
+from protocol.announce import GossipLink as GossipLink
+from protocol.announce import GossipWant as GossipWant
+from protocol.announce import SlotIds as SlotIds
+from protocol.announce import pack_ids as pack_ids
+from protocol.announce import unpack_ids as unpack_ids
 from protocol.brokerage import BOOK_CHUNK_MAX as BOOK_CHUNK_MAX
 from protocol.brokerage import BookChunk as BookChunk
 from protocol.brokerage import BrokerAccepted as BrokerAccepted
