@@ -128,7 +128,8 @@ class Market(Taking):
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
         self._members_unstored: set[str] = set()  # credentials the store refused (disk full)
         self.counters = node.counters
-        self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
+        self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval,
+                                   lazy_interval=self.rules.gossip_lazy_interval, store=self)
         node.handle(OrderGossip, self._on_order_gossip)
         node.handle(CancelGossip, self._on_cancel_gossip)
         node.handle(OrdersRequest, self._on_orders_request)
@@ -191,13 +192,36 @@ class Market(Taking):
 
     async def _on_order_gossip(self, conn: PeerConnection, msg: OrderGossip) -> None:
         self.gossip.heard(conn, msg)
-        if self._accept_order(msg, self.now()):
+        if self.orderbook.knows(msg.order.order_id):
+            self.counters["orders_duplicate"] += 1
+            await self.gossip.duplicate(conn, msg)
+        elif self._accept_order(msg, self.now()):
             self._forward(OrderGossip(msg.order, msg.credential, min(msg.hops, MAX_HOPS) - 1 if msg.hops else 0), conn)
 
     async def _on_cancel_gossip(self, conn: PeerConnection, msg: CancelGossip) -> None:
         self.gossip.heard(conn, msg)
-        if self._apply_cancel(msg.cancel):
+        if msg.cancel.order_id in self.cancelled:
+            await self.gossip.duplicate(conn, msg)
+        elif self._apply_cancel(msg.cancel):
             self._forward(CancelGossip(msg.cancel, msg.hops - 1 if msg.hops else 0), conn)
+
+    # --- what the lazy gossip links ask (p2pd.net.gossip_lazy.GossipStore) ------------
+
+    def lacks_order(self, order_id: bytes, slot_start: int) -> bool:
+        """True if we neither hold nor dropped ``order_id`` and its slot still trades."""
+        return (not self.orderbook.knows(order_id) and order_id not in self.withdrawn
+                and slot_start - self.rules.gate_closure > self.now())
+
+    def lacks_cancel(self, order_id: bytes) -> bool:
+        """True if we hold the order ``order_id`` live (so its cancel matters to us)."""
+        return order_id in self.book and order_id not in self.cancelled
+
+    def held_item(self, key: bytes) -> OrderGossip | CancelGossip | None:
+        """A live order we hold, to send on request (with one hop: its own hops are not kept)."""
+        entry = self.book.get(key[1:]) if key[:1] == b"o" else None
+        if entry is None or entry.order.expiry <= self.now():
+            return None
+        return OrderGossip(entry.order, entry.credential, 1)
 
     async def _on_gossip_batch(self, conn: PeerConnection, msg: GossipBatch) -> None:
         # Each item exactly as if it had come alone; orders first, then cancels.
