@@ -273,6 +273,7 @@ class Node:
             return
         if isinstance(event, _SESSION_ACTED):
             return  # the session applied them already; admission only counts them
+        conn.stats.last_message_at = self.clock.now()
         handler = self.handlers.get(type(event))
         if handler is None:
             self.counters["unhandled_message"] += 1

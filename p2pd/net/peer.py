@@ -37,6 +37,8 @@ RECEIVE_CHUNK = 65536
 class ConnStats:
     started_at: float
     established_at: float | None = None
+    last_message_at: float = 0.0
+    """When the last application message (not Ping, Pong, Rekey or Close) was admitted."""
     messages_in: int = 0
     messages_out: int = 0
     bytes_in: int = 0

@@ -173,7 +173,9 @@ class Agent:
         if not self.config.enabled:
             return
         self._deadline = deadline
-        self._forget_before(now // self.slot_len * self.slot_len)
+        if self._forget_before(now // self.slot_len * self.slot_len):
+            # Once a slot: sessions we dialled to trade and no longer use go.
+            await self.market.close_idle_trade_sessions()
         self.counters["ticks"] += 1
         for target in reversed(self.open_slots(now)):
             plan = self.plans.setdefault(target, SlotPlan())
@@ -183,15 +185,17 @@ class Agent:
             elif -net >= self.config.min_wh:
                 await self._buy(target, -net, plan, now)
 
-    def _forget_before(self, slot: int) -> None:
+    def _forget_before(self, slot: int) -> bool:
+        """Once per slot (True then): drop plans and book entries of the past."""
         if slot == self._current:
-            return
+            return False
         self._current = slot
         self.market.prune()  # expired orders leave the book once per slot
         for s in [s for s in self.plans if s < slot]:
             del self.plans[s]
         if len(self.remaining_seen) > 10_000:
             self.remaining_seen.clear()
+        return True
 
     async def _sell(self, target: int, surplus: int, plan: SlotPlan) -> None:
         if self.meter is not None and not self.meter.healthy:

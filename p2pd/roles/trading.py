@@ -88,6 +88,10 @@ MAX_TAKES_IN_FLIGHT = 64
 # Snapshots accepted per OrdersRequest we sent: 32 x 128 = 4096 live orders.
 MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
+# A session we dialled only to trade is closed after this long without a
+# message: a buyer meets many sellers in a day, and each idle session costs
+# both sides a slot under max_connections and keepalive traffic.
+TRADE_SESSION_IDLE = 3600.0
 
 
 class Market(Taking):
@@ -315,6 +319,25 @@ class Market(Taking):
         now = self.now()
         self.trades.prune(now)
         return self.orderbook.prune(now)
+
+    async def close_idle_trade_sessions(self) -> int:
+        """Close the sessions we dialled only to trade that were idle for TRADE_SESSION_IDLE.
+
+        Not those with an unanswered take of ours. Returns when they are gone
+        from ``node.sessions`` (so a take that follows dials afresh); returns
+        how many were closed.
+        """
+        now = self.node.clock.now()
+        waiting = {p.owner for p in self._pending_takes.values()}
+        idle = [conn for conn in self.node.sessions.values()
+                if conn.initiator and conn in self.node.gossip_off and conn.member_id not in waiting
+                and now - max(conn.stats.last_message_at, conn.stats.established_at or 0.0) > TRADE_SESSION_IDLE]
+        for conn in idle:
+            self.counters["trade_sessions_closed_idle"] += 1
+            await conn.close(Reason.NORMAL, "idle trade session")
+            with trio.move_on_after(5):
+                await conn.finished.wait()
+        return len(idle)
 
     # --- local actions --------------------------------------------------------------
 
