@@ -126,7 +126,9 @@ from protocol.session import Session as Session
 from protocol.session import Timeouts as Timeouts
 from protocol.signing import SIGNATURE_LEN as SIGNATURE_LEN
 from protocol.signing import SigningKey as SigningKey
+from protocol.signing import VerifiedMemo as VerifiedMemo
 from protocol.signing import digest as digest
+from protocol.signing import install_verified_memo as install_verified_memo
 from protocol.signing import verify as verify
 from protocol.trading import BATCH_MAX as BATCH_MAX
 from protocol.trading import GOSSIP_ALL as GOSSIP_ALL

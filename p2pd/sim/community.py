@@ -55,7 +55,7 @@ from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from p2pd.sim.pipe import pipe_pair
-from protocol import Credential, SigningKey, Timeouts, TrustPolicy
+from protocol import Credential, SigningKey, Timeouts, TrustPolicy, VerifiedMemo
 from store import ReceiptRecord, Repository, open_repository
 
 SIM_START = 1_782_000_000
@@ -96,6 +96,12 @@ class SimConfig:
     keepalive: float = 900.0
     """Virtual time: seconds between keepalive pings on an idle session (the
     idle timeout is three of them). Wall-clock runs keep the daemon's default."""
+    shared_verify: bool = True
+    """Nodes share the signatures that verified (protocol.VerifiedMemo): each
+    node still checks every signature it relies on, but one the community
+    verified already costs a lookup instead of an Ed25519 verify. Outcomes are
+    the same either way (only successes are shared); False measures the CPU
+    a community of separate machines would spend."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -212,6 +218,8 @@ class SimCommunity:
         """S2-S4 (p2pd/sim/scenarios.py): ``run`` tasks of the role runners, started with the agents."""
         self.scenario: Any = None
         """S2-S4: the scenario's state (:class:`p2pd.sim.scenarios.Scenario`)."""
+        self.verified: VerifiedMemo | None = None
+        """The shared memo of verified signatures (``SimConfig.shared_verify``), set by open_community."""
 
     # --- identities --------------------------------------------------------------
 
@@ -328,6 +336,9 @@ class SimCommunity:
                     out["handshake_failures"] += value
                 if key in ("feedback_sent", "bans") or key.startswith("policed:"):
                     out["policed" if key.startswith("policed:") else key] += value
+        if self.verified is not None:
+            out["verifications_done"] = self.verified.misses
+            out["verifications_shared"] = self.verified.hits
         return dict(out)
 
     async def connect(self, src: SimNode, member_id: str) -> PeerConnection:
