@@ -196,6 +196,9 @@ def f(spec: Spec, **kwargs: Any) -> Any:
 
 R = TypeVar("R", bound="Record")
 
+# Each record class's (field name, spec) pairs, in order (a class's own: never a base's).
+_SPECS: dict[type[Record], tuple[tuple[str, Spec], ...]] = {}
+
 
 class Record:
     """Base for wire objects: a frozen dataclass encoded as an array of fields.
@@ -211,7 +214,6 @@ class Record:
     ``hash``); ``dataclasses.replace`` makes a new, unchecked instance.
     """
 
-    _SPECS: ClassVar[tuple[tuple[str, Spec], ...]]
     _valid: bool = False
     _wire_cache: list[Any] | None = None
     DECODED_CACHE: ClassVar[int] = 0
@@ -222,10 +224,9 @@ class Record:
 
     @classmethod
     def _specs(cls) -> tuple[tuple[str, Spec], ...]:
-        specs = cls.__dict__.get("_SPECS_CACHE")
+        specs = _SPECS.get(cls)
         if specs is None:
-            specs = tuple((fl.name, fl.metadata["spec"]) for fl in dataclasses.fields(cls))  # type: ignore[arg-type]
-            cls._SPECS_CACHE = specs  # type: ignore[attr-defined]
+            specs = _SPECS[cls] = tuple((fl.name, fl.metadata["spec"]) for fl in dataclasses.fields(cls))  # type: ignore[arg-type]
         return specs
 
     def _wire(self) -> list[Any]:

@@ -32,7 +32,7 @@ Node policy (Plumtree, "Epidemic Broadcast Trees", SRDS 2007; our choices):
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -104,6 +104,7 @@ class LazyLinks:
         self.lazy: set[PeerConnection] = set()  # link is lazy: ids only, both ways
         self.legacy: set[str] = set()  # members whose node closed on GossipLink
         self._recent: OrderedDict[bytes, _Recent] = OrderedDict()  # by acceptance time
+        self._to_announce: deque[tuple[float, bytes]] = deque()  # (accepted at, key), in that order
         self._wanted: dict[bytes, float] = {}  # key -> when we may ask someone else
         self._announcing = False
         node.handle(GossipLink, self._on_link)
@@ -206,9 +207,11 @@ class LazyLinks:
         recent = _Recent(now, item, source, {source} if source is not None else set(), announce_to)
         self._recent[key] = recent
         self._recent.move_to_end(key)
-        if announce_to and not self._announcing:
-            self._announcing = True
-            self.node.nursery.start_soon(self._announce_loop)
+        if announce_to:
+            self._to_announce.append((now, key))
+            if not self._announcing:
+                self._announcing = True
+                self.node.nursery.start_soon(self._announce_loop)
 
     def heard(self, conn: PeerConnection, key: bytes) -> None:
         recent = self._recent.get(key)
@@ -243,7 +246,7 @@ class LazyLinks:
 
     async def _announce_loop(self) -> None:
         try:
-            while any(not r.announced and r.announce_to for r in self._recent.values()):
+            while self._to_announce:
                 await trio.sleep(self.interval)
                 await self._announce(self.now())
         finally:
@@ -253,10 +256,11 @@ class LazyLinks:
         """Announce what we accepted between 1.5 and 0.5 intervals ago to its lazy targets."""
         cutoff = now - self.interval / 2
         per_peer: dict[PeerConnection, tuple[dict[int, list[bytes]], list[bytes]]] = {}
-        for key, recent in self._recent.items():
-            if recent.at > cutoff:
-                break
-            if recent.announced:
+        queue = self._to_announce
+        while queue and queue[0][0] <= cutoff:
+            _, key = queue.popleft()
+            recent = self._recent.get(key)
+            if recent is None or recent.announced:
                 continue
             recent.announced = True
             for conn in recent.announce_to:
