@@ -13,6 +13,14 @@ validates configuration and control calls against the very same numbers.
 from __future__ import annotations
 
 from protocol._states import State as State
+from protocol.announce import HAVE_SLOTS_MAX as HAVE_SLOTS_MAX
+from protocol.announce import IDS_MAX as IDS_MAX
+from protocol.announce import GossipHave as GossipHave
+from protocol.announce import GossipLink as GossipLink
+from protocol.announce import GossipWant as GossipWant
+from protocol.announce import SlotIds as SlotIds
+from protocol.announce import pack_ids as pack_ids
+from protocol.announce import unpack_ids as unpack_ids
 from protocol.brokerage import BOOK_CHUNK_MAX as BOOK_CHUNK_MAX
 from protocol.brokerage import BookChunk as BookChunk
 from protocol.brokerage import BrokerAccepted as BrokerAccepted
@@ -175,7 +183,9 @@ from protocol.sharing import pack_vector as pack_vector
 from protocol.sharing import unpack_vector as unpack_vector
 from protocol.signing import SIGNATURE_LEN as SIGNATURE_LEN
 from protocol.signing import SigningKey as SigningKey
+from protocol.signing import VerifiedMemo as VerifiedMemo
 from protocol.signing import digest as digest
+from protocol.signing import install_verified_memo as install_verified_memo
 from protocol.signing import verify as verify
 from protocol.trading import BATCH_MAX as BATCH_MAX
 from protocol.trading import GOSSIP_ALL as GOSSIP_ALL

@@ -32,6 +32,7 @@ VERIFIED_CACHE_SIZE = 4096
 class Credential(Record):
     """A signed membership credential (wire: array of these 10 fields)."""
 
+    DECODED_CACHE = 4096  # one rides with every order: decode each once
     community: str = f(Str(64, ID_PATTERN))
     member_id: str = f(Str(64, ID_PATTERN))
     role: str = f(OneOf(ROLES))

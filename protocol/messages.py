@@ -36,6 +36,7 @@ class Message(Record, Event):
 
     TYPE: ClassVar[int]
     CATEGORY: ClassVar[str] = "control"
+    _packed: bytes | None = None  # the encoded message, once encoded (encode_message)
 
     def policing_cost(self) -> int:
         """How many messages this one counts as for rate limits (batches: their items)."""
@@ -59,11 +60,19 @@ def register(cls: M) -> M:
 def encode_message(msg: Message, wire: list[Any] | None = None) -> bytes:
     """Canonical bytes of ``msg``: ``pack([PROTOCOL_VERSION, TYPE, *fields])``.
 
-    ``wire`` is ``msg.to_wire()`` when the caller already has it.
+    ``wire`` is ``msg.to_wire()`` when the caller already has it. The bytes
+    are kept on ``msg``: a message sent to several peers (a gossip item) is
+    packed once.
     """
     # Session.send checks the message against its schema first.
-    fields = msg.to_wire() if wire is None else wire
-    return canonical.pack([PROTOCOL_VERSION, msg.TYPE, *fields], check=False)
+    if wire is None:
+        cached = msg._packed
+        if cached is not None:
+            return cached
+        wire = msg._wire()
+    data = canonical.pack([PROTOCOL_VERSION, msg.TYPE, *wire], check=False)
+    object.__setattr__(msg, "_packed", data)
+    return data
 
 
 def decode_message(data: bytes) -> Message:

@@ -149,7 +149,12 @@ class OwnerCert(Spec):
         return Credential.from_wire(value, name)
 
     def dump(self, value: Any) -> Any:
-        return value.to_wire()
+        return value._wire()
+
+    def check(self, value: Any, name: str) -> None:
+        if not isinstance(value, Credential | Pseudonym):
+            raise DecodeError(f"{name}: expected Credential or Pseudonym")
+        value.check_spec(name)
 
 
 def check_pseudonym(p: Pseudonym, epoch_keys: Mapping[int, EpochKey], *, community: str, now: float,

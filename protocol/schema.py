@@ -11,6 +11,7 @@ valid by construction.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, Self, TypeVar
@@ -24,13 +25,22 @@ I64_MAX = 2**63 - 1
 
 
 class Spec:
-    """How one field looks on the wire; subclasses implement load and dump."""
+    """How one field looks on the wire; subclasses implement load and dump.
+
+    ``load`` checks a decoded wire value and returns the field's value;
+    ``check`` checks a field's value as held by an object we are about to
+    send (a tuple where the wire has an array, a record where it has a nested
+    array). Both raise :class:`DecodeError`; ``name`` is only used in its text.
+    """
 
     def load(self, value: Any, name: str) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def dump(self, value: Any) -> Any:
         return value
+
+    def check(self, value: Any, name: str) -> None:
+        self.load(value, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +77,17 @@ class Str(Spec):
     def load(self, value: Any, name: str) -> str:
         if not isinstance(value, str):
             raise DecodeError(f"{name}: expected str")
-        size = len(value.encode("utf-8"))
+        size = len(value) if value.isascii() else len(value.encode("utf-8"))
         if not self.min_len <= size <= self.max_len:
             raise DecodeError(f"{name}: length {size} outside [{self.min_len}, {self.max_len}]")
-        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+        if self.pattern is not None and not _compiled(self.pattern).fullmatch(value):
             raise DecodeError(f"{name}: does not match {self.pattern}")
         return value
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +134,10 @@ class Optional(Spec):
     def dump(self, value: Any) -> Any:
         return None if value is None else self.inner.dump(value)
 
+    def check(self, value: Any, name: str) -> None:
+        if value is not None:
+            self.inner.check(value, name)
+
 
 @dataclasses.dataclass(frozen=True)
 class ListOf(Spec):
@@ -132,10 +151,24 @@ class ListOf(Spec):
             raise DecodeError(f"{name}: expected array")
         if len(value) > self.max_len:
             raise DecodeError(f"{name}: more than {self.max_len} items")
-        return tuple(self.inner.load(item, f"{name}[{i}]") for i, item in enumerate(value))
+        load = self.inner.load
+        try:
+            return tuple([load(item, name) for item in value])
+        except DecodeError:
+            # Again with each item's index in the error text (the fast path
+            # above does not format a name per item).
+            return tuple(load(item, f"{name}[{i}]") for i, item in enumerate(value))
 
     def dump(self, value: Any) -> Any:
         return [self.inner.dump(item) for item in value]
+
+    def check(self, value: Any, name: str) -> None:
+        if not isinstance(value, (tuple, list)):
+            raise DecodeError(f"{name}: expected array")
+        if len(value) > self.max_len:
+            raise DecodeError(f"{name}: more than {self.max_len} items")
+        for i, item in enumerate(value):
+            self.inner.check(item, f"{name}[{i}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +181,12 @@ class Nested(Spec):
         return self.cls.from_wire(value, name)
 
     def dump(self, value: Any) -> Any:
-        return value.to_wire()
+        return value._wire()
+
+    def check(self, value: Any, name: str) -> None:
+        if not isinstance(value, self.cls):
+            raise DecodeError(f"{name}: expected {self.cls.__name__}")
+        value.check_spec(name)
 
 
 def f(spec: Spec, **kwargs: Any) -> Any:
@@ -158,6 +196,9 @@ def f(spec: Spec, **kwargs: Any) -> Any:
 
 R = TypeVar("R", bound="Record")
 
+# Each record class's (field name, spec) pairs, in order (a class's own: never a base's).
+_SPECS: dict[type[Record], tuple[tuple[str, Spec], ...]] = {}
+
 
 class Record:
     """Base for wire objects: a frozen dataclass encoded as an array of fields.
@@ -165,20 +206,40 @@ class Record:
     Subclasses are ``@dataclass(frozen=True)`` with every field declared via
     :func:`f`. ``to_wire``/``from_wire`` convert to and from msgpack-ready
     lists; ``encode``/``decode`` to and from canonical bytes.
+
+    Decode once: an instance remembers that it is valid (``from_wire`` built
+    it, or ``check_spec`` passed) and its wire form, so a record that is forwarded
+    or sent to several peers is neither checked nor converted again. Both are
+    plain attributes outside the dataclass fields (no effect on ``==`` or
+    ``hash``); ``dataclasses.replace`` makes a new, unchecked instance.
     """
 
-    _SPECS: ClassVar[tuple[tuple[str, Spec], ...]]
+    _valid: bool = False
+    _wire_cache: list[Any] | None = None
+    DECODED_CACHE: ClassVar[int] = 0
+    """Records that recur on the wire (a credential rides with every order)
+    set this to keep that many decoded instances, keyed by their wire fields:
+    the same fields decode to the same (immutable) object without the checks
+    running again. 0: no cache."""
 
     @classmethod
     def _specs(cls) -> tuple[tuple[str, Spec], ...]:
-        specs = cls.__dict__.get("_SPECS_CACHE")
+        specs = _SPECS.get(cls)
         if specs is None:
-            specs = tuple((fl.name, fl.metadata["spec"]) for fl in dataclasses.fields(cls))  # type: ignore[arg-type]
-            cls._SPECS_CACHE = specs  # type: ignore[attr-defined]
+            specs = _SPECS[cls] = tuple((fl.name, fl.metadata["spec"]) for fl in dataclasses.fields(cls))  # type: ignore[arg-type]
         return specs
 
+    def _wire(self) -> list[Any]:
+        """The wire list, shared (callers must not modify it)."""
+        wire = self._wire_cache
+        if wire is None:
+            wire = [spec.dump(getattr(self, name)) for name, spec in self._specs()]
+            object.__setattr__(self, "_wire_cache", wire)
+        return wire
+
     def to_wire(self) -> list[Any]:
-        return [spec.dump(getattr(self, name)) for name, spec in self._specs()]
+        """The fields as a msgpack-ready list (a new top-level list each call)."""
+        return list(self._wire())
 
     @classmethod
     def from_wire(cls, value: Any, name: str | None = None) -> Self:
@@ -186,20 +247,59 @@ class Record:
 
         Raises :class:`DecodeError` naming the first offending field.
         """
-        label = name or cls.__name__
         specs = cls._specs()
         if not isinstance(value, list):
-            raise DecodeError(f"{label}: expected array")
+            raise DecodeError(f"{name or cls.__name__}: expected array")
         if len(value) != len(specs):
-            raise DecodeError(f"{label}: expected {len(specs)} fields, got {len(value)}")
-        kwargs = {fname: spec.load(item, f"{label}.{fname}") for (fname, spec), item in zip(specs, value, strict=True)}
+            raise DecodeError(f"{name or cls.__name__}: expected {len(specs)} fields, got {len(value)}")
+        cache: dict[tuple[Any, ...], Self] | None = None
+        key: tuple[Any, ...] | None = None
+        if cls.DECODED_CACHE:
+            cache = cls.__dict__.get("_decoded")
+            if cache is None:
+                cache = {}
+                cls._decoded = cache  # type: ignore[attr-defined]
+            try:
+                # The types too: True == 1 == 1.0 in a tuple, and the wire
+                # refuses a bool or a float where an int belongs.
+                key = (*value, *map(type, value))
+                hit = cache.get(key)
+            except TypeError:  # an unhashable field (a nested array): not a valid record anyway
+                key = hit = None
+            if hit is not None:
+                return hit
         try:
-            return cls(**kwargs)
+            kwargs = {fname: spec.load(item, fname) for (fname, spec), item in zip(specs, value, strict=True)}
+        except DecodeError:
+            # The slow path, only to name the offending field in full.
+            label = name or cls.__name__
+            kwargs = {fname: spec.load(item, f"{label}.{fname}") for (fname, spec), item in zip(specs, value, strict=True)}
+        try:
+            obj = cls(**kwargs)
         except (ValueError, TypeError) as exc:
-            raise DecodeError(f"{label}: {exc}") from exc
+            raise DecodeError(f"{name or cls.__name__}: {exc}") from exc
+        object.__setattr__(obj, "_valid", True)
+        if cache is not None and key is not None:
+            if len(cache) >= cls.DECODED_CACHE:
+                del cache[next(iter(cache))]  # the oldest
+            cache[key] = obj
+        return obj
+
+    def check_spec(self, name: str | None = None) -> None:
+        """Check every field against its spec, as a decoder would; raises :class:`DecodeError`.
+
+        Cross-field rules live in ``__post_init__`` and held when the object
+        was made. Nested records that are known valid are not walked again.
+        """
+        if self._valid:
+            return
+        label = name or type(self).__name__
+        for fname, spec in self._specs():
+            spec.check(getattr(self, fname), f"{label}.{fname}")
+        object.__setattr__(self, "_valid", True)
 
     def encode(self) -> bytes:
-        return canonical.pack(self.to_wire())
+        return canonical.pack(self._wire())
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
@@ -215,6 +315,7 @@ class Record:
             type(self).from_wire(canonical.unpack(self.encode()))
         except DecodeError as exc:
             raise LocalProtocolError(str(exc)) from exc
+        object.__setattr__(self, "_valid", True)
 
 
 def dump_all(records: Sequence[Record]) -> list[Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from protocol import framing
 from protocol._states import HANDSHAKE_STATES, TRANSITIONS, State
@@ -274,17 +273,18 @@ class Session:
             raise LocalProtocolError(f"cannot send in state {self._state.value}")
         if isinstance(msg, (Hello, Rekey, Close)):
             raise LocalProtocolError(f"{type(msg).__name__} is sent by the session itself")
-        wire = msg.to_wire()
         try:
             # Check our own message against its spec (no msgpack round trip).
-            type(msg).from_wire(wire)
+            # Decode once: a record we decoded, or checked before (a gossip
+            # item sent to several peers), is known valid and not walked again.
+            msg.check_spec()
         except DecodeError as exc:
             raise LocalProtocolError(f"invalid {type(msg).__name__}: {exc}") from exc
-        self._queue(msg, wire)
+        self._queue(msg)
 
-    def _queue(self, msg: Message, wire: list[Any] | None = None) -> None:
+    def _queue(self, msg: Message) -> None:
         assert self._transport is not None
-        plaintext = encode_message(msg, wire)
+        plaintext = encode_message(msg)
         if len(plaintext) > framing.NOISE_MAX_FRAME - 16:
             raise LocalProtocolError(f"message of {len(plaintext)} bytes is too large")
         self._out += framing.frame(self._transport.encrypt(plaintext))

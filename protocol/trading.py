@@ -54,6 +54,7 @@ def _id(length: int = 16) -> Bin:
 class Order(Record):
     """A signed sell offer or buy bid for one delivery slot."""
 
+    DECODED_CACHE = 8192  # an order reaches a node from several peers
     order_id: bytes = f(_id())
     member_id: str = f(Str(64, ID_PATTERN))
     side: str = f(OneOf(SIDES))
@@ -91,6 +92,7 @@ class Order(Record):
 class Cancel(Record):
     """The owner withdraws an order (what is already traded stays traded)."""
 
+    DECODED_CACHE = 8192
     order_id: bytes = f(_id())
     member_id: str = f(Str(64, ID_PATTERN))
     issued_at: int = f(Int(0, MAX_TIME))

@@ -22,6 +22,8 @@ from protocol import (
     Credential,
     EpochKey,
     EpochKeyAnnounce,
+    GossipHave,
+    GossipWant,
     HeldReceipt,
     HoldingsOffer,
     OwnerProof,
@@ -33,6 +35,7 @@ from protocol import (
     ReceiptsDelivery,
     ReceiptsRequest,
     SigningKey,
+    SlotIds,
     TakeIntent,
     encode_message,
     epoch_of,
@@ -99,6 +102,9 @@ def examples() -> dict[str, bytes]:
         # A forwarder's batch: alice's order and its cancel, one hop on (hops 7).
         "trading-gossip-batch": encode_message(
             GossipBatch((OrderGossip(order, alice_cred, 7),), (CancelGossip(cancel, 7),))),
+        # Lazy gossip (section 12.3): alice announces her order by id, bob asks for it.
+        "trading-gossip-have": encode_message(GossipHave((SlotIds(SLOT_START, order.order_id),), b"")),
+        "trading-gossip-want": encode_message(GossipWant(order.order_id, b"")),
         # Reconciliation (section 12.7): alice offers what she holds with bob
         # since a week before NOW; bob asks for it; alice delivers the receipt.
         "trading-holdings-offer": encode_message(

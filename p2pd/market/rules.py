@@ -26,3 +26,6 @@ class MarketRules:
     """Fan-out limit for orders and cancels (p2pd/net/gossip.py)."""
     gossip_interval: float = 0.5
     """Seconds gossip waits in a session's queue to be sent as one GossipBatch."""
+    gossip_lazy_interval: float = 300.0
+    """Seconds between announcements of ids on lazy gossip links (p2pd/net/gossip_lazy.py);
+    0 offers no lazy links: every gossip peer gets every body, as before GossipLink."""

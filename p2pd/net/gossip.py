@@ -28,6 +28,8 @@ Node policy (SHOULD-level in the spec; these are our choices):
   once the peer has shown it knows GossipControl. A peer that closes the
   session with INVALID_MESSAGE after our GossipControl is remembered as
   predating it and gets none on later sessions.
+* Lazy links (p2pd/net/gossip_lazy.py): sessions whose peer speaks
+  GossipLink may turn lazy, and then get ids (GossipHave) instead of bodies.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import hashlib
 import trio
 
 from p2pd.errors import PeerGone
+from p2pd.net.gossip_lazy import GossipStore, LazyLinks, send_batches
+from p2pd.net.gossip_lazy import Item as Item
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from protocol import (
@@ -44,14 +48,10 @@ from protocol import (
     GOSSIP_ALL,
     GOSSIP_NONE,
     GOSSIP_SOME,
-    CancelGossip,
-    GossipBatch,
     GossipControl,
     OrderGossip,
     Reason,
 )
-
-Item = OrderGossip | CancelGossip
 
 
 def item_key(item: Item) -> bytes:
@@ -68,9 +68,10 @@ def _owner(item: Item) -> str:
 class GossipRouter:
     """Per-session gossip state, fan-out and batching for one node's market."""
 
-    def __init__(self, node: Node, *, degree: int = 8, interval: float = 0.5) -> None:
-        if degree < 1 or interval < 0:
-            raise ValueError("gossip degree must be >= 1 and interval >= 0")
+    def __init__(self, node: Node, *, degree: int = 8, interval: float = 0.5,
+                 lazy_interval: float = 0.0, store: GossipStore | None = None) -> None:
+        if degree < 1 or interval < 0 or lazy_interval < 0:
+            raise ValueError("gossip degree must be >= 1 and the intervals >= 0")
         self.node = node
         self.degree = degree
         self.interval = interval
@@ -86,6 +87,9 @@ class GossipRouter:
         self.delay = interval * (1 + self._salt[0] / 256)
         self.counters = node.counters
         node.handle(GossipControl, self._on_control)
+        # ``lazy_interval`` 0: never offer lazy links (every peer gets bodies).
+        self.links = LazyLinks(node, lazy_interval, store, carries_gossip=self.carries_gossip,
+                               peer_mode=self.peer_mode)
 
     # --- session state ---------------------------------------------------------------
 
@@ -124,6 +128,8 @@ class GossipRouter:
                 self.sent_mode[conn] = GOSSIP_NONE
                 self._update_off(conn)
             await self._send_mode(conn, GOSSIP_NONE if trade_only else self._desired_mode())
+            if not trade_only:
+                await self.links.open_session(conn)
         await self.refresh()
         return self.carries_gossip(conn)
 
@@ -147,6 +153,7 @@ class GossipRouter:
         """A session ended: drop its state (called from the market's close hook)."""
         sent = conn in self.sent_mode
         spoke = conn in self.peer_mode
+        await self.links.forget(conn, self.carries_gossip(conn))
         self.sent_mode.pop(conn, None)
         self.peer_mode.pop(conn, None)
         self._queues.pop(conn, None)
@@ -171,21 +178,32 @@ class GossipRouter:
         return full + some[: max(self.degree - len(full), 1)]
 
     def push(self, item: Item, source: PeerConnection | None = None) -> int:
-        """Queue ``item`` for its targets; returns how many sessions it was queued for."""
+        """Queue ``item`` for its targets; returns how many sessions it was queued for.
+
+        Eager sessions get the body (batched); lazy ones its id, announced later.
+        """
         key = item_key(item)
         targets = self.targets(key, source, _owner(item))
-        for conn in targets:
+        eager, lazy = self.links.split(targets)
+        self.links.accepted(key, item, source, lazy)
+        for conn in eager:
             self._queues.setdefault(conn, {}).setdefault(key, item)
-        if targets and not self._flush_scheduled:
+        if eager and not self._flush_scheduled:
             self._flush_scheduled = True
             self.node.nursery.start_soon(self._flush_later)
         return len(targets)
 
     def heard(self, conn: PeerConnection, item: Item) -> None:
         """``conn``'s peer sent us ``item``: it needs no copy from us."""
+        key = item_key(item)
+        self.links.heard(conn, key)
         queue = self._queues.get(conn)
-        if queue is not None and queue.pop(item_key(item), None) is not None:
+        if queue is not None and queue.pop(key, None) is not None:
             self.counters["gossip_items_saved"] += 1
+
+    async def duplicate(self, conn: PeerConnection, item: Item) -> None:
+        """``conn`` pushed us ``item``, which we hold already (p2pd/net/gossip_lazy.py prunes)."""
+        await self.links.duplicate(conn, item_key(item))
 
     # --- batching --------------------------------------------------------------------
 
@@ -218,10 +236,7 @@ class GossipRouter:
                 await conn.send(item)
             self.counters["gossip_frames_sent"] += len(items)
             return
-        for i in range(0, len(items), BATCH_MAX):
-            chunk = items[i : i + BATCH_MAX]
-            orders = tuple(x for x in chunk if isinstance(x, OrderGossip))
-            cancels = tuple(x for x in chunk if isinstance(x, CancelGossip))
-            await conn.send(GossipBatch(orders, cancels))
-            self.counters["gossip_frames_sent"] += 1
-            self.counters["gossip_batches_sent"] += 1
+        batches = (len(items) + BATCH_MAX - 1) // BATCH_MAX
+        await send_batches(conn, items)
+        self.counters["gossip_frames_sent"] += batches
+        self.counters["gossip_batches_sent"] += batches

@@ -261,10 +261,11 @@ class Node:
             return
         assert isinstance(event, Message)
         self.received[type(event)] += 1
+        now = self.clock.now()
         # Every received message is policed, the session's own included: the
         # session surfaces Ping, Pong, Rekey and Close instead of acting on
         # them unseen (docs/protocol.md §13.1).
-        if not await self.inbound.admit_message(conn, event, self.clock.now()):
+        if not await self.inbound.admit_message(conn, event, now):
             self.counters["messages_policed"] += 1
             return
         if isinstance(event, Ping):
@@ -277,6 +278,7 @@ class Node:
             return
         if isinstance(event, _SESSION_ACTED):
             return  # the session applied them already; admission only counts them
+        conn.stats.last_message_at = now
         handler = self.handlers.get(type(event))
         if handler is None:
             self.counters["unhandled_message"] += 1

@@ -175,7 +175,9 @@ class Agent:
         if not self.config.enabled:
             return
         self._deadline = deadline
-        self._forget_before(now // self.slot_len * self.slot_len)
+        if self._forget_before(now // self.slot_len * self.slot_len):
+            # Once a slot: sessions we dialled to trade and no longer use go.
+            await self.market.close_idle_trade_sessions()
         self.counters["ticks"] += 1
         for target in reversed(self.open_slots(now)):
             plan = self.plans.setdefault(target, SlotPlan())
@@ -185,15 +187,17 @@ class Agent:
             elif -net >= self.config.min_wh:
                 await self._buy(target, -net, plan, now)
 
-    def _forget_before(self, slot: int) -> None:
+    def _forget_before(self, slot: int) -> bool:
+        """Once per slot (True then): drop plans and book entries of the past."""
         if slot == self._current:
-            return
+            return False
         self._current = slot
         self.market.prune()  # expired orders leave the book once per slot
         for s in [s for s in self.plans if s < slot]:
             del self.plans[s]
         if len(self.remaining_seen) > 10_000:
             self.remaining_seen.clear()
+        return True
 
     async def _sell(self, target: int, surplus: int, plan: SlotPlan) -> None:
         if self.meter is not None and not self.meter.healthy:
@@ -241,7 +245,7 @@ class Agent:
 
     def _live(self, target: int, side: str, price_ok: Callable[[int], bool], *,
               highest_first: bool) -> list[BookEntry]:
-        others = (e for e in self.market.book.values() if not self.market.is_own(e))
+        others = (e for e in self.market.book.for_slot(target, side) if not self.market.is_own(e))
         return candidates(others, target=target, side=side, price_ok=price_ok,
                           me=self.market.me, now=self.market.now(), remaining_seen=self.remaining_seen,
                           salt=self._salt, highest_first=highest_first)

@@ -98,6 +98,10 @@ MAX_TAKES_IN_FLIGHT = 64
 # Snapshots accepted per OrdersRequest we sent: 32 x 128 = 4096 live orders.
 MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
+# A session we dialled only to trade is closed after this long without a
+# message: a buyer meets many sellers in a day, and each idle session costs
+# both sides a slot under max_connections and keepalive traffic.
+TRADE_SESSION_IDLE = 3600.0
 
 
 class Market(Pseudonymous, Taking):
@@ -138,7 +142,8 @@ class Market(Pseudonymous, Taking):
         self._trade_dials: dict[str, float] = {}  # member -> node-clock time the mark lapses
         self._members_unstored: set[str] = set()  # credentials the store refused (disk full)
         self.counters = node.counters
-        self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
+        self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval,
+                                   lazy_interval=self.rules.gossip_lazy_interval, store=self)
         self._init_anon()  # pseudonymous orders (p2pd/roles/anon.py)
         # Takes between members without a session, through us (``relay``: we
         # forward others'; ours may always go through peers that do).
@@ -216,13 +221,36 @@ class Market(Pseudonymous, Taking):
 
     async def _on_order_gossip(self, conn: PeerConnection, msg: OrderGossip) -> None:
         self.gossip.heard(conn, msg)
-        if self._accept_order(msg, self.now(), conn):
+        if self.orderbook.knows(msg.order.order_id):
+            self.counters["orders_duplicate"] += 1
+            await self.gossip.duplicate(conn, msg)
+        elif self._accept_order(msg, self.now(), conn):
             self._forward(OrderGossip(msg.order, msg.credential, min(msg.hops, MAX_HOPS) - 1 if msg.hops else 0), conn)
 
     async def _on_cancel_gossip(self, conn: PeerConnection, msg: CancelGossip) -> None:
         self.gossip.heard(conn, msg)
-        if self._apply_cancel(msg.cancel):
+        if msg.cancel.order_id in self.cancelled:
+            await self.gossip.duplicate(conn, msg)
+        elif self._apply_cancel(msg.cancel):
             self._forward(CancelGossip(msg.cancel, msg.hops - 1 if msg.hops else 0), conn)
+
+    # --- what the lazy gossip links ask (p2pd.net.gossip_lazy.GossipStore) ------------
+
+    def lacks_order(self, order_id: bytes, slot_start: int) -> bool:
+        """True if we neither hold nor dropped ``order_id`` and its slot still trades."""
+        return (not self.orderbook.knows(order_id) and order_id not in self.withdrawn
+                and slot_start - self.rules.gate_closure > self.now())
+
+    def lacks_cancel(self, order_id: bytes) -> bool:
+        """True if we hold the order ``order_id`` live (so its cancel matters to us)."""
+        return order_id in self.book and order_id not in self.cancelled
+
+    def held_item(self, key: bytes) -> OrderGossip | CancelGossip | None:
+        """A live order we hold, to send on request (with one hop: its own hops are not kept)."""
+        entry = self.book.get(key[1:]) if key[:1] == b"o" else None
+        if entry is None or entry.order.expiry <= self.now():
+            return None
+        return OrderGossip(entry.order, entry.credential, 1)
 
     async def _on_gossip_batch(self, conn: PeerConnection, msg: GossipBatch) -> None:
         # Each item exactly as if it had come alone; orders first, then cancels.
@@ -323,6 +351,25 @@ class Market(Pseudonymous, Taking):
         dropped = self.orderbook.prune(now)
         self.forget_orders(lambda oid: oid in self.book or oid in self.withdrawn)
         return dropped
+
+    async def close_idle_trade_sessions(self) -> int:
+        """Close the sessions we dialled only to trade that were idle for TRADE_SESSION_IDLE.
+
+        Not those with an unanswered take of ours. Returns when they are gone
+        from ``node.sessions`` (so a take that follows dials afresh); returns
+        how many were closed.
+        """
+        now = self.node.clock.now()
+        waiting = {p.owner for p in self._pending_takes.values()}
+        idle = [conn for conn in self.node.sessions.values()
+                if conn.initiator and conn in self.node.gossip_off and conn.member_id not in waiting
+                and now - max(conn.stats.last_message_at, conn.stats.established_at or 0.0) > TRADE_SESSION_IDLE]
+        for conn in idle:
+            self.counters["trade_sessions_closed_idle"] += 1
+            await conn.close(Reason.NORMAL, "idle trade session")
+            with trio.move_on_after(5):
+                await conn.finished.wait()
+        return len(idle)
 
     # --- local actions --------------------------------------------------------------
 

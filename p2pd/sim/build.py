@@ -21,6 +21,7 @@ from p2pd.sim.community import (
     households,
 )
 from p2pd.sim.scenarios import setup_scenario
+from protocol import VerifiedMemo, install_verified_memo
 
 
 @asynccontextmanager
@@ -42,11 +43,14 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
         check_virtual_clock()
     store_dir = tempfile.mkdtemp(prefix="p2pd-sim-") if cfg.store == "sqlite" else None
     community: SimCommunity | None = None
+    memo = VerifiedMemo() if cfg.shared_verify else None
+    previous = install_verified_memo(memo)
     try:
         async with AsyncExitStack() as stack:
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
             community = SimCommunity(cfg, nursery, stack, store_dir)
+            community.verified = memo
             margin = cfg.agent.lead_slots + 2
             for h in households(cfg, community.rules.slot_len, margin):
                 await community.add_node(community.identity(h.member_id), h)
@@ -57,6 +61,7 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
                 community.start_agents()
             yield community
     finally:
+        install_verified_memo(previous)
         for repo in community.repos if community is not None else ():
             repo.close()  # after every node (and its writer) has stopped
         if store_dir is not None:

@@ -56,7 +56,16 @@ from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.roles.anon import LocalPseudonymSource
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
-from protocol import Credential, PseudonymIssuer, SigningKey, Timeouts, TrustPolicy, epoch_of
+from p2pd.sim.pipe import pipe_pair
+from protocol import (
+    Credential,
+    PseudonymIssuer,
+    SigningKey,
+    Timeouts,
+    TrustPolicy,
+    VerifiedMemo,
+    epoch_of,
+)
 from store import ReceiptRecord, Repository, open_repository
 
 PSEUDONYM_QUOTA = 256  # pseudonyms (orders) per member and day: two per slot, and some to spare
@@ -102,6 +111,12 @@ class SimConfig:
     share_curves: bool = True
     """S3: representatives clear on secret-shared curves (the daemon's default);
     False: they send the broker one aggregated order per price step, as before."""
+    shared_verify: bool = True
+    """Nodes share the signatures that verified (protocol.VerifiedMemo): each
+    node still checks every signature it relies on, but one the community
+    verified already costs a lookup instead of an Ed25519 verify. Outcomes are
+    the same either way (only successes are shared); False measures the CPU
+    a community of separate machines would spend."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -220,6 +235,8 @@ class SimCommunity:
         """S2-S4 (p2pd/sim/scenarios.py): ``run`` tasks of the role runners, started with the agents."""
         self.scenario: Any = None
         """S2-S4: the scenario's state (:class:`p2pd.sim.scenarios.Scenario`)."""
+        self.verified: VerifiedMemo | None = None
+        """The shared memo of verified signatures (``SimConfig.shared_verify``), set by open_community."""
 
     # --- identities --------------------------------------------------------------
 
@@ -348,6 +365,9 @@ class SimCommunity:
                     out["handshake_failures"] += value
                 if key in ("feedback_sent", "bans") or key.startswith("policed:"):
                     out["policed" if key.startswith("policed:") else key] += value
+        if self.verified is not None:
+            out["verifications_done"] = self.verified.misses
+            out["verifications_shared"] = self.verified.hits
         return dict(out)
 
     async def connect(self, src: SimNode, member_id: str) -> PeerConnection:
@@ -362,7 +382,7 @@ class SimCommunity:
     async def open_stream(self, target: SimNode, label: str) -> trio.abc.Stream:
         """A raw stream into ``target`` (for attackers): memory pair or TCP."""
         if self.cfg.memory:
-            client, server = trio.testing.memory_stream_pair()
+            client, server = pipe_pair()
             target.node.nursery.start_soon(target.node.accept, server, label)
             return client
         assert target.address is not None

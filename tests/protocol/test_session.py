@@ -460,3 +460,15 @@ def test_hostile_hello_payload_costs_little_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000  # was ~42 MB
+
+
+def test_a_message_sent_twice_is_encoded_once() -> None:
+    # A gossip item goes to several peers: its plaintext is packed once.
+    p = established()
+    msg = Ping(9)
+    p.client.send(msg)
+    packed = msg._packed
+    assert packed == encode_message(Ping(9))
+    p.client.send(msg)
+    assert msg._packed is packed
+    assert p.transfer(p.client, p.server) == [Ping(9), Ping(9)]

@@ -94,3 +94,35 @@ def test_take_round_trip_and_every_owner_check() -> None:
     with pytest.raises(Refusal) as own:
         terms_for_take(entry, "alice", b"u" * 16, 1, T)
     assert own.value.reason is Reason.BAD_ROLE
+
+
+def test_live_orders_are_indexed_by_slot_side_and_expiry() -> None:
+    b = book()
+    sell = b.accept(order(oid=b"s" * 16), ALICE.credential, T)
+    buy = b.accept(order(BOB, b"b" * 16, side="buy"), BOB.credential, T)
+    later = b.accept(order(oid=b"l" * 16, slot_start=SLOT + 900, expiry=SLOT + 600), ALICE.credential, T)
+    assert list(b.live.for_slot(SLOT, "sell")) == [sell]
+    assert list(b.live.for_slot(SLOT, "buy")) == [buy]
+    assert list(b.live.for_slot(SLOT + 900, "sell")) == [later]
+    # Writes through the dict keep the index (tests and callers use it as a dict).
+    assert later is not None
+    b.live[b"x" * 16] = later
+    assert len(list(b.live.for_slot(SLOT + 900, "sell"))) == 2
+    b.live.pop(b"x" * 16)
+    del b.live[b"b" * 16]
+    assert list(b.live.for_slot(SLOT, "buy")) == []
+    # Pruning drops what expired by then, and only that.
+    assert b.prune(SLOT - 300) == 1 and list(b.live) == [b"l" * 16]
+    assert b.prune(SLOT + 600) == 1 and not b.live and list(b.live.for_slot(SLOT + 900, "sell")) == []
+
+
+def test_cancel_markers_are_pruned_at_their_expiry() -> None:
+    b = book()
+    o = order()
+    b.accept(o, ALICE.credential, T)
+    assert b.apply_cancel(Cancel.create(ALICE.signing, order_id=o.order_id, member_id="alice", issued_at=T))
+    assert o.order_id in b.cancelled and o.order_id in b.withdrawn
+    b.prune(o.expiry - 1)
+    assert o.order_id in b.cancelled
+    b.prune(o.expiry)
+    assert o.order_id not in b.cancelled and o.order_id not in b.withdrawn

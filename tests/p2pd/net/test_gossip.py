@@ -222,3 +222,21 @@ async def test_peer_that_refuses_gossip_control_is_remembered(autojump_clock: An
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
     await quiet()
     assert order.order_id in bob.market.book
+
+
+async def test_idle_trade_only_sessions_are_closed_by_their_dialler(autojump_clock: Any, make_trader: Make) -> None:
+    alice, bob, carol = [await make_trader(n) for n in ("alice", "bob", "carol")]
+    await link(carol.node, bob.node)  # a gossip session: never closed for idleness
+    await link(alice.node, bob.node)
+    await carol.market.dial_for_trade("alice", lambda m: link(carol.node, alice.node))
+    order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
+    await quiet()
+    await carol.market.take(order.order_id, 100)
+    await trio.sleep(1800)
+    assert await carol.market.close_idle_trade_sessions() == 0  # used half an hour ago
+    assert await alice.market.close_idle_trade_sessions() == 0  # alice did not dial it
+    await trio.sleep(1801)  # keepalive pings flowed meanwhile: they do not count as use
+    assert await carol.market.close_idle_trade_sessions() == 1
+    assert "alice" not in carol.node.sessions and "bob" in carol.node.sessions
+    await quiet(1)
+    assert "carol" not in alice.node.sessions
