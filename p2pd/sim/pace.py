@@ -13,10 +13,9 @@ energy drops. So the run measures it (docs/simulation.md, "Time"):
   against their takes).
 
 :class:`Pacer` decides from both: while the nodes keep up, nothing; when they
-do not, divide the scale by 2 (up to 8 when they are far behind;
-:class:`SimClock` changes it without a jump), down
-to the slowest scale allowed; past that, stop the run with a message that
-says why. Every change and every look's worst lag go into the report.
+do not, divide the scale by 2 to 8, aiming at a third of the lag allowed
+(:class:`SimClock` changes it without a jump), down to the slowest scale
+allowed; past that, stop the run with a message that says why. Every change and every look's worst lag go into the report.
 """
 
 from __future__ import annotations
@@ -29,17 +28,24 @@ import trio
 
 from p2pd.clock import TrioWallClock
 
-LAG_LIMIT_S = 60.0
+LAG_LIMIT_S = 30.0
 """Simulated seconds the nodes may act late (90th percentile of a look); a
-slot is 900 s, an offer is posted an hour ahead."""
+slot is 900 s, an offer is posted an hour ahead. Past it, the scale drops so
+that the lag would come down to a third of it."""
 TIMEOUT_LIMIT = 0.02
 """Share of takes (of a look) that may time out."""
 MIN_TAKES = 5
 """A look judges take timeouts only when at least this many takes ended in it."""
 LOOK_S = 2.0
-"""Wall seconds of measurements per decision."""
+"""Wall seconds of measurements per decision, at most."""
+LOOK_SIM_S = 900.0
+"""...and at most one slot of simulated time: at x2880 two wall seconds are 96
+simulated minutes, a whole morning's rush gone before the first decision."""
+MIN_LOOK_S = 0.5
+"""But at least this much wall time: enough lag samples to judge."""
 SETTLE_S = 4.0
-"""Wall seconds after a change before the next look counts: queues drain."""
+"""Wall seconds after a change before the next look counts (queues drain);
+at most two slots of simulated time at the new scale, at least :data:`MIN_LOOK_S`."""
 STRIKES = 3
 """Bad looks in a row at the slowest scale before the run stops."""
 
@@ -174,7 +180,7 @@ class Pacer:
         self._lags += lags
         self._takes += takes
         self._timeouts += timeouts
-        if wall - self._since < LOOK_S:
+        if wall - self._since < self._window(LOOK_S, LOOK_SIM_S):
             return None
         lag = quantile(self._lags, 0.9) * self.scale
         share = self._timeouts / self._takes if self._takes >= MIN_TAKES else 0.0
@@ -190,11 +196,13 @@ class Pacer:
             return None
         reason = " and ".join(why)
         if self.scale > self.min_scale:
-            # Halve, or more when the nodes are far behind (lag grows with the scale).
-            new = max(self.min_scale, self.scale / min(8.0, max(2.0, lag / self.lag_limit)))
+            # Lag grows with the scale: aim at a third of the limit (the load
+            # still grows through a morning), by a factor of 2 to 8.
+            new = self.scale / min(8.0, max(2.0, 3 * lag / self.lag_limit))
+            new = max(self.min_scale, float(f"{new:.3g}"))  # x118, not x118.174
             self.changes.append({"sim_time": int(sim_time), "from": self.scale, "to": new, "why": reason})
             self.scale = new
-            self._quiet_until = wall + SETTLE_S
+            self._quiet_until = wall + self._window(SETTLE_S, 2 * LOOK_SIM_S)
             return Decision(rescale=new)
         self._strikes += 1
         if self._strikes < STRIKES:
@@ -203,6 +211,10 @@ class Pacer:
                         f"--min-time-scale): {reason}; try more --workers, fewer --nodes, a lower "
                         "--min-time-scale, or --memory (virtual time)")
         return Decision(stop=self.stopped)
+
+    def _window(self, wall_s: float, sim_s: float) -> float:
+        """``wall_s`` wall seconds, but no more than ``sim_s`` simulated ones (nor under MIN_LOOK_S)."""
+        return min(wall_s, max(MIN_LOOK_S, sim_s / self.scale))
 
     def report(self) -> dict[str, Any]:
         """The ``pace`` part of the report."""

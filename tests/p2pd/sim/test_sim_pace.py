@@ -15,8 +15,10 @@ import trio
 from p2pd.sim.pace import (
     LAG_LIMIT_S,
     LOOK_S,
+    MIN_LOOK_S,
     SETTLE_S,
     STRIKES,
+    Decision,
     LagProbe,
     Pacer,
     SimClock,
@@ -57,56 +59,70 @@ async def test_lag_probe_measures_a_blocked_loop() -> None:
     assert max(samples) >= 0.15 and probe.take() == []
 
 
-def feed(pacer: Pacer, t: float, lag_wall: float, looks: int = 1, takes: int = 0,
-         timeouts: int = 0) -> tuple[float, list[object]]:
-    """Feed ``looks`` decisions' worth of quarter-second measurements; returns (time, decisions)."""
-    out: list[object] = []
-    for _ in range(looks):
-        for _ in range(int(LOOK_S / 0.25) + 1):
-            t += 0.25
-            d = pacer.look(t, [lag_wall] * 5, takes, timeouts, 0.0)
-            if d is not None:
-                out.append(d)
+def feed(pacer: Pacer, t: float, lag_wall: float, seconds: float, takes: int = 0,
+         timeouts: int = 0) -> tuple[float, list[Decision]]:
+    """Feed ``seconds`` of quarter-second measurements; returns (time, decisions)."""
+    out: list[Decision] = []
+    for _ in range(round(seconds / 0.25)):
+        t += 0.25
+        d = pacer.look(t, [lag_wall] * 5, takes, timeouts, 0.0)
+        if d is not None:
+            out.append(d)
     return t, out
 
 
 def test_pacer_keeps_a_pace_the_nodes_keep_up_with() -> None:
     pacer = Pacer(2880.0, 30.0)
-    _, decisions = feed(pacer, 0.0, 0.001, looks=5, takes=10)  # 2.9 s simulated: fine
+    _, decisions = feed(pacer, 0.0, 0.001, seconds=5 * LOOK_S, takes=10)  # 2.9 s simulated: fine
     assert decisions == [] and pacer.scale == 2880.0 and pacer.report()["changes"] == []
 
 
+def test_a_fast_run_is_judged_within_a_slot_of_simulated_time() -> None:
+    # At x2880 a 2 s look would be 96 simulated minutes: the morning's trades
+    # lost before the first decision. A look is one slot at most (900 s, 0.31 s
+    # here), but no less than MIN_LOOK_S of wall time.
+    fast, slow = Pacer(2880.0, 30.0), Pacer(60.0, 30.0)
+    late = 2 * LAG_LIMIT_S / 60  # wall seconds: too late at either scale
+    _, decisions = feed(fast, 0.0, late, seconds=MIN_LOOK_S + 0.25)
+    assert len(decisions) == 1 and fast.scale < 2880.0
+    _, decisions = feed(slow, 0.0, late, seconds=MIN_LOOK_S + 0.25)
+    assert decisions == []  # x60: a slot is 15 s, so the look takes LOOK_S
+    _, decisions = feed(slow, MIN_LOOK_S + 0.25, late, seconds=LOOK_S)
+    assert len(decisions) == 1 and slow.scale == 30.0
+
+
 def test_pacer_slows_down_when_nodes_lag_then_stops_at_the_slowest_scale() -> None:
-    pacer = Pacer(2880.0, 720.0)
-    lag = 2 * LAG_LIMIT_S / 2880  # wall seconds: twice the limit at x2880
-    t, decisions = feed(pacer, 0.0, lag)
-    assert pacer.scale == 1440.0 and len(decisions) == 1
-    # Measurements in the settling time after a change do not count.
-    t, decisions = feed(pacer, t, 10.0, looks=int(SETTLE_S / LOOK_S) - 1)
+    pacer = Pacer(2880.0, 100.0)
+    lag = 1.2 * LAG_LIMIT_S / 2880  # wall seconds: a bit over the limit at x2880
+    t, decisions = feed(pacer, 0.0, lag, seconds=1.0)  # decided at 0.75 s (looks from 0.25 s)
+    assert pacer.scale == pytest.approx(800.0) and len(decisions) == 1  # aims at a third of the limit
+    # Measurements in the settling time after a change do not count: two
+    # slots at x800, 2.25 s, up to t = 3.0.
+    t, decisions = feed(pacer, t, 10.0, seconds=1.75)
     assert decisions == []
-    t += SETTLE_S
-    t, decisions = feed(pacer, t, 100 * LAG_LIMIT_S / 1440)  # far behind: divided by more than 2
-    assert pacer.scale == 720.0  # but never below the slowest allowed
-    t += SETTLE_S
-    t, decisions = feed(pacer, t, 1.0, looks=STRIKES)
-    stop = [d for d in decisions if getattr(d, "stop", None)]
-    assert len(stop) == 1 and "cannot keep up at x720" in pacer.report()["stopped"]
+    t, decisions = feed(pacer, t, 1000 * LAG_LIMIT_S / 800, seconds=1.5)  # far behind; a look is a slot
+    assert pacer.scale == 100.0 and len(decisions) == 1  # at most 8 times slower, never below the slowest
+    # Settled at t = 8.25 (SETTLE_S), then STRIKES looks of LOOK_S at the slowest scale: stop at 14.75.
+    t, decisions = feed(pacer, t, 1.0, seconds=SETTLE_S + STRIKES * (LOOK_S + 0.25) - 0.25)
+    stop = [d for d in decisions if d.stop]
+    assert len(stop) == 1 and "cannot keep up at x100 " in pacer.report()["stopped"]
     report = pacer.report()
-    assert [c["to"] for c in report["changes"]] == [1440.0, 720.0]
-    assert report["requested_scale"] == 2880.0 and report["final_scale"] == 720.0
-    assert report["lag_max_s"] >= 720.0
+    assert [round(c["to"]) for c in report["changes"]] == [800, 100]
+    assert report["requested_scale"] == 2880.0 and report["final_scale"] == 100.0
+    assert report["lag_max_s"] >= 100.0
 
 
 def test_pacer_slows_down_when_takes_time_out() -> None:
     pacer = Pacer(2880.0, 30.0)
-    _, decisions = feed(pacer, 0.0, 0.0, takes=20, timeouts=5)
-    assert pacer.scale == 1440.0 and "takes time out" in pacer.report()["changes"][0]["why"]
+    _, decisions = feed(pacer, 0.0, 0.0, seconds=LOOK_S, takes=20, timeouts=5)
+    assert pacer.scale == 1440.0  # by half: the lag says nothing
+    assert "takes time out" in pacer.report()["changes"][0]["why"]
     assert pacer.report()["take_timeouts"] > 0
 
 
 def test_pacer_never_slows_when_the_slowest_scale_is_the_scale() -> None:
     pacer = Pacer(5000.0, 5000.0)
-    _, decisions = feed(pacer, 0.0, 1.0, looks=STRIKES)
+    _, decisions = feed(pacer, 0.0, 1.0, seconds=STRIKES * (MIN_LOOK_S + 0.25))
     assert pacer.report()["changes"] == [] and pacer.stopped is not None
     assert "--min-time-scale" in pacer.stopped
 
