@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from p2pd.sim.community import DEFAULT_TIME_SCALE, NODES_AT_FULL_SCALE, Household, SimConfig, SimNode
+from p2pd.sim.community import (
+    DEFAULT_TIME_SCALE,
+    NODES_AT_FULL_SCALE,
+    Household,
+    SimConfig,
+    SimNode,
+)
 from p2pd.sim.report import fidelity, matchable_wh, settle_window, summary
 from store import ReceiptRecord
 
