@@ -279,12 +279,28 @@ def render(report: dict[str, Any]) -> str:
             if "unavailable" in a:
                 lines.append(f"  {name:16} unavailable: {a['unavailable']}")
                 continue
+            lines.append(f"  {name:16} attempts {a['attempts']:5}  successes {a['successes']:4}")
             extra = {k: v for k, v in a.items() if k not in ("attempts", "successes", "note")}
-            lines.append(f"  {name:16} attempts {a['attempts']:5}  successes {a['successes']:4}  "
-                         + " ".join(f"{k}={v}" for k, v in extra.items()))
+            if extra:
+                lines.append(f"  {'':16} " + "; ".join(f"{_words(k)}: {_plain(v)}" for k, v in extra.items()))
             if a.get("note"):
                 lines.append(f"  {'':16} {a['note']}")
     return "\n".join(lines)
+
+
+def _words(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _plain(value: Any) -> str:
+    """A value of an attack's outcome as words: ``{'expired': 0}`` -> ``expired 0``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{_words(str(k))} {_plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _time_line(r: dict[str, Any]) -> str:

@@ -101,6 +101,8 @@ def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["attacks"]["sybil"]["successes"] == 0
     assert report["time"] == "virtual" and report["store"] == "memory"
     assert "Bills" in captured.err and "fidelity" in captured.err  # the readable report, on stderr
+    attacks = captured.err[captured.err.index("Attacks"):]
+    assert "by kind: untrusted issuer 0, expired 0" in attacks and "{" not in attacks  # words, not dicts
     f = report["fidelity"]
     assert 0 < f["traded_wh"] == report["energy_traded_wh"] <= f["matchable_wh"] and 0 < f["share"] <= 1
 
