@@ -16,7 +16,7 @@ listeners). The steps, one message each way (pickled, length-prefixed):
    topology (the pairs whose dialer it holds) and answers ``connected``;
 3. ``start``: the wall time at which the simulated day starts; every worker
    and the coordinator start their market clocks from it;
-4. while it runs, each worker sends a ``status`` twice a second (trades, its
+4. while it runs, each worker sends a ``status`` four times a second (trades, its
    event loop's lag, takes ended and timed out); the coordinator paces the
    run from them (p2pd/sim/pace.py) and sends ``rescale`` (a new scale from
    a wall time a little ahead, so all clocks switch at one simulated instant);
