@@ -7,9 +7,15 @@ Prints a summary; the LAST line is one JSON object.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import pathlib
 import random
+import sys
 import time
+from collections.abc import Callable
+from types import ModuleType
 
 import trio
 import trio.testing
@@ -23,35 +29,36 @@ def clearing_times() -> dict[str, float]:
         rng = random.Random(n)
         book = [BookOrder(rng.randbytes(16), rng.choice(("buy", "sell")), rng.randint(100, 5000),
                           rng.randint(47_000, 139_000)) for _ in range(n)]
-        best = min(_timed(lambda: clear(book, b"seed")) for _ in range(3))
+        best = min(_timed(functools.partial(clear, book, b"seed")) for _ in range(3))
         out[str(n)] = round(best, 4)
     return out
 
 
-def _timed(fn: object) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - t0
 
 
-async def s3_community(n: int) -> dict[str, float]:
-    """Gate closure to every party holding its signed trades: broker + n-1 prosumers, memory streams."""
-    import importlib.util
-    import pathlib
-
+def load_test_helpers() -> ModuleType:
+    """tests/helpers.py (identities for a community), loaded by path: tests/ is no package."""
     spec = importlib.util.spec_from_file_location(
         "bench_helpers", pathlib.Path(__file__).resolve().parents[1] / "tests" / "helpers.py")
     assert spec is not None and spec.loader is not None
     helpers = importlib.util.module_from_spec(spec)
-    import sys
-
     sys.modules["bench_helpers"] = helpers  # dataclasses look their module up
     spec.loader.exec_module(helpers)
+    return helpers
+
+
+async def s3_community(n: int, helpers: ModuleType) -> dict[str, float]:
+    """Gate closure to every party holding its signed trades: broker + n-1 prosumers, memory streams."""
     NOW, Community, node_identity = helpers.NOW, helpers.Community, helpers.node_identity
 
-    from p2pd.roles.broker import Broker, BrokerClient
     from p2pd.clock import TrioWallClock
     from p2pd.net.node import Node
+    from p2pd.roles.broker import Broker, BrokerClient
+    from p2pd.sim.quiet import until
 
     com = Community()
     slot = (int(NOW) // 900 + 2) * 900
@@ -76,8 +83,8 @@ async def s3_community(n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         summary = await broker.close_slot(slot)
         expected = broker.counters["matches_final"]
-        while sum(len(c.receipts) for c in clients) < 2 * expected:
-            await trio.sleep(0.001)
+        with trio.fail_after(60):
+            await until(lambda: sum(len(c.receipts) for c in clients) >= 2 * expected)
         elapsed = time.perf_counter() - t0
         nursery.cancel_scope.cancel()
     return {"nodes": n, "trades": expected, "volume_wh": summary.volume_wh, "seconds": round(elapsed, 4)}
@@ -87,7 +94,7 @@ def main() -> None:
     times = clearing_times()
     for n, s in times.items():
         print(f"clearing {int(n):>7,} orders in one slot: {s * 1000:8.1f} ms")
-    s3 = trio.run(s3_community, 50)
+    s3 = trio.run(s3_community, 50, load_test_helpers())
     print(f"S3, {s3['nodes']} nodes: gate closure -> every party holds its signed trades "
           f"({s3['trades']} trades) in {s3['seconds'] * 1000:.1f} ms")
     print(json.dumps({"clearing_s": times, "s3_gate_to_receipts": s3}, sort_keys=True))

@@ -29,8 +29,14 @@ from p2pd.net.identity import NodeIdentity, NodeKeys
 from p2pd.net.listener import dial, serve_p2p
 from p2pd.net.node import Node, NodeLimits
 from p2pd.net.peer import PeerConnection
-from protocol import Credential, NoiseHandshake, SigningKey, TrustPolicy, check_credential
-from protocol import TradeRefused
+from protocol import (
+    Credential,
+    NoiseHandshake,
+    SigningKey,
+    TradeRefused,
+    TrustPolicy,
+    check_credential,
+)
 
 COMMUNITY = "bench"
 

@@ -35,8 +35,8 @@ from p2pd.net.listener import dial, serve_p2p
 from p2pd.net.node import Node, NodeLimits, open_node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
-from protocol import Credential, SigningKey, TrustPolicy
-from protocol import TradeTerms
+from p2pd.sim.quiet import until
+from protocol import Credential, SigningKey, TradeTerms, TrustPolicy
 from store import open_repository
 
 COMMUNITY = "bench"
@@ -93,6 +93,17 @@ def signature_ceiling(seconds: float = 1.0) -> float:
     return n / (time.perf_counter() - start)
 
 
+async def first_line(stream: trio.abc.ReceiveStream) -> str:
+    """The child's first line of output (its READY line)."""
+    data = b""
+    while b"\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise RuntimeError(f"the seller exited before it was ready: {data!r}")
+        data += chunk
+    return data.split(b"\n", 1)[0].decode()
+
+
 async def measure_trades(total: int, workdir: Path, concurrency: int = 128) -> dict[str, Any]:
     now = int(time.time())
     issuer = SigningKey.generate()
@@ -107,12 +118,12 @@ async def measure_trades(total: int, workdir: Path, concurrency: int = 128) -> d
     }
     spec_path = workdir / "seller.json"
     spec_path.write_text(json.dumps(spec))
-    proc = subprocess.Popen([sys.executable, __file__, "--seller", str(spec_path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = await trio.lowlevel.open_process([sys.executable, __file__, "--seller", str(spec_path)],
+                                            stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(line.split()[1])
+        with trio.fail_after(60):
+            port = int((await first_line(proc.stdout)).split()[1])
         policy = TrustPolicy(COMMUNITY, frozenset({issuer.public}))
         repo = open_repository(f"sqlite:///{workdir / 'buyer.db'}")
         async with open_node(buyer, policy) as node:
@@ -121,8 +132,7 @@ async def measure_trades(total: int, workdir: Path, concurrency: int = 128) -> d
             market = Market(node, repo, writer, rules=MarketRules(take_timeout=30))
             await dial(node, "127.0.0.1", port)
             with trio.fail_after(10):
-                while order_id not in market.book:
-                    await trio.sleep(0.005)
+                await until(lambda: order_id in market.book)
             done = 0
             start = time.perf_counter()
 
@@ -143,9 +153,10 @@ async def measure_trades(total: int, workdir: Path, concurrency: int = 128) -> d
         seller_repo.close()
     finally:
         proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+            if proc.stdout:
+                await proc.stdout.aclose()
     return {"trades": done, "seconds": elapsed, "per_s": done / elapsed, "seller_stored": stored,
             "buyer_transactions": batches}
 
@@ -180,8 +191,7 @@ async def measure_gossip(n_nodes: int, degree: int, seed: int) -> float:
         start = time.perf_counter()
         order = await markets[0].post("sell", slot, 1000, 90_000)
         with trio.fail_after(120):
-            while not all(order.order_id in m.book for m in markets):
-                await trio.sleep(0.001)
+            await until(lambda: all(order.order_id in m.book for m in markets))
         elapsed = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     return elapsed

@@ -1,7 +1,8 @@
 """Meter drivers: async sources of cumulative import/export energy readings.
 
 Public names are re-exported here; import from ``meter_drivers`` only.
-This package never imports ``p2pd``, ``store`` or ``protocol``.
+This package never imports ``p2pd``, ``store`` or ``protocol``; the MQTT
+driver uses ``paho_trio`` (MQTT on trio, shared with ``p2pd``).
 
 ``DRIVERS`` maps the ``driver`` name used in the configuration to a class
 built from the option table: ``DRIVERS[name](options)``. Constructing a
@@ -30,6 +31,9 @@ from meter_drivers.dsmr_p1 import DsmrP1Meter as DsmrP1Meter
 from meter_drivers.health import HealthState as HealthState
 from meter_drivers.health import MeterHealth as MeterHealth
 from meter_drivers.health import MonitoredMeter as MonitoredMeter
+from meter_drivers.mqtt import MqttMeter as MqttMeter
+from meter_drivers.mqtt_decoder import MqttDecoder as MqttDecoder
+from meter_drivers.mqtt_decoder import MqttStats as MqttStats
 from meter_drivers.p1_decoder import P1Decoder as P1Decoder
 from meter_drivers.p1_decoder import P1Stats as P1Stats
 from meter_drivers.simulated import DayProfile as DayProfile
@@ -42,6 +46,7 @@ DRIVERS: dict[str, Callable[[dict[str, Any]], MeterDriver]] = {
     "csv": CsvReplayMeter,
     "dsmr_p1": DsmrP1Meter,
     "sunspec": SunSpecMeter,
+    "mqtt": MqttMeter,
 }
 
 

@@ -22,7 +22,7 @@ class Option:
     """One accepted option: its kind, default and an extra check."""
 
     kind: str
-    """One of "str", "int", "float", "bool", "callable"."""
+    """One of "str", "int", "float", "bool", "callable", "strings" (a list of str)."""
     default: Any = REQUIRED
     check: Callable[[Any], str | None] | None = None
     """Returns an error message, or None when the value is fine."""
@@ -41,6 +41,9 @@ def _coerce(kind: str, value: Any) -> Any:
         return float(value) if isinstance(value, (int, float)) else None
     if kind == "callable":
         return value if callable(value) else None
+    if kind == "strings":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return tuple(value) if ok else None
     raise AssertionError(f"unknown option kind {kind}")
 
 

@@ -14,6 +14,10 @@ Imports flow downwards only (tests/test_layering.py checks it):
   Imports ``net`` and ``market``; never the rooms above.
 * ``control/``: the JSON-RPC control server (``server.py`` knows nothing of
   p2pd) and its methods.
+* ``views/``: read-only views of a running node for the household and its
+  operator: the household's summary, Home Assistant over MQTT, the web
+  dashboard and the Prometheus metrics. Imports ``context``, ``control``
+  and the rooms below.
 * ``components/``: one per role, each owning its configuration section; the
   daemon runs the explicit list in ``components/__init__.py``, whose
   sections callers pass to ``config.load_config``.

@@ -10,6 +10,10 @@ canonical bytes. A :class:`LogHead` — member, seq, head hash — is signed
 the same seq and different hashes are an :class:`EquivocationProof`; a head
 that the member's own entries do not reproduce is a fork. docs/protocol.md
 section 15.
+
+A node fills gaps in a log it follows with :class:`LogRequest` and
+:class:`LogEntries`: consecutive entries after a seq, from the member itself
+or anyone holding them, ending at a head the member signed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import ClassVar
 from protocol.canonical import pack
 from protocol.credentials import ID_PATTERN, Credential
 from protocol.messages import Message, register
-from protocol.schema import Bin, Fixed, Int, Nested, Record, Str, f
+from protocol.schema import Bin, Fixed, Int, ListOf, Nested, Optional, Record, Str, f
 from protocol.signing import SigningKey, digest, verify
 from protocol.trading import MAX_HOPS, MAX_TIME
 
@@ -30,6 +34,7 @@ ENTRY_DOMAIN = "p2pd/log-entry/1"
 GENESIS = bytes(32)
 RECEIPT_V1, RECEIPT_V2 = 1, 2
 MAX_RECEIPT_BYTES = 4096
+LOG_PAGE_MAX = 8  # entries in one LogEntries (8 x 4 KiB fits a frame)
 
 
 def entry_hash(prev: bytes, seq: int, receipt: bytes) -> bytes:
@@ -150,3 +155,54 @@ class EquivocationGossip(Message):
     proof: EquivocationProof = f(Nested(EquivocationProof))
     credential: Credential = f(Nested(Credential))
     hops: int = f(Int(0, MAX_HOPS))
+
+
+@register
+@dataclass(frozen=True)
+class LogRequest(Message):
+    """Send me up to ``limit`` consecutive entries of ``member``'s log after seq ``after``."""
+
+    TYPE: ClassVar[int] = 83
+    CATEGORY: ClassVar[str] = "gossip"
+    member: str = f(Str(64, ID_PATTERN))
+    after: int = f(Int(0, MAX_TIME))
+    limit: int = f(Int(1, LOG_PAGE_MAX))
+
+
+@dataclass(frozen=True)
+class LogEntry(Record):
+    """Entry ``seq`` of a log: the receipt's kind (1: S1 receipt, 2: agent receipt) and bytes."""
+
+    seq: int = f(Int(1, MAX_TIME))
+    kind: int = f(Int(RECEIPT_V1, RECEIPT_V2))
+    receipt: bytes = f(Bin(1, MAX_RECEIPT_BYTES))
+
+
+@register
+@dataclass(frozen=True)
+class LogEntries(Message):
+    """The answer to a LogRequest: entries ``after + 1`` …, ``member``'s head at the last
+    and ``member``'s credential (to check the head with).
+
+    No entries (and no head or credential) when the sender holds none that it
+    can end at a head of the member's.
+    """
+
+    TYPE: ClassVar[int] = 84
+    CATEGORY: ClassVar[str] = "gossip"
+    member: str = f(Str(64, ID_PATTERN))
+    after: int = f(Int(0, MAX_TIME))
+    entries: tuple[LogEntry, ...] = f(ListOf(Nested(LogEntry), LOG_PAGE_MAX))
+    head: LogHead | None = f(Optional(Nested(LogHead)))
+    credential: Credential | None = f(Optional(Nested(Credential)))
+
+    def __post_init__(self) -> None:
+        for i, e in enumerate(self.entries, start=1):
+            if e.seq != self.after + i:
+                raise ValueError("entries are not consecutive after the requested seq")
+        if not (self.head is None) == (self.credential is None) == (not self.entries):
+            raise ValueError("a head and a credential are sent with entries, and only with entries")
+        if self.head is not None and (self.head.member != self.member or self.head.seq != self.after + len(self.entries)):
+            raise ValueError("the head is not the member's head at the last entry")
+        if self.credential is not None and self.credential.member_id != self.member:
+            raise ValueError("the credential is another member's")

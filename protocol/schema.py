@@ -192,7 +192,7 @@ class Record:
             raise DecodeError(f"{label}: expected array")
         if len(value) != len(specs):
             raise DecodeError(f"{label}: expected {len(specs)} fields, got {len(value)}")
-        kwargs = {fname: spec.load(item, f"{label}.{fname}") for (fname, spec), item in zip(specs, value)}
+        kwargs = {fname: spec.load(item, f"{label}.{fname}") for (fname, spec), item in zip(specs, value, strict=True)}
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:

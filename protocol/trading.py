@@ -21,6 +21,7 @@ from typing import ClassVar
 from protocol.credentials import ID_PATTERN, Credential
 from protocol.errors import SignatureError
 from protocol.messages import Message, register
+from protocol.pseudonyms import SEALED_MAX, OwnerCert, Pseudonym
 from protocol.reasons import Reason
 from protocol.schema import Bin, Fixed, Int, ListOf, Nested, OneOf, Record, Str, f
 from protocol.signing import SigningKey, verify
@@ -176,12 +177,16 @@ class Receipt(Record):
 @register
 @dataclass(frozen=True)
 class OrderGossip(Message):
-    """An order with its owner's credential, forwarded while ``hops`` > 0."""
+    """An order with its owner's credential, forwarded while ``hops`` > 0.
+
+    ``credential`` is a :class:`Pseudonym` for a pseudonymous order (its
+    ``member_id`` is then the pseudonym's name; docs/protocol.md 12.8).
+    """
 
     TYPE: ClassVar[int] = 32
     CATEGORY: ClassVar[str] = "gossip"
     order: Order = f(Nested(Order))
-    credential: Credential = f(Nested(Credential))
+    credential: Credential | Pseudonym = f(OwnerCert())
     hops: int = f(Int(0, MAX_HOPS))
 
 
@@ -297,8 +302,44 @@ class GossipBatch(Message):
         return max(1, len(self.orders) + len(self.cancels))
 
 
-def parties(order: Order, taker: str) -> tuple[str, str]:
-    """(seller, buyer) of a trade against ``order`` taken by ``taker``."""
-    return (order.member_id, taker) if order.side == "sell" else (taker, order.member_id)
+# --- pseudonymous orders (docs/protocol.md 12.8) ---------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class TakeIntent(Message):
+    """A taker asks a pseudonymous order's owner to open a session with it (type 44).
+
+    Relayed hop by hop back along the path the order came. ``sealed`` holds
+    the taker's member id, sealed to the order's pseudonym (Noise N).
+    """
+
+    TYPE: ClassVar[int] = 44
+    CATEGORY: ClassVar[str] = "gossip"
+    order_id: bytes = f(_id())
+    intent_id: bytes = f(_id())
+    sealed: bytes = f(Bin(48, SEALED_MAX))
+    hops: int = f(Int(0, MAX_HOPS))
+
+
+@register
+@dataclass(frozen=True)
+class OwnerProof(Message):
+    """The owner shows the taker, in their session, that the order's pseudonym is its own (type 45)."""
+
+    TYPE: ClassVar[int] = 45
+    CATEGORY: ClassVar[str] = "trade"
+    order_id: bytes = f(_id())
+    signature: bytes = f(Fixed(64))
+
+
+def parties(order: Order, taker: str, owner: str | None = None) -> tuple[str, str]:
+    """(seller, buyer) of a trade against ``order`` taken by ``taker``.
+
+    ``owner`` is the member behind a pseudonymous order (whose ``member_id``
+    is only the pseudonym's name); by default the order's ``member_id``.
+    """
+    owner = order.member_id if owner is None else owner
+    return (owner, taker) if order.side == "sell" else (taker, owner)
 
 

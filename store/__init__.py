@@ -20,6 +20,8 @@ from store.migrations import Migration as Migration
 from store.records import BanRecord as BanRecord
 from store.records import Committed as Committed
 from store.records import Duplicate as Duplicate
+from store.records import FollowRecord as FollowRecord
+from store.records import HeadRecord as HeadRecord
 from store.records import Insufficient as Insufficient
 from store.records import MemberRecord as MemberRecord
 from store.records import OrderRecord as OrderRecord

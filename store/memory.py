@@ -15,6 +15,8 @@ from store.records import (
     BanRecord,
     Committed,
     Duplicate,
+    FollowRecord,
+    HeadRecord,
     Insufficient,
     MemberRecord,
     OrderRecord,
@@ -52,7 +54,9 @@ class MemoryRepository:
         self._revocations: dict[tuple[bytes, str, int], RevocationRecord] = {}
         self._log: list[bytes] = []  # trade ids in log order (seq = index + 1)
         self._pending: dict[bytes, PendingTakeRecord] = {}
-        self._replicas: dict[tuple[str, int], ReplicaRecord] = {}
+        self._replicas: dict[str, dict[int, ReplicaRecord]] = {}  # member -> seq -> entry
+        self._heads: dict[tuple[str, int, bytes], HeadRecord] = {}
+        self._follows: dict[str, FollowRecord] = {}
 
     # -- members ------------------------------------------------------------
     def put_member(self, rec: MemberRecord) -> None:
@@ -160,21 +164,48 @@ class MemoryRepository:
 
     # -- replicas -----------------------------------------------------------
     def put_replica(self, rec: ReplicaRecord) -> bool:
+        return self.put_replicas([rec]) == 1
+
+    def put_replicas(self, batch: list[ReplicaRecord]) -> int:
+        new = 0
         with self._lock:
-            if (rec.member, rec.seq) in self._replicas:
-                return False
-            self._replicas[(rec.member, rec.seq)] = rec
-            return True
+            for rec in batch:
+                held = self._replicas.setdefault(rec.member, {})
+                if rec.seq not in held:
+                    held[rec.seq] = rec
+                    new += 1
+        return new
 
     def replicas(self, member: str, after: int = 0, limit: int = 1000) -> list[ReplicaRecord]:
         with self._lock:
-            found = sorted((r for (m, seq), r in self._replicas.items() if m == member and seq > after),
-                           key=lambda r: r.seq)
-        return found[:limit]
+            held = self._replicas.get(member, {})
+            seqs = sorted(s for s in held if s > after)[:limit]
+            return [held[s] for s in seqs]
 
     def replica_count(self) -> int:
         with self._lock:
-            return len(self._replicas)
+            return sum(len(held) for held in self._replicas.values())
+
+    # -- heads and followed logs --------------------------------------------
+    def put_head(self, rec: HeadRecord) -> bool:
+        key = (rec.member, rec.seq, rec.head_hash)
+        with self._lock:
+            if key in self._heads:
+                return False
+            self._heads[key] = rec
+            return True
+
+    def heads(self, member: str | None = None) -> list[HeadRecord]:
+        with self._lock:
+            return [self._heads[k] for k in sorted(self._heads) if member is None or k[0] == member]
+
+    def put_follow(self, rec: FollowRecord) -> None:
+        with self._lock:
+            self._follows[rec.member] = rec
+
+    def follows(self) -> list[FollowRecord]:
+        with self._lock:
+            return [self._follows[m] for m in sorted(self._follows)]
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:

@@ -45,8 +45,14 @@ def _v2_receipt_log(conn: Connection) -> None:
     schema.replicas.create(conn)
 
 
+def _v3_log_heads(conn: Connection) -> None:
+    """Version 3: heads learnt from others, and the logs this node follows."""
+    schema.log_heads.create(conn)
+    schema.followed_logs.create(conn)
+
+
 # Append new steps here (and update store/schema.py to the result).
-MIGRATIONS: tuple[Migration, ...] = (_v2_receipt_log,)
+MIGRATIONS: tuple[Migration, ...] = (_v2_receipt_log, _v3_log_heads)
 
 CURRENT_VERSION = BASE_VERSION + len(MIGRATIONS)
 

@@ -164,7 +164,33 @@ class ReplicaRecord:
     entry: bytes
     """The receipt bytes of the entry."""
     head: bytes
-    """The member's signed LogHead after the entry (encoded)."""
+    """A LogHead the member signed (encoded) at ``seq`` or later, which the
+    member's entries up to its seq reproduce: the head sent with the entry,
+    or the head ending the page of entries it was fetched in."""
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """A signed head of another member's receipt log, as learnt (schema version 3).
+
+    Kept so that a head conflicting with one seen before a restart is still
+    caught as equivocation: both heads of a pair are stored.
+    """
+
+    member: str
+    seq: int
+    head_hash: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class FollowRecord:
+    """A log this node follows, and how far it verified it (schema version 3):
+    the member's entries 1..``seq``, held as replicas, reproduce ``head_hash``."""
+
+    member: str
+    seq: int
+    head_hash: bytes
 
 
 # Outcomes of commit_receipts, one per receipt in the batch.

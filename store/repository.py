@@ -17,6 +17,8 @@ from typing import Protocol
 
 from store.records import (
     BanRecord,
+    FollowRecord,
+    HeadRecord,
     MemberRecord,
     OrderRecord,
     Outcome,
@@ -121,11 +123,31 @@ class Repository(Protocol):
         """Hold entry ``rec.seq`` of ``rec.member``'s log. Return False (and
         change nothing) if that entry is held already."""
 
+    def put_replicas(self, batch: list[ReplicaRecord]) -> int:
+        """Hold several entries in one transaction (entries held already are
+        skipped). Return how many were new."""
+
     def replicas(self, member: str, after: int = 0, limit: int = 1000) -> list[ReplicaRecord]:
         """Return held entries of ``member``'s log with seq > ``after``, by seq."""
 
     def replica_count(self) -> int:
         """Return how many entries of other members' logs are held."""
+
+    # -- heads and followed logs --------------------------------------------
+    def put_head(self, rec: HeadRecord) -> bool:
+        """Keep a signed head of another member's log. Return False (and change
+        nothing) if (member, seq, head_hash) is kept already; a second head
+        for one seq with another hash is kept too (it is proof)."""
+
+    def heads(self, member: str | None = None) -> list[HeadRecord]:
+        """Return the kept heads of ``member`` (all members if None), sorted
+        by (member, seq, head_hash)."""
+
+    def put_follow(self, rec: FollowRecord) -> None:
+        """Insert or replace the followed log of ``rec.member``."""
+
+    def follows(self) -> list[FollowRecord]:
+        """Return the followed logs sorted by member."""
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:

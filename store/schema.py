@@ -125,6 +125,27 @@ replicas = Table(
     Column("head", LargeBinary, nullable=False),
 )
 
+# Signed heads of other members' logs, as learnt (schema version 3): a second
+# head for one seq with another hash is kept too, so equivocation stays
+# provable after a restart.
+log_heads = Table(
+    "log_heads",
+    metadata,
+    Column("member", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("head_hash", LargeBinary, primary_key=True),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+# Logs this node follows and how far it verified each (schema version 3).
+followed_logs = Table(
+    "followed_logs",
+    metadata,
+    Column("member", Text, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("head_hash", LargeBinary, nullable=False),
+)
+
 readings = Table(
     "readings",
     metadata,

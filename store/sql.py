@@ -60,6 +60,8 @@ from store.records import (
     BanRecord,
     Committed,
     Duplicate,
+    FollowRecord,
+    HeadRecord,
     Insufficient,
     MemberRecord,
     OrderRecord,
@@ -360,8 +362,11 @@ class SqlRepository:
 
     # -- replicas -----------------------------------------------------------
     def put_replica(self, rec: ReplicaRecord) -> bool:
+        return self.put_replicas([rec]) == 1
+
+    def put_replicas(self, batch: list[ReplicaRecord]) -> int:
         with self._write() as conn:
-            return self._insert_ignore(conn, schema.replicas, [vars(rec).copy()]) == 1
+            return self._insert_ignore(conn, schema.replicas, [vars(rec).copy() for rec in batch])
 
     def replicas(self, member: str, after: int = 0, limit: int = 1000) -> list[ReplicaRecord]:
         t = schema.replicas
@@ -372,6 +377,28 @@ class SqlRepository:
     def replica_count(self) -> int:
         with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(schema.replicas)).scalar_one())
+
+    # -- heads and followed logs --------------------------------------------
+    def put_head(self, rec: HeadRecord) -> bool:
+        with self._write() as conn:
+            return self._insert_ignore(conn, schema.log_heads, [vars(rec).copy()]) == 1
+
+    def heads(self, member: str | None = None) -> list[HeadRecord]:
+        t = schema.log_heads
+        q = select(t).order_by(t.c.member, t.c.seq, t.c.head_hash)
+        if member is not None:
+            q = q.where(t.c.member == member)
+        with self._read() as conn:
+            return [HeadRecord(r.member, r.seq, r.head_hash, r.signature) for r in conn.execute(q)]
+
+    def put_follow(self, rec: FollowRecord) -> None:
+        with self._write() as conn:
+            self._upsert(conn, schema.followed_logs, vars(rec).copy())
+
+    def follows(self) -> list[FollowRecord]:
+        t = schema.followed_logs
+        with self._read() as conn:
+            return [FollowRecord(r.member, r.seq, r.head_hash) for r in conn.execute(select(t).order_by(t.c.member))]
 
     # -- readings -----------------------------------------------------------
     def add_readings(self, readings: list[ReadingRecord]) -> int:

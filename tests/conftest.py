@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -36,3 +37,18 @@ def postgres() -> Iterator[PostgresServer]:
             yield server
         finally:
             server.stop()
+
+@pytest.fixture
+def mosquitto() -> Iterator[object]:
+    """A real mosquitto broker on a free loopback port (skipped if Debian's mosquitto is missing)."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    from p2pd_test_helpers import Mosquitto
+
+    with tempfile.TemporaryDirectory(prefix="mqt") as d:
+        broker = Mosquitto(d)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()

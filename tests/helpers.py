@@ -1,4 +1,5 @@
-"""Shared test helpers: identities for a test community and a session byte pump.
+"""Shared test helpers: identities for a test community, a session byte pump,
+and, for trio tests, ``eventually`` and ``link``.
 
 Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
 """
@@ -6,13 +7,18 @@ Loaded by conftest.py (no tests/__init__.py: see pyproject's import mode).
 from __future__ import annotations
 
 import grp
+import inspect
 import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import trio
+import trio.testing
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -21,7 +27,13 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from p2pd.sim.quiet import until
 from protocol import NEED_DATA, Credential, Event, Session, SigningKey, Timeouts, TrustPolicy
+
+if TYPE_CHECKING:
+    from p2pd.net.identity import NodeIdentity
+    from p2pd.net.node import Node
+    from p2pd.net.peer import PeerConnection
 
 COMMUNITY = "testcommunity"
 NOW = 1_800_000_000.0
@@ -121,31 +133,225 @@ class SessionPair:
 # --- daemon-level helpers (p2pd) ---------------------------------------------
 
 
-def node_identity(ident: Identity):  # type: ignore[no-untyped-def]
+def node_identity(ident: Identity) -> NodeIdentity:
     from p2pd.net.identity import NodeIdentity, NodeKeys
 
     return NodeIdentity(NodeKeys(ident.signing, ident.noise_private), ident.credential)
 
 
-async def link(a, b):  # type: ignore[no-untyped-def]
+async def eventually(predicate: Callable[[], object], *, within: float = 5.0) -> None:
+    """Return once ``predicate()`` is true; fail the test if it is not within ``within`` s.
+
+    The one way a trio test waits for something to happen. Seconds of trio's
+    clock: virtual ones under ``autojump_clock``, where the wait costs no real
+    time. The predicate is looked at when no task can run and again only after
+    some task has run (:func:`p2pd.sim.quiet.until`): no poll interval, no
+    spinning, and no time passes while there is work to do. It must read state
+    that tasks change; for "after N seconds" sleep instead.
+    Raises AssertionError, quoting the predicate, when ``within`` runs out.
+    """
+    with trio.move_on_after(within):
+        await until(predicate)
+        return
+    raise AssertionError(f"not true within {within} s: {_source(predicate)}")
+
+
+def _source(fn: Callable[[], object]) -> str:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        return repr(fn)
+    return f"{inspect.getsourcefile(fn)}:{first}: {lines[0].strip()}"
+
+
+async def link(a: Node, b: Node) -> tuple[PeerConnection, PeerConnection | None]:
     """Connect node ``a`` (initiator) to node ``b`` over an in-memory stream pair.
 
-    Returns (a's connection, b's connection) once both registered the session.
+    Returns (a's connection, b's connection) once both registered the session,
+    or (a's connection, None) if b refused it. Raises PeerGone if the handshake
+    fails on a's side, AssertionError if b has not decided within 5 s.
     """
-    import trio
-    import trio.testing
-
     client, server = trio.testing.memory_stream_pair()
     b.nursery.start_soon(b.accept, server, "memory")
     conn = await a.connect_stream(client, "memory")
-    with trio.fail_after(5):
-        # Until b holds the session, or the session is already over (b may
-        # register and then refuse it). Not sleep(0): under autojump_clock
-        # time must be able to pass, or fail_after could never fire.
-        while (b.sessions.get(a.member_id) is None or b.sessions[a.member_id].peer is None) \
-                and not conn.finished.is_set():
-            await trio.sleep(0.001)
+
+    def decided() -> bool:
+        # b holds the session, or it is already over (b may register it, then refuse it).
+        theirs = b.sessions.get(a.member_id)
+        return (theirs is not None and theirs.peer is not None) or conn.finished.is_set()
+
+    await eventually(decided)
     return conn, b.sessions.get(a.member_id)
+
+
+# --- real services: a mosquitto broker ----------------------------------------
+
+
+class Mosquitto:
+    """Debian's ``mosquitto`` on a free loopback port, started and stopped by the test.
+
+    ``start()`` returns once the broker logged that it is running (its log
+    goes to stderr); ``stop()`` ends it; ``restart()`` does both on the same
+    port. ``config`` lines (a listener is added) let a test require a
+    password, say.
+    """
+
+    BINARY = "mosquitto"
+
+    def __init__(self, workdir: str, config: tuple[str, ...] = ()) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.workdir = workdir
+        self.config = config
+        self.proc = None  # type: ignore[var-annotated]
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        import os
+        import selectors
+        import subprocess
+        import time
+
+        conf = os.path.join(self.workdir, f"mosquitto-{self.port}.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\n")
+            # As root, mosquitto would switch to its own user, who cannot read the test's files.
+            f.write("user root\n" if os.geteuid() == 0 else "")
+            f.write("allow_anonymous true\n" if not any("allow_anonymous" in c for c in self.config) else "")
+            f.write("".join(line + "\n" for line in self.config))
+        self.proc = subprocess.Popen([self.BINARY, "-c", conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        text = b""
+        with selectors.DefaultSelector() as sel:
+            # Raw reads: a buffered readline would hide later lines from select().
+            sel.register(fd, selectors.EVENT_READ)
+            for _ in range(1000):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                text += chunk
+                if b" running" in text:
+                    self.log = text.decode(errors="replace").splitlines()
+                    return
+        self.log = text.decode(errors="replace").splitlines()
+        self.stop()
+        raise RuntimeError("mosquitto did not start: " + " | ".join(self.log[-5:]))
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except Exception:  # noqa: BLE001 - a stuck broker is killed
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+# --- daemons in-process ------------------------------------------------------
+
+
+class DaemonCommunity:
+    """Members of one test community, each with keys, a credential and a config file.
+
+    ``config(name, extra)`` writes ``<base>/<name>/p2pd.toml`` (loopback, port 0,
+    in-memory store unless given, no meter, no agent) with ``extra`` TOML
+    appended, and returns the loaded :class:`p2pd.config.Config`.
+    """
+
+    def __init__(self, base: object) -> None:
+        from pathlib import Path
+
+        from protocol import SigningKey
+
+        self.base = Path(str(base))
+        self.issuer = SigningKey.generate()
+
+    def config(self, name: str, extra: str = "", *, store: str = "memory://",
+               meter: str = 'driver = "none"'):  # type: ignore[no-untyped-def]
+        import time
+
+        from p2pd.components import SECTIONS
+        from p2pd.config import load_config
+        from p2pd.net.identity import write_credential, write_node_keys
+        from protocol import Credential
+
+        d = self.base / name
+        keys_dir = d / "state" / "keys"
+        if not keys_dir.exists():
+            keys = write_node_keys(keys_dir)
+            now = int(time.time())
+            write_credential(keys_dir / "credential", Credential.issue(
+                self.issuer, community="dt", member_id=name, role="prosumer",
+                metering_point=f"EAN{name}", sign_pk=keys.signing.public,
+                noise_pk=keys.noise_public, valid_from=now - 3600, valid_until=now + 86400))
+        (d / "p2pd.toml").write_text(f"""
+[node]
+state_dir = "state"
+runtime_dir = "run"
+log_level = "warning"
+[community]
+id = "dt"
+issuers = ["{self.issuer.public.hex()}"]
+[p2p]
+host = "127.0.0.1"
+port = 0
+[store]
+url = "{store}"
+[meter]
+{meter}
+[trading]
+agent = false
+{extra}
+""")
+        return load_config(d / "p2pd.toml", sections=SECTIONS)
+
+
+async def trade_between(seller, buyer, wh: int = 400, offer_wh: int = 1000,  # type: ignore[no-untyped-def]
+                        price: int = 90_000) -> dict:  # type: ignore[type-arg]
+    """Connect two running daemons, post the seller's offer in the trading slot
+    and let the buyer take ``wh`` of it; returns the buyer's trade result."""
+    import time
+
+    import trio
+
+    from p2pd.events import OrderSeen
+    from p2pd.views.summary import trading_slot
+
+    port = int(seller.listen_addresses[0].rsplit(":", 1)[1])
+    await buyer.control.call("peers.connect", {"host": "127.0.0.1", "port": port})
+    community = seller.config.community
+    slot = trading_slot(int(time.time()), community.slot_seconds, community.gate_closure_seconds)
+    with trio.fail_after(10.0):
+        async with buyer.node.events.subscribe() as events:
+            order = await seller.control.call(
+                "orders.post", {"side": "sell", "slot_start": slot, "wh": offer_wh, "price": price})
+            async for ev in events:
+                if isinstance(ev, OrderSeen) and ev.order_id == order["order_id"]:
+                    break
+        result: dict = await buyer.control.call(  # type: ignore[type-arg]
+            "orders.take", {"order_id": order["order_id"], "wh": wh})
+    return result
 
 
 # --- throwaway accounts (tests that need a second uid; they run as root) -----------------

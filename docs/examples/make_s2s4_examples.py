@@ -12,11 +12,19 @@ tests/protocol/test_spec_s2s4.py re-derives the blocks and fails on drift.
 from __future__ import annotations
 
 from protocol import Reason, SigningKey, encode_message
-from protocol.brokerage import BookChunk, BrokerSubmit, ClearingAnnounce, ClearingSummary, MatchPropose, MatchSign
+from protocol.brokerage import (
+    BookChunk,
+    BrokerSubmit,
+    ClearingAnnounce,
+    ClearingSummary,
+    MatchPropose,
+    MatchSign,
+)
 from protocol.credentials import Credential
 from protocol.delegation import (
     AgentOrder,
     AgentReceipt,
+    AgentRefused,
     AgentTerms,
     Delegation,
     DelegationGossip,
@@ -24,9 +32,16 @@ from protocol.delegation import (
     DelegationRevokeGossip,
     MeterReport,
     MeterReportMsg,
-    AgentRefused,
 )
-from protocol.receipt_log import EquivocationProof, HeadGossip, LogHead, ReceiptChain
+from protocol.receipt_log import (
+    EquivocationProof,
+    HeadGossip,
+    LogEntries,
+    LogEntry,
+    LogHead,
+    LogRequest,
+    ReceiptChain,
+)
 
 NOW = 1780000000
 SLOT_LEN = 900
@@ -81,6 +96,9 @@ def examples() -> dict[str, bytes]:
         "s2s4-clearing-announce": encode_message(ClearingAnnounce(summary)),
         "s2s4-head-gossip": encode_message(HeadGossip(head, bob_cred, 3)),
         "s2s4-equivocation-proof": EquivocationProof(head, other).encode(),
+        # carol follows bob's log and asks for what follows seq 0: bob's one entry.
+        "s2s4-log-request": encode_message(LogRequest("bob", 0, 8)),
+        "s2s4-log-entries": encode_message(LogEntries("bob", 0, (LogEntry(1, 2, receipt.encode()),), head, bob_cred)),
     }
 
 

@@ -14,7 +14,16 @@ document and the code disagree.
 from __future__ import annotations
 
 from protocol import (
-    NEED_DATA, Close, Credential, Hello, Ping, Pong, Reason, Session, SigningKey, TrustPolicy,
+    NEED_DATA,
+    Close,
+    Credential,
+    Hello,
+    Ping,
+    Pong,
+    Reason,
+    Session,
+    SigningKey,
+    TrustPolicy,
     encode_message,
 )
 

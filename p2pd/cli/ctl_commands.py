@@ -255,6 +255,12 @@ for _cmd in (
     Command("client", "client.status", "how this prosumer trades: its representative or broker"),
     Command("log", "receipts.log", "our receipt log's head and the equivocators seen",
             render=lambda r: f"seq {r['seq']} head {r['head'][:16]}..., holding {r['held']} replicas; "
-            f"equivocators: {', '.join(r['equivocators']) or 'none'}; forks: {', '.join(r['forks']) or 'none'}"),
+            f"equivocators: {', '.join(r['equivocators']) or 'none'}; forks: {', '.join(r['forks']) or 'none'}; "
+            f"following {len(r['following'])} logs"),
+    Command("fetch-log", "receipts.fetch_log", "follow a MEMBER's receipt log and fetch what is missing",
+            [Arg("member", help="member id")], lambda a: {"member": a.member},
+            lambda r: f"{r['member']}: verified up to seq {r['verified']} ({r['fetched']} entries fetched now; "
+            f"newest head known {r['latest_head']})" + (" FORK" if r["fork"] else "")
+            + (" EQUIVOCATION" if r["equivocation"] else "")),
 ):
     add_command(_cmd)

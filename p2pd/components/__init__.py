@@ -23,8 +23,8 @@ loader, so all validate alike: ``p2pd config check``, ``p2pd run``, ``p2pd
 meter read --config``, and reload (SIGHUP, ``p2pctl reload``), which uses
 the running components' sections (:attr:`p2pd.context.DaemonContext.sections`).
 
-May import: ``context``, ``control``, ``roles``, ``net``, ``market``,
-``config``, ``notify`` and the shared modules. Never ``sim`` or ``cli``.
+May import: ``views``, ``context``, ``control``, ``roles``, ``net``,
+``market``, ``config``, ``notify`` and the shared modules. Never ``sim`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 from p2pd.components.agent import DAEMON_COMPONENT as AGENT
 from p2pd.components.broker import DAEMON_COMPONENT as BROKER
 from p2pd.components.client import DAEMON_COMPONENT as CLIENT
+from p2pd.components.dashboard import DAEMON_COMPONENT as DASHBOARD
+from p2pd.components.mqtt import DAEMON_COMPONENT as MQTT
 from p2pd.components.policing import DAEMON_COMPONENT as POLICING
 from p2pd.components.replication import DAEMON_COMPONENT as REPLICATION
 from p2pd.components.representative import DAEMON_COMPONENT as REPRESENTATIVE
@@ -46,6 +48,7 @@ from p2pd.context import Component
 
 COMPONENTS: tuple[Component, ...] = (
     REVOCATIONS, POLICING, TRADING, REPLICATION, AGENT, BROKER, REPRESENTATIVE, CLIENT, SETTLEMENT,
+    MQTT, DASHBOARD,
 )
 
 

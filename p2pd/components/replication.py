@@ -9,9 +9,12 @@ representative, broker and client components, which use
 to ``replicas`` other members, and its new head gossiped. Conflicting heads
 of another member become an ``equivocation`` event and spread as proof.
 
-Puts ``"replication"`` into ``ctx.services``; adds the control method
-``receipts.log`` and a ``replication`` object to ``status``. Owns
-``[replication]`` (:data:`REPLICATION`).
+The node also follows the logs of the members it trades with, fetching and
+verifying what it lacks of them (:class:`~p2pd.roles.log_fetch.LogFetcher`).
+
+Puts ``"replication"`` into ``ctx.services``; adds the control methods
+``receipts.log`` and ``receipts.fetch_log`` and a ``replication`` object to
+``status``. Owns ``[replication]`` (:data:`REPLICATION`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from p2pd import log
 from p2pd.components.status import extend_status
 from p2pd.config import Section, Table
-from p2pd.errors import PeerGone
+from p2pd.control.server import Param
+from p2pd.errors import P2pdError, PeerGone
 from p2pd.roles.replication import LoggingWriter, Replication
 
 if TYPE_CHECKING:
@@ -45,9 +49,22 @@ REPLICATION = Section("replication", parse_replication)
 
 
 def log_status(rep: Replication) -> dict[str, Any]:
-    """our log's seq and head, replicas held for others, equivocators and forks seen"""
+    """our log's seq and head, replicas held for others, logs followed, equivocators and forks seen"""
     st = rep.status()
-    return {**st, "forks": sorted(rep.heads.forks), "members_watched": len(rep.heads.heads)}
+    return {**st, "forks": sorted(rep.heads.forks), "members_watched": len(rep.heads.heads),
+            "following": rep.fetcher.status()}
+
+
+async def fetch_log(rep: Replication, member: str) -> dict[str, Any]:
+    """follow a member's receipt log and fetch what is missing of it, verified against its signed heads"""
+    if member == rep.node.member_id:
+        raise P2pdError("that is our own log")
+    await rep.fetcher.follow(member)
+    added = await rep.fetcher.fetch(member, beyond_known=True)
+    followed = rep.fetcher.follows[member]
+    return {"member": member, "fetched": added, "verified": followed.seq, "head": followed.head_hash.hex(),
+            "latest_head": rep.heads.latest(member), "fork": member in rep.heads.forks,
+            "equivocation": member in rep.heads.proofs}
 
 
 class ReplicationComponent:
@@ -75,9 +92,12 @@ class ReplicationComponent:
                 market.writer = logging_writer
         ctx.services["replication"] = rep
         ctx.control.register("receipts.log", lambda: log_status(rep), summary=log_status.__doc__ or "")
+        ctx.control.register("receipts.fetch_log", lambda member: fetch_log(rep, member),
+                             {"member": Param(str, max_len=64, help="member id")},
+                             summary=fetch_log.__doc__ or "")
         extend_status(ctx.control, "replication",
-                      lambda: {"seq": rep.log.chain.seq, "held": len(rep.held),
-                               "equivocators": sorted(rep.heads.proofs)})
+                      lambda: {"seq": rep.log.chain.seq, "held": rep.held,
+                               "equivocators": sorted(rep.heads.proofs), "following": len(rep.fetcher.follows)})
 
 
 DAEMON_COMPONENT = ReplicationComponent()

@@ -16,10 +16,19 @@ S3 (``[representative] broker = "member-id"``):
   * ``submit`` (``submit_before_gate`` seconds before the gate): net the
     clients internally, then send one aggregated order per side and limit
     price to the broker (:meth:`~p2pd.roles.representative.Representative.aggregate_orders`).
-    If the broker's session closes, matches both sides signed are finished
-    with the other agents directly. Each fill is split among the clients of that order pro rata
+    Each fill is split among the clients of that order pro rata
     (:func:`~p2pd.roles.representative.split_fill`) and recorded in :attr:`RepresentativeRunner.ledger`,
     which is what the representative owes each client.
+  * The broker gone (its session closed, or a submission finds no session
+    or no answer): S3 falls back like S4 (:meth:`RepresentativeRunner.broker_lost`).
+    Matches both sides signed are finished with the other agents directly
+    (dialled if need be), so nothing countersigned is lost; what is left of
+    the aggregated orders is no longer the broker's to fill; and every slot
+    whose gate is still open is traded as in S2: clients' surplus offered,
+    their needs taken from other representatives' offers, at once and then
+    at the S2 phases, which run while the broker is away. A slot traded
+    directly stays direct; a new session with the broker puts later slots
+    back on it.
 
 Clients' delegations and meter reports arrive by themselves (delegation
 gossip, MeterReportMsg); a client that reported nothing for a slot is not
@@ -30,22 +39,30 @@ traded. Control method ``representative.status``; ``status`` gets a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2pd import log
-from p2pd.clock import Clock
+from p2pd.clock import Clock, trio_deadline
 from p2pd.components.status import extend_status
 from p2pd.config import DAY, Section, Table
-from p2pd.errors import TradeError
+from p2pd.errors import P2pdError, TradeError
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.broker import BrokerClient, agent_receipt_record
 from p2pd.roles.representative import HOPS, Representative, split_fill
 from p2pd.roles.slot_phases import serve_slot_phases
 from protocol import AgentOrder, AgentOrderGossip, AgentReceipt, AgentTerms, Reason
-from store import StorageUnavailable
+from store import StorageUnavailable, StoreError
+
+Dial = Callable[[str], Awaitable[Any]]
+
+FALLBACK_BUY_AFTER = 10
+"""S3 without its broker: seconds (market time) between offering a slot's
+surplus directly and taking other representatives' offers for it, at most
+half the time left before its gate."""
 
 if TYPE_CHECKING:
     from p2pd.context import DaemonContext
@@ -97,7 +114,8 @@ class RepresentativeRunner:
     """One representative's per-slot schedule; S3 when ``broker`` and ``client`` are given."""
 
     def __init__(self, rep: Representative, clock: Clock, *, broker: str | None = None,
-                 client: BrokerClient | None = None, submit_before_gate: int = 60) -> None:
+                 client: BrokerClient | None = None, submit_before_gate: int = 60,
+                 dial: Dial | None = None) -> None:
         if (broker is None) != (client is None):
             raise ValueError("S3 needs both the broker's id and a BrokerClient")
         self.rep = rep
@@ -105,6 +123,9 @@ class RepresentativeRunner:
         self.broker = broker
         self.client = client
         self.submit_before_gate = submit_before_gate
+        self.dial = dial
+        self.broker_up = broker is not None
+        self.direct: set[int] = set()  # S3 slots traded directly (the broker was gone)
         self.offered: set[tuple[str, int]] = set()
         self.allocs: dict[bytes, dict[str, int]] = {}  # our aggregated order -> what is left per client
         self.ledger: list[ClientFill] = []
@@ -112,24 +133,36 @@ class RepresentativeRunner:
         if client is not None:
             client.on_receipt.append(self._on_fill)
             rep.node.on_close.append(self._on_close)
+            rep.node.on_open.append(self._on_open)
 
     @property
     def phases(self) -> dict[str, int]:
-        if self.broker is not None:
-            return {"submit": self.submit_before_gate}
         slot = self.rep.slot_len
-        return {"offer": 2 * slot // 3, "buy": slot // 3, "buy_again": slot // 6}
+        s2 = {"offer": 2 * slot // 3, "buy": slot // 3, "buy_again": slot // 6}
+        if self.broker is None:
+            return s2
+        # S3 runs the S2 phases too; they act only on slots traded directly.
+        return {**{k: v for k, v in s2.items() if v != self.submit_before_gate}, "submit": self.submit_before_gate}
+
+    def is_direct(self, slot_start: int) -> bool:
+        """True if the slot is traded as in S2: no broker configured, or gone."""
+        return self.broker is None or not self.broker_up or slot_start in self.direct
 
     async def act(self, phase: str, slot_start: int) -> None:
-        if phase == "offer":
-            await self.net_internally(slot_start)
-            await self.offer(slot_start)
-        elif phase in ("buy", "buy_again"):
-            got = await self.rep.buy_for_clients(slot_start)
-            self.counters["bought_wh"] += sum(r.terms.wh for r in got)
-        elif phase == "submit":
+        direct = self.is_direct(slot_start)
+        if phase == "submit" and not direct:
             await self.net_internally(slot_start)
             await self.submit(slot_start)
+        elif not direct:
+            return  # S3 with its broker: the S2 phases have nothing to do
+        elif phase == "offer":
+            if self.broker is not None:
+                self.direct.add(slot_start)
+            await self.net_internally(slot_start)
+            await self.offer(slot_start)
+        elif phase in ("buy", "buy_again", "submit"):  # a direct slot's last takes at "submit"
+            got = await self.rep.buy_for_clients(slot_start)
+            self.counters["bought_wh"] += sum(r.terms.wh for r in got)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_slot_phases(self.clock, self.rep.slot_len, self.rep.gate_closure, self.phases, self.act,
@@ -215,7 +248,11 @@ class RepresentativeRunner:
     # --- S3 ------------------------------------------------------------------------------
 
     async def submit(self, slot_start: int) -> int:
-        """Send the slot's aggregated orders to the broker; returns how many it accepted."""
+        """Send the slot's aggregated orders to the broker; returns how many it accepted.
+
+        If the broker is gone (no session, no answer), the slot is traded
+        directly (:meth:`broker_lost`).
+        """
         assert self.client is not None and self.broker is not None
         accepted = 0
         for order, alloc in self.rep.aggregate_orders(slot_start):
@@ -224,12 +261,73 @@ class RepresentativeRunner:
                 await self.client.submit(self.broker, order)
             except TradeError as exc:
                 del self.allocs[order.order_id]
+                # Not in the book, or unknown: either way never the broker's to fill.
+                self.client.own.pop(order.order_id, None)
                 self.counters[f"submit_failed:{_reason(exc)}"] += 1
+                if exc.reason in (Reason.NOT_FOUND, Reason.TIMEOUT):
+                    await self.broker_lost(slot_start)
+                    break
                 continue
             accepted += 1
             self.counters["submitted_wh"] += order.wh
         self.counters["orders_submitted"] += accepted
         return accepted
+
+    async def broker_lost(self, slot_start: int | None = None) -> None:
+        """The broker is gone: finish signed matches directly, trade open slots as in S2.
+
+        ``slot_start``: a slot whose submission just failed (traded directly
+        even if no order of it reached the broker).
+        """
+        assert self.client is not None
+        first = self.broker_up
+        self.broker_up = False
+        if first:
+            self.counters["broker_lost"] += 1
+            log.warning("broker_lost", broker=self.broker or "-")
+        me = self.rep.me
+        for prop, _ in list(self.client.pending.values()):
+            t = prop.terms
+            other = t.buyer_agent if t.seller_agent == me else t.seller_agent
+            if other not in self.rep.node.sessions and self.dial is not None:
+                try:
+                    await self.dial(other)
+                except (P2pdError, OSError):
+                    self.counters["dial_failed"] += 1
+        await self.client.finish_directly()
+        now = self.rep.now()
+        gate = self.rep.gate_closure
+        slots = {slot_start} if slot_start is not None else set()
+        for own in self.client.own.values():
+            o = own.order
+            if own.remaining > 0 and now < o.slot_start - gate:
+                self.counters["released_wh"] += own.remaining
+                own.remaining = 0  # no longer the broker's to fill, even if it comes back
+                slots.add(o.slot_start)
+        slots |= {s for (_, s) in self.rep.reports if now < s - gate}
+        for s in sorted(slots - self.direct):
+            self.direct.add(s)
+            self.rep.node.nursery.start_soon(self.trade_directly, s)
+
+    async def trade_directly(self, slot_start: int) -> None:
+        """Trade a slot as in S2 now: net, offer, and a little later take offers.
+
+        Runs on its own (started by :meth:`broker_lost`): a store that refuses
+        writes or a daemon stopping ends it, counted, never the node.
+        """
+        try:
+            await self.net_internally(slot_start)
+            await self.offer(slot_start)
+            now = self.rep.now()
+            wait = min(FALLBACK_BUY_AFTER, (slot_start - self.rep.gate_closure - now) / 2)
+            await trio.sleep_until(trio_deadline(self.clock, now + max(0.0, wait)))
+            got = await self.rep.buy_for_clients(slot_start)
+        except (P2pdError, StoreError) as exc:  # ShuttingDown, StorageUnavailable, ...
+            self.counters[f"direct_failed:{type(exc).__name__}"] += 1
+            log.info("direct_slot_failed", slot=slot_start, error=str(exc))
+            return
+        self.counters["bought_wh"] += sum(r.terms.wh for r in got)
+        self.counters["slots_direct"] += 1
 
     async def _on_fill(self, receipt: AgentReceipt) -> None:
         t = receipt.terms
@@ -250,11 +348,15 @@ class RepresentativeRunner:
         self.counters["filled_wh"] += t.wh
 
     async def _on_close(self, conn: PeerConnection) -> None:
-        # Broker gone mid-clearing: matches both sides signed still become
-        # receipts, finished with the other agents directly.
+        # Broker gone, maybe mid-clearing: matches both sides signed still
+        # become receipts, finished with the other agents directly.
         if self.client is not None and conn.peer is not None and conn.peer.member_id == self.broker:
-            self.counters["broker_lost"] += 1
-            await self.client.finish_directly()
+            await self.broker_lost()
+
+    async def _on_open(self, conn: PeerConnection) -> None:
+        if conn.peer is not None and conn.peer.member_id == self.broker and not self.broker_up:
+            self.broker_up = True
+            self.counters["broker_back"] += 1
 
     def status(self) -> dict[str, Any]:
         rep = self.rep
@@ -266,7 +368,8 @@ class RepresentativeRunner:
                             "min_sell_price": d.min_sell_price, "max_buy_price": d.max_buy_price,
                             "valid_until": d.valid_until,
                             "reports": sum(1 for (p, _) in rep.reports if p == principal)})
-        return {"scenario": "S3" if self.broker else "S2", "broker": self.broker, "clients": clients,
+        return {"scenario": "S3" if self.broker else "S2", "broker": self.broker,
+                "broker_up": self.broker_up if self.broker else None, "clients": clients,
                 "receipts": len(rep.receipts) + (len(self.client.receipts) if self.client else 0),
                 "client_fills": len(self.ledger),
                 "counters": dict(rep.counters) | dict(self.counters)
@@ -297,7 +400,8 @@ class RepresentativeComponent:
 
             client = BrokerClient(ctx.node, commit=commit)
         runner = RepresentativeRunner(rep, clock, broker=cfg.broker, client=client,
-                                      submit_before_gate=cfg.submit_before_gate)
+                                      submit_before_gate=cfg.submit_before_gate,
+                                      dial=getattr(ctx.discovery, "dial_member", None))
         ctx.services["representative"] = runner
         await ctx.nursery.start(runner.run)
         ctx.control.register("representative.status", runner.status,

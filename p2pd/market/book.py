@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pd.market.errors import Refusal
+from p2pd.market.pseudonyms import EpochKeyRing, check_anon_order
 from p2pd.market.rules import TRADING_ROLES, MarketRules
 from protocol import (
     Cancel,
     Credential,
     CredentialError,
     Order,
+    Pseudonym,
     Reason,
     SignatureError,
     TradeTerms,
@@ -30,7 +32,7 @@ from protocol import (
 @dataclass
 class BookEntry:
     order: Order
-    credential: Credential
+    credential: Credential | Pseudonym  # a Pseudonym for a pseudonymous order (protocol.md 12.8)
     remaining_wh: int | None = None  # known exactly only for our own orders
 
 
@@ -75,26 +77,32 @@ class OrderBook:
     withdrawn: dict[bytes, BookEntry] = field(default_factory=dict)  # cancelled or sold out
     credentials: dict[str, Credential] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
+    epoch_keys: EpochKeyRing | None = None  # None: pseudonymous orders are refused
 
     def knows(self, order_id: bytes) -> bool:
         return order_id in self.live or order_id in self.cancelled
 
-    def accept(self, order: Order, cred: Credential, now: int) -> BookEntry | None:
+    def accept(self, order: Order, cred: Credential | Pseudonym, now: int) -> BookEntry | None:
         """Validate ``order`` and hold it; None if already known or refused (counted)."""
         if self.knows(order.order_id):
             self.counters["orders_duplicate"] += 1
             return None
         try:
-            check_order(order, cred, self.policy, self.rules, now)
+            if isinstance(cred, Pseudonym):
+                check_anon_order(order, cred, self.epoch_keys, self.rules, now)
+                check_order_terms(order, self.rules, now)
+            else:
+                check_order(order, cred, self.policy, self.rules, now)
         except Refusal as exc:
             self.counters[f"orders_rejected:{exc.reason.name}"] += 1
             return None
         entry = self.live[order.order_id] = BookEntry(order, cred)
-        self.credentials.setdefault(cred.member_id, cred)
+        if isinstance(cred, Credential):
+            self.credentials.setdefault(cred.member_id, cred)
         self.counters["orders_accepted"] += 1
         return entry
 
-    def add_own(self, order: Order, cred: Credential, remaining_wh: int) -> BookEntry:
+    def add_own(self, order: Order, cred: Credential | Pseudonym, remaining_wh: int) -> BookEntry:
         entry = self.live[order.order_id] = BookEntry(order, cred, remaining_wh)
         return entry
 

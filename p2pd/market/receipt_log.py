@@ -6,23 +6,51 @@ it has learnt (from ``HeadGossip`` and ``ReceiptReplica``) and turns a
 conflict into proof: two heads with one seq and different hashes
 (:class:`~protocol.receipt_log.EquivocationProof`), or a replica whose entry
 does not lead from the member's previous signed head to its new one (a fork:
-the two heads and the entry are the proof). Pure bookkeeping, no I/O.
+the two heads and the entry are the proof).
+
+Following a log (:class:`Followed`): a node keeps how far it verified
+another member's log, and :meth:`HeadBook.add_page` checks each page of
+entries fetched for it (``LogEntries``): they must chain from what is
+verified to a head the member signed. :func:`page_of` and
+:meth:`ReceiptLog.page` build the pages a node answers with. Pure
+bookkeeping, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from protocol import (
+    RECEIPT_V1,
+    RECEIPT_V2,
+    AgentReceipt,
     Credential,
     EquivocationProof,
     LogHead,
+    Receipt,
     ReceiptChain,
     SignatureError,
     SigningKey,
     entry_hash,
 )
+
+GENESIS = bytes(32)
+
+
+def receipt_kind(encoded: bytes) -> int:
+    """RECEIPT_V1 or RECEIPT_V2 by shape (a v2 receipt has six fields)."""
+    return RECEIPT_V2 if encoded[:1] == b"\x96" else RECEIPT_V1
+
+
+def signers(encoded: bytes) -> frozenset[str]:
+    """The members who signed a receipt, and so logged it: seller and buyer (S1), or
+    the two agents and the broker, if any (S2-S4). Raises DecodeError."""
+    if receipt_kind(encoded) == RECEIPT_V1:
+        t = Receipt.decode(encoded).terms
+        return frozenset((t.seller, t.buyer))
+    a = AgentReceipt.decode(encoded).terms
+    return frozenset(m for m in (a.seller_agent, a.buyer_agent, a.broker) if m)
 
 
 class ReceiptLog:
@@ -83,15 +111,79 @@ class ReceiptLog:
     def started(self) -> bool:
         return self.chain.seq > 0
 
+    def page(self, after: int, limit: int) -> tuple[list[tuple[int, bytes]], LogHead | None]:
+        """Entries ``after + 1`` … (at most ``limit``) and our head at the last; ``([], None)``
+        if there are none. Re-signing an old seq gives the head signed then (deterministic)."""
+        entries = self.chain.entries[after : after + limit]
+        if after < 0 or not entries:
+            return [], None
+        last = after + len(entries)
+        head = LogHead.create(self.key, self.member, last, self.chain.hashes[last])
+        return [(after + i, e) for i, e in enumerate(entries, start=1)], head
+
+
+def page_of(held: Iterable[tuple[int, bytes, LogHead]], after: int, limit: int,
+            ) -> tuple[list[tuple[int, bytes]], LogHead | None]:
+    """A page from entries held for another member: ``(seq, receipt, head)`` by seq.
+
+    Returns the longest run of consecutive entries from ``after + 1`` (at most
+    ``limit``) that ends at an entry held with the member's head at its own
+    seq, and that head; ``([], None)`` if there is none.
+    """
+    run: list[tuple[int, bytes]] = []
+    end: tuple[int, LogHead] | None = None
+    for seq, receipt, head in held:
+        if len(run) >= limit or seq != after + len(run) + 1:
+            break
+        run.append((seq, receipt))
+        if head.seq == seq:
+            end = (len(run), head)
+    if end is None:
+        return [], None
+    return run[: end[0]], end[1]
+
+
+@dataclass
+class Followed:
+    """How far this node verified a log it follows: entries 1..``seq`` reproduce ``head_hash``."""
+
+    member: str
+    seq: int = 0
+    head_hash: bytes = GENESIS
+
+
+@dataclass(frozen=True)
+class PageVerified:
+    """A page that extends a followed log: store ``entries``; ``followed`` is the new state."""
+
+    followed: Followed
+    entries: tuple[tuple[int, bytes], ...]
+    head: LogHead
+
+
+@dataclass(frozen=True)
+class PageRejected:
+    """An answer that proves nothing about the member: its sender's fault, not the member's."""
+
+    why: str
+
 
 @dataclass
 class Fork:
-    """A replica whose entry does not chain from the previous head to the new one."""
+    """Entries the member showed that do not chain from ``previous`` to ``head``.
+
+    A replica (``receipt``) not leading from the member's head at ``seq - 1`` to
+    the one sent with it; or a fetched page (``entries``, from ``previous.seq +
+    1``) that reproduces one head the member signed but not another
+    (``previous`` is then the contradicted head), or that the member itself
+    sent and that does not reproduce its own head.
+    """
 
     member: str
     previous: LogHead
     head: LogHead
     receipt: bytes
+    entries: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -138,6 +230,76 @@ class HeadBook:
             self.forks[head.member] = fork
             return fork
         return None
+
+    def restore(self, head: LogHead) -> None:
+        """Put back a head kept in the store (checked when it was first learnt).
+
+        A second head at one seq with another hash becomes the proof again.
+        """
+        known = self.heads.setdefault(head.member, {})
+        other = known.get(head.seq)
+        if other is None:
+            known[head.seq] = head
+        elif other.head_hash != head.head_hash and head.member not in self.proofs:
+            self.proofs[head.member] = EquivocationProof(other, head)
+
+    def latest(self, member: str) -> int:
+        """The highest seq of ``member``'s heads known (0 if none)."""
+        return max(self.heads.get(member, {}), default=0)
+
+    def has(self, head: LogHead) -> bool:
+        """True if exactly this head (seq and hash) is known."""
+        known = self.heads.get(head.member, {}).get(head.seq)
+        return known is not None and known.head_hash == head.head_hash
+
+    def add_page(self, followed: Followed, entries: Sequence[tuple[int, bytes]], head: LogHead,
+                 cred: Credential, *, from_member: bool) -> PageVerified | PageRejected | Fork | EquivocationProof:
+        """Check a page of ``followed.member``'s log fetched for us.
+
+        The entries must be consecutive from ``followed.seq + 1`` and, chained
+        from ``followed.head_hash``, reproduce ``head``, which ``cred`` (the
+        member's credential) signed. A mismatch is the member's fork if the
+        member sent the page itself (``from_member``), else the sender's fault
+        (:class:`PageRejected`: someone else may hold the real entries). Entries
+        that reproduce the signed head but pass another head the member signed
+        at a lower seq with a different hash are a fork whoever sent them: the
+        member signed two histories. A head conflicting with a known one at its
+        seq is an equivocation. Nothing is changed but the heads known.
+        """
+        member = followed.member
+        if head.member != member or cred.member_id != member:
+            return PageRejected("head or credential of another member")
+        if not entries or [s for s, _ in entries] != list(range(followed.seq + 1, followed.seq + 1 + len(entries))):
+            return PageRejected("entries are not the ones after the verified seq")
+        if head.seq != entries[-1][0]:
+            return PageRejected("head is not at the last entry")
+        try:
+            proof = self.add(head, cred)
+        except SignatureError:
+            return PageRejected("head not signed by the member")
+        if proof is not None:
+            return proof
+        known = self.heads.get(member, {})
+        previous = known.get(followed.seq) or LogHead(member, followed.seq, followed.head_hash, bytes(64))
+        receipts = tuple(r for _, r in entries)
+        h = followed.head_hash
+        hashes = []
+        for seq, receipt in entries:
+            h = entry_hash(h, seq, receipt)
+            hashes.append((seq, h))
+        if h != head.head_hash:
+            if not from_member:
+                return PageRejected("entries do not reproduce the member's head")
+            return self._fork(Fork(member, previous, head, receipts[-1], receipts))
+        for seq, h in hashes[:-1]:
+            other = known.get(seq)
+            if other is not None and other.head_hash != h:
+                return self._fork(Fork(member, other, head, receipts[seq - followed.seq - 1], receipts))
+        return PageVerified(Followed(member, head.seq, head.head_hash), tuple(entries), head)
+
+    def _fork(self, fork: Fork) -> Fork:
+        self.forks.setdefault(fork.member, fork)
+        return fork
 
     def accept_proof(self, proof: EquivocationProof, cred: Credential) -> bool:
         """Check a proof someone sent us; True if valid and new."""

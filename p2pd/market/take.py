@@ -41,12 +41,18 @@ def receipt_parties(receipt: Receipt) -> frozenset[str]:
     return frozenset((receipt.terms.seller, receipt.terms.buyer))
 
 
-def terms_for_take(entry: BookEntry, me: str, trade_id: bytes, wh: int, now: int) -> TradeTerms:
-    """The terms of our take of ``wh`` from ``entry``'s order. Raises :class:`Refusal`."""
+def terms_for_take(entry: BookEntry, me: str, trade_id: bytes, wh: int, now: int,
+                   owner: str | None = None) -> TradeTerms:
+    """The terms of our take of ``wh`` from ``entry``'s order. Raises :class:`Refusal`.
+
+    ``owner`` is the member behind a pseudonymous order, as it proved
+    (docs/protocol.md 12.8); by default the order's ``member_id``.
+    """
     order = entry.order
-    if order.member_id == me:
+    owner = order.member_id if owner is None else owner
+    if owner == me:
         raise Refusal(Reason.BAD_ROLE, "cannot take our own order")
-    seller, buyer = parties(order, me)
+    seller, buyer = parties(order, me, owner)
     terms = TradeTerms(trade_id, order.order_id, order.wh, seller, buyer, order.slot_start,
                        order.slot_len, wh, order.price, now)
     try:
@@ -78,9 +84,12 @@ def check_answer(terms: TradeTerms, receipt: Receipt, our_sig: bytes, owner: str
 
 
 def check_take(order: Order, terms: TradeTerms, taker: str, taker_sign_pk: bytes, taker_sig: bytes,
-               now: int) -> None:
-    """The owner's checks of a take against its own live ``order``. Raises :class:`Refusal`."""
-    seller, buyer = parties(order, taker)
+               now: int, owner: str | None = None) -> None:
+    """The owner's checks of a take against its own live ``order``. Raises :class:`Refusal`.
+
+    ``owner`` is our member id when ``order`` is one of our pseudonymous orders.
+    """
+    seller, buyer = parties(order, taker, owner)
     expected = (order.order_id, order.wh, seller, buyer, order.slot_start, order.slot_len, order.price)
     got = (terms.order_id, terms.order_wh, terms.seller, terms.buyer, terms.slot_start,
            terms.slot_len, terms.price)

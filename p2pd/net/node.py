@@ -130,6 +130,9 @@ class Node:
         self.events = EventBus()
         self.inbound: InboundPolicy = OpenPolicy()
         self.counters: Counter[str] = Counter()
+        # Messages received (before policing) and sent, by type: /metrics shows them.
+        self.received: Counter[type[Message]] = Counter()
+        self.sent: Counter[type[Message]] = Counter()
         # Every line a stranger or a member can trigger at will goes through
         # this sampler (per cause: the first, then a summary per interval);
         # the counters above still count each occurrence.
@@ -221,7 +224,7 @@ class Node:
         )
         conn = PeerConnection(stream, session, address, self.clock, self.limits.send_timeout,
                               stats=ConnStats(now), counters=self.counters, logs=self.logs,
-                              known=host_of(address) in self.known_hosts)
+                              sent=self.sent, known=host_of(address) in self.known_hosts)
         self.connections.add(conn)
         return conn
 
@@ -257,6 +260,7 @@ class Node:
             await self._on_established(conn)
             return
         assert isinstance(event, Message)
+        self.received[type(event)] += 1
         # Every received message is policed, the session's own included: the
         # session surfaces Ping, Pong, Rekey and Close instead of acting on
         # them unseen (docs/protocol.md §13.1).

@@ -69,6 +69,8 @@ class PeerConnection:
     counters: Counter[str] = field(default_factory=Counter)
     # The node's log sampler (shared): lines a peer can trigger at will.
     logs: log.Sampler = field(default_factory=log.Sampler)
+    # Messages sent, by type (the node's, shared): for the metrics.
+    sent: Counter[type[Message]] = field(default_factory=Counter)
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -87,6 +89,7 @@ class PeerConnection:
         except ProtocolError as exc:
             raise PeerGone(f"cannot send to {self.member_id}: {exc}") from exc
         self.stats.messages_out += 1
+        self.sent[type(msg)] += 1
         await self.flush()
 
     async def flush(self, *, end_on_break: bool = True) -> None:

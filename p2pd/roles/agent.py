@@ -39,7 +39,7 @@ from p2pd.market.autotrade import candidates, open_slots
 from p2pd.market.forecast import forecast_net, net_by_slot
 from p2pd.market.settlement import CumulativeReading
 from p2pd.roles.trading import BookEntry, Market
-from protocol import Reason
+from protocol import Reason, is_pseudonym_name
 
 
 class Forecaster(Protocol):
@@ -140,6 +140,8 @@ class Agent:
         self.config = config or AgentConfig()
         self.meter = meter
         self.dial = dial
+        if dial is not None and market.dial is None:
+            market.dial = dial  # the owner of a pseudonymous order reaches its takers with it
         self.clock: Clock = market.clock
         digest = hashlib.sha256(market.me.encode()).digest()
         self.phase = phase if phase is not None else int.from_bytes(digest[:4], "big") / 2**32
@@ -239,7 +241,8 @@ class Agent:
 
     def _live(self, target: int, side: str, price_ok: Callable[[int], bool], *,
               highest_first: bool) -> list[BookEntry]:
-        return candidates(self.market.book.values(), target=target, side=side, price_ok=price_ok,
+        others = (e for e in self.market.book.values() if not self.market.is_own(e))
+        return candidates(others, target=target, side=side, price_ok=price_ok,
                           me=self.market.me, now=self.market.now(), remaining_seen=self.remaining_seen,
                           salt=self._salt, highest_first=highest_first)
 
@@ -258,7 +261,8 @@ class Agent:
         wh = min(want, known, order.wh)
         if wh <= 0:
             return 0
-        if not await self._ensure_session(order.member_id, plan):
+        # A pseudonymous order's owner opens the session itself (market.take).
+        if not is_pseudonym_name(order.member_id) and not await self._ensure_session(order.member_id, plan):
             return 0
         for _ in range(2):  # a second try with what the owner says is left
             try:

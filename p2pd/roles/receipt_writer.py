@@ -16,6 +16,8 @@ that is gone, and none is told a receipt exists that is not on disk.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -61,6 +63,8 @@ class ReceiptWriter:
         self.transactions = 0
         self.receipts = 0
         self.stopped = False
+        self.on_commit: list[Callable[[int, float], None]] = []
+        """Called after each transaction with its receipts and its wall-clock seconds (metrics)."""
         self._inflight: list[_Pending] = []
 
     async def commit(self, record: ReceiptRecord) -> Outcome:
@@ -131,6 +135,7 @@ class ReceiptWriter:
                     break
             records = [p.record for p in batch]
             self._inflight = batch
+            started = time.perf_counter()
             try:
                 with trio.CancelScope(shield=True):
                     outcomes = await storage.call(self.repo, self.repo.commit_receipts, records)
@@ -141,6 +146,9 @@ class ReceiptWriter:
                 continue
             self.transactions += 1
             self.receipts += len(batch)
+            elapsed = time.perf_counter() - started
+            for hook in self.on_commit:
+                hook(len(batch), elapsed)
             for p, outcome in zip(batch, outcomes, strict=True):
                 p.outcome = outcome
                 p.done.set()

@@ -9,6 +9,13 @@ signatures, keep a copy, and check the head against what they already hold
 (:class:`~p2pd.market.receipt_log.HeadBook`); a conflict becomes an
 ``EquivocationGossip`` that spreads to everyone. docs/protocol.md section 15.
 
+Everything is kept in the store (a private in-memory one if none is given):
+our log (its order assigned with each commit), the replicas held for others,
+every head learnt from others (so an equivocation across a restart is still
+caught) and the logs this node follows, which
+:class:`~p2pd.roles.log_fetch.LogFetcher` (``self.fetcher``) completes from
+the member or any replica holder.
+
 :class:`LoggingWriter` wraps a :class:`~p2pd.roles.receipt_writer.ReceiptWriter`
 so that S1 receipts committed by :class:`~p2pd.roles.trading.Market` are logged too.
 """
@@ -24,12 +31,13 @@ from p2pd import log, storage
 from p2pd.errors import PeerGone
 from p2pd.events import EquivocationSeen, ForkSeen
 from p2pd.market.receipt_log import Fork, HeadBook, ReceiptLog
+from p2pd.market.receipt_log import receipt_kind as receipt_kind
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.log_fetch import LogFetcher
 from p2pd.roles.receipt_writer import ReceiptWriter
 from protocol import (
     RECEIPT_V1,
-    RECEIPT_V2,
     AgentReceipt,
     BoundsError,
     Credential,
@@ -43,31 +51,38 @@ from protocol import (
     SignatureError,
     check_agent_receipt,
 )
-from store import Committed, Outcome, ReceiptRecord, ReplicaRecord, Repository
+from store import (
+    Committed,
+    HeadRecord,
+    MemberRecord,
+    MemoryRepository,
+    Outcome,
+    ReceiptRecord,
+    ReplicaRecord,
+    Repository,
+    StoreError,
+)
 
 HEAD_HOPS = 3
-
-
-def receipt_kind(encoded: bytes) -> int:
-    """RECEIPT_V1 or RECEIPT_V2 by shape (a v2 receipt has six fields)."""
-    return RECEIPT_V2 if encoded[:1] == b"\x96" else RECEIPT_V1
+LOAD_PAGE = 1000
 
 
 class Replication:
-    """Attach to a node: logs, replicates and watches receipt logs.
+    """Attach to a node: logs, replicates, watches and follows receipt logs.
 
-    With ``repo``, the log is restored from the store (:meth:`load`; its order
-    is the store's, assigned with each commit) and replicas held for others
-    are stored too, so both survive restarts.
+    ``repo`` is the node's store: :meth:`load` restores our log (its order is
+    the store's, assigned with each commit), the heads learnt from others and
+    the followed logs, so all of it survives restarts. Without one a private
+    in-memory store is used (simulations, tests).
     """
 
     def __init__(self, node: Node, *, replicas: int = 3, repo: Repository | None = None) -> None:
         self.node = node
-        self.repo = repo
+        self.repo: Repository = repo if repo is not None else MemoryRepository()
         self.replicas = replicas
         self.log = ReceiptLog(node.identity.keys.signing, node.member_id)
         self.heads = HeadBook()
-        self.held: dict[bytes, bytes] = {}  # receipt digest -> receipt held for others
+        self.held = 0  # entries of others' logs in the store
         self.credentials: dict[str, Credential] = {node.member_id: node.identity.credential}
         self.counters: Counter[str] = Counter()
         self._gossiped: set[tuple[str, int, bytes]] = set()
@@ -75,22 +90,48 @@ class Replication:
         node.handle(ReceiptReplica, self._on_replica)
         node.handle(EquivocationGossip, self._on_proof)
         node.on_open.append(self._on_open)
+        self.fetcher = LogFetcher(self)
 
     async def load(self) -> None:
-        """Restore our log from the store (after a restart: same entries, same heads)."""
-        if self.repo is None:
-            return
+        """Restore our log, the heads learnt and the logs followed from the store.
+
+        After a restart our log has the same entries and signs the same heads,
+        and a head conflicting with one learnt before is still an equivocation.
+        """
+        repo = self.repo
         after = 0
-        while True:
-            page = await storage.call(self.repo, self.repo.log_entries, after, 1000)
+        for _ in range(1 << 40):  # bounded by the log's length
+            page = await storage.call(repo, repo.log_entries, after, LOAD_PAGE)
             if not page:
                 break
             self.log.restore(page)
             after = page[-1][0]
         self.counters["restored"] = self.log.chain.seq
+        for h in await storage.call(repo, repo.heads):
+            self.heads.restore(LogHead(h.member, h.seq, h.head_hash, h.signature))
+        for m in await storage.call(repo, repo.members):
+            with contextlib.suppress(DecodeError):
+                self.credentials.setdefault(m.member_id, Credential.decode(m.credential))
+        for f in await storage.call(repo, repo.follows):
+            self.fetcher.restore(f)
+        self.held = await storage.call(repo, repo.replica_count)
+
+    async def keep_head(self, head: LogHead) -> None:
+        """Keep a head learnt from another member in the store (in memory only if it refuses)."""
+        try:
+            await storage.call(self.repo, self.repo.put_head,
+                               HeadRecord(head.member, head.seq, head.head_hash, head.signature))
+        except StoreError:  # a full disk: the head is still known until a restart
+            self.counters["heads_unstored"] += 1
 
     def remember(self, cred: Credential) -> None:
-        self.credentials.setdefault(cred.member_id, cred)
+        """Keep a member's credential (in the store too: heads are checked with it)."""
+        if cred.member_id in self.credentials:
+            return
+        self.credentials[cred.member_id] = cred
+        record = MemberRecord(cred.member_id, cred.role, cred.metering_point, cred.sign_pk,
+                              cred.noise_pk, cred.encode(), cred.valid_until)
+        self.node.nursery.start_soon(storage.call, self.repo, self.repo.put_member, record)
 
     async def _on_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
@@ -154,26 +195,36 @@ class Replication:
         if msg.head.member != conn.peer.member_id:
             self.counters["replicas_rejected"] += 1
             return
+        new_head = not self.heads.has(msg.head)
         if not self.verify_receipt(msg.kind, msg.receipt):
             self.counters["replicas_rejected"] += 1
             # Not a receipt we accept, but the sender signed the head that
             # follows it: still evidence for its log.
             with contextlib.suppress(SignatureError):
-                await self._report(self.heads.add_entry(msg.receipt, msg.head, conn.peer), conn.peer)
+                found = self.heads.add_entry(msg.receipt, msg.head, conn.peer)
+                if new_head:
+                    await self.keep_head(msg.head)
+                await self.report(found, conn.peer)
             return
-        self.held[hashlib.blake2b(msg.receipt, digest_size=32).digest()] = msg.receipt
-        self.counters["replicas_held"] += 1
-        if self.repo is not None:
-            rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.receipt, msg.head.encode())
-            await storage.call(self.repo, self.repo.put_replica, rec)
         try:
             found = self.heads.add_entry(msg.receipt, msg.head, conn.peer)
         except SignatureError:
             self.counters["heads_rejected"] += 1
             return
-        await self._report(found, conn.peer)
+        self.counters["replicas_held"] += 1
+        rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.receipt, msg.head.encode())
+        try:
+            if await storage.call(self.repo, self.repo.put_replica, rec):
+                self.held += 1
+        except StoreError:  # a full disk: the sender's other replica holders keep it
+            self.counters["replicas_unstored"] += 1
+        if new_head:
+            await self.keep_head(msg.head)
+        await self.report(found, conn.peer)
+        self.fetcher.saw(msg.head.member)
 
     async def _on_head(self, conn: PeerConnection, msg: HeadGossip) -> None:
+        new_head = not self.heads.has(msg.head)
         try:
             self.node.policy.check(msg.credential, self.node.clock.now())
             found = self.heads.add(msg.head, msg.credential)
@@ -185,9 +236,13 @@ class Replication:
         if found is None and key not in self._gossiped and msg.hops > 1:
             self._gossiped.add(key)
             await self.node.broadcast(HeadGossip(msg.head, msg.credential, msg.hops - 1), exclude=conn)
-        await self._report(found, msg.credential)
+        if new_head:
+            await self.keep_head(msg.head)
+        await self.report(found, msg.credential)
+        self.fetcher.saw(msg.head.member)
 
-    async def _report(self, found: Fork | EquivocationProof | None, cred: Credential) -> None:
+    async def report(self, found: Fork | EquivocationProof | None, cred: Credential) -> None:
+        """Publish a fork or equivocation of ``cred``'s member (and gossip the proof)."""
         if isinstance(found, EquivocationProof):
             self.counters["equivocations_detected"] += 1
             log.warning("equivocation", member=cred.member_id, seq=found.head_a.seq)
@@ -212,7 +267,7 @@ class Replication:
 
     def status(self) -> dict[str, Any]:
         return {"seq": self.log.chain.seq, "head": self.log.chain.head_hash.hex(),
-                "held": len(self.held), "equivocators": sorted(self.heads.proofs),
+                "held": self.held, "equivocators": sorted(self.heads.proofs),
                 "counters": dict(self.counters)}
 
 
@@ -228,9 +283,11 @@ class LoggingWriter:
         # Only what this commit stored enters the log (a Duplicate was logged
         # when it was first stored; its bytes may even differ from ``record``).
         if isinstance(outcome, Committed):
-            added = self.replication.committed(outcome.seq, outcome.receipt.encoded)
-            self.replication.node.nursery.start_soon(
-                self.replication.spread, added, (record.seller, record.buyer))
+            rep = self.replication
+            added = rep.committed(outcome.seq, outcome.receipt.encoded)
+            rep.node.nursery.start_soon(rep.spread, added, (record.seller, record.buyer))
+            # Whoever signed it with us logged it too: follow their logs.
+            rep.node.nursery.start_soon(rep.fetcher.follow_signers, outcome.receipt.encoded)
         return outcome
 
     async def run(self, **kwargs: Any) -> None:

@@ -27,7 +27,7 @@ from p2pd.errors import (
     TradeTimeout,
 )
 from p2pd.events import TradeCommitted
-from p2pd.market.book import OrderBook, describe_terms
+from p2pd.market.book import BookEntry, OrderBook, describe_terms
 from p2pd.market.errors import Refusal
 from p2pd.market.rules import MarketRules
 from p2pd.market.take import BadAnswer, check_answer, terms_for_take
@@ -84,6 +84,9 @@ class Taking:
     def now(self) -> int:
         raise NotImplementedError  # Market's
 
+    async def reach_owner(self, entry: BookEntry) -> str:
+        raise NotImplementedError  # Pseudonymous's (p2pd/roles/anon.py)
+
     async def _write_local(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store write for a local action; TradeNotStored if the storage refuses it."""
         try:
@@ -117,11 +120,13 @@ class Taking:
         entry = self.orderbook.entry_for_take(order_id, retry=trade_id is not None)
         if entry is None:
             raise TradeRefused("unknown or expired order", Reason.NOT_FOUND, trade_id=trade_id)
+        # A pseudonymous order's owner comes forward first (docs/protocol.md 12.8).
+        owner = await self.reach_owner(entry)
         try:
-            terms = terms_for_take(entry, self.me, trade_id or self.random_bytes(16), wh, self.now())
+            terms = terms_for_take(entry, self.me, trade_id or self.random_bytes(16), wh, self.now(), owner)
         except Refusal as exc:
             raise TradeRefused.from_refusal(exc, trade_id=trade_id) from exc
-        record = PendingTakeRecord(terms.trade_id, entry.order.member_id, terms.encode(),
+        record = PendingTakeRecord(terms.trade_id, owner, terms.encode(),
                                    terms.sign(self.node.identity.keys.signing), self.now())
         # Durable before it leaves the node: whatever happens next, the same
         # take can be sent again.

@@ -52,6 +52,7 @@ from p2pd.market.trade import (
 from p2pd.net.gossip import GossipRouter
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
+from p2pd.roles.anon import Pseudonymous
 from p2pd.roles.receipt_writer import COMMIT_REFUSALS, ReceiptWriter, commit_refusal
 from p2pd.roles.receipts import commit_outcome as commit_outcome
 from p2pd.roles.receipts import order_record as order_record
@@ -69,6 +70,7 @@ from protocol import (
     OrderGossip,
     OrdersRequest,
     OrdersSnapshot,
+    Pseudonym,
     Reason,
     Receipt,
     Take,
@@ -90,7 +92,7 @@ MAX_SNAPSHOTS_PER_REQUEST = 32
 TRADE_DIAL_GRACE = 60.0  # s a trade dial's mark waits for its session to open
 
 
-class Market(Taking):
+class Market(Pseudonymous, Taking):
     """One node's view of the community market, and its trading actions.
 
     The rules live in p2pd.market (the book, the take checks, the trade
@@ -129,6 +131,7 @@ class Market(Taking):
         self._members_unstored: set[str] = set()  # credentials the store refused (disk full)
         self.counters = node.counters
         self.gossip = GossipRouter(node, degree=self.rules.gossip_degree, interval=self.rules.gossip_interval)
+        self._init_anon()  # pseudonymous orders (p2pd/roles/anon.py)
         node.handle(OrderGossip, self._on_order_gossip)
         node.handle(CancelGossip, self._on_cancel_gossip)
         node.handle(OrdersRequest, self._on_orders_request)
@@ -176,14 +179,23 @@ class Market(Taking):
 
     # --- gossip ---------------------------------------------------------------------
 
-    def _accept_order(self, gossip: OrderGossip, now: int) -> bool:
+    def _accept_order(self, gossip: OrderGossip, now: int, conn: PeerConnection) -> bool:
         """Validate and add to the book; False if already known or refused."""
         entry = self.orderbook.accept(gossip.order, gossip.credential, now)
         if entry is None:
             return False
-        self._remember(gossip.credential)
+        if isinstance(gossip.credential, Pseudonym):
+            self.note_origin(gossip.order.order_id, conn)
+        else:
+            self._remember(gossip.credential)
         self.node.events.publish(OrderSeen(**describe_order(gossip.order)))
         return True
+
+    def gossip_sessions(self) -> list[PeerConnection]:
+        return self.gossip.gossip_sessions()
+
+    def push_gossip(self, gossip: OrderGossip) -> None:
+        self.gossip.push(gossip)
 
     def _forward(self, msg: OrderGossip | CancelGossip, exclude: PeerConnection | None) -> None:
         if msg.hops > 0:
@@ -191,7 +203,7 @@ class Market(Taking):
 
     async def _on_order_gossip(self, conn: PeerConnection, msg: OrderGossip) -> None:
         self.gossip.heard(conn, msg)
-        if self._accept_order(msg, self.now()):
+        if self._accept_order(msg, self.now(), conn):
             self._forward(OrderGossip(msg.order, msg.credential, min(msg.hops, MAX_HOPS) - 1 if msg.hops else 0), conn)
 
     async def _on_cancel_gossip(self, conn: PeerConnection, msg: CancelGossip) -> None:
@@ -254,6 +266,7 @@ class Market(Taking):
     async def _on_session_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
         self._remember(conn.peer)
+        await self.announce_epoch_keys(conn)
         if any(p.owner == conn.peer.member_id for p in self._pending_takes.values()):
             self.node.spawn_for(conn, self.retry_pending, conn.peer.member_id)
         if await self.gossip.open_session(conn, trade_only=self._is_trade_dial(conn)):
@@ -284,13 +297,15 @@ class Market(Taking):
         self._snapshots_allowed[conn] = left - 1
         now = self.now()
         for gossip in msg.orders:
-            self._accept_order(gossip, now)
+            self._accept_order(gossip, now, conn)
 
     def prune(self) -> int:
         """Drop expired orders, cancel markers and old finished trades; returns orders dropped."""
         now = self.now()
         self.trades.prune(now)
-        return self.orderbook.prune(now)
+        dropped = self.orderbook.prune(now)
+        self.forget_orders(lambda oid: oid in self.book or oid in self.withdrawn)
+        return dropped
 
     # --- local actions --------------------------------------------------------------
 
@@ -300,28 +315,51 @@ class Market(Taking):
         now = self.now()
         if expiry is None:
             expiry = slot_start - self.rules.gate_closure
+        # With a wallet, the order is signed by a fresh pseudonym and names
+        # nobody (docs/protocol.md 12.8); without one it names this member.
+        signing, member = self.node.identity.keys.signing, self.me
+        cert: Credential | Pseudonym = self.node.identity.credential
+        if self.wallet is not None:
+            owned = await self.draw_pseudonym(now)
+            if owned is None:
+                raise TradeRefused("no pseudonym available for a new order", Reason.OUT_OF_BOUNDS)
+            signing, member, cert = owned.keys.signing, owned.pseudonym.member_id, owned.pseudonym
+            order_id = owned.pseudonym.order_id
         try:
             order = Order.create(
-                self.node.identity.keys.signing, order_id=order_id or self.random_bytes(16), member_id=self.me,
+                signing, order_id=order_id or self.random_bytes(16), member_id=member,
                 side=side, slot_start=slot_start, slot_len=self.rules.slot_len, wh=wh,
                 price=price, expiry=expiry,
             )
         except Exception as exc:  # LocalProtocolError / ValueError: bad fields
             raise TradeRefused(f"invalid order: {exc}", Reason.OUT_OF_BOUNDS) from exc
-        self.check_order(order, self.node.identity.credential, now)
+        if isinstance(cert, Pseudonym):
+            from p2pd.market.book import check_order_terms
+
+            try:
+                check_order_terms(order, self.rules, now)
+            except Refusal as exc:
+                raise TradeRefused.from_refusal(exc) from exc
+        else:
+            self.check_order(order, cert, now)
         await self._write_local(self.repo.put_order, order_record(order))
-        self.orderbook.add_own(order, self.node.identity.credential, wh)
+        self.orderbook.add_own(order, cert, wh)
         self.counters["orders_posted"] += 1
         self.node.events.publish(OrderSeen(**describe_order(order)))
-        self.gossip.push(OrderGossip(order, self.node.identity.credential, self.rules.hops))
+        if isinstance(cert, Pseudonym):
+            await self.push_stem(OrderGossip(order, cert, self.rules.hops))
+        else:
+            self.gossip.push(OrderGossip(order, cert, self.rules.hops))
         return order
 
     async def cancel(self, order_id: bytes) -> None:
         entry = self.book.get(order_id)
-        if entry is None or entry.order.member_id != self.me:
+        if entry is None or not self.is_own(entry):
             raise TradeRefused("no live order of ours with that id", Reason.NOT_FOUND)
-        cancel = Cancel.create(self.node.identity.keys.signing, order_id=order_id,
-                               member_id=self.me, issued_at=self.now())
+        owned = self.owned(order_id)
+        key = owned.keys.signing if owned is not None else self.node.identity.keys.signing
+        cancel = Cancel.create(key, order_id=order_id, member_id=entry.order.member_id,
+                               issued_at=self.now())
         await self._write_local(self.repo.cancel_order, order_id)
         self._apply_cancel(cancel)
         self.gossip.push(CancelGossip(cancel, self.rules.hops))
@@ -380,9 +418,9 @@ class Market(Taking):
         entry = self.book.get(terms.order_id)
         order = entry.order if entry else None
         try:
-            if order is None or order.member_id != self.me:
+            if entry is None or order is None or not self.is_own(entry):
                 raise Refusal(Reason.NOT_FOUND, "no live order of ours with that id")
-            check_take(order, terms, taker, conn.peer.sign_pk, msg.taker_sig, self.now())
+            check_take(order, terms, taker, conn.peer.sign_pk, msg.taker_sig, self.now(), owner=self.me)
         except Refusal as refusal:
             return Refused(refusal.reason, refusal.message, refusal.remaining_wh)
         assert entry is not None and order is not None

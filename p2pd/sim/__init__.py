@@ -2,7 +2,7 @@
 
 ``community`` (nodes, households, topology), ``build`` (``open_community``),
 ``scenarios`` (S2-S4), ``attacks*``, ``run`` (a whole run and its report),
-``report``, ``plot``.
+``report``, ``plot``, ``quiet`` (waiting for a condition without polling).
 
-May import: everything but ``cli``; only ``cli`` (and tests) import it.
+May import: everything but ``cli``; only ``cli`` (and tests and benchmarks) import it.
 """

@@ -12,6 +12,7 @@ from p2pd.errors import P2pdError, PeerGone
 from p2pd.net.identity import NodeIdentity
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.sim.community import SimCommunity, SimNode
+from p2pd.sim.quiet import until
 
 PROBE_TIMEOUT = 5.0
 
@@ -73,9 +74,9 @@ async def connect(com: SimCommunity, src: SimNode, dst: SimNode, tries: int = 3)
 
 
 async def wait(predicate: Callable[[], bool], limit: float = 3.0) -> bool:
+    """True once ``predicate()`` holds (looked at when the community is quiet); False after ``limit`` s."""
     with trio.move_on_after(limit):
-        while not predicate():  # noqa: ASYNC110 - any predicate over the nodes; no event to wait on
-            await trio.sleep(0.01)
+        await until(predicate)
         return True
     return False
 

@@ -37,7 +37,7 @@ from p2pd.sim.attack_kit import (
 )
 from p2pd.sim.attacks_dos import flood, handshake_flood
 from p2pd.sim.attacks_roles import broker_crash, equivocation
-from p2pd.sim.community import SimCommunity, SimError
+from p2pd.sim.community import SimCommunity, SimError, SimNode
 from protocol import Order, OrderGossip, SigningKey, Take, TradeTerms
 from store import Committed, Outcome, ReceiptRecord
 
@@ -222,6 +222,11 @@ class _BypassedWriter(ReceiptWriter):
         return Committed(record)
 
 
+def in_every_book(order_id: bytes, nodes: list[SimNode]) -> Callable[[], bool]:
+    # A closure over arguments, not over the caller's loop variables (B023).
+    return lambda: all(order_id in n.market.book for n in nodes)
+
+
 async def double_sell(com: SimCommunity) -> dict[str, Any]:
     """A seller sells one offer twice: over-sold receipts made, and detected from receipts."""
     takers = pick_targets(com, 2, "double_sell")
@@ -235,7 +240,7 @@ async def double_sell(com: SimCommunity) -> dict[str, Any]:
         for t in takers:
             await connect(com, t, owner)
         order = await owner.market.post("sell", far, wh, 93_000)
-        await wait(lambda: all(order.order_id in t.market.book for t in takers))
+        await wait(in_every_book(order.order_id, takers))
         sold = 0
         for t in takers:
             try:

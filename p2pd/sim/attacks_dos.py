@@ -91,7 +91,7 @@ async def flood(com: SimCommunity) -> dict[str, Any]:
                 break
             sent += 1
             if sent % 64 == 0:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
     elapsed = trio.current_time() - t0
     await trio.sleep(0.2)
     state = policer.members.get(mallory.member_id)

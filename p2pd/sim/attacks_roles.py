@@ -7,9 +7,9 @@ to the rest. Success = an equivocation nobody detected.
 ``broker_crash``: in S3/S4 the broker dies in the middle of clearing a slot:
 after both sides countersigned the matches, before any final receipt went
 out. Success = an acknowledged match lost (countersigned by both parties but
-a receipt on neither or only one side), or energy of an acknowledged order
-left neither traded nor re-offered. Reports the trades completed after the
-crash (finished directly and over S1).
+a receipt on neither or only one side). Reports the trades completed after
+the crash: all, those over S1 (S4 members' fallback) and those between two
+representatives without a broker (S3 representatives' fallback, as in S2).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from p2pd.sim.attack_kit import join_member, wait
 from p2pd.sim.community import SimCommunity
 from p2pd.sim.scenarios import Scenario, attach_replication, ensure_scenario
 from protocol import AgentReceipt, HeadGossip, ReceiptChain
+from store import ReceiptRecord
 
 ROUNDS = 3
 
@@ -52,7 +53,8 @@ async def equivocation(com: SimCommunity) -> dict[str, Any]:
             except P2pdError:
                 pass
         out["attempts"] += 1
-        await wait(lambda: any(mallory.member_id in w.heads.proofs for w in watchers), limit=5.0)
+        member = mallory.member_id
+        await wait(lambda: any(member in w.heads.proofs for w in watchers), limit=5.0)  # noqa: B023 - awaited here
         knowing = sum(1 for w in watchers if mallory.member_id in w.heads.proofs)
         out["detected"] += 1 if knowing else 0
         out["successes"] += 0 if knowing else 1
@@ -102,8 +104,19 @@ async def broker_crash(com: SimCommunity) -> dict[str, Any]:
              if r.created_at >= crash_info["time"] and r.slot_start >= slot]
     trades_after = {r.trade_id for r in after}
     s1_after = {r.trade_id for r in after if r.encoded[:1] != b"\x96"}
-    reoffered = sum(getattr(t, "fallback").counters["reoffered_direct"] for t in scenario.traders.values())
+    s2_after = {r.trade_id for r in after if _between_agents(r)}
+    reoffered = sum(t.fallback.counters["reoffered_direct"] for t in scenario.traders.values())
+    released = sum(r.counters["released_wh"] for r in scenario.reps.values())
     return {"attempts": 1, "successes": lost, "crash_slot": slot, "matches_signed": len(signed),
             "finished_directly": len(signed) - lost, "trades_after_crash": len(trades_after),
             "s1_trades_after_crash": len(s1_after), "orders_reoffered_s1": reoffered,
+            "s2_trades_after_crash": len(s2_after), "wh_released_from_broker": released,
             "note": "success = a match both sides signed that did not become a receipt on both sides"}
+
+
+def _between_agents(r: ReceiptRecord) -> bool:
+    """An agent receipt of two different agents without a broker (S2, or S3 without it)."""
+    if r.encoded[:1] != b"\x96":
+        return False
+    t = AgentReceipt.decode(r.encoded).terms
+    return not t.broker and t.seller_agent != t.buyer_agent

@@ -48,17 +48,21 @@ import trio.testing
 from meter_drivers import Reading, SimulatedMeter
 from p2pd.clock import TrioWallClock
 from p2pd.errors import P2pdError
+from p2pd.market.pseudonyms import Wallet
 from p2pd.net.identity import NodeIdentity, NodeKeys
 from p2pd.net.listener import dial, serve_p2p
 from p2pd.net.node import Node, NodeLimits, open_node
 from p2pd.net.peer import PeerConnection
 from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
+from p2pd.roles.anon import LocalPseudonymSource
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from p2pd.sim.pace import SimClock
 from p2pd.sim.profiles import facts_of, load_profiles
-from protocol import Credential, SigningKey, Timeouts, TrustPolicy
+from protocol import Credential, PseudonymIssuer, SigningKey, Timeouts, TrustPolicy, epoch_of
 from store import ReceiptRecord, Repository, open_repository
+
+PSEUDONYM_QUOTA = 256  # pseudonyms (orders) per member and day: two per slot, and some to spare
 
 SIM_START = 1_782_000_000
 """2026-06-21 00:00 UTC: a midsummer day, so PV matters."""
@@ -227,6 +231,8 @@ class SimCommunity:
         self._store_dir = store_dir
         self.issuer = SigningKey.generate()
         self.policy = TrustPolicy(COMMUNITY, frozenset({self.issuer.public}))
+        # Issue 16: the issuer's pseudonym service; members post pseudonymous orders.
+        self.pseudonyms = PseudonymIssuer(self.issuer, COMMUNITY, quota=PSEUDONYM_QUOTA)
         self.rules = MarketRules()
         self.market_clock = SimClock(float(cfg.start), cfg.market_scale)
         # Virtual time: sessions live in simulated time as well, so their
@@ -297,6 +303,18 @@ class SimCommunity:
             listeners = await node.nursery.start(serve_p2p, node, "127.0.0.1", 0)
             sim.address = listeners[0].socket.getsockname()[:2]
         if household is not None:
+            # Issue 16: orders signed by pseudonyms from the community's issuer.
+            # The secret is seeded (like ids) so a run repeats for a seed; a daemon's is random.
+            secret = random.Random(f"pseudonyms/{self.cfg.seed}/{identity.member_id}").randbytes(32)
+            market.wallet = Wallet(secret=secret)
+            market.pseudonym_source = LocalPseudonymSource(self.pseudonyms, identity.credential)
+            if not self.cfg.virtual:
+                # The issuer's RSA work (about 10 ms a pseudonym) would stall a
+                # wall-clock run: fill the wallet before the clock starts.
+                market.wallet.batch = min(PSEUDONYM_QUOTA, max(16, int(2 * (self.cfg.end - self.cfg.start) / 3600)))
+                await market.refill_pseudonyms(self.cfg.start)
+                for epoch in range(epoch_of(self.cfg.start), epoch_of(self.cfg.end) + 1):
+                    self.pseudonyms.epoch_key(epoch)
             sim.agent = Agent(market, PerfectForesight(household), self.cfg.agent,
                               dial=functools.partial(self.connect, sim))
             self.nodes.append(sim)

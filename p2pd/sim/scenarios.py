@@ -77,7 +77,7 @@ def attach_replication(com: SimCommunity, sim: SimNode) -> Replication:
     scenario = ensure_scenario(com)
     rep = scenario.replication.get(sim.member_id)
     if rep is None:
-        rep = scenario.replication[sim.member_id] = Replication(sim.node)
+        rep = scenario.replication[sim.member_id] = Replication(sim.node, repo=sim.repo)
         sim.market.writer = LoggingWriter(sim.writer, rep)  # type: ignore[assignment]
     return rep
 
@@ -234,7 +234,9 @@ def roles_report(com: SimCommunity) -> dict[str, Any]:
         out["brokered"] = dict(total)
     logs = scenario.replication.values()
     out["receipt_logs"] = {"entries": sum(r.log.chain.seq for r in logs),
-                           "replicas_held": sum(len(r.held) for r in logs),
+                           "replicas_held": sum(r.held for r in logs),
+                           "log_entries_fetched": sum(r.counters["log_entries_fetched"] for r in logs),
+                           "log_entries_verified": sum(r.counters["log_entries_verified"] for r in logs),
                            "equivocations_detected": sum(r.counters["equivocations_detected"] for r in logs),
                            "forks_detected": sum(r.counters["forks_detected"] for r in logs)}
     return out

@@ -6,6 +6,7 @@ exchange; this module is the worker's side of it (:func:`serve_worker`).
 
 from __future__ import annotations
 
+import pickle
 import resource
 import sys
 import time
@@ -16,12 +17,19 @@ import trio
 
 from p2pd.errors import P2pdError
 from p2pd.sim.attacks import run_attacks
-from p2pd.sim.community import COMMUNITY, SimCommunity, SimConfig, households, topology
+from p2pd.sim.community import (
+    COMMUNITY,
+    PSEUDONYM_QUOTA,
+    SimCommunity,
+    SimConfig,
+    households,
+    topology,
+)
 from p2pd.sim.logs import captured_logs
 from p2pd.sim.pace import LagProbe, take_outcomes, trio_time_of_wall
 from p2pd.sim.results import agent_totals, fast_switching, live_trades, peak_rss_bytes
 from p2pd.sim.workers import STATUS_S, Channel
-from protocol import SigningKey, TrustPolicy
+from protocol import PseudonymIssuer, SigningKey, TrustPolicy
 
 
 async def serve_worker(port: int, index: int, token: str) -> None:
@@ -51,6 +59,8 @@ async def _work(chan: Channel, init: dict[str, Any], log_counts: Any) -> None:
             com = SimCommunity(cfg, nursery, stack, store_dir)
             com.issuer = SigningKey.from_seed(init["issuer"])
             com.policy = TrustPolicy(COMMUNITY, frozenset({com.issuer.public}))
+            com.pseudonyms = PseudonymIssuer(com.issuer, COMMUNITY, quota=PSEUDONYM_QUOTA,
+                                             keys=pickle.loads(init["epoch_keys"]))
             margin = cfg.agent.lead_slots + 2
             for h in households(cfg, com.rules.slot_len, margin, only=members):
                 await com.add_node(com.identity(h.member_id), h)

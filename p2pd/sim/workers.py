@@ -9,8 +9,10 @@ p2pd/sim/community.py) with a listener on 127.0.0.1; nodes in different
 workers talk over real TCP, nodes in one worker too (through their
 listeners). The steps, one message each way (pickled, length-prefixed):
 
-1. ``init``: the configuration, the worker's members and the community's
-   issuer key (every worker's credentials come from the same issuer);
+1. ``init``: the configuration, the worker's members, the community's
+   issuer key (every worker's credentials come from the same issuer) and its
+   pseudonym epoch keys (a node keeps the first key it sees for an epoch, so
+   every worker must publish the same one);
    the worker starts its nodes and answers ``ready`` with their addresses;
 2. ``peers``: every member's address; the worker dials its part of the seeded
    topology (the pairs whose dialer it holds) and answers ``connected``;
@@ -31,6 +33,8 @@ settles the accounts from every worker's receipts.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import os
 import pickle
 import shutil
@@ -44,10 +48,10 @@ from typing import Any
 
 import trio
 
-from p2pd.sim.community import SimConfig, SimError, households
+from p2pd.sim.community import COMMUNITY, PSEUDONYM_QUOTA, SimConfig, SimError, households
 from p2pd.sim.pace import Pacer, SimClock, trio_time_of_wall
 from p2pd.sim.results import Look, Progress, build_report, peak_rss_bytes
-from protocol import SigningKey
+from protocol import PseudonymIssuer, SigningKey, epoch_of
 from store import ReceiptRecord
 
 SETUP_S_PER_NODE = 1.0
@@ -147,6 +151,7 @@ async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress |
     k = max(1, min(workers, cfg.nodes)) if cfg.scenario == "S1" else 1
     tmp = tempfile.mkdtemp(prefix="p2pd-sim-")
     issuer = SigningKey.generate()
+    epoch_keys = pseudonym_keys(cfg, issuer)
     token = os.urandom(16).hex()
     pool: list[_Worker] = []
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -169,7 +174,7 @@ async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress |
         for wk in pool:
             assert wk.chan is not None
             await wk.chan.send({"type": "init", "cfg": cfg, "members": list(range(wk.index, cfg.nodes, k)),
-                                "issuer": issuer.seed(), "store_dir": store_dir,
+                                "issuer": issuer.seed(), "epoch_keys": epoch_keys, "store_dir": store_dir,
                                 "attacks": wk.index == 0})
         addresses: dict[str, tuple[str, int]] = {}
         ids: dict[int, str] = {}
@@ -224,6 +229,36 @@ async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress |
         cpu_s=time.process_time() - cpu0 + sum(r["cpu_s"] for r in results),
         peak_rss=max([peak_rss_bytes(), *(r["peak_rss"] for r in results)]), workers=k,
         pace=report["pace"], log_counts=logs, plot=plot, detail=detail)
+
+
+def pseudonym_keys(cfg: SimConfig, issuer: SigningKey) -> bytes:
+    """The issuer's pseudonym epoch keys for the run's days and the next (orders are posted
+    ahead), made once, pickled for the workers (``PseudonymIssuer.keys``)."""
+    service = PseudonymIssuer(issuer, COMMUNITY, quota=PSEUDONYM_QUOTA)
+    for epoch in range(epoch_of(cfg.start), epoch_of(cfg.end) + 2):
+        service.epoch_key(epoch)
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    # cryptography's RSA keys do not pickle; they travel as DER (between our own processes).
+    rsa_type = type(next(iter(service.keys.values()))[1].key)
+    pickler.dispatch_table = {**copyreg.dispatch_table, rsa_type: _reduce_rsa}
+    pickler.dump(service.keys)
+    return out.getvalue()
+
+
+def _reduce_rsa(key: Any) -> tuple[Any, tuple[bytes]]:
+    from cryptography.hazmat.primitives import serialization
+
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return load_rsa_der, (der,)
+
+
+def load_rsa_der(der: bytes) -> Any:
+    """An RSA private key from PKCS#8 DER (unpickling :func:`pseudonym_keys` in a worker)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_der_private_key(der, None)
 
 
 @contextmanager

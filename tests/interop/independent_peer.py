@@ -41,6 +41,9 @@ CODE = {name: code for code, name in REASONS.items()}
 
 NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 CLOCK_SKEW = 300
+# How long the peer waits for an expected message before giving up (raising
+# trio.TooSlowError). A caller wanting less wraps the call in trio.fail_after.
+ANSWER_WAIT = 5.0
 
 
 def blake2b256(data: bytes) -> bytes:
@@ -262,14 +265,16 @@ def make_identity(issuer_seed: bytes, community: str, member_id: str, *, role: s
 # --- section 7: messages ---------------------------------------------------------------------
 
 HELLO, PING, PONG, CLOSE, REKEY = 1, 2, 3, 4, 5
-FEEDBACK, ECHO, REVOCATION = 16, 17, 18
+FEEDBACK, ECHO, REVOCATION, EPOCH_KEY = 16, 17, 18, 19
 ORDER_GOSSIP, CANCEL_GOSSIP, ORDERS_REQUEST, ORDERS_SNAPSHOT = 32, 33, 34, 35
 TAKE, TRADE_ACCEPTED, TRADE_REFUSED = 36, 37, 38
+TAKE_INTENT, OWNER_PROOF = 44, 45  # section 12.8
 ADDRESS = 96
 # number of fields after [version, type]
 FIELD_COUNT = {HELLO: 1, PING: 1, PONG: 1, CLOSE: 2, REKEY: 0, FEEDBACK: 6, ECHO: 6, REVOCATION: 1,
                ORDER_GOSSIP: 3, CANCEL_GOSSIP: 2, ORDERS_REQUEST: 0, ORDERS_SNAPSHOT: 1, TAKE: 2,
-               TRADE_ACCEPTED: 1, TRADE_REFUSED: 4, ADDRESS: 5}
+               TRADE_ACCEPTED: 1, TRADE_REFUSED: 4, ADDRESS: 5, EPOCH_KEY: 1, TAKE_INTENT: 4,
+               OWNER_PROOF: 2}
 
 
 class ProtocolViolation(Exception):
@@ -314,14 +319,14 @@ def _check_fields(mtype: int, f: list[Any]) -> None:
         need(is_str(f[1], 200), "message")
     elif mtype == ORDER_GOSSIP:
         Order.from_array(f[0])
-        Credential.from_array(f[1])
+        owner_cert(f[1])
         need(is_int(f[2], 0, 16), "hops")
     elif mtype == ORDERS_SNAPSHOT:
         need(isinstance(f[0], list) and len(f[0]) <= 128, "orders")
         for body in f[0]:
             need(isinstance(body, list) and len(body) == 3, "snapshot entry")
             Order.from_array(body[0])
-            Credential.from_array(body[1])
+            owner_cert(body[1])
             need(is_int(body[2], 0, 16), "hops")
     elif mtype == TAKE:
         terms_from_array(f[0])
@@ -331,6 +336,18 @@ def _check_fields(mtype: int, f: list[Any]) -> None:
         need(isinstance(r, list) and len(r) == 3, "receipt")
         terms_from_array(r[0])
         need(is_bin(r[1], 64) and is_bin(r[2], 64), "receipt signatures")
+    elif mtype == EPOCH_KEY:
+        k = f[0]
+        need(isinstance(k, list) and len(k) == 6, "epoch key")
+        need(is_str(k[0], 64) and is_int(k[1], 0, 2**40 // 86400) and is_bin(k[2], 256)
+             and is_int(k[3], 1, 4096) and is_bin(k[4], 32) and is_bin(k[5], 64), "epoch key fields")
+        need(bool(k[2][0] & 0x80) and bool(k[2][-1] & 1), "modulus")
+    elif mtype == TAKE_INTENT:
+        need(is_bin(f[0], 16) and is_bin(f[1], 16), "ids")
+        need(isinstance(f[2], bytes) and 48 <= len(f[2]) <= 128, "sealed")
+        need(is_int(f[3], 0, 16), "hops")
+    elif mtype == OWNER_PROOF:
+        need(is_bin(f[0], 16) and is_bin(f[1], 64), "owner proof")
     elif mtype == TRADE_REFUSED:
         need(is_bin(f[0], 16), "trade_id")
         need(is_int(f[1], 0, 255), "reason")
@@ -339,6 +356,17 @@ def _check_fields(mtype: int, f: list[Any]) -> None:
 
 
 # --- section 12: trading objects ---------------------------------------------------------------
+
+
+def owner_cert(arr: Any) -> None:
+    """OrderGossip's second field: a credential (10 elements) or a pseudonym (4, section 12.8)."""
+    if isinstance(arr, list) and len(arr) == 4:
+        if not (is_int(arr[0], 0, 2**40 // 86400) and is_bin(arr[1], 32) and is_bin(arr[2], 32)
+                and is_bin(arr[3], 256)):
+            raise DecodeError("bad pseudonym")
+        return
+    Credential.from_array(arr)
+
 
 ORDER_DOMAIN = "p2pd/order/1"
 CANCEL_DOMAIN = "p2pd/cancel/1"
@@ -681,10 +709,13 @@ class Peer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
-    async def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 5.0) -> list[Any]:
-        """First message in the inbox (already received or arriving) matching ``predicate``."""
+    async def wait_for(self, predicate: Callable[[list[Any]], bool]) -> list[Any]:
+        """First message in the inbox (already received or arriving) matching ``predicate``.
+
+        Raises trio.TooSlowError after :data:`ANSWER_WAIT` seconds.
+        """
         seen = 0
-        with trio.fail_after(timeout):
+        with trio.fail_after(ANSWER_WAIT):
             while True:
                 for msg in self.inbox[seen:]:
                     if predicate(msg):
@@ -748,8 +779,7 @@ class Peer:
 
     # -- trading: taker side (Take / TradeAccepted / TradeRefused) --
 
-    async def take(self, order_id: bytes, wh: int, *, retry_terms: list[Any] | None = None,
-                   timeout: float = 5.0) -> Trade:
+    async def take(self, order_id: bytes, wh: int, *, retry_terms: list[Any] | None = None) -> Trade:
         """Take ``wh`` of a booked order. ``retry_terms``: resend exactly these terms
         (a retry after a lost answer must reuse the trade_id *and* the terms)."""
         entry = self.book[order_id]
@@ -761,7 +791,7 @@ class Peer:
         await self.send([1, TAKE, terms, my_sig])
         answer = await self.wait_for(
             lambda m: (m[1] == TRADE_ACCEPTED and m[2][0][0] == terms[0])
-            or (m[1] == TRADE_REFUSED and m[2] == terms[0]), timeout)
+            or (m[1] == TRADE_REFUSED and m[2] == terms[0]))
         if answer[1] == TRADE_REFUSED:
             raise TradeRefusedError(answer[3], answer[4], answer[5])
         rterms, seller_sig, buyer_sig = answer[2]

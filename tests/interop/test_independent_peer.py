@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, Community, node_identity
+from p2pd_test_helpers import NOW, Community, eventually, node_identity
 
 from p2pd.clock import TrioWallClock
 from p2pd.events import SessionClosed
@@ -110,15 +110,9 @@ async def world(nursery: trio.Nursery) -> AsyncIterator[World]:
         await stream.aclose()
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.002)
-
-
 async def established(world: World, member_id: str = "indie") -> Any:
     node = world.ours.node
-    await wait_until(lambda: member_id in node.sessions and node.sessions[member_id].peer is not None)
+    await eventually(lambda: member_id in node.sessions and node.sessions[member_id].peer is not None)
     return node.sessions[member_id]
 
 
@@ -235,7 +229,7 @@ async def test_peer_posts_order_and_node_takes_it(world: World) -> None:
     await established(world)
     market = world.ours.market
     sell = await peer.post("sell", SLOT_START, 3000, 90_000)
-    await wait_until(lambda: sell.order_id in market.book)
+    await eventually(lambda: sell.order_id in market.book)
     assert market.book[sell.order_id].order.member_id == "indie"
     receipt = await market.take(sell.order_id, 1200)
     assert receipt.terms.seller == "indie" and receipt.terms.buyer == "node"
@@ -245,7 +239,7 @@ async def test_peer_posts_order_and_node_takes_it(world: World) -> None:
     assert stored is not None and stored.encoded == ip.pack(mine.to_array())
     # a buy order of ours, taken by the node as seller
     buy = await peer.post("buy", SLOT_START, 500, 100_000)
-    await wait_until(lambda: buy.order_id in market.book)
+    await eventually(lambda: buy.order_id in market.book)
     receipt2 = await market.take(buy.order_id, 500)
     assert (receipt2.terms.seller, receipt2.terms.buyer) == ("node", "indie")
     assert receipt2.terms.trade_id in peer.receipts
@@ -265,7 +259,7 @@ async def test_peer_answers_node_orders_request(world: World) -> None:
     world.streams.append(stream)
     await peer.connect(stream, request_orders=False)
     world.ours.node.nursery.start_soon(peer.run)
-    await wait_until(lambda: order.order_id in world.ours.market.book)
+    await eventually(lambda: order.order_id in world.ours.market.book)
 
 
 async def test_bad_orders_and_takes(world: World) -> None:
@@ -288,7 +282,7 @@ async def test_bad_orders_and_takes(world: World) -> None:
     assert good.order_id not in market.book and other.order_id not in market.book
 
     order = await market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_until(lambda: order.order_id in peer.book)
+    await eventually(lambda: order.order_id in peer.book)
     o = peer.book[order.order_id].order
     base = [os.urandom(16), o.order_id, o.wh, "node", "indie", o.slot_start, o.slot_len, 10, o.price,
             peer.now()]
@@ -545,3 +539,31 @@ def test_trading_examples_section_12_6() -> None:
     # and each decodes under our decoder rules
     for name, data in m.items():
         assert ip.pack(ip.unpack(data)) == data, name
+
+
+def test_pseudonymous_examples_section_12_8() -> None:
+    """The spec's pseudonymous examples decode under this peer's rules and check from the text:
+    the token is RSASSA-PSS (SHA-384, salt 48) by the epoch key, the order id and name derive
+    from the pseudonym's key, and the order is signed by it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    m = doc_blocks("msgpack")
+    key = ip.decode_message(m["trading-anon-epoch-key-announce"])[2]
+    community, epoch, modulus, _quota, issuer_pk, signature = key
+    assert ip.ed25519_verify(issuer_pk, signature, ip.signed_bytes("p2pd/epoch-key/1", key[:5]))
+    gossip = ip.decode_message(m["trading-anon-order-gossip"])
+    order, (p_epoch, sign_pk, box_pk, token) = ip.Order.from_array(gossip[2]), gossip[3]
+    message = ip.signed_bytes("p2pd/pseudonym/1", [community, p_epoch, sign_pk, box_pk])
+    public = rsa.RSAPublicNumbers(65537, int.from_bytes(modulus, "big")).public_key()
+    public.verify(token, message, padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
+                  hashes.SHA384())
+    order_id = ip.blake2b256(ip.pack(["p2pd/anon-order-id/1", sign_pk]))[:16]
+    assert order.order_id == order_id and order.member_id == "ps:" + order_id.hex() and p_epoch == epoch
+    assert order.verify(sign_pk)
+    intent = ip.decode_message(m["trading-anon-take-intent"])
+    assert intent[2] == order_id and intent[5] == 8
+    proof = ip.decode_message(m["trading-anon-owner-proof"])
+    assert proof[2] == order_id and len(proof[3]) == 64
+    take = ip.decode_message(m["trading-anon-take"])
+    assert take[2][1] == order_id and take[2][3:5] == ["alice", "bob"]

@@ -118,6 +118,7 @@ def test_max_power_option_everywhere() -> None:
         ("sunspec", {"host": "x"}),
         ("csv", {"path": "x.csv"}),
         ("simulated", {}),
+        ("mqtt", {"broker": "mqtt://localhost"}),
     ):
         create_driver(name, {**base, "max_power_w": 100_000})
         for bad in (0, -1, 10**9, 1.5, True):
@@ -127,7 +128,7 @@ def test_max_power_option_everywhere() -> None:
 
 
 def test_registry() -> None:
-    assert set(DRIVERS) == {"simulated", "csv", "dsmr_p1", "sunspec"}
+    assert set(DRIVERS) == {"simulated", "csv", "dsmr_p1", "sunspec", "mqtt"}
     with pytest.raises(DriverConfigError) as info:
         create_driver("fake", {})
     assert info.value.key == "driver"

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from p2pd_test_helpers import eventually
 
 from p2pd.cli import ctl
 from p2pd.cli import main as cli
@@ -252,19 +253,15 @@ max_excess = 3
         assert [b["member_id"] for b in bans] == ["bob"] and bans[0]["count"] == 1
         # The ban is kept in the store, so a restart does not forgive it. The
         # store write follows the ban event in another task and announces
-        # nothing, so poll the store (bounded by WAIT).
-        with trio.fail_after(WAIT):
-            while not alice.repo.bans(int(time.time())):  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        # nothing: look at the store once that task has run.
+        await eventually(lambda: alice.repo.bans(int(time.time())), within=WAIT)
         assert [b.member_id for b in alice.repo.bans(int(time.time()))] == ["bob"]
         code, out = await p2pctl(alice, "bans", capsys=capsys)
         assert code == 0 and "bob" in out
         code, out = await p2pctl(alice, "unban", "bob", capsys=capsys)
         assert code == 0 and "lifted the ban on bob" in out
         assert (await wire(alice, "bans.list"))["bans"] == []
-        with trio.fail_after(WAIT):
-            while alice.repo.bans(int(time.time())):  # noqa: ASYNC110 (the store, as above)
-                await trio.sleep(0.01)
+        await eventually(lambda: not alice.repo.bans(int(time.time())), within=WAIT)
         assert (await wire(alice, "bans.clear", {"member_id": "bob"}))["cleared"] is False
         limits_shown = await wire(alice, "limits.show")
         assert limits_shown["limits"]["gossip_rate"] == 1.0 and limits_shown["limits"]["max_excess"] == 3

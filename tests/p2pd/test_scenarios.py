@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from p2pd_test_helpers import NOW, Community, link
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.roles.broker import Broker, BrokerClient, agent_receipt_record, audit_slot
 from p2pd.roles.receipt_writer import ReceiptWriter
@@ -20,14 +20,10 @@ SLOT = 900
 SLOT_START = (int(NOW) // SLOT + 2) * SLOT
 
 
-async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.001)
-
-
 async def test_s3_broker_sees_only_aggregates_and_every_party_holds_its_trades(
-        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     bnode = await make_node("broker", ident=community.member("broker", role="broker"))
     broker = Broker(bnode, sign_timeout=2.0)
     rnode = await make_node("rep", ident=community.member("rep", role="representative"))
@@ -47,7 +43,7 @@ async def test_s3_broker_sees_only_aggregates_and_every_party_holds_its_trades(
         await delegate(c, "rep", max_wh_per_slot=1000, min_sell_price=floor, max_buy_price=0,
                        valid_from=int(NOW) - 60, valid_until=int(NOW) + 86400)
         await send_report(c, "rep", SLOT_START, SLOT, net)
-    await wait_for(lambda: len(rep.reports) == 3 and len(rep.clients) == 3)
+    await eventually(lambda: len(rep.reports) == 3 and len(rep.clients) == 3)
     buyers = []
     for name, wh, price in (("b0", 900, 100_000), ("b1", 400, 60_000)):
         n = await make_node(name)
@@ -63,12 +59,12 @@ async def test_s3_broker_sees_only_aggregates_and_every_party_holds_its_trades(
         await rclient.submit("broker", o)
     assert {o.principal for o in broker.slots[SLOT_START].orders.values()} == {"rep", "b0", "b1"}
     summary = await broker.close_slot(SLOT_START)
-    await wait_for(lambda: sum(r.terms.wh for r in rclient.receipts.values()) == summary.volume_wh)
+    await eventually(lambda: sum(r.terms.wh for r in rclient.receipts.values()) == summary.volume_wh)
     # b0 (100k) takes 900 of the 50k step, b1 (60k) the last 100 of it; the 70k step is too dear.
     assert summary.volume_wh == 1000 and summary.price == (50_000 + 60_000) // 2
     for cl in buyers:
         assert sum(r.terms.wh for r in cl.receipts.values()) == {"b0": 900, "b1": 100}[cl.node.member_id]
-    await wait_for(lambda: SLOT_START in rclient.summaries)
+    await eventually(lambda: SLOT_START in rclient.summaries)
     audit = audit_slot(rclient.books[SLOT_START], summary, bnode.identity.credential,
                        list(rclient.receipts.values()), "rep")
     assert audit.ok, audit.problems

@@ -253,7 +253,7 @@ def test_the_daemon_runs_on_a_postgresql_store(postgres: PostgresServer) -> None
     """The documented PostgreSQL store works end to end: check, run, store a reading, stop."""
     import signal
 
-    from store import open_repository
+    from store import CURRENT_VERSION, open_repository
 
     url = postgres.new_database()
     case = Case("pg", _set("store", url=url), "")
@@ -289,7 +289,7 @@ def test_the_daemon_runs_on_a_postgresql_store(postgres: PostgresServer) -> None
     assert proc.returncode == 0, err
     repo = open_repository(url)
     try:
-        assert repo.schema_version() == 2
+        assert repo.schema_version() == CURRENT_VERSION
         assert repo.readings("EAN1", 0, 2**40)
     finally:
         repo.close()

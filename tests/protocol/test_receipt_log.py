@@ -39,3 +39,42 @@ def test_equivocation_proof_needs_two_signed_conflicting_heads() -> None:
     forged = LogHead("alice", 5, b"c" * 32, bytes(64))
     with pytest.raises(SignatureError):
         EquivocationProof(a, forged).check(alice.credential)
+
+
+def test_log_entries_are_consecutive_and_end_at_the_members_head() -> None:
+    from protocol import (
+        DecodeError,
+        LocalProtocolError,
+        LogEntries,
+        LogEntry,
+        LogRequest,
+        decode_message,
+        encode_message,
+    )
+
+    alice = Community().member("alice")
+    key, cred = alice.signing, alice.credential
+    chain = ReceiptChain()
+    for r in (b"r1", b"r2", b"r3"):
+        chain.append(r)
+    head = chain.head(key, "alice")
+    page = LogEntries("alice", 1, (LogEntry(2, 1, b"r2"), LogEntry(3, 2, b"r3")), head, cred)
+    assert decode_message(encode_message(page)) == page
+    none = LogEntries("alice", 3, (), None, None)
+    assert decode_message(encode_message(none)) == none
+    assert decode_message(encode_message(LogRequest("alice", 0, 8))) == LogRequest("alice", 0, 8)
+    wire = encode_message(page)
+    for bad in (
+        lambda: LogEntries("alice", 0, (LogEntry(2, 1, b"r2"), LogEntry(3, 2, b"r3")), head, cred),  # not after 0
+        lambda: LogEntries("alice", 1, (LogEntry(2, 1, b"r2"), LogEntry(4, 2, b"r3")), head, cred),  # a gap
+        lambda: LogEntries("alice", 1, (LogEntry(2, 1, b"r2"),), head, cred),  # head at 3, last entry 2
+        lambda: LogEntries("bob", 1, (LogEntry(2, 1, b"r2"), LogEntry(3, 2, b"r3")), head, cred),  # other member
+        lambda: LogEntries("alice", 1, (), head, cred),  # a head without entries
+        lambda: LogEntries("alice", 1, (LogEntry(2, 1, b"r2"),), None, None),  # entries without a head
+        lambda: LogEntries("alice", 1, (LogEntry(2, 1, b"r2"), LogEntry(3, 2, b"r3")), head, None),  # no credential
+        lambda: LogEntries("alice", 2, (LogEntry(3, 2, b"r3"),), head, Community().member("bob").credential),
+        lambda: LogRequest("alice", 0, 9),  # more than LOG_PAGE_MAX
+    ):
+        with pytest.raises((ValueError, DecodeError, LocalProtocolError)):
+            bad().validate()
+    assert wire == encode_message(page)

@@ -9,7 +9,7 @@ import re
 from protocol import SigningKey, decode_message
 from protocol.brokerage import MatchPropose
 from protocol.delegation import Delegation, DelegationGossip
-from protocol.receipt_log import EquivocationProof
+from protocol.receipt_log import GENESIS, EquivocationProof, LogEntries, LogRequest, entry_hash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -54,6 +54,15 @@ def test_examples_decode_and_verify() -> None:
     proof = EquivocationProof.decode(doc["s2s4-equivocation-proof"])
     proof.head_a.verify(bob)
     proof.head_b.verify(bob)
+    assert decode_message(doc["s2s4-log-request"]) == LogRequest("bob", 0, 8)
+    page = decode_message(doc["s2s4-log-entries"])
+    assert isinstance(page, LogEntries) and page.head is not None and page.credential is not None
+    page.head.verify(page.credential.sign_pk)
+    assert page.credential.sign_pk == bob
+    h = GENESIS
+    for e in page.entries:  # the entries reproduce bob's signed head
+        h = entry_hash(h, e.seq, e.receipt)
+    assert h == page.head.head_hash and page.head == proof.head_a
     for label, data in doc.items():
         if label not in ("s2s4-delegation", "s2s4-agent-order", "s2s4-equivocation-proof"):
             assert 64 <= decode_message(data).TYPE <= 95, label

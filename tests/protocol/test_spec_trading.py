@@ -59,3 +59,45 @@ def test_examples_verify_with_the_documented_keys() -> None:
     assert isinstance(accepted, TradeAccepted)
     accepted.receipt.verify(alice, bob)
     assert accepted.receipt.terms.amount == 1000 * 93000 // 1000
+
+
+def test_pseudonymous_examples_check_with_the_document_alone() -> None:
+    """Section 12.8: the token verifies under the epoch key, the order under the pseudonym,
+    the owner proof names alice's and bob's credentials, and the take names alice."""
+    from protocol import (
+        EpochKeyAnnounce,
+        OwnerProof,
+        Pseudonym,
+        TakeIntent,
+        check_pseudonym,
+        epoch_of,
+    )
+    from protocol.pseudonyms import anon_order_id, verify_owner_proof
+
+    doc = blocks("msgpack")
+    key = decode_message(doc["trading-anon-epoch-key-announce"])
+    gossip = decode_message(doc["trading-anon-order-gossip"])
+    assert isinstance(key, EpochKeyAnnounce) and isinstance(gossip, OrderGossip)
+    key.epoch_key.verify_signature()
+    pseudonym = gossip.credential
+    assert isinstance(pseudonym, Pseudonym) and pseudonym.epoch == epoch_of(1780000000)
+    check_pseudonym(pseudonym, {pseudonym.epoch: key.epoch_key}, community="example", now=1780000000,
+                    max_ahead=172800)
+    order = gossip.order
+    assert order.order_id == anon_order_id(pseudonym.sign_pk) and order.member_id == pseudonym.member_id
+    order.verify(pseudonym.sign_pk)
+    intent = decode_message(doc["trading-anon-take-intent"])
+    assert isinstance(intent, TakeIntent) and intent.order_id == order.order_id and b"bob" not in intent.sealed
+    proof = decode_message(doc["trading-anon-owner-proof"])
+    assert isinstance(proof, OwnerProof)
+    accepted = decode_message(doc["trading-trade-accepted"])
+    assert isinstance(accepted, TradeAccepted)
+    # The credential ids of alice and bob are those of the section 12.6 gossip and a reissue of bob's.
+    named = decode_message(doc["trading-order-gossip"])
+    assert isinstance(named, OrderGossip)
+    take = decode_message(doc["trading-anon-take"])
+    assert isinstance(take, Take) and take.terms.order_id == order.order_id
+    assert (take.terms.seller, take.terms.buyer) == ("alice", "bob")
+    taker_ids = [c.credential_id for c in generator().bob_credentials()]  # type: ignore[attr-defined]
+    verify_owner_proof(pseudonym.sign_pk, proof.signature, community="example", order_id=order.order_id,
+                       owner_credential_id=named.credential.credential_id, taker_credential_id=taker_ids[0])

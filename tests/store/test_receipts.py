@@ -170,3 +170,23 @@ def test_pending_takes_and_replicas_round_trip(repo: Repository) -> None:
     assert repo.put_replica(ReplicaRecord("dave", 1, b"d", b"h"))
     assert repo.replicas("carol") == [r1, r2] and repo.replicas("carol", after=1) == [r2]
     assert repo.replica_count() == 3
+
+
+def test_replica_batches_heads_and_follows_survive_in_the_store(repo: Repository) -> None:
+    # Schema 3: fetched pages are held in one transaction, heads learnt from
+    # others (both of a conflicting pair) and the followed logs are kept.
+    from store import FollowRecord, HeadRecord, ReplicaRecord
+
+    page = [ReplicaRecord("carol", s, b"e%d" % s, b"h3") for s in (1, 2, 3)]
+    assert repo.put_replica(page[1])
+    assert repo.put_replicas(page) == 2 and repo.put_replicas(page) == 0
+    assert repo.replicas("carol", after=0, limit=2) == page[:2] and repo.replica_count() == 3
+    a, b = HeadRecord("carol", 3, b"A" * 32, b"s" * 64), HeadRecord("carol", 3, b"B" * 32, b"t" * 64)
+    d = HeadRecord("dave", 1, b"D" * 32, b"u" * 64)
+    assert repo.put_head(b) and repo.put_head(d) and repo.put_head(a)
+    assert not repo.put_head(HeadRecord("carol", 3, b"A" * 32, b"x" * 64))
+    assert repo.heads() == [a, b, d] and repo.heads("carol") == [a, b] and repo.heads("erin") == []
+    repo.put_follow(FollowRecord("dave", 0, bytes(32)))
+    repo.put_follow(FollowRecord("carol", 2, b"C" * 32))
+    repo.put_follow(FollowRecord("dave", 1, b"D" * 32))
+    assert repo.follows() == [FollowRecord("carol", 2, b"C" * 32), FollowRecord("dave", 1, b"D" * 32)]

@@ -136,7 +136,7 @@ def test_revocations(repo: Repository) -> None:
 
 
 def test_maintenance(repo: Repository) -> None:
-    assert repo.schema_version() == CURRENT_VERSION == 2
+    assert repo.schema_version() == CURRENT_VERSION == 3
     assert repo.integrity_check() == "ok"
 
 

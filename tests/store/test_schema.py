@@ -43,7 +43,7 @@ def _add_note_column(conn: Connection) -> None:
 def test_fresh_file_is_the_current_version_in_wal(db_url: str) -> None:
     r = SqlRepository(db_url)
     try:
-        assert r.schema_version() == CURRENT_VERSION == 2
+        assert r.schema_version() == CURRENT_VERSION == 3
     finally:
         r.close()
     with sqlite3.connect(_path(db_url)) as c:
@@ -58,14 +58,15 @@ def test_a_version_1_store_gets_its_receipt_log_order_on_upgrade(db_url: str, ma
     SqlRepository(db_url).close()
     with sqlite3.connect(_path(db_url)) as c:
         c.executescript("DROP INDEX receipts_log_seq; ALTER TABLE receipts DROP COLUMN log_seq;"
-                        "DROP TABLE pending_takes; DROP TABLE replicas; UPDATE schema_meta SET version = 1;")
+                        "DROP TABLE pending_takes; DROP TABLE replicas; DROP TABLE log_heads;"
+                        "DROP TABLE followed_logs; UPDATE schema_meta SET version = 1;")
         for rec in (late, early):
             c.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?)", tuple(vars(rec).values()))
     c.close()
     assert "log_seq" not in _columns(db_url, "receipts")
     r = open_repository(db_url)
     try:
-        assert r.schema_version() == 2
+        assert r.schema_version() == CURRENT_VERSION
         # Seqs follow the order the receipts were stored in (created_at).
         assert r.log_entries() == [(1, early.encoded), (2, late.encoded)]
         new = make_receipt("new", wh=1)
@@ -73,6 +74,31 @@ def test_a_version_1_store_gets_its_receipt_log_order_on_upgrade(db_url: str, ma
         assert r.pending_takes() == [] and r.replica_count() == 0
     finally:
         r.close()
+
+
+def test_a_version_2_store_keeps_its_replicas_and_learns_heads_and_follows(db_url: str) -> None:
+    # Schema 2 held replicas but no heads of others and no followed logs (kept
+    # in memory, lost at every restart).
+    from store import FollowRecord, HeadRecord, ReplicaRecord
+
+    rec = ReplicaRecord("carol", 1, b"entry", b"head")
+    r = SqlRepository(db_url)
+    r.put_replica(rec)
+    r.close()
+    with sqlite3.connect(_path(db_url)) as c:
+        c.executescript("DROP TABLE log_heads; DROP TABLE followed_logs; UPDATE schema_meta SET version = 2;")
+    c.close()
+    r = open_repository(db_url)
+    try:
+        assert r.schema_version() == 3 and r.replicas("carol") == [rec]
+        assert r.heads() == [] and r.follows() == []
+        head = HeadRecord("carol", 1, b"H" * 32, b"S" * 64)
+        assert r.put_head(head) and r.heads("carol") == [head]
+        r.put_follow(FollowRecord("carol", 1, b"H" * 32))
+        assert r.follows() == [FollowRecord("carol", 1, b"H" * 32)]
+    finally:
+        r.close()
+    assert _columns(db_url, "log_heads") == ["member", "seq", "head_hash", "signature"]
 
 
 def test_migration_path_keeps_data(db_url: str, make_receipt: MakeReceipt) -> None:

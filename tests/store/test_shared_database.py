@@ -166,7 +166,8 @@ def _downgrade_to_version_1(url: str) -> None:
     try:
         with engine.begin() as conn:
             for stmt in ("DROP INDEX receipts_log_seq", "ALTER TABLE receipts DROP COLUMN log_seq",
-                         "DROP TABLE pending_takes", "DROP TABLE replicas", "UPDATE schema_meta SET version = 1"):
+                         "DROP TABLE pending_takes", "DROP TABLE replicas", "DROP TABLE log_heads",
+                         "DROP TABLE followed_logs", "UPDATE schema_meta SET version = 1"):
                 conn.execute(text(stmt))
     finally:
         engine.dispose()
@@ -187,12 +188,13 @@ def test_a_version_1_store_is_upgraded(shared_url: str, make_receipt: MakeReceip
         engine.dispose()
     repo = open_repository(shared_url)
     try:
-        assert repo.schema_version() == CURRENT_VERSION == 2
+        assert repo.schema_version() == CURRENT_VERSION == 3
         assert repo.log_entries() == [(1, early.encoded), (2, late.encoded)]
         new = make_receipt("new", wh=1)
         assert repo.commit_receipts([new]) == [Committed(new, seq=3)]
         assert repo.commit_receipts([new]) == [Duplicate(new)]
         assert repo.pending_takes() == [] and repo.replica_count() == 0
+        assert repo.heads() == [] and repo.follows() == []
     finally:
         repo.close()
 

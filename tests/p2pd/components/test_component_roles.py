@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from p2pd_test_helpers import NOW, Community, link, node_identity
+from p2pd_test_helpers import NOW, Community, eventually, link, node_identity
 
 from p2pd.clock import TrioWallClock, trio_deadline
 from p2pd.components import SECTIONS
@@ -199,6 +199,63 @@ async def test_s3_aggregated_orders_cleared_by_the_broker_are_split_among_client
     assert world.replication["broker"].log.chain.seq == cleared > 0
 
 
+S3_NET = {"c0": 1200, "c1": 800, "c2": -600, "c3": 1000, "c4": -1500, "c5": -900}
+
+
+def client_net(world: World, runners: dict[str, RepresentativeRunner], slot: int) -> dict[str, int]:
+    """Net Wh per client in a slot: receipts naming clients, plus their shares of broker fills."""
+    net = traded(world, ["repA", "repB"], slot)
+    net.pop("repA", None), net.pop("repB", None)  # broker trades: counted by the fill ledgers
+    for runner in runners.values():
+        for f in runner.ledger:
+            if f.slot_start == slot:
+                net[f.principal] = net.get(f.principal, 0) + (f.wh if f.side == "sell" else -f.wh)
+    return net
+
+
+async def test_s3_broker_dying_before_delivery_loses_nothing_and_later_slots_trade_directly(
+        world: World, autojump_clock: Any) -> None:
+    # Issue 12.6: S4 fell back when its broker died, S3 did not: the representatives
+    # kept submitting to a dead broker and their clients' energy went untraded.
+    bnode = await world.node("broker", "broker")
+    broker = BrokerRunner(Broker(bnode, sign_timeout=2.0), world.clock, world.writers["broker"])
+
+    async def crash(receipt: AgentReceipt) -> None:  # both sides signed: die before any delivery
+        await bnode.aclose()
+
+    broker.broker.before_delivery.append(crash)
+    await world.nursery.start(broker.run)
+    runners, _ = await s2_world(world, broker="broker")
+    for r in runners.values():
+        await link(r.rep.node, bnode)
+    await world.until(FIRST - GATE + 60)
+    a, b = runners["repA"], runners["repB"]
+    assert not a.broker_up and not b.broker_up
+    # The countersigned match became a receipt on both sides, finished directly...
+    (r,) = [x for x in world.agent_receipts("repA") if x.terms.broker]
+    assert [x.encode() for x in world.agent_receipts("repB") if x.terms.broker] == [r.encode()]
+    assert a.client is not None and a.client.counters["finished_directly"] == 1
+    assert client_net(world, runners, FIRST) == S3_NET  # ...and split among the clients.
+    # The next slot is traded directly between the representatives, as in S2.
+    await world.until(FIRST + SLOT - GATE)
+    assert client_net(world, runners, FIRST + SLOT) == S3_NET
+    direct = [x for x in world.agent_receipts("repB") if x.terms.slot_start == FIRST + SLOT
+              and x.terms.seller_agent == "repA"]
+    assert sum(x.terms.wh for x in direct) == 1400 and not any(x.terms.broker for x in direct)
+    assert FIRST + SLOT in a.direct and a.status()["broker_up"] is False
+
+
+async def test_s3_without_a_broker_session_a_failed_submission_trades_the_slot_directly(
+        world: World, autojump_clock: Any) -> None:
+    bnode = await world.node("broker", "broker")  # never linked: no session with it
+    assert bnode.member_id == "broker"
+    runners, _ = await s2_world(world, broker="broker")
+    await world.until(FIRST - GATE)
+    a = runners["repA"]
+    assert a.counters["submit_failed:NOT_FOUND"] >= 1 and a.counters["slots_direct"] == 1
+    assert client_net(world, runners, FIRST) == S3_NET
+
+
 async def test_s4_orders_go_to_the_broker_and_fall_back_to_s1_when_it_dies(
         world: World, autojump_clock: Any) -> None:
     bnode = await world.node("broker", "broker")
@@ -325,11 +382,9 @@ enabled = false
                 assert cl.services["client"].status()["mode"] == "delegated" and "agent" not in cl.services
                 assert all("replication" in c.services for c in (broker, rep, s4, cl))
                 # The client's delegation reaches its representative (sent when the session opened).
-                # Nothing announces its arrival: poll, bounded by fail_after (real sockets).
+                # Nothing announces its arrival: look once the tasks handling it have run.
                 runner = rep.services["representative"]
-                with trio.fail_after(10):
-                    while runner.rep.clients != ["cl"]:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
+                await eventually(lambda: runner.rep.clients == ["cl"], within=10)
                 st = await rep.control.call("representative.status")
                 assert st["scenario"] == "S2" and st["clients"][0]["max_wh_per_slot"] == 500
                 cs = await cl.control.call("client.status")
@@ -339,7 +394,11 @@ enabled = false
                 with pytest.raises(Exception, match="no orders"):
                     await broker.control.call("broker.book", {"slot_start": 900})
                 log = await s4.control.call("receipts.log")
-                assert log["seq"] == 0 and log["equivocators"] == []
+                assert log["seq"] == 0 and log["equivocators"] == [] and log["following"] == {}
+                fetched = await s4.control.call("receipts.fetch_log", {"member": "broker"})
+                assert fetched["member"] == "broker" and fetched["verified"] == fetched["fetched"] == 0
+                assert (await s4.control.call("receipts.log"))["following"] == {
+                    "broker": {"verified": 0, "latest_head": 0}}
                 status = await broker.control.call("status")
                 assert "broker" in status and "replication" in status
             finally:

@@ -27,7 +27,7 @@ def test_each_component_owns_its_section_next_to_its_code() -> None:
     assert owned == {"revocations": "revocations", "policing": "limits", "trading": "trading",
                      "replication": "replication", "broker": "broker",
                      "representative": "representative", "client": "delegation",
-                     "settlement": "settlement"}
+                     "settlement": "settlement", "mqtt": "mqtt", "dashboard": "dashboard"}
     for c in COMPONENTS:
         if c.section is not None:
             assert c.section.parse.__module__ == type(c).__module__, c.name

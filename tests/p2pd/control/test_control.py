@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from p2pd_test_helpers import eventually
 
 from p2pd.control.jsonrpc import (
     APP_ERROR,
@@ -115,7 +116,9 @@ async def connect(nursery: trio.Nursery, server: ControlServer, uid: int | None 
     return Conn(client)
 
 
-async def test_call_and_positional_params(nursery: trio.Nursery) -> None:
+async def test_call_and_positional_params(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server, _ = make_server()
     c = await connect(nursery, server)
     assert await c.call("echo", {"text": "ab", "times": 2}) == {"jsonrpc": "2.0", "id": 1, "result": {"text": "abab"}}
@@ -147,7 +150,7 @@ async def test_call_and_positional_params(nursery: trio.Nursery) -> None:
      INVALID_REQUEST),
 ])
 async def test_bad_requests_get_the_right_error_and_the_connection_survives(
-    nursery: trio.Nursery, line: bytes, code: int
+    nursery: trio.Nursery, line: bytes, code: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     server, _ = make_server()
     c = await connect(nursery, server)
@@ -158,7 +161,9 @@ async def test_bad_requests_get_the_right_error_and_the_connection_survives(
     assert (await c.call("echo", {"text": "still here"}))["result"] == {"text": "still here"}
 
 
-async def test_notification_gets_no_answer_and_batches_work(nursery: trio.Nursery) -> None:
+async def test_notification_gets_no_answer_and_batches_work(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server, _ = make_server()
     c = await connect(nursery, server)
     await c.send_line('{"jsonrpc": "2.0", "method": "echo", "params": {"text": "n"}}\n')
@@ -232,7 +237,9 @@ async def test_idle_client_is_dropped_but_a_subscriber_is_not(
                                            "address": "memory"}}
 
 
-async def test_subscription_ends_when_client_disconnects(nursery: trio.Nursery) -> None:
+async def test_subscription_ends_when_client_disconnects(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server, bus = make_server()
     c = await connect(nursery, server)
     await c.call("stream")
@@ -242,7 +249,9 @@ async def test_subscription_ends_when_client_disconnects(nursery: trio.Nursery) 
     assert not bus._subscribers and not server.clients
 
 
-async def test_half_closed_client_still_gets_its_answer(nursery: trio.Nursery) -> None:
+async def test_half_closed_client_still_gets_its_answer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server, _ = make_server()
     client, srv = trio.testing.memory_stream_pair()
     nursery.start_soon(server.serve_client, srv, None)
@@ -518,9 +527,7 @@ interval = 0.1
         async with trio.open_nursery() as nursery:
             config = load_config(home / "p2pd.toml", sections=())
             ctx = await nursery.start(partial(run_daemon, components=[]), config)
-            with trio.fail_after(10):
-                while ctx.node.counters["meter_faults"] < 3:
-                    await trio.sleep(0.01)
+            await eventually(lambda: ctx.node.counters["meter_faults"] >= 3, within=10)
             assert (await ctx.control.call("status"))["member_id"] == "alice"  # still serving
             ctx.stop()
     assert Broken.reads >= 3

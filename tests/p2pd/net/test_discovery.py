@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +48,7 @@ async def test_backoff_doubles_up_to_the_cap_then_connects(
     start = trio.current_time()
     await nursery.start(disc.run)
     await trio.sleep(100)
-    gaps = [round(b - a, 3) for a, b in zip(net.attempts, net.attempts[1:])]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(net.attempts)]
     assert net.attempts[0] == start
     assert gaps[:6] == [1, 2, 4, 8, 16, 30]
     assert disc.status()["targets"][0]["failures"] == len(net.attempts)

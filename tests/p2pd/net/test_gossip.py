@@ -6,6 +6,7 @@ Virtual time (``autojump_clock``): a flush interval passes instantly.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -193,7 +194,7 @@ async def test_leaf_of_a_sampling_hub_sees_every_order(autojump_clock: Any, make
 
 async def test_chain_reaches_everyone(autojump_clock: Any, make_trader: Make) -> None:
     chain = [await make_trader(f"c{i}") for i in range(7)]
-    for a, b in zip(chain, chain[1:]):
+    for a, b in itertools.pairwise(chain):
         await link(a.node, b.node)
     order = await chain[0].market.post("sell", SLOT_START, 1000, 80_000)
     await quiet()

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from p2pd_test_helpers import Community, link
+from p2pd_test_helpers import Community, eventually, link
 
 from p2pd.errors import PeerGone
 from p2pd.net.listener import dial, serve_p2p
@@ -14,7 +14,9 @@ from p2pd.net.node import Node, NodeLimits
 from protocol import Reason, Timeouts, refusal_frame
 
 
-async def test_two_nodes_establish_and_see_each_other(make_node: Callable[..., Any]) -> None:
+async def test_two_nodes_establish_and_see_each_other(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice: Node = await make_node("alice")
     bob: Node = await make_node("bob")
     conn, back = await link(alice, bob)
@@ -25,7 +27,7 @@ async def test_two_nodes_establish_and_see_each_other(make_node: Callable[..., A
 
 
 async def test_untrusted_peer_is_refused_and_others_keep_working(
-    make_node: Callable[..., Any], community: Community
+    make_node: Callable[..., Any], community: Community, autojump_clock: trio.testing.MockClock
 ) -> None:
     bob: Node = await make_node("bob")
     alice: Node = await make_node("alice")
@@ -48,7 +50,9 @@ async def test_untrusted_peer_is_refused_and_others_keep_working(
     assert "alice" in bob.sessions
 
 
-async def test_second_connection_from_same_member_replaces_first(make_node: Callable[..., Any]) -> None:
+async def test_second_connection_from_same_member_replaces_first(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice: Node = await make_node("alice")
     bob: Node = await make_node("bob")
     first, _ = await link(alice, bob)
@@ -60,14 +64,14 @@ async def test_second_connection_from_same_member_replaces_first(make_node: Call
     assert len(bob.sessions) == 1
 
 
-async def test_simultaneous_dial_converges_on_one_session(make_node: Callable[..., Any]) -> None:
+async def test_simultaneous_dial_converges_on_one_session(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice: Node = await make_node("alice")
     bob: Node = await make_node("bob")
     await link(alice, bob)
     await link(bob, alice)
-    with trio.fail_after(5):
-        while len(alice.connections) != 1 or len(bob.connections) != 1:
-            await trio.sleep(0.01)
+    await eventually(lambda: len(alice.connections) == 1 and len(bob.connections) == 1)
     a_conn = alice.sessions["bob"]
     b_conn = bob.sessions["alice"]
     # Both keep the connection that "alice" (the smaller id) initiated.
@@ -114,16 +118,16 @@ async def test_idle_established_session_pings_then_times_out(
     assert "bob" in alice.sessions and "alice" in bob.sessions
 
 
-async def test_connection_cap_refuses_extra_strangers(make_node: Callable[..., Any]) -> None:
+async def test_connection_cap_refuses_extra_strangers(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     bob: Node = await make_node("bob", limits=NodeLimits(max_connections=2, max_handshakes=2))
     streams = []
     for _ in range(2):
         client, server = trio.testing.memory_stream_pair()
         bob.nursery.start_soon(bob.accept, server, "stranger")
         streams.append(client)
-    with trio.fail_after(5):
-        while len(bob.connections) < 2:
-            await trio.sleep(0)
+    await eventually(lambda: len(bob.connections) >= 2)
     client, server = trio.testing.memory_stream_pair()
     await bob.accept(server, "one-too-many")
     assert bob.counters["refused:TOO_MANY_CONNECTIONS"] == 1
@@ -139,12 +143,12 @@ async def test_loopback_tcp_smoke(make_node: Callable[..., Any]) -> None:
     port = listeners[0].socket.getsockname()[1]
     conn = await dial(alice, "127.0.0.1", port)
     assert conn.peer is not None and conn.peer.member_id == "bob"
-    with trio.fail_after(5):
-        while "alice" not in bob.sessions:
-            await trio.sleep(0.01)
+    await eventually(lambda: "alice" in bob.sessions)
 
 
-async def test_fault_in_a_handler_closes_only_that_session(make_node: Callable[..., Any]) -> None:
+async def test_fault_in_a_handler_closes_only_that_session(
+    make_node: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     # Issue 17: an unexpected exception while handling one member's input used
     # to escape the session and stop the node, for every member.
     from protocol.trading import OrdersRequest
@@ -170,7 +174,5 @@ async def test_fault_in_a_handler_closes_only_that_session(make_node: Callable[.
     assert bob.status()["counters"]["internal_errors"] == 1
     assert "alice" not in bob.sessions
     await c_conn.send(request)  # bob goes on serving carol
-    with trio.fail_after(5):
-        while not served:
-            await trio.sleep(0.001)
+    await eventually(lambda: served)
     assert served == ["carol"] and "carol" in bob.sessions

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-from p2pd_test_helpers import NOW, Community, Identity, link, node_identity
+from p2pd_test_helpers import NOW, Community, Identity, eventually, link, node_identity
 
 from p2pd.clock import TrioWallClock
 from p2pd.errors import PeerGone
@@ -35,15 +35,9 @@ def make_rnode(community: Community, nursery: trio.Nursery) -> NodeMaker:
     return factory
 
 
-async def wait_for(cond: Callable[[], bool], steps: int = 10_000) -> None:
-    for _ in range(steps):
-        if cond():
-            return
-        await trio.sleep(0)  # a checkpoint: lets the other tasks run
-    raise AssertionError("condition never became true")
-
-
-async def test_list_spreads_cuts_off_and_keeps_out(make_rnode: NodeMaker, community: Community) -> None:
+async def test_list_spreads_cuts_off_and_keeps_out(
+    make_rnode: NodeMaker, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     bob, bob_rl = await make_rnode("bob")
     alice, alice_rl = await make_rnode("alice")
     carol, carol_rl = await make_rnode("carol")
@@ -56,7 +50,7 @@ async def test_list_spreads_cuts_off_and_keeps_out(make_rnode: NodeMaker, commun
     async with bob.events.subscribe() as events:
         assert await alice_rl.install(rl)  # the operator loads it on alice
         # alice -> bob -> carol, and bob closes mallory's session.
-        await wait_for(lambda: carol_rl.registry.lists.get(community.issuer.public) == rl)
+        await eventually(lambda: carol_rl.registry.lists.get(community.issuer.public) == rl)
         with trio.fail_after(5):
             await m_conn.finished.wait()
         event = events.receive_nowait()
@@ -74,27 +68,31 @@ async def test_list_spreads_cuts_off_and_keeps_out(make_rnode: NodeMaker, commun
         assert again.close_reason == Reason.REVOKED
     except PeerGone:
         pass
-    await wait_for(lambda: bob.counters["handshake_failed:REVOKED"] == 1)
+    await eventually(lambda: bob.counters["handshake_failed:REVOKED"] == 1)
     assert set(bob.sessions) == {"alice", "carol"}
 
 
-async def test_late_joiner_receives_the_list_on_connect(make_rnode: NodeMaker, community: Community) -> None:
+async def test_late_joiner_receives_the_list_on_connect(
+    make_rnode: NodeMaker, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     bob, bob_rl = await make_rnode("bob")
     dave, dave_rl = await make_rnode("dave")
     rl = issue_revocation(community.issuer, ["mallory"], serial=4, now=NOW)
     assert await bob_rl.install(rl)
     await link(dave, bob)
-    await wait_for(lambda: dave_rl.registry.lists.get(community.issuer.public) == rl)
+    await eventually(lambda: dave_rl.registry.lists.get(community.issuer.public) == rl)
 
 
-async def test_older_untrusted_or_forged_lists_are_ignored(make_rnode: NodeMaker, community: Community) -> None:
+async def test_older_untrusted_or_forged_lists_are_ignored(
+    make_rnode: NodeMaker, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     bob, bob_rl = await make_rnode("bob")
     alice, alice_rl = await make_rnode("alice")
     conn, _ = await link(alice, bob)
     newer = issue_revocation(community.issuer, ["mallory"], serial=5, now=NOW)
     older = issue_revocation(community.issuer, ["alice"], serial=4, now=NOW)
     assert await bob_rl.install(newer)
-    await wait_for(lambda: alice_rl.registry.lists.get(community.issuer.public) == newer)
+    await eventually(lambda: alice_rl.registry.lists.get(community.issuer.public) == newer)
     assert not await bob_rl.install(older)  # an older list never replaces a newer one
     assert not await bob_rl.install(issue_revocation(Community().issuer, ["alice"], serial=9, now=NOW))
     forged = dataclasses.replace(
@@ -102,13 +100,13 @@ async def test_older_untrusted_or_forged_lists_are_ignored(make_rnode: NodeMaker
     with pytest.raises(SignatureError):
         await bob_rl.install(forged)
     await conn.send(RevocationAnnounce(forged))  # alice relays a forged list to bob
-    await wait_for(lambda: bob.counters["revocation_bad_signature"] == 1)
+    await eventually(lambda: bob.counters["revocation_bad_signature"] == 1)
     assert bob_rl.registry.lists[community.issuer.public] == newer
     assert "alice" in bob.sessions
 
 
 async def test_credential_id_revocation_allows_a_reissued_credential(
-    make_rnode: NodeMaker, community: Community
+    make_rnode: NodeMaker, community: Community, autojump_clock: trio.testing.MockClock
 ) -> None:
     bob, bob_rl = await make_rnode("bob")
     old = community.member("erin")

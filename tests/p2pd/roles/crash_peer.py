@@ -30,6 +30,7 @@ from p2pd.net.node import open_node
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.reconcile import Reconciler
 from p2pd.roles.trading import Market, MarketRules
+from p2pd.sim.quiet import until
 from protocol import Credential, SigningKey, TrustPolicy
 from store import open_repository
 
@@ -67,8 +68,7 @@ async def main(spec: dict[str, object], role: str, mode: str) -> None:
         if mode == "quiet":
             await trio.sleep_forever()
         with trio.fail_after(10):
-            while order_id not in market.book and order_id not in market.cancelled:
-                await trio.sleep(0.01)
+            await until(lambda: order_id in market.book or order_id in market.cancelled)
 
         async def taker() -> None:
             for _ in range(100_000):  # bounded

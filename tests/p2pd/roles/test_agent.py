@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from p2pd_test_helpers import NOW, link
+from p2pd_test_helpers import NOW, eventually, link
 
 from meter_drivers import SimulatedMeter
 from p2pd.clock import TrioWallClock
@@ -71,12 +72,6 @@ def make_member(make_node: Callable[..., Awaitable[Node]], nursery: trio.Nursery
     return factory
 
 
-async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.001)
-
-
 def test_config_defaults_sit_between_the_tariffs() -> None:
     cfg = AgentConfig()
     assert cfg.ask == (DEFAULT_EXPORT_PRICE + DEFAULT_IMPORT_PRICE) // 2 == 93_000
@@ -116,7 +111,9 @@ def test_every_trade_an_agent_accepts_leaves_both_better_off(
         assert all(st_.saving >= 0 for st_ in result.statements.values())
 
 
-async def test_seller_posts_once_per_slot_at_its_ask(make_member: Callable[..., Any]) -> None:
+async def test_seller_posts_once_per_slot_at_its_ask(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice = await make_member("alice")
     agent = Agent(alice.market, Fixed(500), AgentConfig(lead_slots=2))
     now = alice.market.now()
@@ -129,7 +126,9 @@ async def test_seller_posts_once_per_slot_at_its_ask(make_member: Callable[..., 
     assert agent.counters["offers_posted"] == 2
 
 
-async def test_no_offer_while_the_meter_is_unhealthy(make_member: Callable[..., Any]) -> None:
+async def test_no_offer_while_the_meter_is_unhealthy(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice = await make_member("alice")
     meter = Health(False)
     agent = Agent(alice.market, Fixed(800), meter=meter)
@@ -141,14 +140,16 @@ async def test_no_offer_while_the_meter_is_unhealthy(make_member: Callable[..., 
     assert len(alice.market.book) == 2
 
 
-async def test_buyer_takes_cheapest_offers_until_covered(make_member: Callable[..., Any]) -> None:
+async def test_buyer_takes_cheapest_offers_until_covered(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_member(n) for n in ("alice", "bob", "carol")]
     await link(carol.node, alice.node)
     await link(carol.node, bob.node)
     cheap = await alice.market.post("sell", TARGET, 300, 80_000)
     dear = await bob.market.post("sell", TARGET, 1000, 120_000)
     await alice.market.post("sell", TARGET, 1000, 139_500)  # above carol's ceiling
-    await wait_for(lambda: len(carol.market.book) == 3)
+    await eventually(lambda: len(carol.market.book) == 3)
     agent = Agent(carol.market, Fixed(-700), AgentConfig(lead_slots=2))
     await agent.tick(carol.market.now())
     bought = {r.order_id: r.wh for r in carol.repo.receipts()}
@@ -157,13 +158,15 @@ async def test_buyer_takes_cheapest_offers_until_covered(make_member: Callable[.
     assert sum(bought.values()) == 700
 
 
-async def test_buyer_recovers_from_insufficient_and_not_found(make_member: Callable[..., Any]) -> None:
+async def test_buyer_recovers_from_insufficient_and_not_found(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_member(n) for n in ("alice", "bob", "carol")]
     await link(carol.node, alice.node)
     await link(bob.node, alice.node)
     order = await alice.market.post("sell", TARGET, 500, 90_000)
     gone = await alice.market.post("sell", TARGET, 500, 85_000)
-    await wait_for(lambda: len(carol.market.book) == 2 and len(bob.market.book) == 2)
+    await eventually(lambda: len(carol.market.book) == 2 and len(bob.market.book) == 2)
     await bob.market.take(order.order_id, 300)  # carol's view still says 500 remain
     await alice.market.cancel(gone.order_id)
     carol.market.book[gone.order_id] = bob.market.book[gone.order_id]  # a stale book entry
@@ -183,12 +186,14 @@ def lambda_forecast(slot: int, wh: int) -> Any:
     return OneSlot()
 
 
-async def test_buyer_dials_the_owner_once_when_no_session(make_member: Callable[..., Any]) -> None:
+async def test_buyer_dials_the_owner_once_when_no_session(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_member(n) for n in ("alice", "bob", "carol")]
     await link(bob.node, alice.node)
     await link(carol.node, bob.node)
     order = await alice.market.post("sell", TARGET, 400, 90_000)
-    await wait_for(lambda: order.order_id in carol.market.book)
+    await eventually(lambda: order.order_id in carol.market.book)
     dialled: list[str] = []
 
     async def dial(member: str) -> None:
@@ -201,25 +206,29 @@ async def test_buyer_dials_the_owner_once_when_no_session(make_member: Callable[
     assert [r.wh for r in carol.repo.receipts()] == [250]
 
 
-async def test_without_a_dialler_an_unreachable_owner_is_skipped(make_member: Callable[..., Any]) -> None:
+async def test_without_a_dialler_an_unreachable_owner_is_skipped(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_member(n) for n in ("alice", "bob", "carol")]
     await link(bob.node, alice.node)
     await link(carol.node, bob.node)
     order = await alice.market.post("sell", TARGET, 400, 90_000)
-    await wait_for(lambda: order.order_id in carol.market.book)
+    await eventually(lambda: order.order_id in carol.market.book)
     agent = Agent(carol.market, lambda_forecast(TARGET, -250))
     await agent.tick(carol.market.now())
     assert carol.repo.receipts() == [] and agent.counters["no_session"] == 1
 
 
-async def test_bids_are_posted_for_the_rest_and_filled_by_sellers(make_member: Callable[..., Any]) -> None:
+async def test_bids_are_posted_for_the_rest_and_filled_by_sellers(
+    make_member: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, carol = await make_member("alice"), await make_member("carol")
     await link(carol.node, alice.node)
     buyer = Agent(carol.market, lambda_forecast(TARGET, -300), AgentConfig(post_bids=True))
     await buyer.tick(carol.market.now())
     bids = [e.order for e in carol.market.book.values() if e.order.side == "buy"]
     assert [(b.wh, b.price) for b in bids] == [(300, 93_000)]
-    await wait_for(lambda: bids[0].order_id in alice.market.book)
+    await eventually(lambda: bids[0].order_id in alice.market.book)
     seller = Agent(alice.market, lambda_forecast(TARGET, 1000))
     await seller.tick(alice.market.now())
     assert [(r.seller, r.buyer, r.wh) for r in alice.repo.receipts()] == [("alice", "carol", 300)]
@@ -234,7 +243,9 @@ def test_perfect_foresight_is_the_meter_profile() -> None:
     assert f.net_wh(T0, SLOT) == (b.export_wh - a.export_wh) - (b.import_wh - a.import_wh)
 
 
-async def test_readings_forecaster_uses_recent_slots() -> None:
+async def test_readings_forecaster_uses_recent_slots(
+    autojump_clock: trio.testing.MockClock
+) -> None:
     clock = TrioWallClock(T0 + 10)
     f = ReadingsForecaster(clock)
     assert f.net_wh(T0 + SLOT, SLOT) == 0  # knows nothing yet

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, Community, link
+import trio.testing
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.errors import TradeError
 from p2pd.net.node import Node
@@ -31,12 +32,6 @@ class Party:
     client: BrokerClient
     repo: MemoryRepository
     market: Market
-
-
-async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.001)
 
 
 @pytest.fixture
@@ -69,21 +64,22 @@ async def community_with_broker(make_node: Any, make_party: Any, community: Comm
 
 
 async def test_auction_end_to_end_every_party_holds_the_signed_trades(
-        make_node: Any, make_party: Any, community: Community) -> None:
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     broker, (s1, s2, b1, b2) = await community_with_broker(make_node, make_party, community)
     for p, side, wh, price in ((s1, "sell", 1000, 50_000), (s2, "sell", 1000, 80_000),
                                (b1, "buy", 1500, 120_000), (b2, "buy", 800, 90_000)):
         await p.client.submit("broker", p.client.make_order(side, SLOT_START, SLOT, wh, price))
     summary = await broker.close_slot(SLOT_START)
     assert summary.volume_wh == 2000 and summary.price == (80_000 + 90_000) // 2
-    await wait_for(lambda: all(p.client.receipts for p in (s1, s2, b1, b2)))
+    await eventually(lambda: all(p.client.receipts for p in (s1, s2, b1, b2)))
     for p in (s1, s2, b1, b2):
         for tid, r in p.client.receipts.items():
             stored = p.repo.get_receipt(tid)
             assert stored is not None and stored.encoded == r.encode()
             assert r.broker_sig and r.terms.broker == "broker"
     # Anyone with the published book re-runs the clearing and gets the same result.
-    await wait_for(lambda: SLOT_START in s1.client.summaries)
+    await eventually(lambda: SLOT_START in s1.client.summaries)
     book = s1.client.books[SLOT_START]
     bhash, result = rerun(book)
     assert bhash == summary.book_hash and result.result_hash() == summary.result_hash
@@ -96,7 +92,9 @@ async def test_auction_end_to_end_every_party_holds_the_signed_trades(
     assert sum(r.terms.wh for r in all_r.values()) == 2000
 
 
-async def test_roles_refuse_actions_outside_them(make_node: Any, make_party: Any, community: Community) -> None:
+async def test_roles_refuse_actions_outside_them(
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     broker, (p0, p1) = await community_with_broker(make_node, make_party, community, n=2)
     with pytest.raises(TradeError) as err:
         Broker(p0.node)
@@ -118,8 +116,9 @@ async def test_roles_refuse_actions_outside_them(make_node: Any, make_party: Any
     assert err.value.reason == Reason.NOT_A_MEMBER
 
 
-async def test_a_member_cannot_cross_its_own_order(make_node: Any, make_party: Any,
-                                                   community: Community) -> None:
+async def test_a_member_cannot_cross_its_own_order(
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     broker, (p0, _) = await community_with_broker(make_node, make_party, community, n=2)
     await p0.client.submit("broker", p0.client.make_order("sell", SLOT_START, SLOT, 500, 60_000))
     with pytest.raises(TradeError) as err:  # a bid above its own ask: a wash trade
@@ -132,7 +131,8 @@ async def test_a_member_cannot_cross_its_own_order(make_node: Any, make_party: A
 
 
 async def test_a_cheating_broker_cannot_add_alter_or_drop_a_trade(
-        make_node: Any, make_party: Any, community: Community) -> None:
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     broker, (s, b) = await community_with_broker(make_node, make_party, community, n=2)
     sell = s.client.make_order("sell", SLOT_START, SLOT, 1000, 60_000)
     buy = b.client.make_order("buy", SLOT_START, SLOT, 1000, 100_000)
@@ -149,7 +149,7 @@ async def test_a_cheating_broker_cannot_add_alter_or_drop_a_trade(
     }
     for terms in cheats.values():
         await conn.send(MatchPropose(terms, bytes(32), terms.sign(key), b.node.identity.credential))
-    await wait_for(lambda: sum(v for k, v in s.client.counters.items()
+    await eventually(lambda: sum(v for k, v in s.client.counters.items()
                                if k.startswith("proposals_refused")) == 3)
     c = s.client.counters
     assert c["proposals_refused:NOT_FOUND"] == 1
@@ -164,14 +164,15 @@ async def test_a_cheating_broker_cannot_add_alter_or_drop_a_trade(
 
     broker._deliver = drop  # type: ignore[method-assign]
     summary = await broker.close_slot(SLOT_START)
-    await wait_for(lambda: SLOT_START in s.client.summaries)
+    await eventually(lambda: SLOT_START in s.client.summaries)
     audit = audit_slot(s.client.books[SLOT_START], summary, broker.node.identity.credential,
                        list(s.client.receipts.values()), "p0")
     assert not audit.ok and "missing" in audit.problems[0]
 
 
 async def test_broker_crash_mid_slot_falls_back_to_s1_and_loses_nothing(
-        make_node: Any, make_party: Any, community: Community) -> None:
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     broker, (s, b, late) = await community_with_broker(make_node, make_party, community, n=3)
     await link(s.node, b.node)
     await link(late.node, s.node)
@@ -185,12 +186,12 @@ async def test_broker_crash_mid_slot_falls_back_to_s1_and_loses_nothing(
     broker.before_delivery.append(crash)
     await broker.close_slot(SLOT_START)
     # Both agents finish the signed match between themselves...
-    await wait_for(lambda: s.client.receipts and b.client.receipts)
+    await eventually(lambda: s.client.receipts and b.client.receipts)
     (r,) = s.client.receipts.values()
     assert b.client.receipts[r.terms.trade_id].encode() == r.encode() and r.terms.wh == 1000
     assert s.repo.get_receipt(r.terms.trade_id) is not None
     # ...and the seller's remaining 500 Wh is re-offered as an S1 order, which a peer takes.
-    await wait_for(lambda: any(e.order.member_id == "p0" for e in late.market.book.values()))
+    await eventually(lambda: any(e.order.member_id == "p0" for e in late.market.book.values()))
     (oid,) = [k for k, e in late.market.book.items() if e.order.member_id == "p0"]
     assert late.market.book[oid].order.wh == 500
     receipt = await late.market.take(oid, 500)
@@ -199,7 +200,8 @@ async def test_broker_crash_mid_slot_falls_back_to_s1_and_loses_nothing(
 
 
 async def test_broker_crash_after_delivering_to_one_side_still_ends_with_both_receipts(
-        make_node: Any, make_party: Any, community: Community) -> None:
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     # The broker sends the final receipt to the seller, then dies: the buyer,
     # left waiting, sends its signature to the seller, which no longer waits
     # (it committed) but answers with its own, once.
@@ -214,10 +216,10 @@ async def test_broker_crash_after_delivering_to_one_side_still_ends_with_both_re
 
     broker.before_delivery.append(half_deliver)
     await broker.close_slot(SLOT_START)
-    await wait_for(lambda: bool(s.client.receipts))
+    await eventually(lambda: bool(s.client.receipts))
     assert not b.client.receipts and len(b.client.pending) == 1
     assert await b.client.finish_directly() == 1
-    await wait_for(lambda: bool(b.client.receipts))
+    await eventually(lambda: bool(b.client.receipts))
     (r,) = s.client.receipts.values()
     assert b.client.receipts[r.terms.trade_id].encode() == r.encode()
     assert b.repo.get_receipt(r.terms.trade_id) is not None
@@ -225,7 +227,8 @@ async def test_broker_crash_after_delivering_to_one_side_still_ends_with_both_re
 
 
 async def test_a_party_whose_disk_is_full_keeps_the_match_pending_and_its_sessions(
-        make_node: Any, make_party: Any, community: Community) -> None:
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     """Issue 12: MatchFinal that cannot be committed leaves the match pending, sessions open."""
     from store import StorageUnavailable
 
@@ -241,13 +244,13 @@ async def test_a_party_whose_disk_is_full_keeps_the_match_pending_and_its_sessio
     b.repo.commit_receipts = full  # type: ignore[method-assign]
     to_broker = b.node.sessions["broker"]
     await broker.close_slot(SLOT_START)
-    await wait_for(lambda: bool(s.client.receipts) and b.client.counters["finals_not_stored"] == 1)
+    await eventually(lambda: bool(s.client.receipts) and b.client.counters["finals_not_stored"] == 1)
     assert not b.client.receipts and len(b.client.pending) == 1
     assert b.node.sessions.get("broker") is to_broker and not to_broker.finished.is_set()
     assert b.node.counters["internal_errors"] == 0
     # Space returns: the match is finished with the seller's signature.
     b.repo.commit_receipts = commit  # type: ignore[method-assign]
     assert await b.client.finish_directly() == 1
-    await wait_for(lambda: bool(b.client.receipts))
+    await eventually(lambda: bool(b.client.receipts))
     (r,) = s.client.receipts.values()
     assert b.repo.get_receipt(r.terms.trade_id) is not None

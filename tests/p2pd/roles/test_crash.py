@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from p2pd_test_helpers import Community, node_identity
+from p2pd_test_helpers import Community, eventually, node_identity
 
 from p2pd.errors import NotConnected, PeerGone, TradeError
 from p2pd.net.listener import dial
@@ -92,8 +92,8 @@ async def test_kill_9_seller_during_trade_burst(tmp_path: Path, nursery: trio.Nu
         try:
             with trio.fail_after(20):
                 await dial(node, "127.0.0.1", port)
-                while order_id not in market.book and order_id not in market.cancelled:
-                    await trio.sleep(0.01)
+                await eventually(lambda: order_id in market.book or order_id in market.cancelled,
+                                 within=20)
             stop = trio.Event()
             async with trio.open_nursery() as burst:
                 for _ in range(8):
@@ -118,9 +118,7 @@ async def test_kill_9_seller_during_trade_burst(tmp_path: Path, nursery: trio.Nu
             proc.wait(timeout=10)
             assert proc.stdout is not None
             proc.stdout.close()
-        with trio.fail_after(10):
-            while "seller" in node.sessions:
-                await trio.sleep(0.01)
+        await eventually(lambda: "seller" not in node.sessions, within=10)
 
     # Retrying unanswered takes (same trade id) after the last restart must
     # never create a second trade for the same id: check in the database.

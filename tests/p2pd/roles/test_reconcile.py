@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, link
+from p2pd_test_helpers import NOW, eventually, link
 
 from p2pd.errors import TradeTimeout
 from p2pd.net.node import Node
@@ -17,12 +17,6 @@ from protocol import ReceiptsRequest, TradeAccepted
 from store import MemoryRepository
 
 SLOT_START = (int(NOW) // 900 + 2) * 900
-
-
-async def eventually(predicate: Any, limit: float = 30.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def trader(make_node: Any, nursery: trio.Nursery, name: str) -> tuple[Node, Market, Reconciler]:

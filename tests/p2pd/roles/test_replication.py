@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import trio
-from p2pd_test_helpers import NOW, Community, link
+import trio.testing
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.replication import LoggingWriter, Replication
@@ -18,14 +18,9 @@ SLOT = 900
 SLOT_START = (int(NOW) // SLOT + 2) * SLOT
 
 
-async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.001)
-
-
 async def test_s1_receipts_are_logged_by_both_parties_and_replicated(
-        make_node: Any, nursery: trio.Nursery) -> None:
+    make_node: Any, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     nodes = [await make_node(n) for n in ("alice", "bob", "r1", "r2", "r3")]
     reps, markets = {}, {}
     for node in nodes:
@@ -41,19 +36,22 @@ async def test_s1_receipts_are_logged_by_both_parties_and_replicated(
         await link(alice, r)
         await link(bob, r)
     order = await markets["alice"].post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in markets["bob"].book)
+    await eventually(lambda: order.order_id in markets["bob"].book)
     receipt = await markets["bob"].take(order.order_id, 600)
-    await wait_for(lambda: reps["alice"].log.chain.seq == 1 and reps["bob"].log.chain.seq == 1)
+    await eventually(lambda: reps["alice"].log.chain.seq == 1 and reps["bob"].log.chain.seq == 1)
     assert reps["alice"].log.chain.entries == [receipt.encode()]
     # Two replicas from each party, held by the three other nodes; heads known everywhere.
-    await wait_for(lambda: sum(reps[m].counters["replicas_held"] for m in ("r1", "r2", "r3")) == 4)
-    held = [m for m in ("r1", "r2", "r3") if receipt.encode() in reps[m].held.values()]
+    await eventually(lambda: sum(reps[m].counters["replicas_held"] for m in ("r1", "r2", "r3")) == 4)
+    held = [m for m in ("r1", "r2", "r3")
+            if receipt.encode() in [r.entry for p in ("alice", "bob") for r in reps[m].repo.replicas(p)]]
     assert len(held) >= 2
-    await wait_for(lambda: all(1 in reps[m].heads.heads.get("alice", {}) for m in ("r1", "r2", "r3")))
+    await eventually(lambda: all(1 in reps[m].heads.heads.get("alice", {}) for m in ("r1", "r2", "r3")))
     assert not any(reps[m].heads.proofs for m in reps)
 
 
-async def test_an_equivocating_node_is_caught_with_proof(make_node: Any, community: Community) -> None:
+async def test_an_equivocating_node_is_caught_with_proof(
+    make_node: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
     mallory = await make_node("mallory")
     watchers = [await make_node(n) for n in ("w1", "w2", "w3")]
     reps = {w.member_id: Replication(w) for w in watchers}
@@ -68,7 +66,7 @@ async def test_an_equivocating_node_is_caught_with_proof(make_node: Any, communi
     two.append(b"a different receipt")
     await c1.send(HeadGossip(one.head(key, "mallory"), cred, 1))
     await c3.send(HeadGossip(two.head(key, "mallory"), cred, 3))
-    await wait_for(lambda: all("mallory" in r.heads.proofs for r in reps.values()))
+    await eventually(lambda: all("mallory" in r.heads.proofs for r in reps.values()))
     proof = reps["w2"].heads.proofs["mallory"]
     proof.check(cred)  # anyone holding mallory's credential can check it
     assert {proof.head_a.head_hash, proof.head_b.head_hash} == {one.head_hash, two.head_hash}
@@ -76,7 +74,9 @@ async def test_an_equivocating_node_is_caught_with_proof(make_node: Any, communi
     assert detected >= 1
 
 
-async def test_a_replica_that_does_not_chain_is_a_fork(make_node: Any) -> None:
+async def test_a_replica_that_does_not_chain_is_a_fork(
+    make_node: Any, autojump_clock: trio.testing.MockClock
+) -> None:
     mallory, w = await make_node("mallory"), await make_node("w")
     rep = Replication(w)
     conn, _ = await link(mallory, w)
@@ -87,11 +87,13 @@ async def test_a_replica_that_does_not_chain_is_a_fork(make_node: Any) -> None:
     # seq 2 signed over something other than the entry sent with it (the replica
     # bytes need not be a receipt w can verify: mallory's own signatures are the proof)
     await conn.send(ReceiptReplica(1, b"second", LogHead.create(key, "mallory", 2, b"x" * 32)))
-    await wait_for(lambda: "mallory" in rep.heads.forks)
+    await eventually(lambda: "mallory" in rep.heads.forks)
     assert rep.counters["forks_detected"] == 1
 
 
-async def test_refused_and_repeated_takes_never_enter_the_log(make_node: Any, nursery: trio.Nursery) -> None:
+async def test_refused_and_repeated_takes_never_enter_the_log(
+    make_node: Any, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     # Issue 12, finding 3: a take retried with the same trade id but other terms
     # got the stored receipt back (right), and the owner also appended and
     # gossiped a second, different receipt for that trade id (wrong).
@@ -111,7 +113,7 @@ async def test_refused_and_repeated_takes_never_enter_the_log(make_node: Any, nu
     await link(nodes["bob"], nodes["alice"])
     await link(nodes["mallory"], nodes["alice"])
     order = await markets["alice"].post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in markets["bob"].book and order.order_id in markets["mallory"].book)
+    await eventually(lambda: order.order_id in markets["bob"].book and order.order_id in markets["mallory"].book)
     receipt = await markets["bob"].take(order.order_id, 600)
     assert reps["alice"].log.chain.entries == [receipt.encode()]
     t = receipt.terms
@@ -133,7 +135,7 @@ async def test_refused_and_repeated_takes_never_enter_the_log(make_node: Any, nu
     await nodes["mallory"].send_to("alice", Take(stolen, stolen.sign(nodes["mallory"].identity.keys.signing)))
     big = dataclasses.replace(t, trade_id=b"B" * 16, wh=500)
     await nodes["bob"].send_to("alice", Take(big, big.sign(key)))
-    await wait_for(lambda: len(answers) == 3)
+    await eventually(lambda: len(answers) == 3)
     kinds = sorted(type(a).__name__ + ":" + (a.reason_code.name if hasattr(a, "reason_code") else "")
                    for a in answers)
     assert kinds == ["TradeAccepted:", "TradeRefused:INSUFFICIENT", "TradeRefused:REPLAY"]
@@ -173,10 +175,10 @@ async def test_a_restarted_node_continues_its_log_and_signs_the_same_heads(
 
     alice, rep, market, repo = await run_alice()
     order = await market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in b_market.book)
+    await eventually(lambda: order.order_id in b_market.book)
     for wh in (100, 200):
         await b_market.take(order.order_id, wh)
-    await wait_for(lambda: rep.log.chain.seq == 2 and 2 in b_watch.heads.heads.get("alice", {}))
+    await eventually(lambda: rep.log.chain.seq == 2 and 2 in b_watch.heads.heads.get("alice", {}))
     head_before = rep.log.head
     # Restart: a new node process with the same keys and store.
     await alice.aclose()
@@ -184,7 +186,7 @@ async def test_a_restarted_node_continues_its_log_and_signs_the_same_heads(
     alice, rep, market, repo = await run_alice()
     assert rep.log.chain.seq == 2 and rep.log.head == head_before  # byte for byte the same head
     await b_market.take(order.order_id, 300)
-    await wait_for(lambda: rep.log.chain.seq == 3 and 3 in b_watch.heads.heads.get("alice", {}))
+    await eventually(lambda: rep.log.chain.seq == 3 and 3 in b_watch.heads.heads.get("alice", {}))
     assert [s for s, _ in repo.log_entries()] == [1, 2, 3]
     assert not b_watch.heads.proofs and not b_watch.heads.forks  # no equivocation, no fork
     repo.close()

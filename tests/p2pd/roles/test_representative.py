@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, Community, link
+import trio.testing
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.errors import TradeError
 from p2pd.market.disputes import export_bundle, verify_bundle
@@ -28,12 +29,6 @@ from store import MemoryRepository
 
 SLOT = 900
 SLOT_START = (int(NOW) // SLOT + 2) * SLOT
-
-
-async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.001)
 
 
 async def s2(make_node: Callable[..., Awaitable[Node]], nursery: trio.Nursery, community: Community,
@@ -57,19 +52,21 @@ async def s2(make_node: Callable[..., Awaitable[Node]], nursery: trio.Nursery, c
         await delegate(node, rep.me, max_wh_per_slot=2000, min_sell_price=60_000, max_buy_price=120_000,
                        valid_from=int(NOW) - 60, valid_until=int(NOW) + 86400)
         await send_report(node, rep.me, SLOT_START, SLOT, net)
-    await wait_for(lambda: all(len(r.delegations.by_id) == 6 for r in reps.values())
+    await eventually(lambda: all(len(r.delegations.by_id) == 6 for r in reps.values())
                    and len(reps["repA"].reports) == 3 and len(reps["repB"].reports) == 3)
     return reps, clients, repos
 
 
 async def test_two_representatives_trade_for_six_clients(
-        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     reps, clients, repos = await s2(make_node, nursery, community)
     a, b = reps["repA"], reps["repB"]
     assert a.clients == ["c0", "c1", "c2"] and b.clients == ["c3", "c4", "c5"]
     await a.offer_for_clients(SLOT_START)
     await b.offer_for_clients(SLOT_START)
-    await wait_for(lambda: len(a.book) == 1 and len(b.book) == 2)
+    await eventually(lambda: len(a.book) == 1 and len(b.book) == 2)
     got_b = await b.buy_for_clients(SLOT_START)
     got_a = await a.buy_for_clients(SLOT_START)
     # repB's clients need 2400 and get all 2000 of repA's surplus; repA's c2 gets 600 of c3's 1000.
@@ -90,11 +87,13 @@ async def test_two_representatives_trade_for_six_clients(
 
 
 async def test_a_representative_beyond_its_delegation_is_refused_and_provable(
-        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     reps, clients, _ = await s2(make_node, nursery, community)
     a, b = reps["repA"], reps["repB"]
     (offer,) = [o for o in await a.offer_for_clients(SLOT_START) if o.principal == "c0"]
-    await wait_for(lambda: offer.order_id in b.book)
+    await eventually(lambda: offer.order_id in b.book)
     g = b.book[offer.order_id]
     c4 = b.delegation_of("c4")
     assert c4 is not None
@@ -112,7 +111,7 @@ async def test_a_representative_beyond_its_delegation_is_refused_and_provable(
 
     refusals_of(b.node).routes.insert(0, refused)
     await b.node.send_to("repA", AgentTake(too_much, tight, too_much.sign(b.node.identity.keys.signing)))
-    await wait_for(lambda: bool(answers))
+    await eventually(lambda: bool(answers))
     assert answers[0].reason == Reason.OUT_OF_BOUNDS and a.counters["takes_refused:OUT_OF_BOUNDS"] == 1
     # The honest taker side refuses too (price above the buyer's bound) before sending anything.
     with pytest.raises(TradeError) as err:
@@ -139,15 +138,18 @@ async def test_a_representative_beyond_its_delegation_is_refused_and_provable(
     assert [p.kind for p in report.problems] == ["delegation_exceeded"]
 
 
-async def test_revoked_delegation_stops_trading(make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+async def test_revoked_delegation_stops_trading(
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     reps, clients, _ = await s2(make_node, nursery, community)
     a, b = reps["repA"], reps["repB"]
     offers = await a.offer_for_clients(SLOT_START)
-    await wait_for(lambda: len(b.book) == len(offers))
+    await eventually(lambda: len(b.book) == len(offers))
     d0 = a.delegation_of("c0")
     assert d0 is not None
     await revoke(clients["c0"], d0)
-    await wait_for(lambda: d0.delegation_id in a.delegations.revoked and d0.delegation_id in b.delegations.revoked)
+    await eventually(lambda: d0.delegation_id in a.delegations.revoked and d0.delegation_id in b.delegations.revoked)
     assert "c0" not in a.clients
     g = next(g for g in b.book.values() if g.order.principal == "c0")
     with pytest.raises(TradeError) as err:
@@ -156,7 +158,9 @@ async def test_revoked_delegation_stops_trading(make_node: Any, nursery: trio.Nu
 
 
 async def test_meter_reports_only_from_the_client_itself(
-        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     reps, clients, _ = await s2(make_node, nursery, community)
     a = reps["repA"]
     # c3 (not repA's client) cannot report for c0: the report must come from its principal's session.
@@ -165,11 +169,13 @@ async def test_meter_reports_only_from_the_client_itself(
     forged = MeterReport.create(clients["c3"].identity.keys.signing, principal="c0", agent="repA",
                                 slot_start=SLOT_START, slot_len=SLOT, net_wh=9999, issued_at=int(NOW))
     await clients["c3"].send_to("repA", MeterReportMsg(forged))
-    await wait_for(lambda: a.counters["reports_rejected"] == 1)
+    await eventually(lambda: a.counters["reports_rejected"] == 1)
     assert a.reports[("c0", SLOT_START)].net_wh == 1200
 
 
-async def test_only_representatives_represent(make_node: Any, nursery: trio.Nursery) -> None:
+async def test_only_representatives_represent(
+    make_node: Any, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     node = await make_node("plain")
     with pytest.raises(TradeError) as err:
         Representative(node, ReceiptWriter(MemoryRepository()))
@@ -177,13 +183,15 @@ async def test_only_representatives_represent(make_node: Any, nursery: trio.Nurs
 
 
 async def test_a_stranger_asking_for_a_trade_by_its_id_gets_a_refusal_not_the_receipt(
-        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     # Issue 11: the representative path used to hand back an already stored
     # receipt to anyone who named its trade id (the S1 path refused with REPLAY).
     reps, _, _ = await s2(make_node, nursery, community)
     a, b = reps["repA"], reps["repB"]
     (offer,) = [o for o in await a.offer_for_clients(SLOT_START) if o.principal == "c0"]
-    await wait_for(lambda: offer.order_id in b.book)
+    await eventually(lambda: offer.order_id in b.book)
     receipt = await b.take(b.book[offer.order_id], "c4", 500)
     tid = receipt.terms.trade_id
     # Mallory, another representative with a delegation of her own, replays the trade id.
@@ -196,7 +204,7 @@ async def test_a_stranger_asking_for_a_trade_by_its_id_gets_a_refusal_not_the_re
     await link(mallory, a.node)
     d9 = await delegate(c9, "mallory", max_wh_per_slot=2000, min_sell_price=0, max_buy_price=120_000,
                         valid_from=int(NOW) - 60, valid_until=int(NOW) + 86400)
-    await wait_for(lambda: d9.delegation_id in a.delegations.by_id and d9.delegation_id in m.delegations.by_id)
+    await eventually(lambda: d9.delegation_id in a.delegations.by_id and d9.delegation_id in m.delegations.by_id)
     stolen = AgentTerms(tid, "c0", "repA", "c9", "mallory", "", offer.order_id, b"", SLOT_START, SLOT,
                         500, offer.price, int(NOW))
     answers: list[Any] = []
@@ -211,7 +219,7 @@ async def test_a_stranger_asking_for_a_trade_by_its_id_gets_a_refusal_not_the_re
     refusals_of(mallory).routes.insert(0, refused)
     mallory.handlers[AgentAccepted] = accepted  # see whatever repA answers
     await mallory.send_to("repA", AgentTake(stolen, d9, stolen.sign(mallory.identity.keys.signing)))
-    await wait_for(lambda: bool(answers))
+    await eventually(lambda: bool(answers))
     assert isinstance(answers[0], AgentRefused) and answers[0].reason == Reason.REPLAY
     assert a.counters["takes_refused:REPLAY"] == 1
     # The honest parties still hold the one receipt.
@@ -219,14 +227,16 @@ async def test_a_stranger_asking_for_a_trade_by_its_id_gets_a_refusal_not_the_re
 
 
 async def test_full_disk_at_the_orders_agent_refuses_agent_takes_and_resumes(
-        make_node: Any, nursery: trio.Nursery, community: Community) -> None:
+    make_node: Any, nursery: trio.Nursery, community: Community,
+    autojump_clock: trio.testing.MockClock
+) -> None:
     """Issue 12: a store that cannot commit answers AgentRefused(STORAGE_UNAVAILABLE), keeps the session."""
     from store import StorageUnavailable
 
     reps, _clients, repos = await s2(make_node, nursery, community)
     a, b = reps["repA"], reps["repB"]
     await a.offer_for_clients(SLOT_START)
-    await wait_for(lambda: len(b.book) == 2)  # c0's and c1's surplus
+    await eventually(lambda: len(b.book) == 2)  # c0's and c1's surplus
     link_ab = a.node.sessions["repB"]
     commit = repos["repA"].commit_receipts
 

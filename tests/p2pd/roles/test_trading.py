@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import NOW, Community, link
+import trio.testing
+from p2pd_test_helpers import NOW, Community, eventually, link
 
 from p2pd.errors import TradeError
 from p2pd.net.node import Node
@@ -43,24 +44,14 @@ def make_trader(
     return factory
 
 
-async def settle() -> None:
-    """Let in-flight gossip finish: bounded passes of the scheduler."""
-    for _ in range(200):
-        await trio.sleep(0)
-
-
-async def wait_for(predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.001)
-
-
-async def test_order_spreads_along_a_chain_and_is_taken(make_trader: Callable[..., Any]) -> None:
+async def test_order_spreads_along_a_chain_and_is_taken(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_trader(n) for n in ("alice", "bob", "carol")]
     await link(alice.node, bob.node)
     await link(bob.node, carol.node)
     order = await alice.market.post("sell", SLOT_START, 2000, 90_000)
-    await wait_for(lambda: order.order_id in carol.market.book)
+    await eventually(lambda: order.order_id in carol.market.book)
     # carol (connected only to bob) needs a direct session to take
     await link(carol.node, alice.node)
     receipt = await carol.market.take(order.order_id, 1500)
@@ -74,18 +65,22 @@ async def test_order_spreads_along_a_chain_and_is_taken(make_trader: Callable[..
     assert alice.market.book[order.order_id].remaining_wh == 500
 
 
-async def test_late_joiner_catches_up(make_trader: Callable[..., Any]) -> None:
+async def test_late_joiner_catches_up(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
     await link(bob.node, alice.node)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
 
 
-async def test_retry_with_same_trade_id_returns_same_receipt(make_trader: Callable[..., Any]) -> None:
+async def test_retry_with_same_trade_id_returns_same_receipt(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
     first = await bob.market.take(order.order_id, 400, trade_id=b"T" * 16)
     again = await bob.market.take(order.order_id, 400, trade_id=b"T" * 16)
     assert again.encode() == first.encode()
@@ -93,13 +88,15 @@ async def test_retry_with_same_trade_id_returns_same_receipt(make_trader: Callab
     assert alice.repo.remaining_wh(order.order_id, order.wh) == 600
 
 
-async def test_retry_after_sell_out_still_returns_the_receipt(make_trader: Callable[..., Any]) -> None:
+async def test_retry_after_sell_out_still_returns_the_receipt(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
     first = await bob.market.take(order.order_id, 1000, trade_id=b"S" * 16)
-    await wait_for(lambda: order.order_id not in bob.market.book)  # sold out, withdrawn
+    await eventually(lambda: order.order_id not in bob.market.book)  # sold out, withdrawn
     # bob lost the answer (say): he forgets the receipt and retries the same take
     bob.repo = bob.market.repo = MemoryRepository()
     again = await bob.market.take(order.order_id, 1000, trade_id=b"S" * 16)
@@ -107,12 +104,14 @@ async def test_retry_after_sell_out_still_returns_the_receipt(make_trader: Calla
     assert len(alice.repo.receipts_for_order(order.order_id)) == 1
 
 
-async def test_two_takers_race_for_the_last_kwh(make_trader: Callable[..., Any]) -> None:
+async def test_two_takers_race_for_the_last_kwh(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_trader(n) for n in ("alice", "bob", "carol")]
     await link(bob.node, alice.node)
     await link(carol.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in bob.market.book and order.order_id in carol.market.book)
+    await eventually(lambda: order.order_id in bob.market.book and order.order_id in carol.market.book)
     results: dict[str, Any] = {}
 
     async def attempt(trader: Trader) -> None:
@@ -131,41 +130,47 @@ async def test_two_takers_race_for_the_last_kwh(make_trader: Callable[..., Any])
     assert sum(r.wh for r in alice.repo.receipts_for_order(order.order_id)) == 1000
 
 
-async def test_take_for_more_than_remains_is_refused_with_remaining(make_trader: Callable[..., Any]) -> None:
+async def test_take_for_more_than_remains_is_refused_with_remaining(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
     await bob.market.take(order.order_id, 700)
     with pytest.raises(TradeError) as err:
         await bob.market.take(order.order_id, 400)
     assert err.value.reason == Reason.INSUFFICIENT and err.value.remaining_wh == 300
 
 
-async def test_fully_sold_order_is_withdrawn_everywhere(make_trader: Callable[..., Any]) -> None:
+async def test_fully_sold_order_is_withdrawn_everywhere(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob, carol = [await make_trader(n) for n in ("alice", "bob", "carol")]
     await link(bob.node, alice.node)
     await link(carol.node, bob.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in carol.market.book)
+    await eventually(lambda: order.order_id in carol.market.book)
     await bob.market.take(order.order_id, 1000)
-    await wait_for(lambda: order.order_id not in carol.market.book)
+    await eventually(lambda: order.order_id not in carol.market.book)
     with pytest.raises(TradeError) as err:
         await bob.market.take(order.order_id, 1)
     assert err.value.reason == Reason.NOT_FOUND
 
 
-async def test_buyer_posts_bid_and_seller_fills_it(make_trader: Callable[..., Any]) -> None:
+async def test_buyer_posts_bid_and_seller_fills_it(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     await link(bob.node, alice.node)
     bid = await bob.market.post("buy", SLOT_START, 800, 120_000)
-    await wait_for(lambda: bid.order_id in alice.market.book)
+    await eventually(lambda: bid.order_id in alice.market.book)
     receipt = await alice.market.take(bid.order_id, 800)
     assert (receipt.terms.seller, receipt.terms.buyer) == ("alice", "bob")
 
 
 async def test_forged_tampered_and_foreign_orders_are_dropped(
-    make_trader: Callable[..., Any], community: Community
+    make_trader: Callable[..., Any], community: Community, autojump_clock: trio.testing.MockClock
 ) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     conn, _ = await link(alice.node, bob.node)
@@ -190,8 +195,8 @@ async def test_forged_tampered_and_foreign_orders_are_dropped(
                    OrderGossip(foreign, outsider.credential, 3), OrderGossip(expired, cred, 3),
                    OrderGossip(good, cred, 3), OrderGossip(good, cred, 3)):
         await conn.send(gossip)
-    await wait_for(lambda: b"g" * 16 in bob.market.book)
-    await settle()
+    await eventually(lambda: b"g" * 16 in bob.market.book)
+    await trio.testing.wait_all_tasks_blocked()  # in-flight gossip is all handled
     assert set(bob.market.book) == {b"g" * 16}
     c = bob.node.counters
     assert c["orders_rejected:BAD_SIGNATURE"] == 2
@@ -200,7 +205,9 @@ async def test_forged_tampered_and_foreign_orders_are_dropped(
     assert c["orders_duplicate"] == 1
 
 
-async def test_bad_quantities_and_prices_are_refused_locally(make_trader: Callable[..., Any]) -> None:
+async def test_bad_quantities_and_prices_are_refused_locally(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice = await make_trader("alice")
     for wh, price in ((0, 50_000), (-5, 50_000), (100, 0), (10**12, 50_000), (100, 10**12)):
         with pytest.raises(TradeError):
@@ -212,13 +219,15 @@ async def test_bad_quantities_and_prices_are_refused_locally(make_trader: Callab
     assert err.value.reason == Reason.OUT_OF_BOUNDS
 
 
-async def test_cancel_spreads_and_blocks_takes(make_trader: Callable[..., Any]) -> None:
+async def test_cancel_spreads_and_blocks_takes(
+    make_trader: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
     alice, bob = await make_trader("alice"), await make_trader("bob")
     await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
     await alice.market.cancel(order.order_id)
-    await wait_for(lambda: order.order_id not in bob.market.book)
+    await eventually(lambda: order.order_id not in bob.market.book)
     assert alice.repo.live_orders(int(NOW)) == []
 
 
@@ -228,7 +237,7 @@ async def test_sqlite_receipts_survive_reopen(make_trader: Callable[..., Any], t
     bob = await make_trader("bob")
     await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 80_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
     receipts = [await bob.market.take(order.order_id, 100) for _ in range(5)]
     alice.repo.close()
     reopened = open_repository(url)
@@ -251,7 +260,7 @@ async def test_a_take_whose_answer_was_lost_completes_by_itself_on_reconnect(
     alice, bob = await make_trader("alice"), await make_trader("bob")
     conn, _ = await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 600, 90_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
     original = bob.node.handlers[TradeAccepted]
 
     async def lost(c: Any, msg: Any) -> None:  # the answer never arrives
@@ -264,12 +273,12 @@ async def test_a_take_whose_answer_was_lost_completes_by_itself_on_reconnect(
     assert tid is not None and alice.repo.get_receipt(tid) is not None  # one-sided
     assert bob.repo.get_receipt(tid) is None and [p.trade_id for p in bob.repo.pending_takes()] == [tid]
     # The order sold out and is withdrawn; the session breaks.
-    await wait_for(lambda: order.order_id not in bob.market.book)
+    await eventually(lambda: order.order_id not in bob.market.book)
     bob.node.handlers[TradeAccepted] = original
     await conn.close()
     # A new session: bob sends the same take again by itself and gets the stored receipt.
     await link(bob.node, alice.node)
-    await wait_for(lambda: bob.repo.get_receipt(tid) is not None and not bob.repo.pending_takes())
+    await eventually(lambda: bob.repo.get_receipt(tid) is not None and not bob.repo.pending_takes())
     assert bob.repo.get_receipt(tid).encoded == alice.repo.get_receipt(tid).encoded  # type: ignore[union-attr]
     assert bob.repo.pending_takes() == [] and bob.market.counters["takes_recovered"] == 1
     # And a user's retry by trade id now answers from the store at once.
@@ -290,7 +299,7 @@ async def test_a_pending_take_survives_the_takers_restart(
     bob = await make_trader("bob", repo=store, ident=ident)
     conn, _ = await link(bob.node, alice.node)
     order = await alice.market.post("sell", SLOT_START, 1000, 90_000)
-    await wait_for(lambda: order.order_id in bob.market.book)
+    await eventually(lambda: order.order_id in bob.market.book)
 
     async def lost(c: Any, msg: Any) -> None:
         return None
@@ -306,6 +315,6 @@ async def test_a_pending_take_survives_the_takers_restart(
     reborn = await make_trader("bob", repo=store, ident=ident)
     await reborn.market.load()
     await link(reborn.node, alice.node)
-    await wait_for(lambda: reborn.repo.get_receipt(tid) is not None and not reborn.repo.pending_takes())
+    await eventually(lambda: reborn.repo.get_receipt(tid) is not None and not reborn.repo.pending_takes())
     assert reborn.repo.get_receipt(tid).encoded == alice.repo.get_receipt(tid).encoded  # type: ignore[union-attr]
     assert reborn.repo.pending_takes() == []

@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import trio
+from p2pd_test_helpers import eventually
 
 from p2pd.errors import TradeError
 from p2pd.sim.build import open_community
@@ -95,9 +96,8 @@ async def test_each_simulated_node_verifies_for_itself(autojump_clock: trio.abc.
         a, b = com.nodes
         assert a.node.policy is not b.node.policy
         assert a.node.policy._verified is not b.node.policy._verified
-        with trio.fail_after(5):  # in XX the responder finishes last
-            while not (a.member_id in b.node.sessions and b.member_id in a.node.sessions):
-                await trio.sleep(0.01)
+        # In XX the responder finishes last.
+        await eventually(lambda: a.member_id in b.node.sessions and b.member_id in a.node.sessions)
         # Each verified the other's credential in the handshake, once.
         assert b.identity.credential in a.node.policy._verified
         assert a.identity.credential in b.node.policy._verified
