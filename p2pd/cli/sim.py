@@ -118,6 +118,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[SimConfig, dict[str, Any
     if args.workers is not None and args.memory:
         raise SimError("--workers is for the loopback TCP mode (in-memory streams stay in one process)")
     nodes = nodes if nodes is not None else 10
+    if not 2 <= nodes <= MAX_NODES:  # here too: the starting scale below divides by it
+        raise SimError(f"--nodes must be between 2 and {MAX_NODES} (got {nodes})")
     scale = args.time_scale
     if scale is None:
         per_process = nodes if args.memory else -(-nodes // min(workers, nodes))

@@ -29,6 +29,8 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--nodes", "5000"], "--nodes must be between 2 and 1000 (got 5000)"),
     (["--nodes", "1"], "--nodes must be between 2 and 1000 (got 1)"),
+    (["--nodes", "0"], "--nodes must be between 2 and 1000 (got 0)"),
+    (["--nodes", "-3"], "--nodes must be between 2 and 1000 (got -3)"),
     (["--hours", "0"], "--hours must be between 0.25 (one slot) and 744 (a month) (got 0)"),
     (["--hours", "800"], "--hours must be between 0.25 (one slot) and 744 (a month) (got 800)"),
     (["--hours", "0.1"], "--hours must be between 0.25"),
