@@ -45,7 +45,8 @@ MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 MAX_FILE_BYTES = 64 * 2**20
 MAX_ROWS = 1_100_000
 """Two years of one-minute rows."""
-MAX_WH = 100_000.0
+MAX_INTERVAL_WH = 100_000.0
+"""Wh a household may use or produce in one interval of a profile (a sanity bound, not the wire's MAX_WH)."""
 OPENING_IMPORT_WH = 1_000_000
 OPENING_EXPORT_WH = 100_000
 
@@ -82,8 +83,8 @@ def parse_time(text: str) -> int:
 
 def _energy(text: str, what: str) -> int:
     value = float(text.strip() or "0")
-    if not (math.isfinite(value) and 0 <= value <= MAX_WH):
-        raise ValueError(f"{what} {text.strip()!r} is not between 0 and {MAX_WH:,.0f} Wh")
+    if not (math.isfinite(value) and 0 <= value <= MAX_INTERVAL_WH):
+        raise ValueError(f"{what} {text.strip()!r} is not between 0 and {MAX_INTERVAL_WH:,.0f} Wh")
     return round(value * 1000)
 
 
