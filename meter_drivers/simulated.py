@@ -188,6 +188,16 @@ class SimulatedMeter:
     def profile(self, day: int) -> DayProfile:
         return day_profile(self.seed, self.member, day, self.daily_kwh, self.pv_kwp, self.latitude)
 
+    def pv_wh(self, start: int, end: int) -> int:
+        """PV energy produced in ``[start, end)`` (unix s, whole local minutes), Wh (floor)."""
+        if not self.pv_kwp:
+            return 0
+        total_w_min = 0
+        for minute in range((start + self._offset) // 60, (end + self._offset) // 60):
+            day, m = divmod(minute, MINUTES)
+            total_w_min += self.profile(day).pv_w[m]
+        return total_w_min // 60
+
     def _day_total(self, day: int) -> tuple[int, int]:
         if day not in self._day_totals:
             imp, exp = _prefix(self.profile(day))

@@ -50,9 +50,9 @@ async def session_at_target(com: SimCommunity, attacker: SimNode, target: SimNod
     return any(c.address == label and c.peer is not None for c in target.node.sessions.values())
 
 
-async def add_attacker(com: SimCommunity, identity: NodeIdentity, *,
-                        writer: ReceiptWriter | None = None, withdraw_sold_out: bool = True) -> SimNode:
-    return await com.add_node(identity, None, writer=writer, listen=False,
+async def add_attacker(com: SimCommunity, identity: NodeIdentity, *, writer: ReceiptWriter | None = None,
+                       withdraw_sold_out: bool = True, listen: bool = False) -> SimNode:
+    return await com.add_node(identity, None, writer=writer, listen=listen,
                               withdraw_sold_out=withdraw_sold_out)
 
 
@@ -83,7 +83,9 @@ async def wait(predicate: Callable[[], bool], limit: float = 3.0) -> bool:
 
 async def join_member(com: SimCommunity, name: str, peers: int = 3, *,
                    writer: ReceiptWriter | None = None, withdraw_sold_out: bool = True) -> SimNode:
-    mallory = await add_attacker(com, com.identity(name), writer=writer, withdraw_sold_out=withdraw_sold_out)
+    # A member listens (in TCP mode too): honest members dial it to take its orders.
+    mallory = await add_attacker(com, com.identity(name), writer=writer, withdraw_sold_out=withdraw_sold_out,
+                                 listen=True)
     for t in pick_targets(com, peers, name):
         try:
             await connect(com, mallory, t)

@@ -37,9 +37,10 @@ import hashlib
 import random
 import time
 from collections import Counter
+from collections.abc import Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 import trio.testing
@@ -56,7 +57,9 @@ from p2pd.roles.agent import Agent, AgentConfig, PerfectForesight
 from p2pd.roles.anon import LocalPseudonymSource
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
+from p2pd.sim.pace import SimClock
 from p2pd.sim.pipe import pipe_pair
+from p2pd.sim.profiles import facts_of, load_profiles
 from protocol import (
     Credential,
     PseudonymIssuer,
@@ -76,6 +79,12 @@ SCENARIOS = ("S1", "S2", "S3", "S4")
 COMMUNITY = "simstreet"
 DEFAULT_TIME_SCALE = 2880.0
 """Wall-clock mode: a simulated day in 30 s (faster runs start to lose trades to latency)."""
+NODES_AT_FULL_SCALE = 10
+"""Nodes per process that keep up at :data:`DEFAULT_TIME_SCALE` on the 2-core machine
+(docs/simulation.md); the CLI starts larger runs slower in proportion."""
+MAX_NODES = 1000
+MAX_HOURS = 31 * 24
+"""A month: long enough for a week and for a month's bills."""
 
 
 class SimError(P2pdError):
@@ -117,14 +126,19 @@ class SimConfig:
     verified already costs a lookup instead of an Ed25519 verify. Outcomes are
     the same either way (only successes are shared); False measures the CPU
     a community of separate machines would spend."""
+    profiles: str | None = None
+    """A directory of household profiles (p2pd/sim/profiles.py) instead of the seeded model."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise SimError(f"unknown scenario {self.scenario!r} (known: {', '.join(SCENARIOS)})")
-        if not 2 <= self.nodes <= 5000:
-            raise SimError("--nodes must be between 2 and 5000")
-        if not 0 < self.hours <= 47:
-            raise SimError("--hours must be in (0, 47]")
+        if not 2 <= self.nodes <= MAX_NODES:
+            raise SimError(f"--nodes must be between 2 and {MAX_NODES} (got {self.nodes})")
+        if not 0.25 <= self.hours <= MAX_HOURS:
+            raise SimError(f"--hours must be between 0.25 (one slot) and {MAX_HOURS} (a month) "
+                           f"(got {self.hours:g})")
+        if self.start % 900:
+            raise SimError("--start must be on a quarter hour (UTC)")
         if not self.time_scale > 0:
             raise SimError("--time-scale must be positive")
         if self.store not in ("sqlite", "memory"):
@@ -142,16 +156,25 @@ class SimConfig:
         return self.start + int(self.hours * 3600)
 
 
+class HouseholdMeter(Protocol):
+    """A meter readable at any time, with its PV production: :class:`meter_drivers.SimulatedMeter`
+    or :class:`p2pd.sim.profiles.ProfileMeter`."""
+
+    def reading_at(self, t: float) -> Reading: ...
+
+    def pv_wh(self, start: int, end: int) -> int: ...
+
+
 @dataclass
 class Household:
-    """A member's meter: a seeded profile, tabulated at slot boundaries."""
+    """A member's meter: a seeded profile (or a loaded one), tabulated at slot boundaries."""
 
     index: int
     member_id: str
     kind: str
     daily_kwh: float
     pv_kwp: float
-    meter: SimulatedMeter
+    meter: HouseholdMeter
     table: dict[int, Reading] = field(default_factory=dict)
 
     def reading_at(self, t: float) -> Reading:
@@ -160,18 +183,31 @@ class Household:
         return hit if hit is not None else self.meter.reading_at(t)
 
     def production_wh(self, start: int, end: int) -> int:
-        """PV energy produced in ``[start, end)`` (whole minutes), Wh."""
-        if not self.pv_kwp:
-            return 0
-        total_w_min = 0
-        for minute in range(start // 60, end // 60):
-            day, m = divmod(minute, 1440)
-            total_w_min += self.meter.profile(day).pv_w[m]
-        return total_w_min // 60
+        """PV energy produced in ``[start, end)``, Wh."""
+        return self.meter.pv_wh(start, end) if self.pv_kwp else 0
 
 
-def households(cfg: SimConfig, slot_len: int, margin_slots: int) -> list[Household]:
-    """The community's households: a seeded mix of sizes, with and without PV."""
+def households(cfg: SimConfig, slot_len: int, margin_slots: int,
+               only: Collection[int] | None = None) -> list[Household]:
+    """The community's households: a seeded mix of sizes, with and without PV, or
+    ``cfg.profiles``'. ``only``: just these members (the same ones as in the whole list)."""
+    if cfg.profiles is not None:
+        homes = [Household(i, f.member_id, f.kind, f.daily_kwh, f.pv_kwp, f.meter)
+                 for i, f in enumerate(map(facts_of, load_profiles(cfg.profiles, cfg.nodes)))]
+    else:
+        homes = _seeded_households(cfg)
+    out = []
+    for h in homes:
+        if only is not None and h.index not in only:
+            continue
+        # One member at a time, so the meter's small profile cache is not thrashed.
+        for t in range(cfg.start, cfg.end + (margin_slots + 1) * slot_len + 1, slot_len):
+            h.table[t] = h.meter.reading_at(t)
+        out.append(h)
+    return out
+
+
+def _seeded_households(cfg: SimConfig) -> list[Household]:
     rng = random.Random(f"households/{cfg.seed}")
     out = []
     for i in range(cfg.nodes):
@@ -181,11 +217,7 @@ def households(cfg: SimConfig, slot_len: int, margin_slots: int) -> list[Househo
         kwp = round(rng.choice((2.5, 3.0, 3.5, 4.0, 5.0, 6.0)), 1) if pv else 0.0
         meter = SimulatedMeter({"seed": cfg.seed, "member": i, "kind": kind, "daily_kwh": daily,
                                 "pv_kwp": kwp, "origin": cfg.start - 86400})
-        h = Household(i, f"m{i:04d}", kind, daily, kwp, meter)
-        # One member at a time, so the meter's small profile cache is not thrashed.
-        for t in range(cfg.start, cfg.end + (margin_slots + 1) * slot_len + 1, slot_len):
-            h.table[t] = meter.reading_at(t)
-        out.append(h)
+        out.append(Household(i, f"m{i:04d}", kind, daily, kwp, meter))
     return out
 
 
@@ -220,7 +252,7 @@ class SimCommunity:
         # Issue 16: the issuer's pseudonym service; members post pseudonymous orders.
         self.pseudonyms = PseudonymIssuer(self.issuer, COMMUNITY, quota=PSEUDONYM_QUOTA)
         self.rules = MarketRules()
-        self.market_clock = TrioWallClock(float(cfg.start), cfg.market_scale)
+        self.market_clock = SimClock(float(cfg.start), cfg.market_scale)
         # Virtual time: sessions live in simulated time as well, so their
         # timers (keepalive, idle, rekey) run at their real rates.
         self.wall_clock = self.market_clock if cfg.virtual else TrioWallClock(time.time())
@@ -228,6 +260,8 @@ class SimCommunity:
         self.by_id: dict[str, SimNode] = {}
         self.extra: list[SimNode] = []  # attackers' and probes' nodes: not members of the accounts
         self.policers: list[Any] = []
+        self.remote: dict[str, tuple[str, int]] = {}
+        """Members in other processes (p2pd/sim/workers.py): their listening addresses."""
         self.repos: list[Repository] = []
         self.traffic: Counter[str] = Counter()
         self.started_wall: float | None = None
@@ -371,8 +405,11 @@ class SimCommunity:
         return dict(out)
 
     async def connect(self, src: SimNode, member_id: str) -> PeerConnection:
-        """Open a session from ``src`` to ``member_id``'s node. Raises PeerGone/OSError."""
-        target = self.by_id[member_id]
+        """Open a session from ``src`` to ``member_id``'s node. Raises PeerGone/OSError,
+        KeyError for an unknown member."""
+        target = self.by_id.get(member_id)
+        if target is None:  # in another worker process
+            return await dial(src.node, *self.remote[member_id])
         if self.cfg.memory:
             stream = await self.open_stream(target, f"mem:{src.member_id}")
             return await src.node.connect_stream(stream, f"mem:{member_id}")
@@ -390,13 +427,7 @@ class SimCommunity:
 
     async def build_topology(self) -> int:
         """Each node dials ``degree`` seeded random others; returns sessions made."""
-        rng = random.Random(f"topology/{self.cfg.seed}")
-        pairs: set[tuple[int, int]] = set()
-        n = len(self.nodes)
-        for i in range(n):
-            for j in rng.sample([k for k in range(n) if k != i], min(self.cfg.degree, n - 1)):
-                if (j, i) not in pairs:
-                    pairs.add((i, j))
+        pairs = topology(self.cfg.seed, len(self.nodes), self.cfg.degree)
         limiter = trio.CapacityLimiter(8)
         made = 0
 
@@ -442,6 +473,17 @@ class SimCommunity:
             for rec in sim.repo.receipts():
                 seen.setdefault(rec.trade_id, rec)
         return list(seen.values())
+
+
+def topology(seed: int, n: int, degree: int) -> list[tuple[int, int]]:
+    """The seeded gossip mesh: (dialer, dialled) member indexes, sorted."""
+    rng = random.Random(f"topology/{seed}")
+    pairs: set[tuple[int, int]] = set()
+    for i in range(n):
+        for j in rng.sample([k for k in range(n) if k != i], min(degree, n - 1)):
+            if (j, i) not in pairs:
+                pairs.add((i, j))
+    return sorted(pairs)
 
 
 def _metering_point(member_id: str) -> str:

@@ -12,11 +12,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from p2pd.market.settlement import PRICE_SCALE, SlotEnergy, Tariff, Trade, amount, settle_slot
+from p2pd.market.settlement import (
+    PRICE_SCALE,
+    SlotEnergy,
+    Tariff,
+    Trade,
+    TradeLine,
+    amount,
+    settle_slot,
+)
 from store import ReceiptRecord
+
+DEFAULT_TARIFF = Tariff()
 
 
 class Metered(Protocol):
@@ -59,11 +69,19 @@ class Accounts:
     prices: dict[int, list[int]]
     """slot -> prices of its trades (for the plot)."""
     traded_by_slot: dict[int, int]
+    lines: list[tuple[int, TradeLine]] = field(default_factory=list)
+    """(slot, line) of every settled trade, in slot order."""
+    slot_rows: list[dict[str, int | str]] = field(default_factory=list)
+    """``detail`` only: one row per member and slot (energy, P2P, bills)."""
 
 
 def settle_window(households: Sequence[Metered], receipts: Sequence[ReceiptRecord], start: int,
-                  end: int, slot_len: int, tariff: Tariff = Tariff()) -> Accounts:
-    """Settle every slot in ``[start, end)``; receipts outside it or with non-members are left out."""
+                  end: int, slot_len: int, tariff: Tariff = DEFAULT_TARIFF, *, detail: bool = False) -> Accounts:
+    """Settle every slot in ``[start, end)``; receipts outside it or with non-members are left out.
+
+    ``detail`` also fills ``slot_rows`` (one per member and slot, PV included: costs a pass
+    over the profiles).
+    """
     accounts = {h.member_id: MemberAccount(h.member_id, h.kind, h.pv_kwp, pv_wh=h.production_wh(start, end))
                 for h in households}
     by_slot: dict[int, list[Trade]] = defaultdict(list)
@@ -71,6 +89,7 @@ def settle_window(households: Sequence[Metered], receipts: Sequence[ReceiptRecor
         if start <= r.slot_start < end and r.seller in accounts and r.buyer in accounts:
             by_slot[r.slot_start].append(Trade(r.trade_id, r.seller.encode(), r.buyer.encode(), r.wh, r.price))
     out = Accounts(list(accounts.values()), 0, 0, 0, 0, 0, {}, {})
+    by_id = {h.member_id: h for h in households}
     for slot in range(start, end, slot_len):
         energy = {}
         for h in households:
@@ -88,11 +107,15 @@ def settle_window(households: Sequence[Metered], receipts: Sequence[ReceiptRecor
             out.delivered_wh += sum(ln.delivered_wh for ln in settled.lines)
             out.prices[slot] = [ln.price for ln in settled.lines]
             out.traded_by_slot[slot] = sum(ln.delivered_wh for ln in settled.lines)
+            out.lines += [(slot, ln) for ln in sorted(settled.lines, key=lambda ln: ln.trade_id)]
         for key, e in energy.items():
             acct = accounts[key.decode()]
             acct.import_wh += e.import_wh
             acct.export_wh += e.export_wh
             st = statements.get(key)
+            if detail:
+                out.slot_rows.append(_slot_row(slot, slot_len, acct, e, st, tariff,
+                                               by_id[acct.member].production_wh(slot, slot + slot_len)))
             if st is None:  # no trades: the bill is the supplier's, as without P2P
                 base = amount(e.import_wh, tariff.import_price) - amount(e.export_wh, tariff.export_price)
                 acct.bill_baseline += base
@@ -111,7 +134,56 @@ def settle_window(households: Sequence[Metered], receipts: Sequence[ReceiptRecor
     return out
 
 
-def summary(acc: Accounts, *, tariff: Tariff = Tariff()) -> dict[str, Any]:
+def _slot_row(slot: int, slot_len: int, acct: MemberAccount, e: SlotEnergy, st: Any, tariff: Tariff,
+              pv_wh: int) -> dict[str, int | str]:
+    base = amount(e.import_wh, tariff.import_price) - amount(e.export_wh, tariff.export_price)
+    return {"member": acct.member, "slot_start": slot, "import_wh": e.import_wh, "export_wh": e.export_wh,
+            "pv_wh": pv_wh, "load_wh": pv_wh + e.import_wh - e.export_wh,
+            "bought_wh": st.p2p_bought_wh if st else 0, "sold_wh": st.p2p_sold_wh if st else 0,
+            "bill_baseline": st.bill_without_p2p if st else base, "bill_p2p": st.bill if st else base}
+
+
+def matchable_wh(households: Sequence[Metered], start: int, end: int, slot_len: int, min_wh: int) -> int:
+    """The most energy the community could trade in ``[start, end)``.
+
+    Per slot, min(total surplus, total need) over the members whose net energy
+    is at least ``min_wh`` either way (what an agent trades), from the same
+    profiles the agents forecast with: an upper bound that ignores prices and
+    who can reach whom.
+    """
+    total = 0
+    for s in range(start, end, slot_len):
+        surplus = need = 0
+        for h in households:
+            a, b = h.reading_at(s), h.reading_at(s + slot_len)
+            net = (b.export_wh - a.export_wh) - (b.import_wh - a.import_wh)
+            if net >= min_wh:
+                surplus += net
+            elif -net >= min_wh:
+                need += -net
+        total += min(surplus, need)
+    return total
+
+
+def matrix(acc: Accounts) -> dict[str, dict[str, dict[str, int]]]:
+    """Who traded with whom: seller -> buyer -> delivered ``wh``, ``money`` (settlement units), ``trades``."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for _slot, ln in acc.lines:
+        cell = out.setdefault(ln.seller.decode(), {}).setdefault(
+            ln.buyer.decode(), {"wh": 0, "money": 0, "trades": 0})
+        cell["wh"] += ln.delivered_wh
+        cell["money"] += ln.amount
+        cell["trades"] += 1
+    return out
+
+
+def fidelity(traded_wh: int, matchable: int) -> dict[str, Any]:
+    """Traded against matchable energy, the measure of a run's fidelity."""
+    return {"traded_wh": traded_wh, "matchable_wh": matchable,
+            "share": round(traded_wh / matchable, 4) if matchable else None}
+
+
+def summary(acc: Accounts, *, tariff: Tariff = DEFAULT_TARIFF) -> dict[str, Any]:
     """The JSON-ready energy and money part of the report."""
     pv = sum(m.pv_wh for m in acc.members)
     exported = sum(m.export_wh for m in acc.members)
@@ -133,6 +205,7 @@ def summary(acc: Accounts, *, tariff: Tariff = Tariff()) -> dict[str, Any]:
         "received_by_sellers": acc.received_by_sellers,
         "total_saving": sum(m.saving for m in acc.members),
         "members": [asdict(m) for m in acc.members],
+        "matrix": matrix(acc),
     }
 
 
@@ -145,11 +218,20 @@ def render(report: dict[str, Any]) -> str:
     """The human-readable report."""
     r = report
     lines = [
-        f"p2pd sim: scenario {r['scenario']}, {r['nodes']} nodes, {r['hours']} h from "
-        f"{r['start_utc']}, seed {r['seed']}, {r['transport']}, store {r['store']}",
+        f"p2pd sim: scenario {r['scenario']}, {r['nodes']} nodes, {r['hours']:g} h from "
+        f"{r['start_utc']} UTC, seed {r['seed']}, {r['transport']}, store {r['store']}"
+        + (f", profiles {r['profiles']}" if r.get("profiles") else ""),
         f"  wall time {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), CPU {r['cpu_s']:.1f} s, peak RSS "
-        f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, "
-        + ("virtual time" if r["time"] == "virtual" else f"wall clock x{r['time_scale']:g}"),
+        f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, " + _time_line(r),
+    ]
+    if r.get("stopped"):
+        lines.append(f"  STOPPED at {r['end_utc']} UTC: {r['stopped']}")
+    f = r.get("fidelity") or {}
+    if f:
+        share = f"{100 * f['share']:.1f}%" if f["share"] is not None else "n/a"
+        lines.append(f"  fidelity: traded {f['traded_wh'] / 1000:.1f} of {f['matchable_wh'] / 1000:.1f} kWh "
+                     f"matchable ({share})" + ("" if r["time"] == "virtual" else _pace_line(r.get("pace"))))
+    lines += [
         "",
         "Energy",
         f"  PV production      {r['pv_production_wh'] / 1000:10.1f} kWh",
@@ -187,6 +269,9 @@ def render(report: dict[str, Any]) -> str:
         f"  congestion feedback sent {r['congestion']['feedback_sent']}, messages policed "
         f"{r['congestion']['policed']}, bans {r['congestion']['bans']}",
     ]
+    lines += _render_matrix(r)
+    if r.get("log_events"):
+        lines.append("  node log lines: " + ", ".join(f"{k} {v}" for k, v in r["log_events"].items()))
     lines += render_roles(r.get("roles") or {})
     if r["attacks"]:
         lines += ["", "Attacks (for the mitigations to hold: successes 0)"]
@@ -194,12 +279,55 @@ def render(report: dict[str, Any]) -> str:
             if "unavailable" in a:
                 lines.append(f"  {name:16} unavailable: {a['unavailable']}")
                 continue
+            lines.append(f"  {name:16} attempts {a['attempts']:5}  successes {a['successes']:4}")
             extra = {k: v for k, v in a.items() if k not in ("attempts", "successes", "note")}
-            lines.append(f"  {name:16} attempts {a['attempts']:5}  successes {a['successes']:4}  "
-                         + " ".join(f"{k}={v}" for k, v in extra.items()))
+            if extra:
+                lines.append(f"  {'':16} " + "; ".join(f"{_words(k)}: {_plain(v)}" for k, v in extra.items()))
             if a.get("note"):
                 lines.append(f"  {'':16} {a['note']}")
     return "\n".join(lines)
+
+
+def _words(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _plain(value: Any) -> str:
+    """A value of an attack's outcome as words: ``{'expired': 0}`` -> ``expired 0``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{_words(str(k))} {_plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _time_line(r: dict[str, Any]) -> str:
+    if r["time"] == "virtual":
+        return "virtual time"
+    workers = f", {r['workers']} worker processes" if r.get("workers") else ""
+    return f"wall clock x{r['time_scale']:g}{workers}"
+
+
+def _pace_line(pace: dict[str, Any] | None) -> str:
+    if not pace:
+        return ""
+    slowed = (f"; slowed to x{pace['final_scale']:g} ({len(pace['changes'])} steps)"
+              if pace["changes"] else "; kept its pace")
+    return (f"{slowed}; nodes late by {pace['lag_p90_s']:.0f} s (simulated, 90th percentile), "
+            f"{pace['take_timeouts']} of {pace['takes']} takes timed out")
+
+
+def _render_matrix(r: dict[str, Any], top: int = 5) -> list[str]:
+    cells = [(c["wh"], s, b, c) for s, row in r.get("matrix", {}).items() for b, c in row.items()]
+    if not cells:
+        return []
+    cells.sort(key=lambda x: (-x[0], x[1], x[2]))
+    lines = ["", f"Who traded with whom ({len(cells)} seller-buyer pairs; all in --json 'matrix', --csv, --plot)"]
+    for wh, s, b, c in cells[:top]:
+        lines.append(f"  {s:>8} -> {b:<8} {wh / 1000:7.2f} kWh {_money(c['money']):>10} in {c['trades']} trades")
+    return lines
 
 
 def render_roles(roles: dict[str, Any]) -> list[str]:

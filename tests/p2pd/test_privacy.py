@@ -32,6 +32,7 @@ from p2pd.market.sharing import at_price, curve, in_the_money
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from p2pd.sim.community import SIM_START, SimCommunity, SimConfig
+from p2pd.sim.results import Look
 from p2pd.sim.run import simulate
 from p2pd.sim.scenarios import Scenario, attach_replication
 from protocol import (
@@ -146,7 +147,8 @@ async def observe(scenario: str, watched: tuple[str, ...]) -> Observed:
     tape = bytearray()
     grants: list[tuple[str, int, list[bytes], list[bytes]]] = []
 
-    def progress(fraction: float, com: SimCommunity) -> None:
+    def progress(look: Look) -> None:
+        com: SimCommunity = look.community
         if "run" not in box:
             if scenario == "S1":  # S1 runs log receipts only when asked: as every daemon does
                 for sim in com.nodes:
@@ -160,7 +162,7 @@ async def observe(scenario: str, watched: tuple[str, ...]) -> Observed:
             for rep, runner in com.scenario.reps.items():
                 if runner.shared is not None:
                     box["run"].shared_slots.setdefault(rep, {}).update(runner.shared.slots)
-        if fraction >= 1.0:
+        if look.fraction >= 1.0:
             live[0] = False  # the run is over: what teardown sends is not part of it
 
     new_connection, grant = Node.new_connection, PseudonymIssuer.grant

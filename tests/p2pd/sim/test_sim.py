@@ -88,17 +88,23 @@ def test_unknown_scenarios_and_bad_options_are_refused(capsys: pytest.CaptureFix
 
 
 def test_cli_json_report(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["sim", "--nodes", "4", "--hours", "1", "--seed", "3", "--memory",
+    code = cli.main(["sim", "--nodes", "4", "--hours", "1", "--seed", "3", "--memory", "--start", "2026-06-21T10:00",
                      "--json", "--quiet", "--attack", "sybil"])
     assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    report = json.loads(out[-1])
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    assert len(out) == 1  # stdout is the JSON report only: `p2pd sim --json | jq` works
+    report = json.loads(out[0])
     for key in ("energy_traded_wh", "trades", "members", "attacks", "wall_s", "peak_rss_bytes"):
         assert key in report
     assert {"bill_baseline", "bill_p2p", "saving"} <= set(report["members"][0])
     assert report["attacks"]["sybil"]["successes"] == 0
     assert report["time"] == "virtual" and report["store"] == "memory"
-    assert "Bills" in "\n".join(out[:-1])
+    assert "Bills" in captured.err and "fidelity" in captured.err  # the readable report, on stderr
+    attacks = captured.err[captured.err.index("Attacks"):]
+    assert "by kind: untrusted issuer 0, expired 0" in attacks and "{" not in attacks  # words, not dicts
+    f = report["fidelity"]
+    assert 0 < f["traded_wh"] == report["energy_traded_wh"] <= f["matchable_wh"] and 0 < f["share"] <= 1
 
 
 def test_virtual_time_run_repeats_for_a_seed() -> None:
