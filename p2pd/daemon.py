@@ -363,6 +363,8 @@ async def run_daemon(
 
     with _store_errors(config.store.url):
         repo = await trio.to_thread.run_sync(store.open_repository, config.store.url)
+    for note in repo.upgrade_notes:  # once, at the start that upgraded the store
+        log.info("store_upgraded", note=note)
     log.info("starting", member=identity.member_id, community=policy.community,
              store=config.store.url.split("://")[0])
     deadline = _StopDeadline(stop_timeout) if stop_timeout is not None else None

@@ -124,7 +124,9 @@ from protocol.pseudonyms import seal as seal
 from protocol.pseudonyms import sign_owner_proof as sign_owner_proof
 from protocol.pseudonyms import verify_owner_proof as verify_owner_proof
 from protocol.reasons import Reason as Reason
+from protocol.receipt_log import HEAD_DOMAIN as HEAD_DOMAIN
 from protocol.receipt_log import LOG_PAGE_MAX as LOG_PAGE_MAX
+from protocol.receipt_log import OBSOLETE_HEAD_DOMAIN as OBSOLETE_HEAD_DOMAIN
 from protocol.receipt_log import RECEIPT_V1 as RECEIPT_V1
 from protocol.receipt_log import RECEIPT_V2 as RECEIPT_V2
 from protocol.receipt_log import EquivocationGossip as EquivocationGossip

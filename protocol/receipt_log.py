@@ -9,7 +9,7 @@ canonical bytes. The chain runs over each receipt's digest, so whoever holds
 an entry for others keeps the digest and the receipt sealed to its parties
 (:class:`SealedEntry`, protocol/sealing.py) and still checks the chain
 against the signed heads without reading the receipt. A :class:`LogHead` — member, seq, head hash — is signed
-(domain ``p2pd/log-head/1``) and gossiped. Two valid heads of one member with
+(domain ``p2pd/log-head/2``) and gossiped. Two valid heads of one member with
 the same seq and different hashes are an :class:`EquivocationProof`; a head
 that the member's own entries do not reproduce is a fork. docs/protocol.md
 section 15.
@@ -27,13 +27,20 @@ from typing import ClassVar
 
 from protocol.canonical import pack
 from protocol.credentials import ID_PATTERN, Credential
+from protocol.errors import SignatureError
 from protocol.messages import Message, register
 from protocol.schema import Bin, Fixed, Int, ListOf, Nested, Optional, Record, Str, f
 from protocol.sealing import SEALED_MAX, SEALED_MIN
 from protocol.signing import SigningKey, digest, verify
 from protocol.trading import MAX_HOPS, MAX_TIME
 
-HEAD_DOMAIN = "p2pd/log-head/1"
+# The head domain names the chain it is over. Heads signed under
+# "p2pd/log-head/1" were over the "p2pd/log-entry/1" chain (whole receipts) or,
+# briefly, over this one: the same seq had another hash then, so a v1 head is
+# never compared with a v2 head. It is obsolete (LogHead.obsolete), never
+# evidence of a fork. docs/protocol.md 15, "Upgrading from log-entry/1".
+HEAD_DOMAIN = "p2pd/log-head/2"
+OBSOLETE_HEAD_DOMAIN = "p2pd/log-head/1"
 ENTRY_DOMAIN = "p2pd/log-entry/2"
 GENESIS = bytes(32)
 RECEIPT_V1, RECEIPT_V2 = 1, 2
@@ -72,6 +79,15 @@ class LogHead(Record):
 
     def verify(self, sign_pk: bytes) -> None:
         verify(sign_pk, self.signature, HEAD_DOMAIN, self.body())
+
+    def obsolete(self, sign_pk: bytes) -> bool:
+        """True if ``sign_pk`` signed this head under the old domain ``p2pd/log-head/1``:
+        a head over a chain no longer used, which proves nothing about the current one."""
+        try:
+            verify(sign_pk, self.signature, OBSOLETE_HEAD_DOMAIN, self.body())
+        except SignatureError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class MemoryRepository:
     blocking = False
 
     def __init__(self) -> None:
+        self.upgrade_notes: list[str] = []  # nothing to upgrade in memory
         self._lock = threading.Lock()
         self._members: dict[str, MemberRecord] = {}
         self._orders: dict[bytes, OrderRecord] = {}

@@ -48,6 +48,10 @@ class Repository(Protocol):
     #: thread); False for stores that answer from memory at once.
     blocking: bool
 
+    #: What opening the store did to upgrade its data, one line per schema
+    #: step that changed something (empty when nothing was upgraded).
+    upgrade_notes: list[str]
+
     def put_member(self, rec: MemberRecord) -> None:
         """Insert or replace the member with ``rec.member_id``."""
 

@@ -115,7 +115,8 @@ pending_takes = Table(
     Index("pending_takes_owner", "owner"),
 )
 
-# Other members' log entries held as replicas (schema version 2).
+# Other members' log entries held as replicas (schema version 2). Version 5
+# dropped those held under heads signed as p2pd/log-head/1 (store/migrations.py).
 replicas = Table(
     "replicas",
     metadata,
@@ -127,7 +128,8 @@ replicas = Table(
 
 # Signed heads of other members' logs, as learnt (schema version 3): a second
 # head for one seq with another hash is kept too, so equivocation stays
-# provable after a restart.
+# provable after a restart. Version 5 dropped those signed as p2pd/log-head/1
+# (and, with them, how far each followed log was verified).
 log_heads = Table(
     "log_heads",
     metadata,

@@ -130,9 +130,10 @@ class SqlRepository:
         self._engine = create_engine(u, **kwargs)
         if self._dialect == "sqlite":
             install_sqlite_hooks(self._engine, busy_timeout_ms, on_disk=self._lock is None)
+        self.upgrade_notes: list[str] = []
         try:
             with self._write() as conn:
-                migrate(conn, migrations)
+                migrate(conn, migrations, self.upgrade_notes)
         except BaseException:
             self._engine.dispose()
             raise

@@ -225,6 +225,8 @@ class HeadBook:
     heads: dict[str, dict[int, LogHead]] = field(default_factory=dict)
     proofs: dict[str, EquivocationProof] = field(default_factory=dict)
     forks: dict[str, Fork] = field(default_factory=dict)
+    obsolete: int = 0
+    """Held heads found not to verify when they would have counted (and forgotten)."""
 
     def add(self, head: LogHead, cred: Credential) -> EquivocationProof | None:
         """Record a head (signature checked). Returns a new proof if it conflicts.
@@ -236,7 +238,7 @@ class HeadBook:
         head.verify(cred.sign_pk)
         known = self.heads.setdefault(head.member, {})
         other = known.get(head.seq)
-        if other is None:
+        if other is None or not self._still_valid(other, cred):
             known[head.seq] = head
             return None
         if other.head_hash == head.head_hash:
@@ -255,6 +257,8 @@ class HeadBook:
         previous = self.heads.get(head.member, {}).get(head.seq - 1)
         if previous is None and head.seq == 1:
             previous = LogHead(head.member, 0, bytes(32), bytes(64))
+        elif previous is not None and not self._still_valid(previous, cred):
+            previous = None
         if previous is None:
             return None
         if (entry_hash_of(previous.head_hash, head.seq, receipt_digest) != head.head_hash
@@ -263,6 +267,25 @@ class HeadBook:
             self.forks[head.member] = fork
             return fork
         return None
+
+    def _still_valid(self, held: LogHead, cred: Credential) -> bool:
+        """True if a head we hold verifies now; else forget it.
+
+        Held heads were checked when learnt, or restored from the store
+        unchecked. Before one becomes half of a proof or a fork it is checked
+        again: a head kept from before the upgrade to ``p2pd/log-head/2`` is
+        about another chain (docs/protocol.md 15, "Upgrading from
+        log-entry/1") and must never count against a current one.
+        """
+        try:
+            held.verify(cred.sign_pk)
+        except SignatureError:
+            known = self.heads.get(held.member, {})
+            if known.get(held.seq) is held:
+                del known[held.seq]
+            self.obsolete += 1
+            return False
+        return True
 
     def restore(self, head: LogHead) -> None:
         """Put back a head kept in the store (checked when it was first learnt).
@@ -327,7 +350,7 @@ class HeadBook:
             return self._fork(Fork(member, previous, head, receipts[-1], receipts))
         for seq, h in hashes[:-1]:
             other = known.get(seq)
-            if other is not None and other.head_hash != h:
+            if other is not None and other.head_hash != h and self._still_valid(other, cred):
                 return self._fork(Fork(member, other, head, receipts[seq - followed.seq - 1], receipts))
         return PageVerified(Followed(member, head.seq, head.head_hash), tuple(entries), head)
 

@@ -190,7 +190,7 @@ class Replication:
         try:
             found = self.heads.add_entry(msg.entry.digest, msg.head, conn.peer)
         except SignatureError:
-            self.counters["heads_rejected"] += 1
+            self.counters[self.rejected(msg.head, conn.peer)] += 1
             return
         self.counters["replicas_held"] += 1
         rec = ReplicaRecord(msg.head.member, msg.head.seq, msg.entry.encode(), msg.head.encode())
@@ -227,7 +227,7 @@ class Replication:
             self.node.policy.check(msg.credential, self.node.clock.now())
             found = self.heads.add(msg.head, msg.credential)
         except Exception:  # CredentialError / SignatureError: drop
-            self.counters["heads_rejected"] += 1
+            self.counters[self.rejected(msg.head, msg.credential)] += 1
             return
         self.remember(msg.credential)
         key = (msg.head.member, msg.head.seq, msg.head.head_hash)
@@ -238,6 +238,12 @@ class Replication:
             await self.keep_head(msg.head)
         await self.report(found, msg.credential)
         self.fetcher.saw(msg.head.member)
+
+    @staticmethod
+    def rejected(head: LogHead, cred: Credential) -> str:
+        """The counter for a head we drop: ``heads_obsolete`` if its member signed it under
+        the old head domain (a node not yet upgraded; never a fork), else ``heads_rejected``."""
+        return "heads_obsolete" if head.obsolete(cred.sign_pk) else "heads_rejected"
 
     async def report(self, found: Fork | EquivocationProof | None, cred: Credential) -> None:
         """Publish a fork or equivocation of ``cred``'s member (and gossip the proof)."""

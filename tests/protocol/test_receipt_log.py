@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from p2pd_test_helpers import Community
 
-from protocol import SignatureError, SigningKey
+from p2pd.market.receipt_log import HeadBook
+from protocol import HEAD_DOMAIN, OBSOLETE_HEAD_DOMAIN, SignatureError, SigningKey, digest, pack
 from protocol.receipt_log import EquivocationProof, ForkError, LogHead, ReceiptChain, verify_entries
 
 
@@ -84,3 +85,37 @@ def test_log_entries_are_consecutive_and_end_at_the_members_head() -> None:
         with pytest.raises((ValueError, DecodeError, LocalProtocolError)):
             bad().validate()
     assert wire == encode_message(page)
+
+
+def _v1_head(key: SigningKey, member: str, seq: int, head_hash: bytes) -> LogHead:
+    """A head as nodes before log-head/2 signed it (over the log-entry/1 chain)."""
+    unsigned = LogHead(member, seq, head_hash, bytes(64))
+    return LogHead(member, seq, head_hash, key.sign(OBSOLETE_HEAD_DOMAIN, unsigned.body()))
+
+
+def test_a_v1_head_is_obsolete_never_a_fork_against_a_v2_head() -> None:
+    com = Community()
+    alice = com.member("alice")
+    old_chain = [b"r1", b"r2"]
+    h = bytes(32)
+    for seq, r in enumerate(old_chain, start=1):  # the log-entry/1 chain: whole receipts
+        h = digest(pack(["p2pd/log-entry/1", h, seq, r]))
+    old = _v1_head(alice.signing, "alice", 2, h)
+    chain = ReceiptChain()
+    for r in old_chain:
+        chain.append(r)
+    new = chain.head(alice.signing, "alice")
+    assert HEAD_DOMAIN == "p2pd/log-head/2" and new.head_hash != old.head_hash
+    assert old.obsolete(alice.credential.sign_pk) and not new.obsolete(alice.credential.sign_pk)
+    with pytest.raises(SignatureError):
+        old.verify(alice.credential.sign_pk)
+    # Same member, same seq, different hashes: no proof, as one head is of the old kind.
+    with pytest.raises(SignatureError):
+        EquivocationProof(old, new).check(alice.credential)
+    with pytest.raises(SignatureError):
+        EquivocationProof(new, old).check(alice.credential)
+    book = HeadBook()
+    assert book.add(new, alice.credential) is None
+    with pytest.raises(SignatureError):
+        book.add(old, alice.credential)
+    assert not book.proofs and not book.accept_proof(EquivocationProof(new, old), alice.credential)

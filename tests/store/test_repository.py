@@ -168,7 +168,7 @@ def test_pseudonym_service(repo: Repository) -> None:
 
 
 def test_maintenance(repo: Repository) -> None:
-    assert repo.schema_version() == CURRENT_VERSION == 4
+    assert repo.schema_version() == CURRENT_VERSION == 5
     assert repo.integrity_check() == "ok"
 
 

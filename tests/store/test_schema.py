@@ -43,7 +43,7 @@ def _add_note_column(conn: Connection) -> None:
 def test_fresh_file_is_the_current_version_in_wal(db_url: str) -> None:
     r = SqlRepository(db_url)
     try:
-        assert r.schema_version() == CURRENT_VERSION == 4
+        assert r.schema_version() == CURRENT_VERSION == 5
     finally:
         r.close()
     with sqlite3.connect(_path(db_url)) as c:
@@ -87,7 +87,7 @@ def test_a_version_3_store_gets_an_empty_wallet_and_pseudonym_service(db_url: st
     c.close()
     r = open_repository(db_url)
     try:
-        assert r.schema_version() == CURRENT_VERSION == 4
+        assert r.schema_version() == CURRENT_VERSION == 5
         assert r.pseudonyms(0) == [] and r.epoch_keys() == [] and r.quotas(0) == []
         r.put_pseudonyms([PseudonymRecord(5, 0, b"cert", False)])
         assert r.use_pseudonym(5, 0) and r.pseudonyms(5) == [PseudonymRecord(5, 0, b"cert", True)]
@@ -98,9 +98,10 @@ def test_a_version_3_store_gets_an_empty_wallet_and_pseudonym_service(db_url: st
         r.close()
 
 
-def test_a_version_2_store_keeps_its_replicas_and_learns_heads_and_follows(db_url: str) -> None:
+def test_a_version_2_store_learns_heads_and_follows(db_url: str) -> None:
     # Schema 2 held replicas but no heads of others and no followed logs (kept
-    # in memory, lost at every restart).
+    # in memory, lost at every restart). Version 5 drops the replicas: they
+    # were held with heads signed as p2pd/log-head/1.
     from store import FollowRecord, HeadRecord, ReplicaRecord
 
     rec = ReplicaRecord("carol", 1, b"entry", b"head")
@@ -114,7 +115,7 @@ def test_a_version_2_store_keeps_its_replicas_and_learns_heads_and_follows(db_ur
     c.close()
     r = open_repository(db_url)
     try:
-        assert r.schema_version() == CURRENT_VERSION and r.replicas("carol") == [rec]
+        assert r.schema_version() == CURRENT_VERSION and r.replicas("carol") == [] and rec
         assert r.heads() == [] and r.follows() == []
         head = HeadRecord("carol", 1, b"H" * 32, b"S" * 64)
         assert r.put_head(head) and r.heads("carol") == [head]
@@ -203,3 +204,92 @@ def test_foreign_database_is_refused(db_url: str) -> None:
     with pytest.raises(SchemaVersionError, match="not a p2pd store"):
         open_repository(db_url)
     assert issubclass(SchemaVersionError, StoreError)
+
+
+def _a_version_4_store(url: str, make_receipt: MakeReceipt) -> list[ReceiptRecord]:
+    """A store as p2pd wrote it before heads were signed as p2pd/log-head/2 (schema 4; the
+    tables are those of 5, so the code without step 5 makes one): two own receipts at log
+    seqs 1 and 2, carol's heads and a held entry of hers in the old raw form (the receipt
+    itself), and her log followed up to seq 2."""
+    from store import FollowRecord, HeadRecord, ReplicaRecord
+
+    own = [make_receipt("t1", wh=100, created_at=10), make_receipt("t2", wh=200, created_at=20)]
+    r = SqlRepository(url, migrations=MIGRATIONS[:-1])
+    try:
+        assert r.schema_version() == 4
+        assert [type(o).__name__ for o in r.commit_receipts(own)] == ["Committed", "Committed"]
+        for seq in (1, 2):
+            assert r.put_head(HeadRecord("carol", seq, bytes([seq]) * 32, b"S" * 64))
+        r.put_replica(ReplicaRecord("carol", 2, b"carol's raw receipt", b"carol's v1 head"))
+        r.put_follow(FollowRecord("carol", 2, bytes([2]) * 32))
+    finally:
+        r.close()
+    return own
+
+
+def _learnt(url: str, version: int) -> dict[str, int]:
+    r = SqlRepository(url, migrations=MIGRATIONS[: version - 1])
+    try:
+        return {"version": r.schema_version(), "heads": len(r.heads()), "replicas": r.replica_count(),
+                "follows": len(r.follows()), "own": len(r.log_entries())}
+    finally:
+        r.close()
+
+
+def test_a_version_4_store_keeps_its_own_log_and_drops_what_log_head_1_vouched_for(
+        shared_url: str, make_receipt: MakeReceipt) -> None:
+    from store import FollowRecord, HeadRecord
+
+    own = _a_version_4_store(shared_url, make_receipt)
+    r = SqlRepository(shared_url)
+    try:
+        assert r.schema_version() == CURRENT_VERSION == 5
+        # Our receipts keep their seqs: the log is rebuilt over them as the v2 chain.
+        assert r.log_entries() == [(1, own[0].encoded), (2, own[1].encoded)]
+        # carol's heads and held entry no longer verify: gone. Her log is still
+        # followed, verified again from seq 0.
+        assert r.heads() == [] and r.replica_count() == 0
+        assert r.follows() == [FollowRecord("carol", 0, bytes(32))]
+        assert r.upgrade_notes == [
+            "version 5: receipt log upgraded to p2pd/log-entry/2, heads p2pd/log-head/2: kept 2 own "
+            "receipts at log seqs 1..2, the log is rebuilt over them; dropped 2 heads and 1 held entries "
+            "of other members, signed as p2pd/log-head/1 and no longer verifiable; 1 followed logs will "
+            "be verified again from seq 0"]
+        new = make_receipt("t3", wh=300)
+        assert r.commit_receipts([new]) == [Committed(new, seq=3)]
+        assert r.put_head(HeadRecord("carol", 1, b"N" * 32, b"T" * 64))  # learnt after the upgrade
+    finally:
+        r.close()
+    # Opening again upgrades nothing and drops nothing learnt since.
+    again = SqlRepository(shared_url)
+    try:
+        assert again.upgrade_notes == [] and len(again.heads()) == 1
+        assert [s for s, _ in again.log_entries()] == [1, 2, 3]
+    finally:
+        again.close()
+
+
+def test_the_upgrade_to_version_5_is_one_transaction_so_a_crash_inside_it_changes_nothing(
+        shared_url: str, make_receipt: MakeReceipt) -> None:
+    # migrate() runs every missing step and stamps the version in the one
+    # transaction that opening the store holds: a crash (kill -9, power) at any
+    # point before its commit leaves version 4 with every row, and the next
+    # start runs the whole upgrade again. Here the crash is an exception right
+    # after step 5 did all its work, before the commit.
+    _a_version_4_store(shared_url, make_receipt)
+    before = _learnt(shared_url, 4)
+    assert before == {"version": 4, "heads": 2, "replicas": 1, "follows": 1, "own": 2}
+
+    def crash_after(conn: Connection) -> None:
+        MIGRATIONS[-1](conn)
+        raise RuntimeError("killed before the commit")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        SqlRepository(shared_url, migrations=[*MIGRATIONS[:-1], crash_after])
+    assert _learnt(shared_url, 4) == before
+    r = SqlRepository(shared_url)  # the next start: the whole upgrade, once
+    try:
+        assert len(r.upgrade_notes) == 1 and "kept 2 own receipts" in r.upgrade_notes[0]
+    finally:
+        r.close()
+    assert _learnt(shared_url, 5) == {"version": 5, "heads": 0, "replicas": 0, "follows": 1, "own": 2}

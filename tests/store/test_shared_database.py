@@ -190,7 +190,7 @@ def test_a_version_1_store_is_upgraded(shared_url: str, make_receipt: MakeReceip
         engine.dispose()
     repo = open_repository(shared_url)
     try:
-        assert repo.schema_version() == CURRENT_VERSION == 4
+        assert repo.schema_version() == CURRENT_VERSION == 5
         assert repo.log_entries() == [(1, early.encoded), (2, late.encoded)]
         new = make_receipt("new", wh=1)
         assert repo.commit_receipts([new]) == [Committed(new, seq=3)]

@@ -13,7 +13,15 @@ from p2pd.market.receipt_log import (
     ReceiptLog,
     page_of,
 )
-from protocol import Credential, EquivocationProof, LogHead, ReceiptChain, digest
+from protocol import (
+    OBSOLETE_HEAD_DOMAIN,
+    Credential,
+    EquivocationProof,
+    LogHead,
+    ReceiptChain,
+    SigningKey,
+    digest,
+)
 
 RECEIPTS = [b"receipt %d" % i for i in range(1, 11)]
 
@@ -132,3 +140,43 @@ def test_heads_restored_from_the_store_rebuild_the_proof() -> None:
     book.restore(b)
     assert book.proofs["alice"] == EquivocationProof(a, b)
     assert HeadBook().latest("nobody") == 0
+
+
+def _obsolete(head: LogHead, key: SigningKey, head_hash: bytes) -> LogHead:
+    """A head for ``head``'s seq as signed before log-head/2 (over the old chain)."""
+    unsigned = LogHead(head.member, head.seq, head_hash, bytes(64))
+    return LogHead(head.member, head.seq, head_hash, key.sign(OBSOLETE_HEAD_DOMAIN, unsigned.body()))
+
+
+def test_heads_kept_from_before_log_head_2_never_count_against_current_ones() -> None:
+    # Restored heads are not checked again on restore; one signed as log-head/1
+    # (another chain, another hash for the seq) must not become half of a proof
+    # or the previous head of a fork: it is checked when it would, and forgotten.
+    com = Community()
+    log, cred = alice_log(com)
+    key = log.key
+    current: dict[int, LogHead] = {}
+    for seq in (1, 2, 3):
+        head = log.page(seq - 1, 1)[1]
+        assert head is not None
+        current[seq] = head
+    old = {seq: _obsolete(h, key, bytes([seq]) * 32) for seq, h in current.items()}
+    # A head of the same seq (HeadGossip).
+    book = HeadBook()
+    book.restore(old[2])
+    assert book.add(current[2], cred) is None
+    assert book.heads["alice"] == {2: current[2]} and not book.proofs and book.obsolete == 1
+    # The head before a replica's (ReceiptReplica).
+    book = HeadBook()
+    book.restore(old[1])
+    assert book.add_entry(digest(RECEIPTS[1]), current[2], cred) is None
+    assert not book.forks and 1 not in book.heads["alice"] and book.obsolete == 1
+    # A head passed by a fetched page (LogEntries), from the member itself.
+    book = HeadBook()
+    book.restore(old[1])
+    found = book.add_page(Followed("alice"), digests(log.page(0, 3)[0]), current[3], cred, from_member=True)
+    assert isinstance(found, PageVerified) and not book.forks and book.obsolete == 1
+    # A real conflict is still one.
+    book = HeadBook()
+    book.restore(LogHead.create(key, "alice", 2, b"x" * 32))
+    assert isinstance(book.add(current[2], cred), EquivocationProof)
