@@ -40,10 +40,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from protocol.errors import SignatureError
+from protocol.signing import installed_memo
 
 HASH_LEN = 48  # SHA-384
 SALT_LEN = 48  # RFC 9474 RSABSSA-SHA384-PSS: sLen = hLen
 PUBLIC_EXPONENT = 65537
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN)
 
 
 def _mgf1(seed: bytes, length: int) -> bytes:
@@ -85,14 +87,30 @@ class PublicKey:
         return self.n.to_bytes(self.modulus_len, "big")
 
     def verify(self, message: bytes, signature: bytes) -> None:
-        """RSASSA-PSS-VERIFY (SHA-384, sLen 48) by ``cryptography``. Raises SignatureError."""
+        """RSASSA-PSS-VERIFY (SHA-384, sLen 48) by ``cryptography``. Raises SignatureError.
+
+        Under the simulator's shared :class:`protocol.signing.VerifiedMemo`
+        a token the community verified already costs a lookup: every node
+        checks the same pseudonym token on the orders it carries.
+        """
         try:
-            key = rsa.RSAPublicNumbers(self.e, self.n).public_key()
-            key.verify(signature, message,
-                       padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN),
-                       hashes.SHA384())
+            memo = installed_memo()
+            if memo is None:
+                self._verify(message, signature)
+            else:
+                memo.check_with(("rsa-pss", self.n, self.e, signature, message),
+                                lambda: self._verify(message, signature))
         except (InvalidSignature, ValueError) as exc:
             raise SignatureError("blind RSA signature does not verify") from exc
+
+    def _verify(self, message: bytes, signature: bytes) -> None:
+        # The key object is built once per PublicKey (an epoch key is checked
+        # for every pseudonym order), kept outside the dataclass fields.
+        key: rsa.RSAPublicKey | None = self.__dict__.get("_key")
+        if key is None:
+            key = rsa.RSAPublicNumbers(self.e, self.n).public_key()
+            object.__setattr__(self, "_key", key)
+        key.verify(signature, message, _PSS, hashes.SHA384())
 
 
 def _int_from_random(random: bytes, n: int) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from protocol import VerifiedMemo, install_verified_memo
 from protocol.blind_rsa import PrivateKey, PublicKey, blind, blind_sign, emsa_pss_encode, finalize
 from protocol.errors import SignatureError
 
@@ -52,3 +53,21 @@ def test_round_trip_with_a_fresh_2048_bit_key_and_tampering() -> None:
         blind_sign(sk, b"\xff" * 256, random=os.urandom(272))  # not below n
     with pytest.raises(ValueError):
         blind_sign(sk, b"\x01" * 255, random=os.urandom(272))
+
+
+def test_the_simulators_memo_keeps_tokens_that_verified_only() -> None:
+    pk = KEY.public
+    vector = DATA["vectors"][0]
+    msg, prefix, sig = (bytes.fromhex(vector[k]) for k in ("msg", "msg_prefix", "sig"))
+    memo = VerifiedMemo()
+    previous = install_verified_memo(memo)
+    try:
+        pk.verify(prefix + msg, sig)
+        PublicKey(pk.n).verify(prefix + msg, sig)  # another node's copy of the epoch key
+        assert (memo.misses, memo.hits) == (1, 1)
+        for _ in range(2):  # a failure is never remembered: checked, and refused, each time
+            with pytest.raises(SignatureError):
+                pk.verify(prefix + msg + b"!", sig)
+        assert (memo.misses, memo.hits) == (3, 1)
+    finally:
+        install_verified_memo(previous)
