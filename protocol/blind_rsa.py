@@ -32,7 +32,9 @@ time; :func:`blind_sign` therefore blinds its input once more with a fresh
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -46,6 +48,22 @@ HASH_LEN = 48  # SHA-384
 SALT_LEN = 48  # RFC 9474 RSABSSA-SHA384-PSS: sLen = hLen
 PUBLIC_EXPONENT = 65537
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN)
+
+
+def _load_powmod() -> Callable[[int, int, int], int]:
+    # The issuer's two half-size exponentiations are most of a blind
+    # signature's cost, and the issuer signs every member's pseudonyms:
+    # Python's pow takes about 2.5 ms each for 1024-bit numbers, GMP's
+    # (gmpy2, the optional "fast" extra) about 0.6 ms. Same integers either way.
+    try:
+        gmpy2 = importlib.import_module("gmpy2")
+    except ImportError:
+        return pow
+    powmod = gmpy2.powmod
+    return lambda base, exp, mod: int(powmod(base, exp, mod))
+
+
+_powmod = _load_powmod()
 
 
 def _mgf1(seed: bytes, length: int) -> bytes:
@@ -190,8 +208,8 @@ def blind_sign(sk: PrivateKey, blinded_msg: bytes, *, random: bytes) -> bytes:
     u = _int_from_random(random, pk.n)
     c = m * pow(u, pk.e, pk.n) % pk.n
     # CRT: two half-size exponentiations.
-    s1 = pow(c % priv.p, priv.dmp1, priv.p)
-    s2 = pow(c % priv.q, priv.dmq1, priv.q)
+    s1 = _powmod(c % priv.p, priv.dmp1, priv.p)
+    s2 = _powmod(c % priv.q, priv.dmq1, priv.q)
     h = priv.iqmp * (s1 - s2) % priv.p
     s = (s2 + h * priv.q) * pow(u, -1, pk.n) % pk.n
     if pow(s, pk.e, pk.n) != m:
