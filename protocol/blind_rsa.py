@@ -51,16 +51,25 @@ _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN)
 
 
 def _load_powmod() -> Callable[[int, int, int], int]:
-    # The issuer's two half-size exponentiations are most of a blind
-    # signature's cost, and the issuer signs every member's pseudonyms:
-    # Python's pow takes about 2.5 ms each for 1024-bit numbers, GMP's
-    # (gmpy2, the optional "fast" extra) about 0.6 ms. Same integers either way.
+    # A blind signature is a handful of modular exponentiations (and
+    # inverses: exponent -1), and the issuer signs every member's
+    # pseudonyms: Python's pow takes about 2.5 ms for each of the two
+    # 1024-bit CRT halves, GMP's (gmpy2, the optional "fast" extra) about
+    # 0.6 ms. Same integers either way; like pow, a non-invertible base
+    # raises ValueError.
     try:
         gmpy2 = importlib.import_module("gmpy2")
     except ImportError:
         return pow
     powmod = gmpy2.powmod
-    return lambda base, exp, mod: int(powmod(base, exp, mod))
+
+    def gmp_powmod(base: int, exp: int, mod: int) -> int:
+        try:
+            return int(powmod(base, exp, mod))
+        except ZeroDivisionError as exc:
+            raise ValueError("base is not invertible") from exc
+
+    return gmp_powmod
 
 
 _powmod = _load_powmod()
@@ -163,8 +172,8 @@ def blind(pk: PublicKey, message: bytes, *, salt: bytes, random: bytes | None = 
         if random is None:
             raise ValueError("blind needs random bytes or r")
         r = _int_from_random(random, pk.n)
-    inv = pow(r, -1, pk.n)
-    z = m * pow(r, pk.e, pk.n) % pk.n
+    inv = _powmod(r, -1, pk.n)
+    z = m * _powmod(r, pk.e, pk.n) % pk.n
     return Blinded(z.to_bytes(pk.modulus_len, "big"), inv)
 
 
@@ -206,13 +215,13 @@ def blind_sign(sk: PrivateKey, blinded_msg: bytes, *, random: bytes) -> bytes:
         raise ValueError("blinded message out of range")
     priv = sk.key.private_numbers()
     u = _int_from_random(random, pk.n)
-    c = m * pow(u, pk.e, pk.n) % pk.n
+    c = m * _powmod(u, pk.e, pk.n) % pk.n
     # CRT: two half-size exponentiations.
     s1 = _powmod(c % priv.p, priv.dmp1, priv.p)
     s2 = _powmod(c % priv.q, priv.dmq1, priv.q)
     h = priv.iqmp * (s1 - s2) % priv.p
-    s = (s2 + h * priv.q) * pow(u, -1, pk.n) % pk.n
-    if pow(s, pk.e, pk.n) != m:
+    s = (s2 + h * priv.q) * _powmod(u, -1, pk.n) % pk.n
+    if _powmod(s, pk.e, pk.n) != m:
         raise ValueError("signing failure")
     return s.to_bytes(pk.modulus_len, "big")
 

@@ -50,7 +50,7 @@ def test_rfc_9474_vector(vector: dict[str, Any], powmod: str) -> None:
     pk.verify(prefix + msg, sig)  # an ordinary RSASSA-PSS verify (cryptography)
 
 
-def test_round_trip_with_a_fresh_2048_bit_key_and_tampering() -> None:
+def test_round_trip_with_a_fresh_2048_bit_key_and_tampering(powmod: str) -> None:
     sk = PrivateKey.generate(2048)
     pk = PublicKey.from_modulus(sk.public.modulus())
     b = blind(pk, b"pseudonym", salt=os.urandom(48), random=os.urandom(pk.modulus_len + 16))
@@ -64,6 +64,8 @@ def test_round_trip_with_a_fresh_2048_bit_key_and_tampering() -> None:
         blind_sign(sk, b"\xff" * 256, random=os.urandom(272))  # not below n
     with pytest.raises(ValueError):
         blind_sign(sk, b"\x01" * 255, random=os.urandom(272))
+    with pytest.raises(ValueError):
+        blind(pk, b"pseudonym", salt=os.urandom(48), r=0)  # not invertible
 
 
 def test_the_simulators_memo_keeps_tokens_that_verified_only() -> None:
