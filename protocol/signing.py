@@ -9,7 +9,7 @@ replayed as another.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,21 +69,36 @@ class VerifiedMemo:
     signed bytes), so a node that finds the exact triple here gets the
     answer it would compute. Only successes are kept: a forged or altered
     signature is always verified, and fails. A daemon never installs one.
+    Pseudonym tokens (RSA-PSS, protocol/blind_rsa.py) are kept here too,
+    under a key of their own kind (:meth:`check_with`).
     """
 
     def __init__(self, max_entries: int = 1 << 18) -> None:
         self.max_entries = max_entries
-        self._ok: dict[tuple[bytes, bytes, bytes], None] = {}
+        self._ok: dict[tuple[Any, ...], None] = {}
         self.hits = 0
         self.misses = 0
 
     def check(self, public: bytes, signature: bytes, data: bytes) -> None:
+        """Ed25519: ``signature`` by ``public`` over ``data``; raises InvalidSignature or ValueError."""
         key = (public, signature, data)
+        if key in self._ok:  # the hot path: no closure, as check_with would need
+            self.hits += 1
+            return
+        self.check_with(key, lambda: Ed25519PublicKey.from_public_bytes(public).verify(signature, data))
+
+    def check_with(self, key: tuple[Any, ...], verify: Callable[[], None]) -> None:
+        """Call ``verify`` (which raises if the check fails) unless ``key`` verified before.
+
+        ``key`` must hold everything the outcome depends on (kind, public
+        key, signature, signed bytes). Whatever ``verify`` raises propagates
+        and nothing is remembered.
+        """
         if key in self._ok:
             self.hits += 1
             return
         self.misses += 1
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, data)
+        verify()
         if len(self._ok) >= self.max_entries:
             del self._ok[next(iter(self._ok))]  # the oldest
         self._ok[key] = None
@@ -97,6 +112,11 @@ def install_verified_memo(memo: VerifiedMemo | None) -> VerifiedMemo | None:
     global _memo
     previous, _memo = _memo, memo
     return previous
+
+
+def installed_memo() -> VerifiedMemo | None:
+    """The memo :func:`install_verified_memo` installed, or None (a daemon)."""
+    return _memo
 
 
 def verify(public: bytes, signature: bytes, domain: str, fields: Sequence[Any]) -> None:
