@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     p.add_argument("--start", metavar="DATE", default=None,
                    help="when the run starts, UTC: YYYY-MM-DD or YYYY-MM-DDTHH:MM on a quarter hour "
                         "(default 2026-06-21, midsummer; with --profiles, where they start)")
+    p.add_argument("--warm-up", type=int, default=0, metavar="MIN",
+                   help="simulated minutes (whole quarter hours) the nodes trade before --start, "
+                        "left out of the report: agents start in their steady state (default 0)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--profiles", metavar="DIR",
                    help="households' load and PV from DIR/<member>.csv (format: docs/simulation.md)")
@@ -107,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[SimConfig, dict[str, Any
         lo, hi = common_range(profiles)
         start = start if start is not None else -(-lo // 900) * 900
         hours = hours if hours is not None else max(0.25, min(24.0, (hi - start) // 900 * 900 / 3600))
-        check_window(profiles, start, start + int(hours * 3600))
+        check_window(profiles, start - 60 * args.warm_up, start + int(hours * 3600))
     store = args.store or ("memory" if args.memory else "sqlite")
     # Virtual time needs everything in memory: real I/O cannot run under an
     # autojumping clock (it would jump while a worker thread or socket works).
@@ -135,7 +138,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[SimConfig, dict[str, Any
     cfg = SimConfig(nodes=nodes, scenario=args.scenario, hours=hours if hours is not None else 24.0,
                     seed=args.seed, memory=args.memory, time_scale=scale, store=store,
                     degree=args.degree, attacks=tuple(dict.fromkeys(args.attack)), virtual=virtual,
-                    start=start if start is not None else SIM_START, profiles=args.profiles)
+                    start=start if start is not None else SIM_START, profiles=args.profiles,
+                    warmup=60 * args.warm_up)
     return cfg, {"workers": workers, "min_time_scale": min_scale}
 
 

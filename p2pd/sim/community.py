@@ -128,6 +128,10 @@ class SimConfig:
     a community of separate machines would spend."""
     profiles: str | None = None
     """A directory of household profiles (p2pd/sim/profiles.py) instead of the seeded model."""
+    warmup: int = 0
+    """Simulated seconds the nodes trade before ``start`` (whole slots, at most a day): the
+    report still covers ``[start, end)`` only, so a run is judged with its agents
+    already in their steady state instead of all starting at once."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -139,6 +143,8 @@ class SimConfig:
                            f"(got {self.hours:g})")
         if self.start % 900:
             raise SimError("--start must be on a quarter hour (UTC)")
+        if self.warmup % 900 or not 0 <= self.warmup <= 86400:
+            raise SimError(f"--warm-up must be whole quarter hours, at most a day (got {self.warmup / 60:g} min)")
         if not self.time_scale > 0:
             raise SimError("--time-scale must be positive")
         if self.store not in ("sqlite", "memory"):
@@ -154,6 +160,11 @@ class SimConfig:
     @property
     def end(self) -> int:
         return self.start + int(self.hours * 3600)
+
+    @property
+    def run_start(self) -> int:
+        """When the nodes start trading: ``start`` less the warm-up."""
+        return self.start - self.warmup
 
 
 class HouseholdMeter(Protocol):
@@ -201,7 +212,7 @@ def households(cfg: SimConfig, slot_len: int, margin_slots: int,
         if only is not None and h.index not in only:
             continue
         # One member at a time, so the meter's small profile cache is not thrashed.
-        for t in range(cfg.start, cfg.end + (margin_slots + 1) * slot_len + 1, slot_len):
+        for t in range(cfg.run_start, cfg.end + (margin_slots + 1) * slot_len + 1, slot_len):
             h.table[t] = h.meter.reading_at(t)
         out.append(h)
     return out
@@ -252,7 +263,7 @@ class SimCommunity:
         # Issue 16: the issuer's pseudonym service; members post pseudonymous orders.
         self.pseudonyms = PseudonymIssuer(self.issuer, COMMUNITY, quota=PSEUDONYM_QUOTA)
         self.rules = MarketRules()
-        self.market_clock = SimClock(float(cfg.start), cfg.market_scale)
+        self.market_clock = SimClock(float(cfg.run_start), cfg.market_scale)
         # Virtual time: sessions live in simulated time as well, so their
         # timers (keepalive, idle, rekey) run at their real rates.
         self.wall_clock = self.market_clock if cfg.virtual else TrioWallClock(time.time())
@@ -283,7 +294,7 @@ class SimCommunity:
         time (orders and receipts), so they span both.
         """
         keys = keys or NodeKeys.generate()
-        lo = int(min(self.cfg.start, self.wall_clock.base)) - 86400
+        lo = int(min(self.cfg.run_start, self.wall_clock.base)) - 86400
         hi = int(max(self.cfg.end, self.wall_clock.base)) + 30 * 86400
         valid_from, valid_until = valid or (lo, hi)
         cred = Credential.issue(
@@ -331,9 +342,9 @@ class SimCommunity:
             if not self.cfg.virtual:
                 # The issuer's RSA work (about 10 ms a pseudonym) would stall a
                 # wall-clock run: fill the wallet before the clock starts.
-                market.wallet.batch = min(PSEUDONYM_QUOTA, max(16, int(2 * (self.cfg.end - self.cfg.start) / 3600)))
-                await market.refill_pseudonyms(self.cfg.start)
-                for epoch in range(epoch_of(self.cfg.start), epoch_of(self.cfg.end) + 1):
+                market.wallet.batch = min(PSEUDONYM_QUOTA, max(16, int(2 * (self.cfg.end - self.cfg.run_start) / 3600)))
+                await market.refill_pseudonyms(self.cfg.run_start)
+                for epoch in range(epoch_of(self.cfg.run_start), epoch_of(self.cfg.end) + 1):
                     self.pseudonyms.epoch_key(epoch)
             sim.agent = Agent(market, PerfectForesight(household), self.cfg.agent,
                               dial=functools.partial(self.connect, sim))

@@ -220,7 +220,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"p2pd sim: scenario {r['scenario']}, {r['nodes']} nodes, {r['hours']:g} h from "
         f"{r['start_utc']} UTC, seed {r['seed']}, {r['transport']}, store {r['store']}"
-        + (f", profiles {r['profiles']}" if r.get("profiles") else ""),
+        + (f", profiles {r['profiles']}" if r.get("profiles") else "")
+        + (f" (after a {r['warmup_min']} min warm-up, not counted)" if r.get("warmup_min") else ""),
         f"  wall time {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), CPU {r['cpu_s']:.1f} s, peak RSS "
         f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, " + _time_line(r),
     ]

@@ -119,13 +119,14 @@ def build_report(cfg: SimConfig, homes: Sequence[Household], receipts: Sequence[
     With ``detail`` the report carries ``accounts`` (the :class:`Accounts`,
     for ``--csv``); callers pop it before printing JSON.
     """
-    end = cfg.start + (reached - cfg.start) // slot_len * slot_len
+    end = cfg.start + max(0, reached - cfg.start) // slot_len * slot_len  # a stop in the warm-up: nothing
     accounts = settle_window(homes, receipts, cfg.start, end, slot_len, detail=detail)
     best = matchable_wh(homes, cfg.start, end, slot_len, cfg.agent.min_wh)
     report: dict[str, Any] = {
         "scenario": cfg.scenario, "nodes": cfg.nodes, "hours": cfg.hours, "seed": cfg.seed,
         "start_utc": datetime.fromtimestamp(cfg.start, timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "end_utc": datetime.fromtimestamp(end, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "warmup_min": cfg.warmup // 60,
         "profiles": cfg.profiles,
         "transport": "memory" if cfg.memory else "tcp-loopback", "store": cfg.store,
         "time": "virtual" if cfg.virtual else "wall-clock",

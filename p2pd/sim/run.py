@@ -61,7 +61,7 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None, plot: bo
                 nursery.start_soon(_probe, probe, probing)
             while clock.now() < cfg.end:
                 if progress is not None:
-                    progress(Look((clock.now() - cfg.start) / (cfg.end - cfg.start), clock.now(),
+                    progress(Look((clock.now() - cfg.run_start) / (cfg.end - cfg.run_start), clock.now(),
                                   *live_trades(com.nodes), None if pacer is None else clock.scale, com))
                 # Every five simulated minutes in virtual time (each look costs
                 # a wake-up), every quarter second of wall time otherwise.
@@ -81,7 +81,7 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None, plot: bo
             probing.cancel()
         reached = min(cfg.end, int(clock.now()))
         if progress is not None:
-            progress(Look((reached - cfg.start) / (cfg.end - cfg.start), reached, *live_trades(com.nodes),
+            progress(Look((reached - cfg.run_start) / (cfg.end - cfg.run_start), reached, *live_trades(com.nodes),
                           None if pacer is None else clock.scale, com))
         run_s = time.perf_counter() - t0 - setup_s
         receipts = com.receipts()

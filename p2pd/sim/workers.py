@@ -235,7 +235,7 @@ def pseudonym_keys(cfg: SimConfig, issuer: SigningKey) -> bytes:
     """The issuer's pseudonym epoch keys for the run's days and the next (orders are posted
     ahead), made once, pickled for the workers (``PseudonymIssuer.keys``)."""
     service = PseudonymIssuer(issuer, COMMUNITY, quota=PSEUDONYM_QUOTA)
-    for epoch in range(epoch_of(cfg.start), epoch_of(cfg.end) + 2):
+    for epoch in range(epoch_of(cfg.run_start), epoch_of(cfg.end) + 2):
         service.epoch_key(epoch)
     out = io.BytesIO()
     pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -327,7 +327,7 @@ async def _run(cfg: SimConfig, pool: list[_Worker], *, progress: Progress | None
     for wk in pool:
         assert wk.chan is not None
         await wk.chan.send({"type": "start", "at_wall": start_wall, "scale": cfg.time_scale})
-    clock = SimClock(float(cfg.start), cfg.time_scale)
+    clock = SimClock(float(cfg.run_start), cfg.time_scale)
     clock.origin = trio_time_of_wall(start_wall, time.time())
     pacer = Pacer(cfg.time_scale, min_time_scale)
     seen = (0, 0)
@@ -341,7 +341,7 @@ async def _run(cfg: SimConfig, pool: list[_Worker], *, progress: Progress | None
             trades = sum(wk.status.get("trades", 0) for wk in pool)
             wh = sum(wk.status.get("wh", 0) for wk in pool)
             if progress is not None:
-                progress(Look(min(1.0, (now - cfg.start) / (cfg.end - cfg.start)), min(now, cfg.end), trades,
+                progress(Look(min(1.0, (now - cfg.run_start) / (cfg.end - cfg.run_start)), min(now, cfg.end), trades,
                               wh, clock.scale))
             ended = (sum(wk.status.get("takes", 0) for wk in pool),
                      sum(wk.status.get("timeouts", 0) for wk in pool))

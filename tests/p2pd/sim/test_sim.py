@@ -127,3 +127,20 @@ async def test_virtual_time_needs_the_autojump_clock() -> None:
             pass  # pragma: no cover
     with pytest.raises(SimError, match="in-memory"):
         config(store="sqlite")
+
+
+def test_a_warm_up_trades_before_the_window_and_the_report_covers_only_the_window() -> None:
+    cold = run_sim(config(hours=1), plot=True)
+    warm = run_sim(config(hours=1, warmup=3600), plot=True)
+    assert warm["start_utc"] == cold["start_utc"] == "2026-06-21 10:00" and warm["warmup_min"] == 60
+    # The same households over the same window: only the agents' head start differs.
+    assert warm["fidelity"]["matchable_wh"] == cold["fidelity"]["matchable_wh"]
+    assert warm["pv_production_wh"] == cold["pv_production_wh"]
+    assert warm["energy_traded_wh"] > 0
+    assert all(MIDDAY <= int(s) < MIDDAY + 3600 for s in warm["plot_data"]["traded_by_slot"])
+
+
+@pytest.mark.parametrize("minutes", [10, -15, 1455])
+def test_a_warm_up_is_whole_slots_and_at_most_a_day(minutes: int) -> None:
+    with pytest.raises(SimError, match="--warm-up must be whole quarter hours"):
+        config(warmup=60 * minutes)

@@ -42,6 +42,7 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--time-scale", "0"], "--time-scale must be between 1 and 100000"),
     (["--min-time-scale", "5000"], "--min-time-scale must be between 1 and --time-scale (2880)"),
     (["--degree", "0"], "--degree must be between 1 and 64"),
+    (["--warm-up", "10"], "--warm-up must be whole quarter hours, at most a day (got 10 min)"),
     (["--plot", "/nonexistent-dir/day.png"], "--plot /nonexistent-dir/day.png: no directory /nonexistent-dir"),
     (["--plot", "day.xyz"], "--plot day.xyz: unknown format 'xyz'"),
     (["--plot", "day"], "unknown format '(no extension)'"),
