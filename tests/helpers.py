@@ -475,3 +475,31 @@ def start_postgres(home: Path) -> PostgresServer | str:
             return server
         last = start.stderr + (home / "log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"pg_ctl start failed: {last}")
+
+
+# --- the eavesdropper (tests/p2pd/test_privacy.py, tests/p2pd/privacy/) -------------------
+
+MIN_NEEDLE = 6
+"""Bytes; a shorter needle ("5 Wh") matches random ciphertext by chance (about N / 256^n
+times in N bytes), so searches of a capture look only for needles this long or longer."""
+
+
+class Recording(trio.abc.Stream):
+    """A stream that appends everything its owner sends to ``tape``: the eavesdropper."""
+
+    def __init__(self, inner: trio.abc.Stream, tape: bytearray) -> None:
+        self.inner = inner
+        self.tape = tape
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.tape += data
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import trio
+from p2pd_test_helpers import MIN_NEEDLE, Recording
 
 from p2pd.market.receipt_log import open_entry, receipt_kind, signers
 from p2pd.market.sharing import at_price, curve, in_the_money
@@ -78,27 +79,6 @@ UNIFORM = 2**32
 """A share or a sum of shares is uniform on [0, 2^64): below 2^32 with probability 2^-32."""
 MEMBER = "m0000"
 """The member observer of S1."""
-
-
-class Recording(trio.abc.Stream):
-    """A stream that appends everything its owner sends to ``tape``: the eavesdropper."""
-
-    def __init__(self, inner: trio.abc.Stream, tape: bytearray) -> None:
-        self.inner = inner
-        self.tape = tape
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.tape += data
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @dataclass
@@ -334,9 +314,6 @@ def check_issuer(run: Observed) -> None:
             assert value not in shown and not any(x in value for x in shown)
 
 
-MIN_NEEDLE = 6  # bytes; shorter ones match random ciphertext by chance
-
-
 def receipt_needles(encoded: bytes) -> dict[str, bytes]:
     """Where a leak would put a trade's Wh and price: msgpack runs and labelled text
     (single numbers are too short to look for in random bytes)."""
@@ -352,9 +329,6 @@ def receipt_needles(encoded: bytes) -> dict[str, bytes]:
     }
     if t.price >= 10_000:
         out["price text"] = str(t.price).encode()
-    # A needle of n bytes turns up in N random bytes about N / 256^n times:
-    # "5 Wh" (4 bytes) did, once, in a day's ciphertext. From 6 bytes on,
-    # chance finds nothing in a capture of this size (about 1 in 10^4 runs).
     return {label: needle for label, needle in out.items() if len(needle) >= MIN_NEEDLE}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from p2pd_test_helpers import MIN_NEEDLE, Recording
 
 from p2pd.net.node import Node
 from p2pd.sim.build import open_community
@@ -30,27 +31,6 @@ from p2pd.sim.community import SIM_START, SimConfig
 from protocol import Receipt, canonical
 
 NODES = 4
-
-
-class Recording(trio.abc.Stream):
-    """A stream that appends everything its owner sends to ``tape``."""
-
-    def __init__(self, inner: trio.abc.Stream, tape: bytearray) -> None:
-        self.inner = inner
-        self.tape = tape
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.tape += data
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def needles(receipt: Receipt) -> dict[str, bytes]:
@@ -65,8 +45,7 @@ def needles(receipt: Receipt) -> dict[str, bytes]:
         "wh json": f'"wh": {t.wh}'.encode(),
         "Wh text": f"{t.wh} Wh".encode(),
     }
-    # Shorter needles ("5 Wh") match random ciphertext by chance (N / 256^n).
-    return {label: needle for label, needle in out.items() if len(needle) >= 6}
+    return {label: needle for label, needle in out.items() if len(needle) >= MIN_NEEDLE}
 
 
 async def test_a_days_capture_holds_no_member_meter_wh_or_price(monkeypatch: Any) -> None:
