@@ -282,10 +282,14 @@ class DaemonCommunity:
     def __init__(self, base: object) -> None:
         from pathlib import Path
 
+        self.base = Path(str(base))
+        self.issuer = self.make_issuer()
+
+    def make_issuer(self):  # type: ignore[no-untyped-def]
+        """The community's issuer key (in memory; a subclass may write it to a file)."""
         from protocol import SigningKey
 
-        self.base = Path(str(base))
-        self.issuer = SigningKey.generate()
+        return SigningKey.generate()
 
     def config(self, name: str, extra: str = "", *, store: str = "memory://",
                meter: str = 'driver = "none"'):  # type: ignore[no-untyped-def]

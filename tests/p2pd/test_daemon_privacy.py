@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import eventually
+from p2pd_test_helpers import DaemonCommunity, eventually
 
 from p2pd.cli import ctl
 from p2pd.cli import main as cli
-from p2pd.components import SECTIONS
-from p2pd.config import Config, load_config
+from p2pd.config import Config
 from p2pd.context import DaemonContext
 from p2pd.daemon import run_daemon
 from p2pd.events import OrderSeen
 from p2pd.market.disputes import verify_bundle
-from p2pd.net.identity import load_node_keys, write_credential, write_issuer_key, write_node_keys
-from protocol import Credential, Pseudonym, epoch_of
+from p2pd.net.identity import load_node_keys, write_credential, write_issuer_key
+from protocol import Credential, Pseudonym, SigningKey, epoch_of
 from protocol.pseudonyms import anon_order_id
 
 WAIT = 20.0
@@ -45,42 +44,16 @@ def home() -> Iterator[Path]:
         yield Path(d)
 
 
-class Community:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.issuer = write_issuer_key(base / "issuer")
+class Community(DaemonCommunity):
+    """The test community (tests/helpers.py), its issuer key on disk for the operator's node."""
+
+    def make_issuer(self) -> SigningKey:
+        key: SigningKey = write_issuer_key(self.base / "issuer")
+        return key
 
     def node(self, name: str, privacy: str) -> Config:
-        d = self.base / name
-        keys_dir = d / "state" / "keys"
-        if not keys_dir.exists():
-            keys = write_node_keys(keys_dir)
-            now = int(time.time())
-            write_credential(keys_dir / "credential", Credential.issue(
-                self.issuer, community="dp", member_id=name, role="prosumer",
-                metering_point=f"EAN{name}", sign_pk=keys.signing.public, noise_pk=keys.noise_public,
-                valid_from=now - 3600, valid_until=now + 86400))
-        (d / "p2pd.toml").write_text(f"""
-[node]
-state_dir = "state"
-runtime_dir = "run"
-log_level = "warning"
-[community]
-id = "dp"
-issuers = ["{self.issuer.public.hex()}"]
-[p2p]
-host = "127.0.0.1"
-port = 0
-[store]
-url = "sqlite:///{d}/p2pd.db"
-[meter]
-driver = "none"
-[trading]
-agent = false
-[privacy]
-{privacy}
-""")
-        return load_config(d / "p2pd.toml", sections=SECTIONS)
+        cfg: Config = self.config(name, f"[privacy]\n{privacy}", store=f"sqlite:///{self.base / name}/p2pd.db")
+        return cfg
 
     def operator(self) -> Config:
         return self.node("op", f'issuer_key = "{self.base / "issuer" / "issuer.key"}"\nquota = {QUOTA}')
@@ -245,7 +218,7 @@ async def test_the_service_refuses_other_epochs_brokers_and_nodes_without_it_nam
     keys = load_node_keys(home / "brk" / "state" / "keys")
     now = int(time.time())
     write_credential(home / "brk" / "state" / "keys" / "credential", Credential.issue(
-        c.issuer, community="dp", member_id="brk", role="broker", metering_point="EANbrk",
+        c.issuer, community="dt", member_id="brk", role="broker", metering_point="EANbrk",
         sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600, valid_until=now + 86400))
     async with daemon(c.operator()) as op, daemon(c.member("alice")) as alice, daemon(broker_cfg) as brk:
         await connect(alice, op)

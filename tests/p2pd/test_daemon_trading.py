@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import trio
-from p2pd_test_helpers import eventually
+from p2pd_test_helpers import DaemonCommunity, eventually
 
 from p2pd.cli import ctl
 from p2pd.cli import main as cli
@@ -34,8 +34,6 @@ from p2pd.net.identity import (
     NodeKeys,
     load_credential,
     load_node_keys,
-    write_credential,
-    write_node_keys,
 )
 from p2pd.net.listener import dial
 from p2pd.net.node import open_node
@@ -53,41 +51,12 @@ def home() -> Iterator[Path]:
         yield Path(d)
 
 
-class Community:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.issuer = SigningKey.generate()
+class Community(DaemonCommunity):
+    """The test community of tests/helpers.py; ``member`` is its ``config``."""
 
     def member(self, name: str, extra: str = "", store: str = "memory://") -> Config:
-        d = self.base / name
-        keys_dir = d / "state" / "keys"
-        if not keys_dir.exists():
-            keys = write_node_keys(keys_dir)
-            now = int(time.time())
-            write_credential(keys_dir / "credential", Credential.issue(
-                self.issuer, community="dt", member_id=name, role="prosumer",
-                metering_point=f"EAN{name}", sign_pk=keys.signing.public, noise_pk=keys.noise_public,
-                valid_from=now - 3600, valid_until=now + 86400))
-        (d / "p2pd.toml").write_text(f"""
-[node]
-state_dir = "state"
-runtime_dir = "run"
-log_level = "warning"
-[community]
-id = "dt"
-issuers = ["{self.issuer.public.hex()}"]
-[p2p]
-host = "127.0.0.1"
-port = 0
-[store]
-url = "{store}"
-[meter]
-driver = "none"
-[trading]
-agent = false
-{extra}
-""")
-        return load_config(d / "p2pd.toml", sections=SECTIONS)
+        cfg: Config = self.config(name, extra, store=store)
+        return cfg
 
 
 @asynccontextmanager
