@@ -271,6 +271,20 @@ class Mosquitto:
 # --- daemons in-process ------------------------------------------------------
 
 
+def write_member(keys_dir: Path, issuer: SigningKey, *, community: str, member_id: str,
+                 metering_point: str, role: str = "prosumer") -> None:
+    """Write a node's keys and a credential for it, valid from an hour ago for a day, into ``keys_dir``."""
+    import time
+
+    from p2pd.net.identity import write_credential, write_node_keys
+
+    keys = write_node_keys(keys_dir)
+    now = int(time.time())
+    write_credential(keys_dir / "credential", Credential.issue(
+        issuer, community=community, member_id=member_id, role=role, metering_point=metering_point,
+        sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600, valid_until=now + 86400))
+
+
 class DaemonCommunity:
     """Members of one test community, each with keys, a credential and a config file.
 
@@ -293,22 +307,13 @@ class DaemonCommunity:
 
     def config(self, name: str, extra: str = "", *, store: str = "memory://",
                meter: str = 'driver = "none"'):  # type: ignore[no-untyped-def]
-        import time
-
         from p2pd.components import SECTIONS
         from p2pd.config import load_config
-        from p2pd.net.identity import write_credential, write_node_keys
-        from protocol import Credential
 
         d = self.base / name
         keys_dir = d / "state" / "keys"
         if not keys_dir.exists():
-            keys = write_node_keys(keys_dir)
-            now = int(time.time())
-            write_credential(keys_dir / "credential", Credential.issue(
-                self.issuer, community="dt", member_id=name, role="prosumer",
-                metering_point=f"EAN{name}", sign_pk=keys.signing.public,
-                noise_pk=keys.noise_public, valid_from=now - 3600, valid_until=now + 86400))
+            write_member(keys_dir, self.issuer, community="dt", member_id=name, metering_point=f"EAN{name}")
         (d / "p2pd.toml").write_text(f"""
 [node]
 state_dir = "state"

@@ -18,15 +18,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from p2pd_test_helpers import ensure_test_accounts
+from p2pd_test_helpers import ensure_test_accounts, write_member
 
-from p2pd.net.identity import write_credential, write_node_keys
-from protocol import Credential, SigningKey
+from protocol import SigningKey
 
 pytestmark = pytest.mark.slow
 DEADLINE = 15.0
@@ -43,12 +41,7 @@ def daemon() -> Iterator[tuple[Path, int, pwd.struct_passwd, pwd.struct_passwd]]
     with tempfile.TemporaryDirectory(prefix="p2pda", dir="/tmp") as tmp:
         home = Path(tmp)
         home.chmod(0o755)  # others may reach run/, which the daemon makes 0750 with its group
-        keys = write_node_keys(home / "state" / "keys")
-        now = int(time.time())
-        write_credential(home / "state" / "keys" / "credential", Credential.issue(
-            issuer, community="c", member_id="alice", role="prosumer", metering_point="EAN1",
-            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600,
-            valid_until=now + 86400))
+        write_member(home / "state" / "keys", issuer, community="c", member_id="alice", metering_point="EAN1")
         (home / "p2pd.toml").write_text(f"""
 [node]
 state_dir = "state"

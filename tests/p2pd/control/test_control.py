@@ -8,7 +8,6 @@ import os
 import socket
 import stat
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from p2pd_test_helpers import eventually
+from p2pd_test_helpers import eventually, write_member
 
 from p2pd.control.jsonrpc import (
     APP_ERROR,
@@ -429,18 +428,12 @@ async def test_status_counts_internal_errors_in_a_running_daemon(
     from p2pd.cli import ctl
     from p2pd.config import load_config
     from p2pd.daemon import run_daemon
-    from p2pd.net.identity import write_credential, write_node_keys
-    from protocol import Credential, SigningKey
+    from protocol import SigningKey
 
     issuer = SigningKey.generate()
     with tempfile.TemporaryDirectory(prefix="p2pdc", dir="/tmp") as tmp:
         home = Path(tmp)
-        keys = write_node_keys(home / "state" / "keys")
-        now = int(time.time())
-        write_credential(home / "state" / "keys" / "credential", Credential.issue(
-            issuer, community="c", member_id="alice", role="prosumer", metering_point="EAN1",
-            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600,
-            valid_until=now + 86400))
+        write_member(home / "state" / "keys", issuer, community="c", member_id="alice", metering_point="EAN1")
         (home / "p2pd.toml").write_text(f"""
 [node]
 state_dir = "state"
@@ -483,8 +476,7 @@ async def test_a_meter_reading_that_raises_is_counted_and_the_daemon_goes_on(
     import meter_drivers
     from p2pd.config import load_config
     from p2pd.daemon import run_daemon
-    from p2pd.net.identity import write_credential, write_node_keys
-    from protocol import Credential, SigningKey
+    from protocol import SigningKey
 
     class Broken:
         reads = 0
@@ -501,12 +493,7 @@ async def test_a_meter_reading_that_raises_is_counted_and_the_daemon_goes_on(
     issuer = SigningKey.generate()
     with tempfile.TemporaryDirectory(prefix="p2pdm", dir="/tmp") as tmp:
         home = Path(tmp)
-        keys = write_node_keys(home / "state" / "keys")
-        now = int(time.time())
-        write_credential(home / "state" / "keys" / "credential", Credential.issue(
-            issuer, community="c", member_id="alice", role="prosumer", metering_point="EAN1",
-            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600,
-            valid_until=now + 86400))
+        write_member(home / "state" / "keys", issuer, community="c", member_id="alice", metering_point="EAN1")
         (home / "p2pd.toml").write_text(f"""
 [node]
 state_dir = "state"

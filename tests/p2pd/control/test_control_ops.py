@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from p2pd_test_helpers import write_member
 
 from p2pd.context import DaemonContext
 from p2pd.control.jsonrpc import (
@@ -227,18 +227,12 @@ async def running_daemon() -> AsyncIterator[DaemonContext]:
     """``run_daemon`` in-process with no components, a memory store and no meter."""
     from p2pd.config import load_config
     from p2pd.daemon import run_daemon
-    from p2pd.net.identity import write_credential, write_node_keys
-    from protocol import Credential, SigningKey
+    from protocol import SigningKey
 
     issuer = SigningKey.generate()
     with tempfile.TemporaryDirectory(prefix="p2pdo", dir="/tmp") as tmp:
         home = Path(tmp)
-        keys = write_node_keys(home / "state" / "keys")
-        now = int(time.time())
-        write_credential(home / "state" / "keys" / "credential", Credential.issue(
-            issuer, community="c", member_id="alice", role="prosumer", metering_point="EAN1",
-            sign_pk=keys.signing.public, noise_pk=keys.noise_public, valid_from=now - 3600,
-            valid_until=now + 86400))
+        write_member(home / "state" / "keys", issuer, community="c", member_id="alice", metering_point="EAN1")
         (home / "p2pd.toml").write_text(f"""
 [node]
 state_dir = "state"
