@@ -4,6 +4,8 @@ translation and row-to-record conversion. Private to the store package."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +36,7 @@ def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, on_disk: bool) ->
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if on_disk:
-                mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _switch_to_wal(cur, time.monotonic() + busy_timeout_ms / 1000)
                 if str(mode).lower() != "wal":
                     raise StoreError(f"could not switch SQLite to WAL (got {mode!r})")
             cur.execute("PRAGMA synchronous = FULL")
@@ -45,6 +47,25 @@ def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, on_disk: bool) ->
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED"))
+
+
+def _switch_to_wal(cur: Any, deadline: float) -> Any:
+    """``PRAGMA journal_mode = WAL``, retried until ``deadline`` (a
+    ``time.monotonic`` value) while the database is locked.
+
+    Switching needs the exclusive lock, and when several processes open a new
+    file together each holds a shared lock and asks to upgrade: SQLite then
+    answers "database is locked" at once, without calling the busy handler
+    (waiting could deadlock), so ``busy_timeout`` does not cover it."""
+    pause = 0.001
+    while True:
+        try:
+            return cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e).lower() or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 # The storage refused the write (store.errors.StorageUnavailable): SQLite

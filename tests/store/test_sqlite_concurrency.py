@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -177,3 +178,46 @@ def test_kill_9_mid_run_loses_nothing_reported(tmp_path: Path) -> None:
         assert out == [Insufficient(remaining_wh=0)]
     finally:
         repo.close()
+
+
+# An opener process: for each round, waits for that round's instant (shared by
+# all openers), then opens a new database file and closes it again.
+OPENER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    from store import StoreError, open_repository
+
+    folder, start, rounds, spacing = sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    for k in range(rounds):
+        while time.time() < start + k * spacing:
+            pass
+        try:
+            open_repository(f"sqlite:///{folder}/new-{k}.db").close()
+            print("ok", flush=True)
+        except StoreError as e:
+            print("failed:", e, flush=True)
+    """
+)
+
+
+def test_processes_opening_a_new_file_together_all_succeed(tmp_path: Path) -> None:
+    """Several processes (daemons, `p2pd store` commands) opening one new
+    database file at the same moment: each switches it to WAL, which SQLite
+    may refuse at once with "database is locked" instead of waiting. Every
+    open succeeds."""
+    script = tmp_path / "opener.py"
+    script.write_text(OPENER)
+    processes, rounds, spacing = 6, 12, 0.25
+    start = time.time() + 3.0  # after every process has imported the store
+    procs = [subprocess.Popen([sys.executable, str(script), str(ROOT), str(tmp_path), str(start),
+                               str(rounds), str(spacing)], stdout=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    outputs = [p.communicate(timeout=120)[0].splitlines() for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes
+    failures = [line for out in outputs for line in out if line != "ok"]
+    assert failures == []
+    assert sum(len(out) for out in outputs) == processes * rounds
+    for k in range(rounds):
+        with sqlite3.connect(tmp_path / f"new-{k}.db") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
