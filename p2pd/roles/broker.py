@@ -276,7 +276,16 @@ class BrokerClient:
         # Delegations of other agents' principals (from delegation gossip), to
         # assemble a receipt without the broker.
         self.delegations: dict[tuple[str, str], Delegation] = {}
-        self._resent: set[bytes] = set()
+        # Trades we answered a MatchSign for with our own signature after we
+        # had committed them, and the session we answered on (its handshake
+        # hash): once per session, so two nodes never echo signatures for
+        # ever, yet an answer lost with a closing session is given again on
+        # the next one.
+        self._resent: dict[bytes, bytes] = {}
+        # Countersigned matches we finish without the broker (finish_directly):
+        # our signature goes again to the other agent whenever a session with
+        # it opens, until the receipt is committed here.
+        self._finishing: set[bytes] = set()
         node.handle(BrokerAccepted, self._on_accepted)
         refusals_of(node).route(self._on_refused)
         node.handle(MatchPropose, self._on_propose)
@@ -288,7 +297,23 @@ class BrokerClient:
 
     async def _on_open(self, conn: PeerConnection) -> None:
         assert conn.peer is not None
-        self.credentials.setdefault(conn.peer.member_id, conn.peer)
+        member = conn.peer.member_id
+        self.credentials.setdefault(member, conn.peer)
+        for trade_id in sorted(self._finishing):
+            pending = self.pending.get(trade_id)
+            if pending is None:
+                self._finishing.discard(trade_id)
+                continue
+            msg, sig = pending
+            if self._other_agent(msg.terms) == member:
+                # Our signature, or the other side's answer, may have been lost
+                # with an earlier session (a duplicate replaced, a drop).
+                self.counters["signatures_resent_on_open"] += 1
+                with contextlib.suppress(PeerGone):
+                    await conn.send(MatchSign(trade_id, sig))
+
+    def _other_agent(self, terms: AgentTerms) -> str:
+        return terms.buyer_agent if terms.seller_agent == self.node.member_id else terms.seller_agent
 
     def make_order(self, side: str, slot_start: int, slot_len: int, wh: int, price: int, *,
                    principal: str | None = None, expiry: int | None = None,
@@ -433,9 +458,9 @@ class BrokerClient:
         sent = 0
         for msg, sig in list(self.pending.values()):
             t = msg.terms
-            other = t.buyer_agent if t.seller_agent == self.node.member_id else t.seller_agent
+            self._finishing.add(t.trade_id)
             try:
-                await self.node.send_to(other, MatchSign(t.trade_id, sig))
+                await self.node.send_to(self._other_agent(t), MatchSign(t.trade_id, sig))
                 sent += 1
             except Exception:
                 pass
@@ -470,17 +495,17 @@ class BrokerClient:
         """The broker delivered the final receipt to us but not to the other side.
 
         Its MatchSign shows it still waits: our signature lets it finish too
-        (once per trade, so two nodes never echo signatures forever).
+        (once per trade and session, so two nodes never echo signatures forever).
         """
         done = self.receipts.get(trade_id)
         assert conn.peer is not None
-        if done is None or trade_id in self._resent:
+        if done is None or self._resent.get(trade_id) == conn.handshake_hash:
             return
         t = done.terms
         me_seller = t.seller_agent == self.node.member_id
         if conn.peer.member_id != (t.buyer_agent if me_seller else t.seller_agent):
             return
-        self._resent.add(trade_id)
+        self._resent[trade_id] = conn.handshake_hash
         self.counters["signatures_resent"] += 1
         with contextlib.suppress(PeerGone):
             await conn.send(MatchSign(trade_id, done.seller_sig if me_seller else done.buyer_sig))

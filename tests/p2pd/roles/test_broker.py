@@ -226,6 +226,76 @@ async def test_broker_crash_after_delivering_to_one_side_still_ends_with_both_re
     assert s.client.counters["signatures_resent"] == 1
 
 
+async def test_agents_apart_when_the_broker_dies_finish_the_match_once_they_meet(
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The broker dies before delivering; the two agents have no session with
+    # each other, so their signatures go nowhere. When a session opens later,
+    # each sends its signature again: both end with the same receipt.
+    broker, (s, b) = await community_with_broker(make_node, make_party, community, n=2)
+    fallbacks = [Fallback(p.client, p.market, "broker") for p in (s, b)]
+    await s.client.submit("broker", s.client.make_order("sell", SLOT_START, SLOT, 1000, 50_000))
+    await b.client.submit("broker", b.client.make_order("buy", SLOT_START, SLOT, 1000, 90_000))
+
+    async def crash(receipt: AgentReceipt) -> None:
+        await broker.node.aclose()
+
+    broker.before_delivery.append(crash)
+    await broker.close_slot(SLOT_START)
+    await eventually(lambda: all(f.counters["broker_lost"] == 1 for f in fallbacks))
+    assert not s.client.receipts and not b.client.receipts
+    assert len(s.client.pending) == len(b.client.pending) == 1
+    await link(b.node, s.node)
+    await eventually(lambda: bool(s.client.receipts) and bool(b.client.receipts))
+    (r,) = s.client.receipts.values()
+    assert b.client.receipts[r.terms.trade_id].encode() == r.encode()
+    assert s.repo.get_receipt(r.terms.trade_id) is not None and b.repo.get_receipt(r.terms.trade_id) is not None
+    assert not s.client.pending and not b.client.pending
+
+
+async def test_an_answer_lost_with_its_session_is_given_again_on_the_next(
+    make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The broker delivered to the seller only, then died. The buyer's disk is
+    # full when the seller's answer arrives, so the answer is spent and the
+    # match stays pending; the session then drops. Space returns and the two
+    # meet again: the buyer asks again on the new session, the seller answers
+    # again (once per session), and the buyer commits.
+    from store import StorageUnavailable
+
+    broker, (s, b) = await community_with_broker(make_node, make_party, community, n=2)
+    await s.client.submit("broker", s.client.make_order("sell", SLOT_START, SLOT, 1000, 50_000))
+    await b.client.submit("broker", b.client.make_order("buy", SLOT_START, SLOT, 1000, 90_000))
+
+    async def half_deliver(receipt: AgentReceipt) -> None:
+        await broker.node.send_to(receipt.terms.seller_agent, MatchFinal(receipt))
+        await broker.node.aclose()
+
+    broker.before_delivery.append(half_deliver)
+    await broker.close_slot(SLOT_START)
+    await eventually(lambda: bool(s.client.receipts) and len(b.client.pending) == 1)
+    assert await b.client.finish_directly() == 0  # no session with the seller yet
+    commit = b.repo.commit_receipts
+
+    def full(batch: Any) -> Any:
+        raise StorageUnavailable("database or disk is full")
+
+    b.repo.commit_receipts = full  # type: ignore[method-assign]
+    first, _ = await link(b.node, s.node)
+    await eventually(lambda: b.client.counters["finals_not_stored"] == 1)
+    assert s.client.counters["signatures_resent"] == 1 and not b.client.receipts
+    await first.close(Reason.SHUTDOWN, "test")
+    await eventually(lambda: "p0" not in b.node.sessions and "p1" not in s.node.sessions)
+    b.repo.commit_receipts = commit  # type: ignore[method-assign]
+    await link(b.node, s.node)
+    await eventually(lambda: bool(b.client.receipts))
+    (r,) = s.client.receipts.values()
+    assert b.client.receipts[r.terms.trade_id].encode() == r.encode()
+    assert b.repo.get_receipt(r.terms.trade_id) is not None
+    assert s.client.counters["signatures_resent"] == 2
+    assert b.client.counters["signatures_resent_on_open"] == 2
+
+
 async def test_a_party_whose_disk_is_full_keeps_the_match_pending_and_its_sessions(
     make_node: Any, make_party: Any, community: Community, autojump_clock: trio.testing.MockClock
 ) -> None:
