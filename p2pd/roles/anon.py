@@ -34,6 +34,7 @@ from p2pd.market.rules import MarketRules
 from p2pd.net.node import Node
 from p2pd.net.peer import PeerConnection
 from protocol import (
+    MAX_HOPS,
     Credential,
     CredentialError,
     DecodeError,
@@ -223,7 +224,8 @@ class Pseudonymous:
         if sessions:
             conn = sessions[gossip.order.order_id[0] % len(sessions)]
             try:
-                await conn.send(OrderGossip(gossip.order, gossip.credential, gossip.hops + 1))
+                # One hop more, within what the wire carries (gossip_hops may be MAX_HOPS).
+                await conn.send(OrderGossip(gossip.order, gossip.credential, min(gossip.hops + 1, MAX_HOPS)))
                 self.counters["orders_stemmed"] += 1
                 return
             except PeerGone:

@@ -23,6 +23,7 @@ from p2pd.roles.anon import LocalPseudonymSource
 from p2pd.roles.receipt_writer import ReceiptWriter
 from p2pd.roles.trading import Market, MarketRules
 from protocol import (
+    MAX_HOPS,
     Credential,
     OwnerProof,
     Pseudonym,
@@ -58,12 +59,12 @@ def make_trader(make_node: Callable[..., Awaitable[Node]], nursery: trio.Nursery
     async def dial(src: Node, member: str) -> None:
         await link(src, traders[member].node)
 
-    async def factory(member_id: str, *, wallet: bool = True) -> Trader:
+    async def factory(member_id: str, *, wallet: bool = True, hops: int = MarketRules.hops) -> Trader:
         node = await make_node(member_id)
         repo = MemoryRepository()
         writer = ReceiptWriter(repo)
         await nursery.start(writer.run)
-        market = Market(node, repo, writer, rules=MarketRules(take_timeout=2.0))
+        market = Market(node, repo, writer, rules=MarketRules(take_timeout=2.0, hops=hops))
         if wallet:
             market.wallet = Wallet(secret=member_id.encode().ljust(32, b"."), batch=2)
             market.pseudonym_source = LocalPseudonymSource(issuer, node.identity.credential)
@@ -112,6 +113,18 @@ async def test_a_pseudonymous_order_is_taken_through_a_relay_and_names_its_owner
     # Sold out: the pseudonym's cancel withdraws it everywhere.
     await wait_for(lambda: order.order_id not in bob.market.book)
     await wait_for(lambda: order.order_id not in carol.market.book)
+
+
+async def test_the_largest_hop_budget_the_config_takes_still_stems_a_pseudonymous_order(
+        make_trader: Callable[..., Any], autojump_clock: trio.abc.Clock) -> None:
+    # [trading] gossip_hops takes up to MAX_HOPS; the stem's one extra hop
+    # must not push the order past what the wire carries.
+    alice, bob, carol = [await make_trader(n, hops=MAX_HOPS) for n in ("alice", "bob", "carol")]
+    await link(alice.node, bob.node)
+    await link(bob.node, carol.node)
+    order = await alice.market.post("sell", SLOT_START, 2000, 90_000)
+    await wait_for(lambda: order.order_id in carol.market.book)
+    assert alice.market.counters["orders_stemmed"] == 1
 
 
 async def test_double_selling_under_a_pseudonym_is_provable_from_receipts(
