@@ -25,8 +25,10 @@ class MarketRules:
     than 8 hops at community scale, and an item that dies on the tree comes
     back to the far nodes through announcements (200 simulated nodes, a day:
     with PRUNE_FLOOR, 18% fewer messages and 11% less CPU than 8 hops
-    without it). 15 leaves the pseudonymous stem its one hop more (16, the
-    wire's MAX_HOPS)."""
+    without it; the busiest hours alone cost more, docs/simulation.md). For
+    the daemon, 15 hops carry an order down the tree at once instead of at
+    the next announcement round. 15 leaves the pseudonymous stem its one hop
+    more (16, the wire's MAX_HOPS)."""
     take_timeout: float = 10.0
     take_attempts: int = 3
     gossip_degree: int = 8
