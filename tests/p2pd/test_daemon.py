@@ -530,6 +530,8 @@ async def _sigterm_bursts(members: dict[str, Path], issuer: str, rounds: int) ->
         await trio.to_thread.run_sync(d.messages, "READY=1")
         return d
 
+    flowing = trio.Event()  # a take of the current burst was acknowledged
+
     async def taker(sock: Path, order: str) -> None:
         for _ in range(100_000):  # bounded; cancelled after the stop
             try:
@@ -539,6 +541,7 @@ async def _sigterm_bursts(members: dict[str, Path], issuer: str, rounds: int) ->
             if "error" in reply:
                 return  # refused (SHUTDOWN), gone or no answer: alice is going
             acknowledged.add(reply["result"]["trade_id"])
+            flowing.set()
 
     try:
         alice, bob = await start("alice"), await start("bob")
@@ -563,10 +566,13 @@ async def _sigterm_bursts(members: dict[str, Path], issuer: str, rounds: int) ->
                     await _rpc_async(bob.sock, "peers.connect", {"host": "127.0.0.1", "port": port})
                     await trio.sleep(0.05)
                 acknowledged.add(reply["result"]["trade_id"])
+            flowing = trio.Event()
             async with trio.open_nursery() as burst:
                 for _ in range(64):  # as many as a session serves at once
                     burst.start_soon(taker, bob.sock, order)
-                await trio.sleep(rng.uniform(0.1, 0.5))  # takes in flight at both
+                await trio.sleep(rng.uniform(0.1, 0.5))  # takes in flight at both...
+                with trio.fail_after(DEADLINE):
+                    await flowing.wait()  # ...and flowing: on a loaded machine 0.5 s may pass before one is done
                 started = time.monotonic()
                 victim.proc.send_signal(signal.SIGTERM)
                 try:
@@ -618,7 +624,6 @@ def test_sigterm_during_take_bursts_always_stops_within_the_bound(
             assert repo.integrity_check() == "ok"
         finally:
             repo.close()
-    assert len(out["acknowledged"]) > 2 * SIGTERMS  # more than the warm-up takes
 
 
 # --- issue 16: pseudonyms across kill -9 ---------------------------------------------------
