@@ -476,8 +476,7 @@ class BrokerClient:
         prop, ours = pending
         t = prop.terms
         me_seller = t.seller_agent == self.node.member_id
-        other = t.buyer_agent if me_seller else t.seller_agent
-        if conn.peer.member_id != other:
+        if conn.peer.member_id != self._other_agent(t):
             return
         seller_sig, buyer_sig = (ours, msg.signature) if me_seller else (msg.signature, ours)
         own_d = self.own[t.seller_order if me_seller else t.buyer_order].delegation
@@ -503,7 +502,7 @@ class BrokerClient:
             return
         t = done.terms
         me_seller = t.seller_agent == self.node.member_id
-        if conn.peer.member_id != (t.buyer_agent if me_seller else t.seller_agent):
+        if conn.peer.member_id != self._other_agent(t):
             return
         self._resent[trade_id] = conn.handshake_hash
         self.counters["signatures_resent"] += 1
