@@ -32,6 +32,7 @@ from p2pd.sim.results import (
     fast_switching,
     live_trades,
     peak_rss_bytes,
+    rare_collections,
 )
 from p2pd.sim.results import text_progress as text_progress
 from p2pd.sim.workers import simulate_workers
@@ -143,8 +144,9 @@ def run_sim(cfg: SimConfig, *, progress: Progress | None = None, plot: bool = Fa
                                           min_time_scale=min_time_scale, detail=detail, log_counts=log_counts))
     main = functools.partial(simulate, cfg, progress=progress, plot=plot, min_time_scale=min_time_scale,
                              detail=detail, log_counts=log_counts)
-    if cfg.virtual:
-        _seed_trio_scheduler(cfg.seed)
-        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    with fast_switching():
-        return trio.run(main)
+    with rare_collections():
+        if cfg.virtual:
+            _seed_trio_scheduler(cfg.seed)
+            return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        with fast_switching():
+            return trio.run(main)

@@ -27,7 +27,13 @@ from p2pd.sim.community import (
 )
 from p2pd.sim.logs import captured_logs
 from p2pd.sim.pace import LagProbe, take_outcomes, trio_time_of_wall
-from p2pd.sim.results import agent_totals, fast_switching, live_trades, peak_rss_bytes
+from p2pd.sim.results import (
+    agent_totals,
+    fast_switching,
+    live_trades,
+    peak_rss_bytes,
+    rare_collections,
+)
 from p2pd.sim.workers import STATUS_S, Channel
 from protocol import PseudonymIssuer, SigningKey, TrustPolicy
 
@@ -159,7 +165,7 @@ def main(argv: list[str]) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # each node holds a listener and its sessions: many sockets
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    with fast_switching():
+    with fast_switching(), rare_collections():
         trio.run(serve_worker, port, index, token)
     return 0
 

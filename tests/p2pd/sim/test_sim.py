@@ -7,6 +7,7 @@ a fast market clock (``time_scale``). Every wait is bounded.
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -18,6 +19,7 @@ from p2pd.sim.attacks import ATTACKS, run_attacks
 from p2pd.sim.build import open_community
 from p2pd.sim.community import SIM_START, SimConfig, SimError
 from p2pd.sim.report import settle_window
+from p2pd.sim.results import SIM_GC_THRESHOLD
 from p2pd.sim.run import run_sim
 
 MIDDAY = SIM_START + 10 * 3600  # 10:00 on a midsummer day: PV surplus and demand
@@ -119,6 +121,18 @@ def test_virtual_time_run_repeats_for_a_seed() -> None:
     assert outcome(first) == outcome(second)
     other = run_sim(config(nodes=8, hours=3, seed=8))
     assert outcome(other) != outcome(first)
+
+
+def test_a_run_collects_cycles_rarely_and_the_caller_keeps_its_collector() -> None:
+    # A simulated community spends a quarter of its CPU in the cyclic
+    # collector at the default thresholds (docs/simulation.md); a caller that
+    # embeds run_sim (the tests, a notebook) gets its own settings back.
+    before = gc.get_threshold()
+    assert before != SIM_GC_THRESHOLD
+    during: list[tuple[int, int, int]] = []
+    report = run_sim(config(nodes=3, hours=1), progress=lambda look: during.append(gc.get_threshold()))
+    assert report["time"] == "virtual" and during and set(during) == {SIM_GC_THRESHOLD}
+    assert gc.get_threshold() == before
 
 
 async def test_virtual_time_needs_the_autojump_clock() -> None:
