@@ -94,6 +94,7 @@ from protocol.issuance import wrap_epoch_private as wrap_epoch_private
 from protocol.messages import MESSAGE_TYPES as MESSAGE_TYPES
 from protocol.messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from protocol.messages import Close as Close
+from protocol.messages import DecodedMemo as DecodedMemo
 from protocol.messages import Hello as Hello
 from protocol.messages import Message as Message
 from protocol.messages import Ping as Ping
@@ -101,6 +102,7 @@ from protocol.messages import Pong as Pong
 from protocol.messages import Rekey as Rekey
 from protocol.messages import decode_message as decode_message
 from protocol.messages import encode_message as encode_message
+from protocol.messages import install_decoded_memo as install_decoded_memo
 from protocol.messages import register as register
 from protocol.pseudonyms import EPOCH_LEN as EPOCH_LEN
 from protocol.pseudonyms import MAX_QUOTA as MAX_QUOTA

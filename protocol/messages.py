@@ -75,8 +75,60 @@ def encode_message(msg: Message, wire: list[Any] | None = None) -> bytes:
     return data
 
 
+class DecodedMemo:
+    """Messages already decoded from the exact same bytes, shared while installed.
+
+    For the simulator, which runs a whole community in one process: an
+    order's gossip frame reaches every node, and the nodes at one distance
+    from its owner get the same plaintext (same order, same hops), so each of
+    them scanned, unpacked and checked identical bytes. Decoding is a pure
+    function of the bytes and a message is immutable, so a node that finds
+    the exact bytes here gets the object it would build. Only successes are
+    kept: bytes that fail are decoded, and fail, every time. A daemon never
+    installs one (like :class:`protocol.signing.VerifiedMemo`).
+    """
+
+    def __init__(self, max_entries: int = 1 << 14) -> None:
+        self.max_entries = max_entries
+        self._decoded: dict[bytes, Message] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def decode(self, data: bytes) -> Message:
+        """:func:`decode_message` of ``data``, from the memo when it holds these bytes."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        hit = self._decoded.get(data)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        msg = _decode(data)
+        if len(self._decoded) >= self.max_entries:
+            del self._decoded[next(iter(self._decoded))]  # the oldest
+        self._decoded[data] = msg
+        return msg
+
+
+_memo: DecodedMemo | None = None
+
+
+def install_decoded_memo(memo: DecodedMemo | None) -> DecodedMemo | None:
+    """Make :func:`decode_message` use ``memo`` (None: decode everything); returns the previous one."""
+    global _memo
+    previous, _memo = _memo, memo
+    return previous
+
+
 def decode_message(data: bytes) -> Message:
     """Decode one message. Raises :class:`DecodeError` (reason set) on bad input."""
+    memo = _memo
+    if memo is not None:
+        return memo.decode(data)
+    return _decode(data)
+
+
+def _decode(data: bytes) -> Message:
     try:
         value = canonical.unpack(data)
     except DecodeError as exc:

@@ -21,7 +21,7 @@ from p2pd.sim.community import (
     households,
 )
 from p2pd.sim.scenarios import setup_scenario
-from protocol import VerifiedMemo, install_verified_memo
+from protocol import DecodedMemo, VerifiedMemo, install_decoded_memo, install_verified_memo
 
 
 @asynccontextmanager
@@ -45,6 +45,7 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
     community: SimCommunity | None = None
     memo = VerifiedMemo() if cfg.shared_verify else None
     previous = install_verified_memo(memo)
+    previous_decoded = install_decoded_memo(DecodedMemo() if cfg.shared_decode else None)
     try:
         async with AsyncExitStack() as stack:
             nursery = await stack.enter_async_context(trio.open_nursery())
@@ -62,6 +63,7 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
             yield community
     finally:
         install_verified_memo(previous)
+        install_decoded_memo(previous_decoded)
         for repo in community.repos if community is not None else ():
             repo.close()  # after every node (and its writer) has stopped
         if store_dir is not None:

@@ -126,6 +126,12 @@ class SimConfig:
     verified already costs a lookup instead of an Ed25519 verify. Outcomes are
     the same either way (only successes are shared); False measures the CPU
     a community of separate machines would spend."""
+    shared_decode: bool = True
+    """Nodes share the messages decoded from identical bytes
+    (protocol.DecodedMemo): the nodes at one distance from an order's owner
+    receive the same plaintext, and one decode serves them all. Outcomes are
+    the same either way (a message is immutable, and bytes that fail to decode
+    are decoded again each time); False measures separate machines' CPU."""
     profiles: str | None = None
     """A directory of household profiles (p2pd/sim/profiles.py) instead of the seeded model."""
     warmup: int = 0

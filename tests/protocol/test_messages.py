@@ -8,6 +8,7 @@ from p2pd_test_helpers import Community
 from protocol import (
     MESSAGE_TYPES,
     Close,
+    DecodedMemo,
     DecodeError,
     Hello,
     LocalProtocolError,
@@ -17,6 +18,7 @@ from protocol import (
     Rekey,
     decode_message,
     encode_message,
+    install_decoded_memo,
     pack,
     register,
 )
@@ -98,3 +100,27 @@ def test_register_refuses_duplicate_code() -> None:
     with pytest.raises(LocalProtocolError):
         register(Impostor)
     assert MESSAGE_TYPES[2] is Ping
+
+
+def test_decoded_memo_shares_successes_only() -> None:
+    """The simulator's memo: the same bytes give the same message; bad bytes fail every time."""
+    memo = DecodedMemo(max_entries=2)
+    previous = install_decoded_memo(memo)
+    try:
+        ping = encode_message(Ping(7))
+        first = decode_message(ping)
+        assert decode_message(bytearray(ping)) is first == Ping(7)
+        assert (memo.misses, memo.hits) == (1, 1)
+        for bad in (bytes.fromhex("93010202"[:-2]) + b"\xc1", bytes.fromhex("9301ff"), bytes.fromhex("930201")):
+            for _ in range(2):
+                with pytest.raises(DecodeError):
+                    decode_message(bad)
+        assert memo.hits == 1 and memo.misses == 7
+        # Bounded: the oldest is forgotten, and decoded again (equal, a new object) when met.
+        decode_message(encode_message(Ping(8)))
+        decode_message(encode_message(Ping(9)))
+        again = decode_message(ping)
+        assert again == first and again is not first and memo.misses == 10
+    finally:
+        install_decoded_memo(previous)
+    assert install_decoded_memo(None) is None  # a daemon decodes everything
