@@ -105,6 +105,9 @@ def member_defaults(seed: int, member: int, kind: str) -> tuple[float, float]:
 
 
 _PEAKS = ((7.5, 1.0, 600.0), (12.5, 1.5, 250.0), (18.5, 1.8, 900.0), (21.0, 1.0, 400.0))
+# Every household's load has this shape before its own noise: W per minute of the day.
+_BASE_SHAPE = tuple(180.0 + sum(a * math.exp(-(((m / 60 - c) / s) ** 2) / 2) for c, s, a in _PEAKS)
+                    for m in range(MINUTES))
 
 
 @functools.lru_cache(maxsize=8)
@@ -113,11 +116,7 @@ def day_profile(
 ) -> DayProfile:
     """The profile of local day ``day`` (days since 1970-01-01). Pure and cached."""
     rng = _rng("day", seed, member, day)
-    shape = []
-    for m in range(MINUTES):
-        h = m / 60
-        w = 180.0 + sum(a * math.exp(-(((h - c) / s) ** 2) / 2) for c, s, a in _PEAKS)
-        shape.append(w * rng.uniform(0.7, 1.3))
+    shape = [w * rng.uniform(0.7, 1.3) for w in _BASE_SHAPE]
     for _ in range(rng.randint(2, 5)):  # kettle, oven, washing machine
         start, watts, length = rng.randrange(6 * 60, 23 * 60), rng.uniform(1500, 3000), rng.randint(3, 20)
         for m in range(start, min(start + length, MINUTES)):
@@ -177,6 +176,7 @@ class SimulatedMeter:
         self.opening_import_wh = 5_000_000 + rng.randrange(10_000_000)
         self.opening_export_wh = 1_000_000 + rng.randrange(5_000_000) if self.pv_kwp else 0
         self._day_totals: dict[int, tuple[int, int]] = {}
+        self._profiles: dict[int, DayProfile] = {}  # the days this meter was read on lately
         max_power_w = o["max_power_w"]
         if max_power_w is None:
             model_peak = max(
@@ -186,7 +186,16 @@ class SimulatedMeter:
         self.guard = ReadingGuard(max_power_w=max_power_w)
 
     def profile(self, day: int) -> DayProfile:
-        return day_profile(self.seed, self.member, day, self.daily_kwh, self.pv_kwp, self.latitude)
+        # Kept per meter: day_profile's shared cache holds only a few days of
+        # a few members, and a simulated community reads hundreds of meters
+        # in turn.
+        found = self._profiles.get(day)
+        if found is None:
+            found = day_profile(self.seed, self.member, day, self.daily_kwh, self.pv_kwp, self.latitude)
+            if len(self._profiles) >= 3:
+                del self._profiles[min(self._profiles)]
+            self._profiles[day] = found
+        return found
 
     def pv_wh(self, start: int, end: int) -> int:
         """PV energy produced in ``[start, end)`` (unix s, whole local minutes), Wh (floor)."""

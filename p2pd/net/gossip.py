@@ -167,8 +167,9 @@ class GossipRouter:
 
     def targets(self, key: bytes, source: PeerConnection | None, owner: str) -> list[PeerConnection]:
         """The sessions an item goes to (see the module docstring)."""
-        cands = [c for c in self.node.sessions.values()
-                 if c is not source and c not in self.node.gossip_off and c.member_id != owner]
+        off = self.node.gossip_off
+        cands = [c for member, c in self.node.sessions.items()
+                 if member != owner and c is not source and c not in off]
         if len(cands) <= self.degree:
             return cands
         full = [c for c in cands if self.peer_mode.get(c, GOSSIP_ALL) != GOSSIP_SOME]
