@@ -28,6 +28,7 @@ Sans-IO: randomness (blinding factors, salts, key seeds) is always passed in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -121,12 +122,14 @@ class Pseudonym(Record):
         """The bytes the issuer signed blindly."""
         return pseudonym_message(community, self.epoch, self.sign_pk, self.box_pk)
 
-    @property
+    # Both are read for every order and cancel a pseudonym signs, by every
+    # node that receives it: computed once per (immutable) instance.
+    @functools.cached_property
     def order_id(self) -> bytes:
         """The id of the one order this pseudonym may post."""
         return anon_order_id(self.sign_pk)
 
-    @property
+    @functools.cached_property
     def member_id(self) -> str:
         """The pseudonym's name, used as ``member_id`` of its order and cancel."""
         return PSEUDONYM_PREFIX + self.order_id.hex()
