@@ -27,11 +27,25 @@ class _Direction:
         self.buf = bytearray()
         self.eof = False  # the writer closed
         self.reader_closed = False
-        self.waiting = trio.lowlevel.ParkingLot()
+        self.reader: trio.lowlevel.Task | None = None  # parked in receive_some
 
     def wake(self) -> None:
-        if self.waiting:
-            self.waiting.unpark_all()
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            trio.lowlevel.reschedule(reader)
+
+    async def wait(self) -> None:
+        """Park until :meth:`wake` (a stream has one reader at a time, as trio requires)."""
+        if self.reader is not None:
+            raise trio.BusyResourceError("another task is already reading this stream")
+        self.reader = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.reader = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class PipeStream(trio.abc.HalfCloseableStream):
@@ -74,7 +88,7 @@ class PipeStream(trio.abc.HalfCloseableStream):
         while not incoming.buf and not incoming.eof:
             if self._closed:
                 raise trio.ClosedResourceError("this end is closed")
-            await incoming.waiting.park()
+            await incoming.wait()
         if self._closed:
             raise trio.ClosedResourceError("this end is closed")
         if not incoming.buf:

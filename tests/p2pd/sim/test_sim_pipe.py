@@ -50,3 +50,19 @@ async def test_writing_to_a_closed_reader_is_broken() -> None:
     with pytest.raises(trio.ClosedResourceError):
         await b.receive_some()
     await a.send_eof()
+
+
+async def test_a_parked_reader_can_be_cancelled_and_a_second_reader_is_refused(
+        nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    a, b = pipe_pair()
+    with trio.move_on_after(1) as scope:  # the autojump clock ends the wait at once
+        await b.receive_some()
+    assert scope.cancelled_caught
+    nursery.start_soon(b.receive_some)
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(trio.BusyResourceError):
+        await b.receive_some()
+    a.send_all_nowait(b"after")  # the parked reader takes it and the stream is free again
+    await trio.testing.wait_all_tasks_blocked()
+    a.send_all_nowait(b"more")
+    assert await b.receive_some() == b"more"
