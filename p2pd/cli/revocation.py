@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pd.cli.output import UsageError, error, warning
-from p2pd.components.revocations import MAX_LIST_BYTES, decode_list
+from p2pd.components.revocations import UnreadableList
+from p2pd.components.revocations import read_list as components_read_list
 from p2pd.errors import P2pdError
 from p2pd.net.identity import load_credential, load_issuer_key, read_public_hex
 from protocol import (
-    DecodeError,
     LocalProtocolError,
     RevocationList,
     SignatureError,
@@ -64,16 +64,9 @@ def register(sub: Any) -> None:
 def read_list(path: Path) -> RevocationList:
     """Decode the list in ``path``. Raises P2pdError (unreadable, not a list)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_LIST_BYTES + 1)
-    except OSError as exc:
-        raise P2pdError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(data) > MAX_LIST_BYTES:
-        raise P2pdError(f"{path}: larger than {MAX_LIST_BYTES} bytes: not a revocation list")
-    try:
-        return decode_list(data)
-    except DecodeError as exc:
-        raise P2pdError(f"{path}: not a revocation list: {exc}") from exc
+        return components_read_list(path)
+    except UnreadableList as exc:
+        raise P2pdError(str(exc)) from exc
 
 
 def describe(rl: RevocationList) -> dict[str, Any]:

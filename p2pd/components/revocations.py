@@ -78,18 +78,34 @@ def decode_list(data: bytes) -> RevocationList:
     return RevocationList.decode(data)
 
 
-def read_list_file(path: Path, where: str) -> RevocationList:
+class UnreadableList(Exception):
+    """A revocation list file that cannot be read or is not a list; the text names the file."""
+
+
+def read_list(path: Path) -> RevocationList:
+    """Decode the list in ``path`` (at most :data:`MAX_LIST_BYTES` are read).
+
+    Raises :class:`UnreadableList`; each caller says where the path came from
+    (``p2pd revocation show``, a config entry) in its own kind of error.
+    """
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_LIST_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from exc
+        raise UnreadableList(f"cannot read {path}: {exc.strerror}") from exc
     if len(data) > MAX_LIST_BYTES:
-        raise ConfigError(f"{where}: {path} is larger than {MAX_LIST_BYTES} bytes")
+        raise UnreadableList(f"{path} is larger than {MAX_LIST_BYTES} bytes: not a revocation list")
     try:
         return decode_list(data)
     except DecodeError as exc:
-        raise ConfigError(f"{where}: {path} is not a revocation list: {exc}") from exc
+        raise UnreadableList(f"{path} is not a revocation list: {exc}") from exc
+
+
+def read_list_file(path: Path, where: str) -> RevocationList:
+    try:
+        return read_list(path)
+    except UnreadableList as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def configured_lists(config: Config) -> list[RevocationList]:

@@ -218,6 +218,12 @@ def test_a_revocation_list_made_with_p2pd_is_installed_with_p2pctl(street: Stree
     bad = p2pd("revocation", "show", str(street.base / "bad.rl"), "--json")
     assert bad.returncode == 1 and json.loads(bad.stdout)["signature_valid"] is False
     assert json.loads(bad.stderr)["error"]["kind"] == "rejected"
+    # A file that is no list at all, or none: one line naming it, as the daemon's config check says it.
+    (street.base / "junk.rl").write_bytes(b"not a list")
+    for name, says in (("junk.rl", "junk.rl is not a revocation list: "), ("gone.rl", "gone.rl: No such file")):
+        shown = p2pd("revocation", "show", str(street.base / name))
+        assert shown.returncode == 2 and says in shown.stderr, shown.stderr
+        assert len(shown.stderr.strip().splitlines()) == 1 and "Traceback" not in shown.stderr
     # Issue 15, point 6: p2pd's own errors are JSON under --json too.
     missing = p2pd("config", "check", str(street.base / "nowhere.toml"), "--json")
     assert missing.returncode == 78 and missing.stdout == ""
