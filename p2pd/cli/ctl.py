@@ -27,10 +27,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pd import DISTRIBUTION, __version__
-from p2pd.cli.output import Parser, UsageError, error, usage_error, wants_json
+from p2pd.cli.output import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    error,
+    parse_command_line,
+    usage_error,
+)
 
 DEFAULT_SOCKET = "/run/p2pd/control.sock"
-EXIT_OK, EXIT_RPC_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+EXIT_RPC_ERROR, EXIT_NOT_RUNNING = 1, 3
 MAX_RESPONSE = 64 << 20
 
 
@@ -368,16 +376,9 @@ def rpc_error_text(exc: RpcFailure) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    as_json = wants_json(argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        usage_error("p2pctl", exc, as_json=as_json)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help, --version
-        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    args = parse_command_line("p2pctl", build_parser(), list(sys.argv[1:] if argv is None else argv))
+    if isinstance(args, int):
+        return args
     as_json = bool(getattr(args, "json", False))
     try:
         if args.cmd == "events":

@@ -26,7 +26,14 @@ import sys
 from collections.abc import Sequence
 
 from p2pd import DISTRIBUTION, __version__
-from p2pd.cli.output import Parser, UsageError, error, usage_error, wants_json
+from p2pd.cli.output import (
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    error,
+    parse_command_line,
+    usage_error,
+)
 from p2pd.errors import ConfigError, P2pdError, Unavailable
 
 # Modules providing subcommands; a missing optional one is skipped.
@@ -40,9 +47,7 @@ COMMAND_MODULES = (
     "p2pd.cli.completion",
 )
 
-EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
 EXIT_CONFIG = 78
 
@@ -63,16 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    as_json = wants_json(argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        usage_error("p2pd", exc, as_json=as_json)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help, --version
-        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    args = parse_command_line("p2pd", build_parser(), list(sys.argv[1:] if argv is None else argv))
+    if isinstance(args, int):
+        return args
     as_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))

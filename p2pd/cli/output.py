@@ -23,6 +23,9 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any, NoReturn
 
+EXIT_OK = 0
+EXIT_USAGE = 2  # a wrong command line, or another user error (both commands)
+
 
 class UsageError(Exception):
     """A command line argparse refused; ``usage`` is the (sub)command's usage text."""
@@ -62,6 +65,23 @@ def error(prog: str, kind: str, message: str, *, as_json: bool, file: IO[str] | 
         print(json.dumps({"error": {"kind": kind, "message": message, **fields}}), file=out)
     else:
         print(f"{prog}: {message}", file=out)
+
+
+def parse_command_line(prog: str, parser: argparse.ArgumentParser,
+                       argv: list[str]) -> argparse.Namespace | int:
+    """``argv`` parsed, or the exit code to return at once.
+
+    A refused command line is reported (:func:`usage_error`) and gives
+    :data:`EXIT_USAGE`; ``--help`` and ``--version`` have printed and give
+    :data:`EXIT_OK`.
+    """
+    try:
+        return parser.parse_args(argv)
+    except UsageError as exc:
+        usage_error(prog, exc, as_json=wants_json(argv))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
 
 
 def usage_error(prog: str, exc: UsageError, *, as_json: bool) -> None:
