@@ -192,7 +192,7 @@ class SimulatedMeter:
         found = self._profiles.get(day)
         if found is None:
             found = day_profile(self.seed, self.member, day, self.daily_kwh, self.pv_kwp, self.latitude)
-            if len(self._profiles) >= 3:
+            if len(self._profiles) >= 2:  # today and tomorrow (forecasts look ahead)
                 del self._profiles[min(self._profiles)]
             self._profiles[day] = found
         return found
