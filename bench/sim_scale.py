@@ -23,8 +23,11 @@ over the goal, which is what the wall time would be on an idle machine (a
 run is one thread).
 
 A run that passes ``--limit`` seconds (default: twice its goal, or 120 s) is
-stopped; its last progress line says how far it got (simulated time, trades,
-kWh taken so far, which counts future slots too). Prints a summary; the last
+interrupted (SIGINT, as Ctrl-C) and reports the whole slots it finished:
+how far it got, its trades, and the energy traded against what was
+matchable by then. Its wall time is the limit; its CPU includes writing the
+report. (A run that gives no report within 300 s is killed, and its last
+progress line, printed every 5% of the day, says roughly how far it got.) Prints a summary; the last
 line is one JSON object.
 
 Usage: ``python bench/sim_scale.py [--large] [--limit S] [--budget S] [--wall-clock] [SIZES...]``
@@ -38,6 +41,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +59,7 @@ from protocol import NoiseHandshake  # noqa: E402
 
 PROGRESS = re.compile(r"(\d+)% sim (\d\d):(\d\d) UTC, (\d+) trades, ([\d.]+) kWh")
 GOAL_S = {200: 60.0, 1000: 600.0}  # issue 14; other sizes are reported, not judged
+REPORT_S = 300.0  # how long an interrupted run may take to settle and print its report
 SHARE_GOAL = 0.95
 
 
@@ -110,14 +115,21 @@ def run(nodes: int, seed: int, limit: float, wall_clock: bool) -> dict[str, Any]
         cmd.append("--wall-clock")
     t0 = time.perf_counter()
     finished = True
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-        out, err = proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:  # killed, and waited for: its rusage counts
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        # Interrupted like Ctrl-C: the run stops where it is and reports the slots it finished.
         finished = False
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-    wall = time.perf_counter() - t0
+        wall_at_limit = time.perf_counter() - t0
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=REPORT_S)
+        except subprocess.TimeoutExpired:  # no report in time: killed, and waited for (its rusage counts)
+            proc.kill()
+            out, err = proc.communicate()
+    wall = time.perf_counter() - t0 if finished else wall_at_limit
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     row: dict[str, Any] = {
         "nodes": nodes, "finished": finished, "wall_s": round(wall, 1),
@@ -128,14 +140,26 @@ def run(nodes: int, seed: int, limit: float, wall_clock: bool) -> dict[str, Any]
         row["goal_ratio"] = round(wall / GOAL_S[nodes], 3)
         row["cpu_goal_ratio"] = round(row["cpu_s"] / GOAL_S[nodes], 3)
     if not finished:
-        last = PROGRESS.findall(err)
+        row["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # largest child so far (Linux: KiB)
+        try:
+            report = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            report = None
+        if report is not None and report.get("stopped"):
+            # The report covers the whole slots done by the interruption.
+            f = report["fidelity"]
+            row.update({"reached_utc": report["end_utc"][-5:], "trades_so_far": report["trades"],
+                        "taken_kwh_so_far": report["energy_traded_wh"] / 1000,
+                        "matchable_kwh_so_far": f["matchable_wh"] / 1000,
+                        "messages_so_far": report["messages"]})
+            return row
+        last = PROGRESS.findall(err)  # no report: where the last progress line (every 5%) was
         if last:
             _pct, hh, mm, trades, kwh = last[-1]
             reached = SIM_START + int(hh) * 3600 + int(mm) * 60
             best = matchable_wh(nodes, seed, reached)
             row.update({"reached_utc": f"{hh}:{mm}", "trades_so_far": int(trades),
                         "taken_kwh_so_far": float(kwh), "matchable_kwh_so_far": best / 1000})
-        row["peak_rss_mib"] = round(after.ru_maxrss / 1024, 1)  # largest child so far (Linux: KiB)
         return row
     if proc.returncode != 0:
         row["error"] = err.strip().splitlines()[-1:]
@@ -168,7 +192,8 @@ def line(row: dict[str, Any]) -> str:
                  f"its CPU {row['cpu_goal_ratio']:.2f})")
     if not row["finished"]:
         return (f"{head}, stopped at sim {row.get('reached_utc', '?')} UTC: "
-                f"{row.get('trades_so_far', '?')} trades, {row.get('taken_kwh_so_far', '?')} kWh taken "
+                f"{row.get('trades_so_far', '?')} trades, {row.get('taken_kwh_so_far', '?')} kWh "
+                f"{'traded' if 'messages_so_far' in row else 'taken'} "
                 f"(matchable by then {row.get('matchable_kwh_so_far', '?')} kWh)")
     per_node = f"{row['messages_per_node_day']:,} msgs"
     if row.get("bytes_per_node_day") is not None:

@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from p2pd.sim.attacks import describe_attacks
     from p2pd.sim.logs import captured_logs
     from p2pd.sim.report import render
+    from p2pd.sim.results import Interruption
     from p2pd.sim.run import run_sim, text_progress
 
     if "list" in args.attack:
@@ -166,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
     if args.log:
         _check_writable(args.log, "--log")
     progress = None if args.quiet else text_progress(sys.stderr)
+    interruption = Interruption()
     with captured_logs(args.log) as tally:
         report = run_sim(cfg, progress=progress, plot=bool(args.plot), detail=bool(args.csv),
-                         log_counts=lambda: dict(tally.counts), **options)
+                         log_counts=lambda: dict(tally.counts), interruption=interruption, **options)
     accounts = report.pop("accounts", None)
     plot_data = report.pop("plot_data")
     out = sys.stderr if args.json else sys.stdout
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             code = 1
     if report.get("stopped"):
         print(f"p2pd sim: stopped at {report['end_utc']} UTC: {report['stopped']}", file=sys.stderr)
-        code = 1
+        code = interruption.exit_code or 1
     return code
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import gc
 import resource
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+import trio
 
 from p2pd.sim.community import (
     DEFAULT_TIME_SCALE,
@@ -114,7 +117,7 @@ def build_report(cfg: SimConfig, homes: Sequence[Household], receipts: Sequence[
                  agents: dict[str, int], attacks: dict[str, dict[str, Any]], setup_s: float, run_s: float,
                  wall_s: float, cpu_s: float, peak_rss: int, workers: int | None,
                  pace: dict[str, Any] | None, log_counts: dict[str, int], plot: bool,
-                 detail: bool) -> dict[str, Any]:
+                 detail: bool, stopped: str | None = None) -> dict[str, Any]:
     """The report of a run; settles the slots in ``[cfg.start, reached)``.
 
     With ``detail`` the report carries ``accounts`` (the :class:`Accounts`,
@@ -135,7 +138,7 @@ def build_report(cfg: SimConfig, homes: Sequence[Household], receipts: Sequence[
         "workers": workers,
         **summary(accounts),
         "fidelity": fidelity(accounts.delivered_wh, best),
-        "stopped": pace.get("stopped") if pace else None,
+        "stopped": stopped or (pace.get("stopped") if pace else None),
         "pace": pace,
         "messages": traffic.get("messages", 0),
         "messages_per_s": traffic.get("messages", 0) / max(run_s, 1e-9),
@@ -160,6 +163,38 @@ def build_report(cfg: SimConfig, homes: Sequence[Household], receipts: Sequence[
     if detail:
         report["accounts"] = accounts
     return report
+
+
+class Interruption:
+    """Ctrl-C (SIGINT) or SIGTERM ends a run early; the run then reports the slots it finished.
+
+    :meth:`watch` runs as a task of the run's loop: at the first signal it
+    records which (``signal``) and calls ``stop``. Only the ``p2pd sim``
+    command asks for it (signals belong to the program, not to a caller
+    that embeds run_sim); while it watches, the signals do not raise
+    KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.signal is None else f"interrupted ({self.signal})"
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for a program a signal ended: 128 + its number."""
+        return 128 + int(signal.Signals[self.signal]) if self.signal else 0
+
+    async def watch(self, stop: Callable[[], None], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.signal = signal.Signals(signum).name
+                stop()
+                return
 
 
 class fast_switching:

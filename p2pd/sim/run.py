@@ -25,6 +25,7 @@ from p2pd.sim.community import SimConfig
 from p2pd.sim.pace import LagProbe, Pacer, take_outcomes
 from p2pd.sim.results import (
     DEFAULT_MIN_TIME_SCALE,
+    Interruption,
     Look,
     Progress,
     agent_totals,
@@ -40,11 +41,13 @@ from p2pd.sim.workers import simulate_workers
 
 async def simulate(cfg: SimConfig, *, progress: Progress | None = None, plot: bool = False,
                    min_time_scale: float = DEFAULT_MIN_TIME_SCALE, detail: bool = False,
-                   log_counts: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+                   log_counts: Callable[[], dict[str, int]] | None = None,
+                   interruption: Interruption | None = None) -> dict[str, Any]:
     """Run the community in this process for ``cfg.hours``, attacks included; return the report.
 
     A wall-clock run is paced (see p2pd/sim/pace.py); if it stops, the report
-    covers the slots it finished and says why in ``stopped``.
+    covers the slots it finished and says why in ``stopped``. So does a run
+    that ``interruption`` (Ctrl-C, SIGTERM) stops.
     """
     t0 = time.perf_counter()
     cpu0 = time.process_time()
@@ -56,6 +59,9 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None, plot: bo
         probe = LagProbe()
         seen = (0, 0)
         async with trio.open_nursery() as nursery:
+            watching = trio.CancelScope()
+            if interruption is not None:
+                await nursery.start(_watch, interruption, nursery.cancel_scope.cancel, watching)
             nursery.start_soon(run_attacks, com, cfg.attacks, attacks)
             probing = trio.CancelScope()
             if pacer is not None:
@@ -80,6 +86,7 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None, plot: bo
                     nursery.cancel_scope.cancel()
                     break
             probing.cancel()
+            watching.cancel()
         reached = min(cfg.end, int(clock.now()))
         if progress is not None:
             progress(Look((reached - cfg.run_start) / (cfg.end - cfg.run_start), reached, *live_trades(com.nodes),
@@ -101,7 +108,13 @@ async def simulate(cfg: SimConfig, *, progress: Progress | None = None, plot: bo
         agents=agents, attacks=attacks, setup_s=setup_s, run_s=run_s, wall_s=time.perf_counter() - t0,
         cpu_s=time.process_time() - cpu0, peak_rss=peak_rss_bytes(), workers=None,
         pace=None if pacer is None else pacer.report(), log_counts=log_counts() if log_counts else {},
-        plot=plot, detail=detail)
+        plot=plot, detail=detail, stopped=interruption.reason if interruption is not None else None)
+
+
+async def _watch(interruption: Interruption, stop: Callable[[], None], scope: trio.CancelScope, *,
+                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with scope:
+        await interruption.watch(stop, task_status=task_status)
 
 
 async def _probe(probe: LagProbe, scope: trio.CancelScope) -> None:
@@ -127,7 +140,8 @@ def _seed_trio_scheduler(seed: int) -> None:
 
 def run_sim(cfg: SimConfig, *, progress: Progress | None = None, plot: bool = False,
             workers: int = 1, min_time_scale: float = DEFAULT_MIN_TIME_SCALE, detail: bool = False,
-            log_counts: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+            log_counts: Callable[[], dict[str, int]] | None = None,
+            interruption: Interruption | None = None) -> dict[str, Any]:
     """Run one simulation in a fresh ``trio.run``; the report.
 
     Virtual time runs under ``MockClock(autojump_threshold=0)``: trio's clock
@@ -137,13 +151,16 @@ def run_sim(cfg: SimConfig, *, progress: Progress | None = None, plot: bool = Fa
     Wall-clock runs in this process (``--memory --wall-clock``, memory
     streams with SQLite) run on trio's real clock, and the stores' worker
     threads share the GIL with hundreds of tasks, so a shorter switch
-    interval cuts the latency of each store call.
+    interval cuts the latency of each store call. With ``interruption``
+    (the ``p2pd sim`` command), Ctrl-C or SIGTERM ends the run early and the
+    report covers the slots it finished.
     """
     if not cfg.memory:
         return trio.run(functools.partial(simulate_workers, cfg, workers=workers, progress=progress, plot=plot,
-                                          min_time_scale=min_time_scale, detail=detail, log_counts=log_counts))
+                                          min_time_scale=min_time_scale, detail=detail, log_counts=log_counts,
+                                          interruption=interruption))
     main = functools.partial(simulate, cfg, progress=progress, plot=plot, min_time_scale=min_time_scale,
-                             detail=detail, log_counts=log_counts)
+                             detail=detail, log_counts=log_counts, interruption=interruption)
     with rare_collections():
         if cfg.virtual:
             _seed_trio_scheduler(cfg.seed)

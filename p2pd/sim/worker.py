@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import resource
+import signal
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -162,6 +163,9 @@ async def _trade(com: SimCommunity, chan: Channel, *, attacks: bool) -> dict[str
 
 def main(argv: list[str]) -> int:
     port, index, token = int(argv[0]), int(argv[1]), argv[2]
+    # Ctrl-C in a terminal reaches the whole process group: the coordinator
+    # decides (it asks every worker to finish, then reports), not each worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # each node holds a listener and its sessions: many sockets
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -50,7 +50,7 @@ import trio
 
 from p2pd.sim.community import COMMUNITY, PSEUDONYM_QUOTA, SimConfig, SimError, households
 from p2pd.sim.pace import Pacer, SimClock, trio_time_of_wall
-from p2pd.sim.results import Look, Progress, build_report, peak_rss_bytes
+from p2pd.sim.results import Interruption, Look, Progress, build_report, peak_rss_bytes
 from protocol import PseudonymIssuer, SigningKey, epoch_of
 from store import ReceiptRecord
 
@@ -141,8 +141,13 @@ class _Worker:
 
 async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress | None = None,
                            plot: bool = False, min_time_scale: float, detail: bool = False,
-                           log_counts: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+                           log_counts: Callable[[], dict[str, int]] | None = None,
+                           interruption: Interruption | None = None) -> dict[str, Any]:
     """Run ``cfg`` over loopback TCP in ``workers`` processes; the report (see the module docstring).
+
+    With ``interruption``, Ctrl-C or SIGTERM ends the run as the pacer's stop
+    does: the workers finish and the report covers the slots done (the
+    workers ignore SIGINT, which a terminal sends to the whole group).
 
     Raises :class:`WorkerFailed` if a worker dies or does not answer in time.
     """
@@ -191,7 +196,8 @@ async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress |
                 await _expect(wk, "connected")
         setup_s = time.perf_counter() - t0
         try:
-            report = await _run(cfg, pool, progress=progress, min_time_scale=min_time_scale)
+            report = await _run(cfg, pool, progress=progress, min_time_scale=min_time_scale,
+                                interruption=interruption)
         except BaseExceptionGroup as group:  # one line for the user, not a trio traceback
             failed = group.subgroup(WorkerFailed)
             if failed is None:
@@ -228,7 +234,8 @@ async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress |
         wall_s=time.perf_counter() - t0,
         cpu_s=time.process_time() - cpu0 + sum(r["cpu_s"] for r in results),
         peak_rss=max([peak_rss_bytes(), *(r["peak_rss"] for r in results)]), workers=k,
-        pace=report["pace"], log_counts=logs, plot=plot, detail=detail)
+        pace=report["pace"], log_counts=logs, plot=plot, detail=detail,
+        stopped=interruption.reason if interruption is not None else None)
 
 
 def pseudonym_keys(cfg: SimConfig, issuer: SigningKey) -> bytes:
@@ -322,7 +329,7 @@ async def _expect(wk: _Worker, kind: str) -> dict[str, Any]:
 
 
 async def _run(cfg: SimConfig, pool: list[_Worker], *, progress: Progress | None,
-               min_time_scale: float) -> dict[str, Any]:
+               min_time_scale: float, interruption: Interruption | None) -> dict[str, Any]:
     start_wall = time.time() + 0.5
     for wk in pool:
         assert wk.chan is not None
@@ -334,9 +341,13 @@ async def _run(cfg: SimConfig, pool: list[_Worker], *, progress: Progress | None
     async with trio.open_nursery() as nursery:
         for wk in pool:
             nursery.start_soon(_listen, wk)
+        if interruption is not None:
+            await nursery.start(interruption.watch, lambda: None)  # the loop looks at it
         await trio.sleep_until(clock.origin)
         while clock.now() < cfg.end:
             await trio.sleep(0.25)
+            if interruption is not None and interruption.signal is not None:
+                break
             now = clock.now()
             trades = sum(wk.status.get("trades", 0) for wk in pool)
             wh = sum(wk.status.get("wh", 0) for wk in pool)
