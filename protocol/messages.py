@@ -84,18 +84,23 @@ class DecodedMemo:
     them scanned, unpacked and checked identical bytes. Decoding is a pure
     function of the bytes and a message is immutable, so a node that finds
     the exact bytes here gets the object it would build. Only successes are
-    kept: bytes that fail are decoded, and fail, every time. A daemon never
-    installs one (like :class:`protocol.signing.VerifiedMemo`).
+    kept: bytes that fail are decoded, and fail, every time. Frames over
+    ``max_bytes`` (gossip batches, made for one session and rarely seen
+    twice) are not kept. A daemon never installs one (like
+    :class:`protocol.signing.VerifiedMemo`).
     """
 
-    def __init__(self, max_entries: int = 1 << 14) -> None:
+    def __init__(self, max_entries: int = 1 << 14, max_bytes: int = 4096) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._decoded: dict[bytes, Message] = {}
         self.hits = 0
         self.misses = 0
 
     def decode(self, data: bytes) -> Message:
         """:func:`decode_message` of ``data``, from the memo when it holds these bytes."""
+        if len(data) > self.max_bytes:
+            return _decode(data)
         if type(data) is not bytes:
             data = bytes(data)
         hit = self._decoded.get(data)

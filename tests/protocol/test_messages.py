@@ -124,3 +124,12 @@ def test_decoded_memo_shares_successes_only() -> None:
     finally:
         install_decoded_memo(previous)
     assert install_decoded_memo(None) is None  # a daemon decodes everything
+    # Frames over max_bytes are decoded every time and not kept.
+    small = DecodedMemo(max_bytes=8)
+    install_decoded_memo(small)
+    try:
+        long = encode_message(Close(0, "a reason longer than eight bytes"))
+        assert decode_message(long) is not decode_message(long)
+        assert (small.hits, small.misses) == (0, 0) and decode_message(ping) is decode_message(ping)
+    finally:
+        install_decoded_memo(None)
