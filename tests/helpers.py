@@ -187,6 +187,33 @@ async def link(a: Node, b: Node) -> tuple[PeerConnection, PeerConnection | None]
 # --- real services: a mosquitto broker ----------------------------------------
 
 
+def read_until(fd: int, found: Callable[[bytes], bool], *, within: float,
+               max_reads: int = 10_000) -> tuple[bytes, bool]:
+    """Read a child's pipe ``fd`` until ``found(all read so far)``, EOF, ``within`` s or ``max_reads`` reads.
+
+    Returns what was read and whether ``found`` said yes. Raw reads: a
+    buffered readline would hide later lines from select().
+    """
+    import selectors
+    import time
+
+    deadline = time.monotonic() + within
+    text = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        for _ in range(max_reads):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            text += chunk
+            if found(text):
+                return text, True
+    return text, False
+
+
 class Mosquitto:
     """Debian's ``mosquitto`` on a free loopback port, started and stopped by the test.
 
@@ -214,10 +241,7 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        import os
-        import selectors
         import subprocess
-        import time
 
         conf = os.path.join(self.workdir, f"mosquitto-{self.port}.conf")
         with open(conf, "w") as f:
@@ -229,24 +253,11 @@ class Mosquitto:
         self.proc = subprocess.Popen([self.BINARY, "-c", conf], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
-        deadline = time.monotonic() + timeout
-        text = b""
-        with selectors.DefaultSelector() as sel:
-            # Raw reads: a buffered readline would hide later lines from select().
-            sel.register(fd, selectors.EVENT_READ)
-            for _ in range(1000):
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    break
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                text += chunk
-                if b" running" in text:
-                    self.log = text.decode(errors="replace").splitlines()
-                    return
+        text, found = read_until(self.proc.stderr.fileno(), lambda got: b" running" in got, within=timeout,
+                                 max_reads=1000)
         self.log = text.decode(errors="replace").splitlines()
+        if found:
+            return
         self.stop()
         raise RuntimeError("mosquitto did not start: " + " | ".join(self.log[-5:]))
 

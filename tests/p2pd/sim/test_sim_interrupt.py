@@ -9,9 +9,7 @@ that signal (128 + its number).
 from __future__ import annotations
 
 import json
-import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from p2pd_test_helpers import read_until
 
 ROOT = Path(__file__).resolve().parents[3]
 START = "2026-06-21T10:00"
@@ -27,24 +26,13 @@ START = "2026-06-21T10:00"
 def wait_for(proc: subprocess.Popen[str], pattern: str, within: float) -> str:
     """Read ``proc``'s stderr until ``pattern`` appears; what was read. Fails after ``within`` s."""
     assert proc.stderr is not None
-    fd = proc.stderr.fileno()
-    deadline = time.monotonic() + within
-    text = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        for _ in range(10_000):
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                break
-            chunk = os.read(fd, 4096)  # raw: a buffered read would hide later lines from select()
-            if not chunk:
-                break
-            text += chunk
-            if re.search(pattern, text.decode(errors="replace")):
-                return text.decode(errors="replace")
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"no {pattern!r} on stderr within {within} s: {text[-500:]!r}")
+    seen = re.compile(pattern.encode())
+    text, found = read_until(proc.stderr.fileno(), lambda got: seen.search(got) is not None, within=within)
+    if not found:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"no {pattern!r} on stderr within {within} s: {text[-500:]!r}")
+    return text.decode(errors="replace")
 
 
 @pytest.mark.parametrize(("mode", "sig", "started"), [

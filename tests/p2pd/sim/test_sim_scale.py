@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from p2pd.sim.community import SIM_START, SimConfig
 from p2pd.sim.run import run_sim
 
@@ -19,17 +21,11 @@ def outcome(report: dict[str, Any]) -> tuple[Any, ...]:
             [(m["member"], m["bought_wh"], m["sold_wh"], m["saving"]) for m in report["members"]])
 
 
-def test_shared_verification_changes_no_outcome() -> None:
-    base = dict(nodes=8, hours=2, start=SIM_START + 10 * 3600, memory=True, store="memory", virtual=True, seed=5)
+@pytest.mark.parametrize(("sharing", "seed"), [("shared_verify", 5), ("shared_decode", 6)])
+def test_sharing_between_simulated_nodes_changes_no_outcome(sharing: str, seed: int) -> None:
+    base = dict(nodes=8, hours=2, start=SIM_START + 10 * 3600, memory=True, store="memory", virtual=True,
+                seed=seed)
     shared = run_sim(SimConfig(**base))  # type: ignore[arg-type]
-    alone = run_sim(SimConfig(**base, shared_verify=False))  # type: ignore[arg-type]
-    assert shared["trades"] > 0
-    assert outcome(shared) == outcome(alone)
-
-
-def test_shared_decoding_changes_no_outcome() -> None:
-    base = dict(nodes=8, hours=2, start=SIM_START + 10 * 3600, memory=True, store="memory", virtual=True, seed=6)
-    shared = run_sim(SimConfig(**base))  # type: ignore[arg-type]
-    alone = run_sim(SimConfig(**base, shared_decode=False))  # type: ignore[arg-type]
+    alone = run_sim(SimConfig(**base, **{sharing: False}))  # type: ignore[arg-type]
     assert shared["trades"] > 0
     assert outcome(shared) == outcome(alone)
