@@ -73,6 +73,10 @@ def register(sub: Any) -> None:
     p.add_argument("--store", choices=("sqlite", "memory"), default=None,
                    help="memory with --memory, sqlite otherwise")
     p.add_argument("--degree", type=int, default=4, help="peers each node dials at start")
+    p.add_argument("--market-size", type=int, default=0, metavar="K",
+                   help="S1: split the community into neighbourhood markets of about K households "
+                        "each (by member index), each its own gossip mesh; trades stay inside "
+                        "(default: one market of all)")
     p.add_argument("--log", metavar="FILE", help="append the nodes' log lines to FILE (else only counted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -139,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[SimConfig, dict[str, Any
                     seed=args.seed, memory=args.memory, time_scale=scale, store=store,
                     degree=args.degree, attacks=tuple(dict.fromkeys(args.attack)), virtual=virtual,
                     start=start if start is not None else SIM_START, profiles=args.profiles,
-                    warmup=60 * args.warm_up)
+                    warmup=60 * args.warm_up, market_size=args.market_size)
     return cfg, {"workers": workers, "min_time_scale": min_scale}
 
 

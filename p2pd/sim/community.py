@@ -134,6 +134,12 @@ class SimConfig:
     are decoded again each time); False measures separate machines' CPU."""
     profiles: str | None = None
     """A directory of household profiles (p2pd/sim/profiles.py) instead of the seeded model."""
+    market_size: int = 0
+    """Households per market: the community is split, by member index, into
+    ``nodes / market_size`` (rounded) neighbourhood markets of near-equal size,
+    each its own gossip mesh (a node dials only its own market's members, so
+    its orders reach them alone and every trade stays inside). 0: one market
+    of every household. The scenarios S2-S4 add roles for one market only."""
     warmup: int = 0
     """Simulated seconds the nodes trade before ``start`` (whole slots, at most a day): the
     report still covers ``[start, end)`` only, so a run is judged with its agents
@@ -155,6 +161,11 @@ class SimConfig:
             raise SimError("--time-scale must be positive")
         if self.store not in ("sqlite", "memory"):
             raise SimError("--store must be sqlite or memory")
+        if self.market_size and not 2 <= self.market_size <= self.nodes:
+            raise SimError(f"--market-size must be between 2 and --nodes ({self.nodes}) "
+                           f"(got {self.market_size})")
+        if self.market_size and self.scenario != "S1":
+            raise SimError("--market-size is for S1: the roles of S2-S4 serve one market")
         if self.virtual and not (self.memory and self.store == "memory"):
             raise SimError("virtual time needs in-memory streams and stores (--memory --store memory)")
 
@@ -162,6 +173,15 @@ class SimConfig:
     def market_scale(self) -> float:
         """Simulated seconds per second of trio's clock."""
         return 1.0 if self.virtual else self.time_scale
+
+    @property
+    def markets(self) -> int:
+        """How many neighbourhood markets the households form (see ``market_size``)."""
+        return max(1, (2 * self.nodes + self.market_size) // (2 * self.market_size)) if self.market_size else 1
+
+    def market_of(self, index: int) -> int:
+        """The market of the household with member index ``index``: contiguous, sizes differ by at most one."""
+        return index * self.markets // self.nodes
 
     @property
     def end(self) -> int:
@@ -444,7 +464,7 @@ class SimCommunity:
 
     async def build_topology(self) -> int:
         """Each node dials ``degree`` seeded random others; returns sessions made."""
-        pairs = topology(self.cfg.seed, len(self.nodes), self.cfg.degree)
+        pairs = topology(self.cfg.seed, len(self.nodes), self.cfg.degree, self.cfg.markets)
         limiter = trio.CapacityLimiter(8)
         made = 0
 
@@ -492,12 +512,16 @@ class SimCommunity:
         return list(seen.values())
 
 
-def topology(seed: int, n: int, degree: int) -> list[tuple[int, int]]:
-    """The seeded gossip mesh: (dialer, dialled) member indexes, sorted."""
+def topology(seed: int, n: int, degree: int, markets: int = 1) -> list[tuple[int, int]]:
+    """The seeded gossip mesh: (dialer, dialled) member indexes, sorted.
+
+    With several ``markets`` (see :attr:`SimConfig.market_size`) each member
+    dials only members of its own, so the markets share no session."""
     rng = random.Random(f"topology/{seed}")
     pairs: set[tuple[int, int]] = set()
     for i in range(n):
-        for j in rng.sample([k for k in range(n) if k != i], min(degree, n - 1)):
+        peers = [k for k in range(n) if k != i and k * markets // n == i * markets // n]
+        for j in rng.sample(peers, min(degree, len(peers))):
             if (j, i) not in pairs:
                 pairs.add((i, j))
     return sorted(pairs)

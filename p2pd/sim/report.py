@@ -232,6 +232,11 @@ def render(report: dict[str, Any]) -> str:
         share = f"{100 * f['share']:.1f}%" if f["share"] is not None else "n/a"
         lines.append(f"  fidelity: traded {f['traded_wh'] / 1000:.1f} of {f['matchable_wh'] / 1000:.1f} kWh "
                      f"matchable ({share})" + ("" if r["time"] == "virtual" else _pace_line(r.get("pace"))))
+        m = f.get("markets")
+        if m:
+            inside = f"{100 * m['share']:.1f}%" if m["share"] is not None else "n/a"
+            lines.append(f"  {m['count']} neighbourhood markets of about {m['size']}: together they could "
+                         f"match {m['matchable_wh'] / 1000:.1f} kWh; traded {inside} of that")
     lines += [
         "",
         "Energy",

@@ -126,6 +126,14 @@ def build_report(cfg: SimConfig, homes: Sequence[Household], receipts: Sequence[
     end = cfg.start + max(0, reached - cfg.start) // slot_len * slot_len  # a stop in the warm-up: nothing
     accounts = settle_window(homes, receipts, cfg.start, end, slot_len, detail=detail)
     best = matchable_wh(homes, cfg.start, end, slot_len, cfg.agent.min_wh)
+    fid = fidelity(accounts.delivered_wh, best)
+    if cfg.markets > 1:
+        # What separate markets could trade at most: each market's own bound, summed.
+        groups: dict[int, list[Household]] = {}
+        for h in homes:
+            groups.setdefault(cfg.market_of(h.index), []).append(h)
+        inside = sum(matchable_wh(g, cfg.start, end, slot_len, cfg.agent.min_wh) for g in groups.values())
+        fid["markets"] = {"count": cfg.markets, "size": cfg.market_size, **fidelity(accounts.delivered_wh, inside)}
     report: dict[str, Any] = {
         "scenario": cfg.scenario, "nodes": cfg.nodes, "hours": cfg.hours, "seed": cfg.seed,
         "start_utc": datetime.fromtimestamp(cfg.start, timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -137,7 +145,7 @@ def build_report(cfg: SimConfig, homes: Sequence[Household], receipts: Sequence[
         "time_scale": None if cfg.virtual else cfg.time_scale,
         "workers": workers,
         **summary(accounts),
-        "fidelity": fidelity(accounts.delivered_wh, best),
+        "fidelity": fid,
         "stopped": stopped or (pace.get("stopped") if pace else None),
         "pace": pace,
         "messages": traffic.get("messages", 0),

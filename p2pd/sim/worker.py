@@ -110,7 +110,7 @@ async def _dial_topology(com: SimCommunity, ids: list[str]) -> None:
                     await trio.sleep(0.05)
 
     async with trio.open_nursery() as nursery:
-        for i, j in topology(com.cfg.seed, com.cfg.nodes, com.cfg.degree):
+        for i, j in topology(com.cfg.seed, com.cfg.nodes, com.cfg.degree, com.cfg.markets):
             if i in local:
                 nursery.start_soon(one, i, j)
 

@@ -17,7 +17,7 @@ import trio
 from p2pd.cli import main as cli
 from p2pd.sim.attacks import ATTACKS, run_attacks
 from p2pd.sim.build import open_community
-from p2pd.sim.community import SIM_START, SimConfig, SimError
+from p2pd.sim.community import SIM_START, SimConfig, SimError, topology
 from p2pd.sim.report import settle_window
 from p2pd.sim.results import SIM_GC_THRESHOLD
 from p2pd.sim.run import run_sim
@@ -158,3 +158,36 @@ def test_a_warm_up_trades_before_the_window_and_the_report_covers_only_the_windo
 def test_a_warm_up_is_whole_slots_and_at_most_a_day(minutes: int) -> None:
     with pytest.raises(SimError, match="--warm-up must be whole quarter hours"):
         config(warmup=60 * minutes)
+
+
+@pytest.mark.parametrize(("nodes", "size", "sizes"), [(12, 6, [6, 6]), (200, 50, [50] * 4),
+                                                     (203, 50, [51, 51, 51, 50]), (10, 3, [4, 3, 3]), (10, 10, [10])])
+def test_neighbourhood_markets_share_no_session(nodes: int, size: int, sizes: list[int]) -> None:
+    cfg = config(nodes=nodes, market_size=size)
+    assert cfg.markets == len(sizes)
+    members: dict[int, list[int]] = {}
+    for i in range(nodes):
+        members.setdefault(cfg.market_of(i), []).append(i)
+    assert [len(m) for m in members.values()] == sizes  # contiguous, near-equal
+    pairs = topology(cfg.seed, nodes, cfg.degree, cfg.markets)
+    assert pairs and all(cfg.market_of(i) == cfg.market_of(j) for i, j in pairs)
+    # Every member dials or is dialled inside its market.
+    assert {i for pair in pairs for i in pair} == set(range(nodes))
+    # One market: the mesh of every household, as without the option.
+    whole = topology(cfg.seed, nodes, cfg.degree)
+    assert (pairs == whole) == (cfg.markets == 1)
+    assert cfg.markets == 1 or any(cfg.market_of(i) != cfg.market_of(j) for i, j in whole)
+
+
+def test_neighbourhood_markets_trade_inside_and_report_both_bounds() -> None:
+    report = run_sim(config(nodes=12, market_size=6, hours=2))
+    market = {f"m{i:04d}": i // 6 for i in range(12)}
+    pairs = [(s, b) for s, row in report["matrix"].items() for b in row]
+    assert pairs and all(market[s] == market[b] for s, b in pairs)
+    assert {market[s] for s, _ in pairs} == {0, 1}  # both markets traded
+    f = report["fidelity"]
+    inside = f["markets"]
+    assert inside["count"] == 2 and inside["size"] == 6 and inside["traded_wh"] == f["traded_wh"] > 0
+    # Separate markets can match no more than one market of everyone.
+    assert 0 < inside["matchable_wh"] <= f["matchable_wh"] and inside["share"] >= f["share"]
+    assert "markets" not in run_sim(config(nodes=12, hours=1))["fidelity"]
