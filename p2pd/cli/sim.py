@@ -69,7 +69,8 @@ def register(sub: Any) -> None:
                    help="wall-clock mode: the slowest scale allowed; below it the run stops "
                         "(default 30; equal to --time-scale: never slow down)")
     p.add_argument("--workers", type=int, default=None,
-                   help="loopback TCP mode: processes the nodes are spread over (default: one per core)")
+                   help="loopback TCP mode: processes the nodes are spread over; virtual time with "
+                        "--market-size: processes the markets are spread over (default: one per core)")
     p.add_argument("--store", choices=("sqlite", "memory"), default=None,
                    help="memory with --memory, sqlite otherwise")
     p.add_argument("--degree", type=int, default=4, help="peers each node dials at start")
@@ -122,8 +123,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[SimConfig, dict[str, Any
     workers = args.workers if args.workers is not None else default_workers()
     if not 1 <= workers <= MAX_WORKERS:
         raise SimError(f"--workers must be between 1 and {MAX_WORKERS} (got {workers})")
-    if args.workers is not None and args.memory:
-        raise SimError("--workers is for the loopback TCP mode (in-memory streams stay in one process)")
+    if args.workers is not None and args.memory and not (virtual and args.market_size):
+        raise SimError("--workers is for the loopback TCP mode, or for --market-size in virtual time "
+                       "(in-memory streams of one market stay in one process)")
     nodes = nodes if nodes is not None else 10
     if not 2 <= nodes <= MAX_NODES:  # here too: the starting scale below divides by it
         raise SimError(f"--nodes must be between 2 and {MAX_NODES} (got {nodes})")
@@ -144,7 +146,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[SimConfig, dict[str, Any
                     degree=args.degree, attacks=tuple(dict.fromkeys(args.attack)), virtual=virtual,
                     start=start if start is not None else SIM_START, profiles=args.profiles,
                     warmup=60 * args.warm_up, market_size=args.market_size)
-    return cfg, {"workers": workers, "min_time_scale": min_scale}
+    return cfg, {"workers": workers, "min_time_scale": min_scale, "log_path": args.log}
 
 
 def run(args: argparse.Namespace) -> int:

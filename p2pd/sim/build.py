@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
@@ -28,7 +28,8 @@ from protocol import DecodedMemo, VerifiedMemo, install_decoded_memo, install_ve
 async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, memory: bool = True,
                          store: str = "memory", time_scale: float = DEFAULT_TIME_SCALE,
                          hours: float = 24.0, virtual: bool = False, config: SimConfig | None = None,
-                         start_agents: bool = True) -> AsyncIterator[SimCommunity]:
+                         start_agents: bool = True,
+                         members: Collection[int] | None = None) -> AsyncIterator[SimCommunity]:
     """Build and run a community for the ``async with`` block.
 
     Yields once every node is up, the topology is connected and (unless
@@ -36,6 +37,8 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
     simulated start. ``config`` overrides the other arguments. Raises
     :class:`SimError` for an unknown or unbuilt scenario, or for virtual time
     outside an autojumping MockClock (pytest-trio's ``autojump_clock``).
+    ``members``: only the households with these member indexes (whole
+    neighbourhood markets: p2pd/sim/markets.py); default every one.
     """
     cfg = config or SimConfig(nodes=n, seed=seed, scenario=scenario, memory=memory, store=store,
                               time_scale=time_scale, hours=hours, virtual=virtual)
@@ -53,7 +56,7 @@ async def open_community(n: int = 10, seed: int = 1, scenario: str = "S1", *, me
             community = SimCommunity(cfg, nursery, stack, store_dir)
             community.verified = memo
             margin = cfg.agent.lead_slots + 2
-            for h in households(cfg, community.rules.slot_len, margin):
+            for h in households(cfg, community.rules.slot_len, margin, only=members):
                 await community.add_node(community.identity(h.member_id), h)
             await community.build_topology()
             if cfg.scenario != "S1":

@@ -464,7 +464,9 @@ class SimCommunity:
 
     async def build_topology(self) -> int:
         """Each node dials ``degree`` seeded random others; returns sessions made."""
-        pairs = topology(self.cfg.seed, len(self.nodes), self.cfg.degree, self.cfg.markets)
+        pairs = topology(self.cfg.seed, self.cfg.nodes, self.cfg.degree, self.cfg.markets)
+        # A process may run only some markets (p2pd/sim/markets.py): it dials their pairs.
+        local = {s.household.index: s for s in self.nodes if s.household is not None}
         limiter = trio.CapacityLimiter(8)
         made = 0
 
@@ -473,7 +475,7 @@ class SimCommunity:
             async with limiter:
                 for _ in range(3):
                     try:
-                        await self.connect(self.nodes[i], self.nodes[j].member_id)
+                        await self.connect(local[i], local[j].member_id)
                         made += 1
                         return
                     except (P2pdError, OSError):
@@ -481,7 +483,8 @@ class SimCommunity:
 
         async with trio.open_nursery() as nursery:
             for i, j in sorted(pairs):
-                nursery.start_soon(one, i, j)
+                if i in local and j in local:
+                    nursery.start_soon(one, i, j)
         return made
 
     def start_agents(self) -> None:

@@ -191,3 +191,17 @@ def test_neighbourhood_markets_trade_inside_and_report_both_bounds() -> None:
     # Separate markets can match no more than one market of everyone.
     assert 0 < inside["matchable_wh"] <= f["matchable_wh"] and inside["share"] >= f["share"]
     assert "markets" not in run_sim(config(nodes=12, hours=1))["fidelity"]
+
+
+def test_neighbourhood_markets_run_on_every_core_and_repeat_for_a_seed() -> None:
+    cfg = config(nodes=12, market_size=4, hours=2)  # three markets over two processes: 0 and 2, then 1
+    first = run_sim(cfg, workers=2)
+    assert first["workers"] == 2 and len(first["worker_cpu_s"]) == 2 and first["time"] == "virtual"
+    market = {f"m{i:04d}": i // 4 for i in range(12)}
+    sellers = {market[s] for s, row in first["matrix"].items() for b in row if market[b] == market[s]}
+    assert 1 in sellers and sellers & {0, 2}  # both processes' markets traded
+    assert all(market[s] == market[b] for s, row in first["matrix"].items() for b in row)
+    assert first["fidelity"]["markets"]["count"] == 3
+    again = run_sim(cfg, workers=2)
+    assert (again["trades"], again["energy_traded_wh"], again["members"]) == (
+        first["trades"], first["energy_traded_wh"], first["members"])
