@@ -19,8 +19,15 @@ frame), before the first size and after the last. ``frame_cost_ratio`` is a
 run's CPU per received message over that floor (lower is better; being CPU
 over CPU it moves little with the machine's load). ``goal_ratio`` is a run's
 wall time over its goal (under 1 meets it); ``cpu_goal_ratio`` its CPU time
-over the goal, which is what the wall time would be on an idle machine (a
-run is one thread).
+(every process's) over the goal: for a run in one process, what the wall
+time would be on an idle machine.
+
+``--market-size K`` splits each community larger than K into neighbourhood
+markets of about K households (``p2pd sim --market-size``), which share no
+session and run on every core (``--workers``; each worker's CPU is in
+``worker_cpu_s``). The share traded is still judged against what one market
+of the whole community could match; the row adds what the separate markets
+could match at most (``matchable_kwh_within_markets``).
 
 A run that passes ``--limit`` seconds (default: twice its goal, or 120 s) is
 interrupted (SIGINT, as Ctrl-C) and reports the whole slots it finished:
@@ -30,7 +37,8 @@ report. (A run that gives no report within 300 s is killed, and its last
 progress line, printed every 5% of the day, says roughly how far it got.) Prints a summary; the last
 line is one JSON object.
 
-Usage: ``python bench/sim_scale.py [--large] [--limit S] [--budget S] [--wall-clock] [SIZES...]``
+Usage: ``python bench/sim_scale.py [--large] [--limit S] [--budget S] [--wall-clock] [--market-size K]
+[--workers W] [SIZES...]``
 (default sizes 10, 50, 200; ``--large`` adds 1000, which takes minutes).
 """
 
@@ -55,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from p2pd.net.identity import NodeKeys  # noqa: E402
 from p2pd.sim.community import SIM_START, SimConfig, households  # noqa: E402
+from p2pd.sim.report import matchable_wh as report_matchable  # noqa: E402
 from protocol import NoiseHandshake  # noqa: E402
 
 PROGRESS = re.compile(r"(\d+)% sim (\d\d):(\d\d) UTC, (\d+) trades, ([\d.]+) kWh")
@@ -89,30 +98,24 @@ def frame_ceiling(seconds: float = 1.0) -> float:
     return n / (time.process_time() - start)
 
 
-def matchable_wh(nodes: int, seed: int, until: int | None = None) -> int:
-    """The most energy the community could trade in [start, until) (default: the day)."""
+def matchable_wh(nodes: int, seed: int, until: int) -> int:
+    """The most energy the community could trade from the start to ``until`` (for a run that gave no report)."""
     cfg = SimConfig(nodes=nodes, seed=seed)
-    homes = households(cfg, 900, 0)
-    total = 0
-    for s in range(cfg.start, until or cfg.end, 900):
-        surplus = need = 0
-        for h in homes:
-            a, b = h.reading_at(s), h.reading_at(s + 900)
-            net = (b.export_wh - a.export_wh) - (b.import_wh - a.import_wh)
-            if net >= cfg.agent.min_wh:
-                surplus += net
-            elif -net >= cfg.agent.min_wh:
-                need += -net
-        total += min(surplus, need)
-    return total
+    return report_matchable(households(cfg, 900, 0), cfg.start, until, 900, cfg.agent.min_wh)
 
 
-def run(nodes: int, seed: int, limit: float, wall_clock: bool) -> dict[str, Any]:
+def run(nodes: int, seed: int, limit: float, wall_clock: bool, market_size: int = 0,
+        workers: int | None = None) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, "-m", "p2pd", "sim", "--nodes", str(nodes), "--hours", "24", "--seed", str(seed),
            "--memory", "--store", "memory", "--json"]
     if wall_clock:
         cmd.append("--wall-clock")
+    markets = market_size and nodes > market_size
+    if markets:
+        cmd += ["--market-size", str(market_size)]
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
     t0 = time.perf_counter()
     finished = True
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -132,7 +135,8 @@ def run(nodes: int, seed: int, limit: float, wall_clock: bool) -> dict[str, Any]
     wall = time.perf_counter() - t0 if finished else wall_at_limit
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     row: dict[str, Any] = {
-        "nodes": nodes, "finished": finished, "wall_s": round(wall, 1),
+        "nodes": nodes, "market_size": market_size if markets else nodes, "finished": finished,
+        "wall_s": round(wall, 1),
         "cpu_s": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 1),
     }
     if nodes in GOAL_S:
@@ -165,8 +169,14 @@ def run(nodes: int, seed: int, limit: float, wall_clock: bool) -> dict[str, Any]
         row["error"] = err.strip().splitlines()[-1:]
         return row
     report = json.loads(out.strip().splitlines()[-1])
-    best = matchable_wh(nodes, seed)
+    best = report["fidelity"]["matchable_wh"]  # one market of everyone, whatever the run's markets
     agents = report["agents"]
+    if "markets" in report["fidelity"]:
+        inside = report["fidelity"]["markets"]
+        row.update({"markets": inside["count"], "matchable_kwh_within_markets": inside["matchable_wh"] / 1000,
+                    "share_of_within_markets": inside["share"]})
+    if report.get("worker_cpu_s"):
+        row["worker_cpu_s"] = report["worker_cpu_s"]
     days = report["hours"] / 24
     row.update({
         "setup_s": report["setup_s"], "peak_rss_mib": round(report["peak_rss_bytes"] / 2**20, 1),
@@ -186,7 +196,10 @@ def line(row: dict[str, Any]) -> str:
     n = row["nodes"]
     if "error" in row:
         return f"{n:5} nodes: error {row['error']}"
-    head = f"{n:5} nodes: wall {row['wall_s']:6.1f} s, CPU {row['cpu_s']:6.1f} s, RSS {row['peak_rss_mib']:5.0f} MiB"
+    where = f" in {row['markets']} markets" if row.get("markets") else ""
+    head = (f"{n:5} nodes{where}: wall {row['wall_s']:6.1f} s, CPU {row['cpu_s']:6.1f} s"
+            + (f" (workers {', '.join(f'{c:.1f}' for c in row['worker_cpu_s'])})" if row.get("worker_cpu_s") else "")
+            + f", RSS {row['peak_rss_mib']:5.0f} MiB")
     if "goal_ratio" in row:
         head += (f" ({row['goal_ratio']:.2f} of the {row['goal_s']:.0f} s goal; "
                  f"its CPU {row['cpu_goal_ratio']:.2f})")
@@ -198,8 +211,10 @@ def line(row: dict[str, Any]) -> str:
     per_node = f"{row['messages_per_node_day']:,} msgs"
     if row.get("bytes_per_node_day") is not None:
         per_node += f", {row['bytes_per_node_day'] / 1e6:.2f} MB"
+    inside = (f" ({100 * row['share_of_within_markets']:.1f}% of the {row['matchable_kwh_within_markets']:.1f} "
+              "kWh the separate markets could match)") if row.get("markets") else ""
     return (f"{head}, {row['trades']} trades, {row['traded_kwh']:.1f} / {row['matchable_kwh']:.1f} kWh "
-            f"matchable = {100 * (row['share_traded'] or 0):.1f}%; per node per day {per_node}; "
+            f"matchable = {100 * (row['share_traded'] or 0):.1f}%{inside}; per node per day {per_node}; "
             f"CPU per message {row['frame_cost_ratio']:.1f}x the frame floor")
 
 
@@ -216,6 +231,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=3600.0, help="start no run after this many s")
     parser.add_argument("--wall-clock", action="store_true", help="scaled wall clock instead of virtual time")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--market-size", type=int, default=0, metavar="K",
+                        help="split each community larger than K into neighbourhood markets of about K "
+                             "(p2pd sim --market-size; default: one market of everyone)")
+    parser.add_argument("--workers", type=int, help="processes for the markets (default: p2pd sim's, one per core)")
     args = parser.parse_args()
     sizes = args.sizes or [10, 50, 200]
     if args.large and 1000 not in sizes:
@@ -227,7 +246,7 @@ def main() -> None:
         if time.perf_counter() - t0 > args.budget:
             break
         limit = args.limit or 2 * GOAL_S.get(n, 60.0)
-        rows.append(run(n, args.seed, limit, args.wall_clock))
+        rows.append(run(n, args.seed, limit, args.wall_clock, args.market_size, args.workers))
     ceiling_after = frame_ceiling()
     ceiling = (ceiling_before + ceiling_after) / 2
     for row in rows:
@@ -239,9 +258,11 @@ def main() -> None:
     for n, goal in GOAL_S.items():
         row = next((r for r in rows if r["nodes"] == n), None)
         if row is not None:
-            print(f"{n} nodes, a day in < {goal:.0f} s with >= {SHARE_GOAL:.0%} of matchable energy traded: "
-                  f"{'yes' if meets(row) else 'no'}")
+            markets = f" (markets of about {row['market_size']})" if row.get("markets") else " (one market)"
+            print(f"{n} nodes{markets}, a day in < {goal:.0f} s with >= {SHARE_GOAL:.0%} of the community's "
+                  f"matchable energy traded: {'yes' if meets(row) else 'no'}")
     print(json.dumps({"time": "wall-clock" if args.wall_clock else "virtual", "seed": args.seed,
+                      "market_size": args.market_size,
                       "frame_ceiling_per_s": round(ceiling, 1),
                       "frame_ceiling_per_s_before_after": [round(ceiling_before), round(ceiling_after)],
                       "runs": rows, "goals_met": {str(n): meets(r) for r in rows for n in [r["nodes"]]
