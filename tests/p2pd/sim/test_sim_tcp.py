@@ -59,6 +59,18 @@ def test_tcp_mode_on_two_workers_trades_runs_attacks_and_states_its_fidelity() -
     assert "session_failed" not in err  # the nodes' log lines are counted, not printed
 
 
+def test_tcp_mode_keeps_neighbourhood_markets_apart_across_workers() -> None:
+    code, report, err = sim("--nodes", "8", "--market-size", "4", "--hours", "2", "--start", MIDDAY,
+                            "--seed", "1", "--workers", "2")
+    assert code == 0, err[-2000:]
+    assert report["transport"] == "tcp-loopback" and report["fidelity"]["markets"]["count"] == 2
+    market = {f"m{i:04d}": i // 4 for i in range(8)}
+    pairs = [(s, b) for s, row in report["matrix"].items() for b in row]
+    assert pairs and all(market[s] == market[b] for s, b in pairs), pairs
+    # Member i runs in worker i % 2: a market spans both workers, and its members trade over TCP.
+    assert any(int(s[1:]) % 2 != int(b[1:]) % 2 for s, b in pairs), pairs
+
+
 @pytest.mark.slow
 def test_tcp_mode_stops_with_a_clear_message_when_the_nodes_cannot_keep_up() -> None:
     # A week at x100000 (a day in under a second) with no room to slow down.
