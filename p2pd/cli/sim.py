@@ -83,6 +83,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+ONE_MARKET_NOTE_NODES = 200
+"""Above this many households in one market, ``p2pd sim`` says what it will cost and how to split them."""
+
+
 def parse_start(text: str) -> int:
     """Unix seconds of ``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM`` (UTC). Raises :class:`SimError`."""
     try:
@@ -172,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         check_csv_dir(args.csv)
     if args.log:
         _check_writable(args.log, "--log")
+    if cfg.scenario == "S1" and cfg.markets == 1 and cfg.nodes > ONE_MARKET_NOTE_NODES:
+        print(f"p2pd sim: one market of {cfg.nodes} households: every offer reaches every node, so a day's "
+              f"work grows with the square of --nodes (200 take minutes, 1000 hours); --market-size 50 "
+              f"splits them into neighbourhood markets, run on every core", file=sys.stderr)
     progress = None if args.quiet else text_progress(sys.stderr)
     interruption = Interruption()
     with captured_logs(args.log) as tally:

@@ -129,3 +129,24 @@ def test_a_plot_that_fails_after_the_run_loses_nothing(tmp_path: Path, monkeypat
     assert code == 1
     assert json.loads(captured.out)["nodes"] == 3  # the report is out
     assert captured.err.strip().splitlines()[-1] == f"p2pd: error: --plot {tmp_path / 'run.png'}: disk full"
+
+
+class _Started(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("args", "noted"), [
+    (["--nodes", "201"], True),
+    (["--nodes", "200"], False),
+    (["--nodes", "1000", "--market-size", "50"], False),
+])
+def test_a_large_single_market_is_told_its_cost_and_the_way_out(
+        args: list[str], noted: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def started(*a: Any, **kw: Any) -> dict[str, Any]:
+        raise _Started
+
+    monkeypatch.setattr(sim_run, "run_sim", started)
+    with pytest.raises(_Started):
+        cli.main(["sim", "--memory", "--quiet", *args])
+    err = capsys.readouterr().err
+    assert ("every offer reaches every node" in err and "--market-size 50" in err) == noted, err
