@@ -137,9 +137,8 @@ def simulate_markets(cfg: SimConfig, *, workers: int, progress: Progress | None 
     agents: dict[str, int] = {}
     logs: dict[str, int] = dict(log_counts()) if log_counts else {}
     attacks: dict[str, dict[str, Any]] = {}
-    for out, w in zip(outcomes, range(len(parts)), strict=True):
-        counts = results[w][3]
-        for into, part in ((traffic, out.traffic), (agents, out.agents), (logs, counts)):
+    for w, out in enumerate(outcomes):
+        for into, part in ((traffic, out.traffic), (agents, out.agents), (logs, results[w][3])):
             for key, value in part.items():
                 into[key] = into.get(key, 0) + value
         attacks.update(out.attacks)
