@@ -180,8 +180,8 @@ class SimConfig:
         return max(1, (2 * self.nodes + self.market_size) // (2 * self.market_size)) if self.market_size else 1
 
     def market_of(self, index: int) -> int:
-        """The market of the household with member index ``index``: contiguous, sizes differ by at most one."""
-        return index * self.markets // self.nodes
+        """The market of the household with member index ``index`` (:func:`market_of`)."""
+        return market_of(index, self.nodes, self.markets)
 
     @property
     def end(self) -> int:
@@ -515,6 +515,11 @@ class SimCommunity:
         return list(seen.values())
 
 
+def market_of(index: int, n: int, markets: int) -> int:
+    """The market of member ``index`` of ``n`` split into ``markets``: contiguous, sizes differ by at most one."""
+    return index * markets // n
+
+
 def topology(seed: int, n: int, degree: int, markets: int = 1) -> list[tuple[int, int]]:
     """The seeded gossip mesh: (dialer, dialled) member indexes, sorted.
 
@@ -523,7 +528,8 @@ def topology(seed: int, n: int, degree: int, markets: int = 1) -> list[tuple[int
     rng = random.Random(f"topology/{seed}")
     pairs: set[tuple[int, int]] = set()
     for i in range(n):
-        peers = [k for k in range(n) if k != i and k * markets // n == i * markets // n]
+        mine = market_of(i, n, markets)
+        peers = [k for k in range(n) if k != i and market_of(k, n, markets) == mine]
         for j in rng.sample(peers, min(degree, len(peers))):
             if (j, i) not in pairs:
                 pairs.add((i, j))

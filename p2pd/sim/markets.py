@@ -38,7 +38,7 @@ from typing import Any
 
 from p2pd.errors import P2pdError
 from p2pd.sim.community import SimConfig, SimError, households
-from p2pd.sim.results import Interruption, Look, Progress, build_report, peak_rss_bytes
+from p2pd.sim.results import Interruption, Look, Progress, build_report, peak_rss_bytes, summed
 
 RESULT_S = 60.0
 """How long the coordinator waits for the workers' results after passing a signal on."""
@@ -133,14 +133,11 @@ def simulate_markets(cfg: SimConfig, *, workers: int, progress: Progress | None 
                 p.join()
     outcomes = [results[w][0] for w in range(len(parts))]
     receipts = [rec for out in outcomes for rec in out.receipts]
-    traffic: dict[str, int] = {}
-    agents: dict[str, int] = {}
-    logs: dict[str, int] = dict(log_counts()) if log_counts else {}
+    traffic = summed(*(out.traffic for out in outcomes))
+    agents = summed(*(out.agents for out in outcomes))
+    logs = summed(log_counts() if log_counts else {}, *(results[w][3] for w in range(len(parts))))
     attacks: dict[str, dict[str, Any]] = {}
-    for w, out in enumerate(outcomes):
-        for into, part in ((traffic, out.traffic), (agents, out.agents), (logs, results[w][3])):
-            for key, value in part.items():
-                into[key] = into.get(key, 0) + value
+    for out in outcomes:
         attacks.update(out.attacks)
     slot_len = outcomes[0].slot_len
     report = build_report(

@@ -8,7 +8,7 @@ import resource
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -68,6 +68,14 @@ def agent_totals(nodes: Sequence[SimNode]) -> Counter[str]:
         if sim.agent is not None:
             out.update(sim.agent.counters)
     return out
+
+
+def summed(*counts: Mapping[str, int]) -> dict[str, int]:
+    """Counters (of several worker processes) added key by key."""
+    out: Counter[str] = Counter()
+    for part in counts:
+        out.update(part)
+    return dict(out)
 
 
 def live_trades(nodes: Sequence[SimNode]) -> tuple[int, int]:

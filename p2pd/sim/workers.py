@@ -50,7 +50,7 @@ import trio
 
 from p2pd.sim.community import COMMUNITY, PSEUDONYM_QUOTA, SimConfig, SimError, households
 from p2pd.sim.pace import Pacer, SimClock, trio_time_of_wall
-from p2pd.sim.results import Interruption, Look, Progress, build_report, peak_rss_bytes
+from p2pd.sim.results import Interruption, Look, Progress, build_report, peak_rss_bytes, summed
 from protocol import PseudonymIssuer, SigningKey, epoch_of
 from store import ReceiptRecord
 
@@ -213,17 +213,14 @@ async def simulate_workers(cfg: SimConfig, *, workers: int, progress: Progress |
             shutil.rmtree(tmp, ignore_errors=True)
     results = [wk.result for wk in pool if wk.result is not None]
     receipts: dict[bytes, ReceiptRecord] = {}
-    traffic: dict[str, int] = {}
-    agents: dict[str, int] = {}
-    logs: dict[str, int] = dict(log_counts()) if log_counts else {}
+    traffic = summed(*(r["traffic"] for r in results))
+    agents = summed(*(r["agents"] for r in results))
+    logs = summed(log_counts() if log_counts else {}, *(r["log_counts"] for r in results))
     attacks: dict[str, dict[str, Any]] = {}
     roles: dict[str, Any] = {}
     for r in results:
         for rec in r["receipts"]:
             receipts.setdefault(rec.trade_id, rec)
-        for into, part in ((traffic, r["traffic"]), (agents, r["agents"]), (logs, r["log_counts"])):
-            for key, value in part.items():
-                into[key] = into.get(key, 0) + value
         attacks.update(r["attacks"])
         roles = roles or r["roles"]
     slot_len = pool[0].status.get("slot_len", 900) if pool else 900

@@ -19,7 +19,7 @@ from p2pd.sim.attacks import ATTACKS, run_attacks
 from p2pd.sim.build import open_community
 from p2pd.sim.community import SIM_START, SimConfig, SimError, topology
 from p2pd.sim.report import settle_window
-from p2pd.sim.results import SIM_GC_THRESHOLD
+from p2pd.sim.results import SIM_GC_THRESHOLD, summed
 from p2pd.sim.run import run_sim
 
 MIDDAY = SIM_START + 10 * 3600  # 10:00 on a midsummer day: PV surplus and demand
@@ -205,3 +205,8 @@ def test_neighbourhood_markets_run_on_every_core_and_repeat_for_a_seed() -> None
     again = run_sim(cfg, workers=2)
     assert (again["trades"], again["energy_traded_wh"], again["members"]) == (
         first["trades"], first["energy_traded_wh"], first["members"])
+
+
+def test_the_workers_counters_add_up_key_by_key() -> None:
+    assert summed({"a": 1, "b": 0}, {"a": 2, "c": 5}, {}) == {"a": 3, "b": 0, "c": 5}
+    assert summed() == {}
